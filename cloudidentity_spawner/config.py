@@ -1,0 +1,126 @@
+"""The operator's identity settings, shared by CloudIdentitySpawner and the plain pre_spawn_hook."""
+
+from __future__ import annotations
+
+import inspect
+from functools import cached_property
+from typing import Any
+
+from traitlets import Any as AnyTrait
+from traitlets import List, Unicode
+from traitlets.config import Configurable
+
+from .claims import DEFAULT_GROUP_CLAIMS, Claims, claims_from_auth_state
+from .errors import IdentityError
+from .plan import IdentityPlan
+from .rules import IdentityRules
+
+
+class CloudIdentity(Configurable):
+    """The identity settings. ``CloudIdentitySpawner`` inherits them, so both
+    ``c.CloudIdentitySpawner.identity_rules`` and (for a stock KubeSpawner with
+    the ``pre_spawn_hook``) ``c.CloudIdentity.identity_rules`` work."""
+
+    # Any, not List: a wrong type (a string, a dict) gets our message naming the key,
+    # instead of being coerced or rejected with a generic TraitError.
+    identity_rules = AnyTrait(
+        [],
+        config=True,
+        help="""
+        Rules that choose each user's cloud identity; the first rule that matches wins.
+
+        Each rule is a dict with keys `name` (optional), `match` ({"groups": [...]},
+        {"users": [...]}, both, or {} for everyone; shell-style globs such as
+        "/escape/*" allowed), `scope` ("user", "group" or "hub"; default "user"),
+        `service_account` (ServiceAccount name template), one of `aws` or `gcp`
+        (or neither: ServiceAccount only), `env` (extra environment templates)
+        and `adopt` (take over an existing ServiceAccount we did not create).
+        Example:
+
+            c.CloudIdentitySpawner.identity_rules = [
+                {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
+                 "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/atlas"}},
+                {"name": "everyone", "match": {}, "scope": "user",
+                 "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/{username}"}},
+            ]
+
+        Unset (empty), no user matches and every spawn fails with "no cloud identity
+        is configured"; a user never silently gets a broader identity.
+        """,
+    )
+    identity_resolver = AnyTrait(
+        None,
+        allow_none=True,
+        config=True,
+        help="""
+        Optional callable `(spawner, claims) -> IdentityPlan | None` (may be async) for
+        cases rules cannot express. Returning None falls through to `identity_rules`.
+        `claims` has `.username`, `.groups` and the raw provider claims in `.values`.
+        """,
+    )
+    hub_name = Unicode(
+        "jupyterhub",
+        config=True,
+        help="""
+        A short name for this hub, used in default names ({hub}) and in the tags of
+        roles and accounts the hub manages, so several hubs can share one cloud account.
+        Example: "atlas-hub". Default: "jupyterhub".
+        """,
+    )
+    auth_state_claims_key = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="""
+        The auth_state key that holds the identity provider's claims. Unset, the keys
+        OAuthenticator uses are tried in order ("oauth_user" for GenericOAuthenticator,
+        "user" for Azure AD, "github_user", ...).
+        """,
+    )
+    claim_groups_keys = List(
+        list(DEFAULT_GROUP_CLAIMS),
+        config=True,
+        help="""
+        Claims that list the user's groups, read in order and merged. A key is looked
+        up literally first ("wlcg.groups" is one claim) and then as a dotted path
+        ("realm_access.roles"). "eduperson_entitlement" values are read as AARC-G002
+        group URNs. Default: ["groups", "wlcg.groups", "eduperson_entitlement"].
+        """,
+    )
+
+    @cached_property
+    def compiled_rules(self) -> IdentityRules:
+        """The validated rules (ConfigError names the rule and key when they are wrong)."""
+        return IdentityRules.from_config(self.identity_rules, self.hub_name)
+
+    def claims_for(self, username: str, auth_state: Any, hub_groups: list[str]) -> Claims:
+        return claims_from_auth_state(
+            username,
+            auth_state,
+            hub_groups,
+            claims_key=self.auth_state_claims_key,
+            group_claims=self.claim_groups_keys,
+        )
+
+    async def plan_for(self, spawner: Any, claims: Claims, namespace: str) -> IdentityPlan:
+        """The plan for one spawn: the resolver if it answers, else the rules."""
+        rules = self.compiled_rules
+        if self.identity_resolver is not None:
+            plan = self.identity_resolver(spawner, claims)
+            if inspect.isawaitable(plan):
+                plan = await plan
+            if plan is not None:
+                if not isinstance(plan, IdentityPlan):
+                    raise IdentityError(
+                        "Your cloud identity could not be chosen; ask your hub admin.",
+                        f"identity_resolver returned {type(plan).__name__}, expected an IdentityPlan or None",
+                    )
+                return plan
+        return rules.resolve(claims, namespace)
+
+
+async def user_claims(config: CloudIdentity, user: Any) -> Claims:
+    """Claims of a JupyterHub user: their auth_state plus their JupyterHub groups."""
+    auth_state = await user.get_auth_state()
+    hub_groups = [getattr(g, "name", g) for g in (getattr(user, "groups", None) or [])]
+    return config.claims_for(user.name, auth_state, hub_groups)

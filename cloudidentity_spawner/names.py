@@ -1,0 +1,167 @@
+"""Safe, injective names for every system a cloud identity lives in.
+
+Each encoder here keeps two promises, for *any* Unicode input:
+
+1. **Always valid.** The result satisfies the target system's naming rules
+   (Kubernetes object names, IAM role names, Google service account ids,
+   Kubernetes label values, path-like resource parts in policies).
+2. **No collisions.** Two different inputs never produce the same output.
+
+A name that is already valid is returned unchanged, so ``alice`` stays
+``alice`` and operators can predict their names. Any input that had to be
+changed (escaped, lower-cased, truncated) gets a hash of the *original*
+input appended after a ``---`` marker. Passed-through names are never allowed
+to contain ``--``, and the safe part of a hashed name never contains ``--``,
+so a passed-through name can never look like a hashed one; two hashed names
+differ because their inputs' hashes differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+HASH_LENGTH = 8
+_MARKER = "---"
+
+__all__ = [
+    "HASH_LENGTH",
+    "gsa_account_id",
+    "iam_role_name",
+    "is_valid_gsa_account_id",
+    "is_valid_iam_role_name",
+    "is_valid_ksa_name",
+    "is_valid_label_value",
+    "ksa_name",
+    "label_value",
+    "resource_part",
+]
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_LENGTH]
+
+
+def _squeeze(text: str) -> str:
+    """Collapse runs of ``-`` and trim anything but letters and digits off both ends."""
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", re.sub(r"-{2,}", "-", text))
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """The naming rules of one target system."""
+
+    valid: re.Pattern[str]
+    """The whole-name pattern a valid name matches."""
+    unsafe_run: re.Pattern[str]
+    """A run of characters that must be replaced by a single ``-``."""
+    max_length: int
+    min_length: int = 1
+    must_start_with_letter: bool = False
+    lower: bool = True
+
+    def is_valid(self, name: str) -> bool:
+        return (
+            self.min_length <= len(name) <= self.max_length
+            and self.valid.fullmatch(name) is not None
+        )
+
+    def encode(self, value: str) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"names are made from strings, not {type(value).__name__}")
+        if "--" not in value and self.is_valid(value):
+            return value
+        budget = self.max_length - len(_MARKER) - HASH_LENGTH
+        safe = value.lower() if self.lower else value
+        # The unsafe-run patterns are ASCII classes, so anything else (including
+        # what str.lower() makes of some characters) becomes "-".
+        safe = self.unsafe_run.sub("-", safe)
+        safe = _squeeze(safe)
+        if self.must_start_with_letter and safe and not safe[0].isalpha():
+            safe = "x-" + safe
+        safe = _squeeze(safe[:budget]) or "x"
+        return f"{safe}{_MARKER}{_hash(value)}"
+
+
+_KSA = _Rules(
+    valid=re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"),
+    unsafe_run=re.compile(r"[^a-z0-9]+"),
+    max_length=63,
+)
+_IAM_ROLE = _Rules(
+    # IAM role names are unique case-insensitively, so only lower case passes
+    # through: "Alice" and "alice" must not both map to the same role.
+    valid=re.compile(r"[a-z0-9+=,.@_-]+"),
+    unsafe_run=re.compile(r"[^a-z0-9+=,.@_]+"),
+    max_length=64,
+)
+_GSA_ID = _Rules(
+    valid=re.compile(r"[a-z][a-z0-9-]*[a-z0-9]"),
+    unsafe_run=re.compile(r"[^a-z0-9]+"),
+    max_length=30,
+    min_length=6,
+    must_start_with_letter=True,
+)
+_LABEL = _Rules(
+    valid=re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"),
+    unsafe_run=re.compile(r"[^a-z0-9_.]+"),
+    max_length=63,
+    min_length=0,
+)
+_RESOURCE_PART = _Rules(
+    # One path segment of a bucket key, an ARN resource or a policy value:
+    # no "/", no IAM wildcards ("*", "?") and no policy variables ("${").
+    valid=re.compile(r"[A-Za-z0-9._@+=,-]+"),
+    unsafe_run=re.compile(r"[^a-z0-9._@+=,]+"),
+    max_length=128,
+)
+
+
+def is_valid_ksa_name(name: str) -> bool:
+    """A Kubernetes ServiceAccount name: an RFC 1123 DNS label, at most 63 characters."""
+    return _KSA.is_valid(name)
+
+
+def is_valid_iam_role_name(name: str) -> bool:
+    """An IAM role name: 1-64 of ``[A-Za-z0-9+=,.@_-]`` (checked here in lower case)."""
+    return _IAM_ROLE.is_valid(name)
+
+
+def is_valid_gsa_account_id(name: str) -> bool:
+    """A Google service account id: 6-30 of ``[a-z0-9-]``, starting with a letter."""
+    return _GSA_ID.is_valid(name)
+
+
+def is_valid_label_value(name: str) -> bool:
+    """A Kubernetes label value: empty, or up to 63 alphanumerics with ``-_.`` inside."""
+    return _LABEL.is_valid(name)
+
+
+def ksa_name(value: str) -> str:
+    """Encode *value* as a valid, collision-free Kubernetes ServiceAccount name."""
+    return _KSA.encode(value)
+
+
+def iam_role_name(value: str) -> str:
+    """Encode *value* as a valid, collision-free IAM role name (IAM compares names case-insensitively)."""
+    return _IAM_ROLE.encode(value)
+
+
+def gsa_account_id(value: str) -> str:
+    """Encode *value* as a valid, collision-free Google service account id (6-30 characters)."""
+    return _GSA_ID.encode(value)
+
+
+def label_value(value: str) -> str:
+    """Encode *value* as a valid, collision-free Kubernetes label value."""
+    return _LABEL.encode(value)
+
+
+def resource_part(value: str) -> str:
+    """Encode *value* for use as one segment of an ARN, bucket prefix or policy string.
+
+    The result never contains ``/``, ``*``, ``?``, ``$``, ``{`` or ``}``, so a user
+    named ``*`` or ``../bob`` can never widen a policy rendered from a template.
+    """
+    return _RESOURCE_PART.encode(value)

@@ -1,0 +1,120 @@
+"""The immutable result of planning one user's identity."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "cloudidentity-spawner"
+PREFIX = "cloudidentity-spawner/"
+OWNER_ANNOTATION = PREFIX + "owner"
+"""Who an account belongs to (``user:alice``, ``group:/escape/atlas``, ``hub:<rule>``)."""
+RULE_ANNOTATION = PREFIX + "rule"
+SCOPE_LABEL = PREFIX + "scope"
+USER_LABEL = PREFIX + "user"
+GROUP_LABEL = PREFIX + "group"
+RULE_LABEL = PREFIX + "rule"
+
+SCOPES = ("user", "group", "hub")
+
+
+def freeze(value: Any) -> Any:
+    """A deeply read-only copy: mappings become MappingProxyType, lists become tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """Plain dicts and lists again, e.g. for JSON or API calls."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class _Frozen:
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            object.__setattr__(self, name, freeze(getattr(self, name)))
+
+
+@dataclass(frozen=True)
+class ServiceAccountPlan(_Frozen):
+    """The Kubernetes ServiceAccount the user's pods run under."""
+
+    name: str
+    namespace: str
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CloudPlan(_Frozen):
+    """The cloud identity bound to the ServiceAccount.
+
+    ``identity`` is the IAM role ARN or Google service account e-mail.
+    For ``mode == "managed"``, ``resources`` holds what the hub creates
+    (role, trust and inline policies; or account and IAM bindings).
+    """
+
+    provider: str
+    mode: str
+    identity: str
+    resources: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IdentityPlan(_Frozen):
+    """Everything the spawner needs to give one user their identity.
+
+    ``owner`` names who the identity belongs to: ``user:<name>``,
+    ``group:<group>`` or ``hub:<rule>``. Two plans with the same ServiceAccount
+    but different owners are a conflict the spawner refuses.
+    """
+
+    user: str
+    groups: tuple[str, ...]
+    rule: str
+    scope: str
+    owner: str
+    service_account: ServiceAccountPlan
+    env: Mapping[str, str] = field(default_factory=dict)
+    cloud: CloudPlan | None = None
+    group: str | None = None
+    adopt: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain JSON-ready data (the ``plan --json`` format)."""
+        sa = self.service_account
+        return {
+            "user": self.user,
+            "groups": list(self.groups),
+            "rule": self.rule,
+            "scope": self.scope,
+            "group": self.group,
+            "owner": self.owner,
+            "service_account": {
+                "name": sa.name,
+                "namespace": sa.namespace,
+                "annotations": thaw(sa.annotations),
+                "labels": thaw(sa.labels),
+            },
+            "env": thaw(self.env),
+            "cloud": None
+            if self.cloud is None
+            else {
+                "provider": self.cloud.provider,
+                "mode": self.cloud.mode,
+                "identity": self.cloud.identity,
+                **thaw(self.cloud.resources),
+            },
+            "adopt": self.adopt,
+        }

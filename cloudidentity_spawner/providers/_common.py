@@ -1,0 +1,81 @@
+"""Shared helpers for reading provider blocks of a rule."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import ConfigError
+from ..templates import TemplateError, fields, render
+
+
+def check_keys(block: Any, allowed: set[str], where: str, required: set[str] = frozenset()) -> Mapping[str, Any]:
+    if not isinstance(block, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(block).__name__}")
+    unknown = sorted(set(block) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(allowed))}")
+    missing = sorted(required - set(block))
+    if missing:
+        raise ConfigError(f"{where}: missing required key {missing[0]!r}")
+    return block
+
+
+def check_template(template: Any, where: str, forbidden: set[str] = frozenset()) -> str:
+    """Validate a template at start-up; *forbidden* fields make no sense for this rule's scope."""
+    try:
+        used = fields(template)
+    except TemplateError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    bad = sorted(f for f in used if f in forbidden or ("claims" in forbidden and f.startswith("claims[")))
+    if bad:
+        raise ConfigError(f"{where}: {{{bad[0]}}} cannot be used here: {forbidden_reason(bad[0])}")
+    return template
+
+
+def forbidden_reason(name: str) -> str:
+    if name in ("username", "safe_username") or name.startswith("claims["):
+        return "the identity is shared, so it must not depend on one user"
+    return "this rule has no group to fill it (add match.groups or use user scope)"
+
+
+def check_string_list(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: expected a list of strings, got {value!r:.80}")
+    return value
+
+
+def load_json_template(value: Any, where: str) -> Any:
+    """An inline policy given as a JSON string or as a dict; string leaves are templates."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a JSON object (a policy document), got {type(value).__name__}")
+    return value
+
+
+def json_template_fields(value: Any, where: str, forbidden: set[str]) -> None:
+    if isinstance(value, str):
+        check_template(value, where, forbidden)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check_template(key, where, forbidden)
+            json_template_fields(item, where, forbidden)
+    elif isinstance(value, list):
+        for item in value:
+            json_template_fields(item, where, forbidden)
+
+
+def render_json_template(value: Any, context: Mapping[str, Any], escape: Callable[[str], str]) -> Any:
+    """Render every string (keys and values) of a JSON document; the result is always valid JSON."""
+    if isinstance(value, str):
+        return render(value, context, escape)
+    if isinstance(value, Mapping):
+        return {render(k, context, escape): render_json_template(v, context, escape) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render_json_template(v, context, escape) for v in value]
+    return value

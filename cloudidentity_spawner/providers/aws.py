@@ -1,0 +1,257 @@
+"""AWS IRSA: plan the role a ServiceAccount maps to (pure; no boto3 here).
+
+Two modes, chosen by the rule's ``aws`` block:
+
+* ``{"role_arn": "<template>"}`` - an existing role; we only annotate the
+  ServiceAccount with ``eks.amazonaws.com/role-arn``.
+* ``{"managed": {...}}`` - the hub creates the role, with a trust policy that
+  names exactly this ServiceAccount and the operator's permissions boundary.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .. import names
+from ..errors import ConfigError
+from ..plan import CloudPlan
+from ..templates import TemplateError, raw, render
+from ._common import (
+    check_keys,
+    check_string_list,
+    check_template,
+    json_template_fields,
+    load_json_template,
+    render_json_template,
+)
+
+ROLE_ARN_ANNOTATION = "eks.amazonaws.com/role-arn"
+STS_REGIONAL_ANNOTATION = "eks.amazonaws.com/sts-regional-endpoints"
+TOKEN_EXPIRATION_ANNOTATION = "eks.amazonaws.com/token-expiration"
+ANNOTATIONS = (ROLE_ARN_ANNOTATION, STS_REGIONAL_ANNOTATION, TOKEN_EXPIRATION_ANNOTATION)
+
+TAG_MANAGED_BY = "app.kubernetes.io/managed-by"
+TAG_HUB = "cloudidentity-spawner/hub"
+TAG_OWNER = "cloudidentity-spawner/owner"
+
+_PARTITION = r"aws(?:-cn|-us-gov|-iso|-iso-[a-z]|-eusc)?"
+_ROLE_ARN = re.compile(
+    rf"arn:(?P<partition>{_PARTITION}):iam::(?P<account>\d{{12}}):role(?P<path>/(?:[\x21-\x7e]*/)?)(?P<name>[\w+=,.@-]{{1,64}})",
+    re.ASCII,
+)
+_OIDC_PROVIDER_ARN = re.compile(
+    rf"arn:(?P<partition>{_PARTITION}):iam::(?P<account>\d{{12}}):oidc-provider/(?P<issuer>[A-Za-z0-9.-]+(?:/[\x21-\x7e]+)?)",
+    re.ASCII,
+)
+_POLICY_ARN = re.compile(rf"arn:{_PARTITION}:iam::(?:\d{{12}}|aws):policy/[\x21-\x7e]+", re.ASCII)
+_ROLE_PATH = re.compile(r"/(?:[\x21-\x7e]+/)?", re.ASCII)
+_TOKEN_EXPIRATION = range(600, 86401)
+
+
+@dataclass(frozen=True)
+class RoleArn:
+    partition: str
+    account: str
+    path: str
+    name: str
+
+
+def parse_role_arn(arn: str) -> RoleArn:
+    """Validate an IAM role ARN; raise ValueError saying which part is wrong."""
+    match = _ROLE_ARN.fullmatch(arn)
+    if not match:
+        if not arn.startswith("arn:"):
+            why = "it does not start with 'arn:'"
+        elif not re.match(rf"arn:{_PARTITION}:", arn):
+            why = "unknown partition (expected aws, aws-cn, aws-us-gov, ...)"
+        elif not re.match(rf"arn:{_PARTITION}:iam::\d{{12}}:", arn):
+            why = "the account id must be 12 digits, in an iam ARN (arn:aws:iam::123456789012:role/...)"
+        elif ":role/" not in arn:
+            why = "it is not a role ARN (expected ':role/')"
+        else:
+            why = "the role name must be 1-64 of [A-Za-z0-9+=,.@_-] after an optional /path/"
+        raise ValueError(f"invalid IAM role ARN {arn!r}: {why}")
+    if len(match["path"]) > 512:
+        raise ValueError(f"invalid IAM role ARN {arn!r}: the path is longer than 512 characters")
+    return RoleArn(match["partition"], match["account"], match["path"], match["name"])
+
+
+def parse_oidc_provider_arn(arn: str) -> tuple[str, str, str]:
+    """``(partition, account, issuer)`` of an IAM OIDC provider ARN such as
+    ``arn:aws:iam::123456789012:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/ABC``."""
+    match = _OIDC_PROVIDER_ARN.fullmatch(arn) if isinstance(arn, str) else None
+    if not match:
+        raise ValueError(
+            f"invalid OIDC provider ARN {arn!r}: expected "
+            "arn:aws:iam::<12-digit account>:oidc-provider/<issuer host and path>"
+        )
+    return match["partition"], match["account"], match["issuer"]
+
+
+def trust_policy(provider_arn: str, namespace: str, service_account: str) -> dict[str, Any]:
+    """The role trust policy for IRSA: exactly one ServiceAccount, exact-match conditions only."""
+    _, _, issuer = parse_oidc_provider_arn(provider_arn)
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Federated": provider_arn},
+                "Action": "sts:AssumeRoleWithWebIdentity",
+                "Condition": {
+                    "StringEquals": {
+                        f"{issuer}:sub": f"system:serviceaccount:{namespace}:{service_account}",
+                        f"{issuer}:aud": "sts.amazonaws.com",
+                    }
+                },
+            }
+        ],
+    }
+
+
+def _tag_value(value: str) -> str:
+    """IAM tag values allow letters, digits, spaces and ``_.:/=+-@`` (256 max)."""
+    if re.fullmatch(r"[\w .:/=+\-@]{0,256}", value):
+        return value
+    return names.resource_part(value)
+
+
+def _description(text: str) -> str:
+    """IAM role descriptions allow printable Latin-1 only, 1000 characters at most."""
+    return re.sub(r"[^\t\n\r\x20-\x7e\xa1-\xff]", "?", text)[:1000]
+
+
+_EXISTING_KEYS = {"role_arn", "sts_regional_endpoints", "token_expiration"}
+_MANAGED_KEYS = {
+    "oidc_provider_arn",
+    "role_path",
+    "permissions_boundary",
+    "role_name",
+    "inline_policy",
+    "policy_arns",
+    "tags",
+    "max_session_duration",
+    "description",
+}
+_MANAGED_REQUIRED = {"oidc_provider_arn", "role_path", "permissions_boundary"}
+DEFAULT_ROLE_NAME = {"user": "{hub}-{username}", "group": "{hub}-group-{group}", "hub": "{hub}-{rule}"}
+
+SAMPLE_CONTEXT = {
+    "username": "sample-user",
+    "safe_username": "sample-user",
+    "group": "sample-group",
+    "safe_group": "sample-group",
+    "namespace": "jupyterhub",
+    "hub": "jupyterhub",
+    "rule": "sample-rule",
+    "claims": {},
+}
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    """A rule's validated ``aws`` block."""
+
+    role_arn: str | None = None
+    sts_regional_endpoints: bool | None = None
+    token_expiration: int | None = None
+    managed: Mapping[str, Any] | None = None
+
+
+def parse(block: Any, where: str, forbidden: set[str]) -> AwsSettings:
+    """Validate a rule's ``aws`` block at start-up (ConfigError names *where* and the key)."""
+    check_keys(block, _EXISTING_KEYS | {"managed"}, where)
+    if ("managed" in block) == ("role_arn" in block):
+        raise ConfigError(f"{where}: give exactly one of 'role_arn' (an existing role) or 'managed' (the hub creates it)")
+    sts = block.get("sts_regional_endpoints")
+    if sts is not None and not isinstance(sts, bool):
+        raise ConfigError(f"{where}.sts_regional_endpoints: expected true or false, got {sts!r}")
+    expiration = block.get("token_expiration")
+    if expiration is not None and (isinstance(expiration, bool) or expiration not in _TOKEN_EXPIRATION):
+        raise ConfigError(f"{where}.token_expiration: expected seconds between 600 and 86400, got {expiration!r}")
+    if "role_arn" in block:
+        template = check_template(block["role_arn"], f"{where}.role_arn", forbidden)
+        try:
+            parse_role_arn(render(template, SAMPLE_CONTEXT, names.resource_part))
+        except (ValueError, TemplateError) as e:
+            raise ConfigError(f"{where}.role_arn: {e}") from None
+        return AwsSettings(role_arn=template, sts_regional_endpoints=sts, token_expiration=expiration)
+
+    managed_where = f"{where}.managed"
+    managed = dict(check_keys(block["managed"], _MANAGED_KEYS, managed_where, _MANAGED_REQUIRED))
+    try:
+        parse_oidc_provider_arn(managed["oidc_provider_arn"])
+    except ValueError as e:
+        raise ConfigError(f"{managed_where}.oidc_provider_arn: {e}") from None
+    path = managed["role_path"]
+    if not isinstance(path, str) or not _ROLE_PATH.fullmatch(path) or len(path) > 512:
+        raise ConfigError(f"{managed_where}.role_path: expected a path like '/jupyterhub/myhub/' (starts and ends with '/'), got {path!r}")
+    boundary = managed["permissions_boundary"]
+    if not isinstance(boundary, str) or not _POLICY_ARN.fullmatch(boundary):
+        raise ConfigError(
+            f"{managed_where}.permissions_boundary: expected a managed policy ARN "
+            f"(arn:aws:iam::123456789012:policy/...), got {boundary!r}; managed roles always carry a boundary"
+        )
+    if "role_name" in managed:
+        check_template(managed["role_name"], f"{managed_where}.role_name", forbidden)
+    if "inline_policy" in managed:
+        managed["inline_policy"] = load_json_template(managed["inline_policy"], f"{managed_where}.inline_policy")
+        json_template_fields(managed["inline_policy"], f"{managed_where}.inline_policy", forbidden)
+    for index, arn in enumerate(check_string_list(managed.get("policy_arns", []), f"{managed_where}.policy_arns")):
+        if not _POLICY_ARN.fullmatch(arn):
+            raise ConfigError(f"{managed_where}.policy_arns[{index}]: invalid managed policy ARN {arn!r}")
+    tags = managed.get("tags", {})
+    if not isinstance(tags, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+        raise ConfigError(f"{managed_where}.tags: expected a mapping of strings to strings")
+    duration = managed.get("max_session_duration", 3600)
+    if isinstance(duration, bool) or duration not in range(3600, 43201):
+        raise ConfigError(f"{managed_where}.max_session_duration: expected seconds between 3600 and 43200, got {duration!r}")
+    return AwsSettings(sts_regional_endpoints=sts, token_expiration=expiration, managed=managed)
+
+
+def plan(settings: AwsSettings, context: Mapping[str, Any], scope: str, owner: str, namespace: str, service_account: str):
+    """Return ``(annotations, CloudPlan)`` for one identity. Raises TemplateError/ValueError on bad input."""
+    annotations: dict[str, str] = {}
+    if settings.sts_regional_endpoints is not None:
+        annotations[STS_REGIONAL_ANNOTATION] = "true" if settings.sts_regional_endpoints else "false"
+    if settings.token_expiration is not None:
+        annotations[TOKEN_EXPIRATION_ANNOTATION] = str(settings.token_expiration)
+
+    if settings.role_arn is not None:
+        arn = render(settings.role_arn, context, names.resource_part)
+        parse_role_arn(arn)
+        annotations[ROLE_ARN_ANNOTATION] = arn
+        return annotations, CloudPlan(provider="aws", mode="existing", identity=arn)
+
+    managed = settings.managed
+    partition, account, _ = parse_oidc_provider_arn(managed["oidc_provider_arn"])
+    role_name = names.iam_role_name(render(managed.get("role_name", DEFAULT_ROLE_NAME[scope]), context, raw))
+    path = managed["role_path"]
+    arn = f"arn:{partition}:iam::{account}:role{path}{role_name}"
+    parse_role_arn(arn)
+    tags = {
+        **managed.get("tags", {}),
+        TAG_MANAGED_BY: "cloudidentity-spawner",
+        TAG_HUB: _tag_value(context["hub"]),
+        TAG_OWNER: _tag_value(owner),
+    }
+    inline = managed.get("inline_policy")
+    resources = {
+        "role": {
+            "name": role_name,
+            "path": path,
+            "arn": arn,
+            "trust_policy": trust_policy(managed["oidc_provider_arn"], namespace, service_account),
+            "permissions_boundary": managed["permissions_boundary"],
+            "inline_policy": None if inline is None else render_json_template(inline, context, names.resource_part),
+            "policy_arns": list(managed.get("policy_arns", [])),
+            "tags": tags,
+            "max_session_duration": managed.get("max_session_duration", 3600),
+            "description": _description(managed.get("description", f"JupyterHub {context['hub']} identity for {owner}")),
+        }
+    }
+    annotations[ROLE_ARN_ANNOTATION] = arn
+    return annotations, CloudPlan(provider="aws", mode="managed", identity=arn, resources=resources)

@@ -1,0 +1,164 @@
+"""GKE Workload Identity: plan the Google service account a ServiceAccount maps to (pure).
+
+* ``{"service_account": "<template e-mail>"}`` - an existing GSA; we only annotate
+  the ServiceAccount with ``iam.gke.io/gcp-service-account``.
+* ``{"managed": {...}}`` - the hub creates the GSA and grants
+  ``roles/iam.workloadIdentityUser`` to exactly this ServiceAccount.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .. import names
+from ..errors import ConfigError
+from ..plan import CloudPlan
+from ..templates import TemplateError, raw, render
+from ._common import check_keys, check_string_list, check_template
+from .aws import SAMPLE_CONTEXT
+
+GSA_ANNOTATION = "iam.gke.io/gcp-service-account"
+ANNOTATIONS = (GSA_ANNOTATION,)
+WORKLOAD_IDENTITY_USER = "roles/iam.workloadIdentityUser"
+
+_PROJECT_ID = r"[a-z][a-z0-9-]{4,28}[a-z0-9]"
+_EMAIL = re.compile(rf"(?P<id>[a-z][a-z0-9-]{{4,28}}[a-z0-9])@(?P<project>{_PROJECT_ID})\.iam\.gserviceaccount\.com")
+_ROLE = re.compile(r"(roles|projects/[^/]+/roles|organizations/[0-9]+/roles)/[A-Za-z0-9_.]+")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+
+
+def parse_email(email: str) -> tuple[str, str]:
+    """``(account_id, project)`` of a user-managed GSA e-mail; ValueError says what is wrong."""
+    match = _EMAIL.fullmatch(email) if isinstance(email, str) else None
+    if not match:
+        raise ValueError(
+            f"invalid Google service account e-mail {email!r}: expected "
+            "<id>@<project>.iam.gserviceaccount.com with an id of 6-30 characters "
+            "[a-z0-9-] starting with a letter"
+        )
+    return match["id"], match["project"]
+
+
+def workload_identity_member(pool: str, namespace: str, service_account: str) -> str:
+    """The IAM member a GKE pod's ServiceAccount acts as: exactly one namespace/name."""
+    return f"serviceAccount:{pool}[{namespace}/{service_account}]"
+
+
+_EXISTING_KEYS = {"service_account"}
+_MANAGED_KEYS = {
+    "project",
+    "account_id",
+    "display_name",
+    "description",
+    "workload_identity_pool",
+    "project_roles",
+    "bucket_roles",
+}
+_BUCKET_ROLE_KEYS = {"bucket", "role", "prefix"}
+DEFAULT_ACCOUNT_ID = {"user": "jh-{username}", "group": "jh-group-{group}", "hub": "jh-{rule}"}
+
+
+@dataclass(frozen=True)
+class GcpSettings:
+    """A rule's validated ``gcp`` block."""
+
+    service_account: str | None = None
+    managed: Mapping[str, Any] | None = None
+
+
+def parse(block: Any, where: str, forbidden: set[str]) -> GcpSettings:
+    """Validate a rule's ``gcp`` block at start-up (ConfigError names *where* and the key)."""
+    check_keys(block, _EXISTING_KEYS | {"managed"}, where)
+    if ("managed" in block) == ("service_account" in block):
+        raise ConfigError(f"{where}: give exactly one of 'service_account' (an existing GSA) or 'managed' (the hub creates it)")
+    if "service_account" in block:
+        template = check_template(block["service_account"], f"{where}.service_account", forbidden)
+        try:
+            parse_email(render(template, SAMPLE_CONTEXT, names.ksa_name))
+        except (ValueError, TemplateError) as e:
+            raise ConfigError(f"{where}.service_account: {e}") from None
+        return GcpSettings(service_account=template)
+
+    managed_where = f"{where}.managed"
+    managed = dict(check_keys(block["managed"], _MANAGED_KEYS, managed_where, {"project"}))
+    if not isinstance(managed["project"], str) or not re.fullmatch(_PROJECT_ID, managed["project"]):
+        raise ConfigError(f"{managed_where}.project: invalid project id {managed['project']!r} (6-30 of [a-z0-9-], starting with a letter)")
+    for key in ("account_id", "display_name", "description"):
+        if key in managed:
+            check_template(managed[key], f"{managed_where}.{key}", forbidden)
+    pool = managed.get("workload_identity_pool", f"{managed['project']}.svc.id.goog")
+    if not isinstance(pool, str) or not re.fullmatch(rf"{_PROJECT_ID}\.svc\.id\.goog", pool):
+        raise ConfigError(f"{managed_where}.workload_identity_pool: expected '<cluster project>.svc.id.goog', got {pool!r}")
+    managed["workload_identity_pool"] = pool
+    for index, role in enumerate(check_string_list(managed.get("project_roles", []), f"{managed_where}.project_roles")):
+        if not _ROLE.fullmatch(role):
+            raise ConfigError(f"{managed_where}.project_roles[{index}]: invalid role {role!r} (expected e.g. roles/serviceusage.serviceUsageConsumer)")
+    bucket_roles = managed.get("bucket_roles", [])
+    if not isinstance(bucket_roles, list):
+        raise ConfigError(f"{managed_where}.bucket_roles: expected a list of {{bucket, role, prefix}} mappings")
+    for index, item in enumerate(bucket_roles):
+        item_where = f"{managed_where}.bucket_roles[{index}]"
+        check_keys(item, _BUCKET_ROLE_KEYS, item_where, {"bucket", "role"})
+        if not isinstance(item["bucket"], str) or not _BUCKET.fullmatch(item["bucket"]):
+            raise ConfigError(f"{item_where}.bucket: invalid bucket name {item['bucket']!r}")
+        if not isinstance(item["role"], str) or not _ROLE.fullmatch(item["role"]):
+            raise ConfigError(f"{item_where}.role: invalid role {item['role']!r}")
+        if "prefix" in item:
+            check_template(item["prefix"], f"{item_where}.prefix", forbidden)
+    return GcpSettings(managed=managed)
+
+
+def _prefix_condition(bucket: str, prefix: str) -> dict[str, str]:
+    """An IAM condition limiting a bucket role to objects under one prefix (and listing it)."""
+    objects = f"projects/_/buckets/{bucket}/objects/{prefix}/"
+    return {
+        "title": f"cloudidentity-spawner prefix {prefix}"[:100],
+        "description": "Added by cloudidentity-spawner: only this user's prefix",
+        "expression": (
+            f'resource.name.startsWith("{objects}") || '
+            f'(resource.type == "storage.googleapis.com/Bucket" && resource.name == "projects/_/buckets/{bucket}")'
+        ),
+    }
+
+
+def plan(settings: GcpSettings, context: Mapping[str, Any], scope: str, owner: str, namespace: str, service_account: str):
+    """Return ``(annotations, CloudPlan)`` for one identity. Raises TemplateError/ValueError on bad input."""
+    if settings.service_account is not None:
+        email = render(settings.service_account, context, names.ksa_name)
+        parse_email(email)
+        return {GSA_ANNOTATION: email}, CloudPlan(provider="gcp", mode="existing", identity=email)
+
+    managed = settings.managed
+    project = managed["project"]
+    account_id = names.gsa_account_id(render(managed.get("account_id", DEFAULT_ACCOUNT_ID[scope]), context, raw))
+    email = f"{account_id}@{project}.iam.gserviceaccount.com"
+    member = f"serviceAccount:{email}"
+    bindings = [
+        {
+            "resource": f"projects/{project}/serviceAccounts/{email}",
+            "role": WORKLOAD_IDENTITY_USER,
+            "member": workload_identity_member(managed["workload_identity_pool"], namespace, service_account),
+        }
+    ]
+    bindings += [{"resource": f"projects/{project}", "role": role, "member": member} for role in managed.get("project_roles", [])]
+    for item in managed.get("bucket_roles", []):
+        binding = {"resource": f"projects/_/buckets/{item['bucket']}", "role": item["role"], "member": member}
+        if "prefix" in item:
+            binding["condition"] = _prefix_condition(item["bucket"], render(item["prefix"], context, names.resource_part))
+        bindings.append(binding)
+    display = render(managed.get("display_name", "JupyterHub {hub}: " + owner.replace("{", "{{").replace("}", "}}")), context, raw)
+    description = render(managed.get("description", "Managed by cloudidentity-spawner for " + owner.replace("{", "{{").replace("}", "}}")), context, raw)
+    resources = {
+        "service_account": {
+            "project": project,
+            "account_id": account_id,
+            "email": email,
+            "display_name": display[:100],
+            "description": description[:256],
+        },
+        "bindings": bindings,
+    }
+    return {GSA_ANNOTATION: email}, CloudPlan(provider="gcp", mode="managed", identity=email, resources=resources)

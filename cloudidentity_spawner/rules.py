@@ -1,0 +1,248 @@
+"""Identity rules: validate the operator's rules, and turn claims into an IdentityPlan.
+
+A rule is a plain dict (see the README's configuration reference)::
+
+    {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
+     "aws": {"role_arn": "arn:aws:iam::123456789012:role/jh/atlas"}}
+
+Rules are checked in order and the first that matches decides. Nothing here
+does I/O; the spawner calls :meth:`IdentityRules.resolve` on every spawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from . import names
+from .claims import Claims
+from .errors import ConfigError, IdentityError, NoMatchingRule
+from .plan import (
+    GROUP_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    OWNER_ANNOTATION,
+    RULE_ANNOTATION,
+    RULE_LABEL,
+    SCOPE_LABEL,
+    SCOPES,
+    USER_LABEL,
+    IdentityPlan,
+    ServiceAccountPlan,
+)
+from .providers import aws, gcp
+from .providers._common import check_keys, check_template
+from .templates import TemplateError, raw, render
+
+RULE_KEYS = {"name", "match", "scope", "service_account", "aws", "gcp", "env", "adopt"}
+MATCH_KEYS = {"groups", "users"}
+DEFAULT_SERVICE_ACCOUNT = {
+    "user": "jupyter-{username}",
+    "group": "jupyter-group-{group}",
+    "hub": "jupyter-{hub}-{rule}",
+}
+_USER_FIELDS = {"username", "safe_username"}
+_GROUP_FIELDS = {"group", "safe_group"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One validated identity rule."""
+
+    index: int
+    name: str
+    scope: str
+    groups: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    matches_everyone: bool = False
+    service_account: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+    aws: aws.AwsSettings | None = None
+    gcp: gcp.GcpSettings | None = None
+    adopt: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"identity_rules[{self.index}] ({self.name!r})"
+
+    def match(self, claims: Claims) -> tuple[bool, str | None]:
+        """``(matched, group)``: the group is the one that decides a group-scope identity.
+
+        For each pattern of ``match.groups`` in order, the user's groups matching it
+        are sorted and the first wins, so the choice does not depend on claim order.
+        """
+        for pattern in self.groups:
+            hits = sorted(g for g in claims.groups if fnmatchcase(g, pattern))
+            if hits:
+                return True, hits[0]
+        if self.matches_everyone or any(fnmatchcase(claims.username, p) for p in self.users):
+            return True, None
+        return False, None
+
+
+def _string_patterns(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: expected a list of non-empty strings (shell-style globs allowed), got {value!r:.80}")
+    return tuple(value)
+
+
+def parse_rule(raw_rule: Any, index: int) -> Rule:
+    """Validate one rule; every ConfigError names the rule (index and name) and the key."""
+    name = raw_rule.get("name", f"rule-{index}") if isinstance(raw_rule, Mapping) else f"rule-{index}"
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"identity_rules[{index}].name: expected a non-empty string, got {name!r}")
+    where = f"identity_rules[{index}] ({name!r})"
+    check_keys(raw_rule, RULE_KEYS, where)
+
+    match = check_keys(raw_rule.get("match", None), MATCH_KEYS, f"{where}.match") if "match" in raw_rule else None
+    if match is None:
+        raise ConfigError(f"{where}: missing required key 'match' (use {{}} to match everyone)")
+    groups = _string_patterns(match["groups"], f"{where}.match.groups") if "groups" in match else ()
+    users = _string_patterns(match["users"], f"{where}.match.users") if "users" in match else ()
+
+    scope = raw_rule.get("scope", "user")
+    if scope not in SCOPES:
+        raise ConfigError(f"{where}.scope: unknown scope {scope!r}; expected one of {', '.join(SCOPES)}")
+    if scope == "group" and not groups:
+        raise ConfigError(f"{where}.scope: 'group' scope needs match.groups (the group decides the shared identity)")
+
+    # Fields a template of this rule cannot use: shared identities must not
+    # depend on one user, and {group} needs a group match.
+    # Per-pod settings (env) may still use the user's name.
+    group_fields = _GROUP_FIELDS if scope == "hub" or not groups else set()
+    forbidden = group_fields | (_USER_FIELDS | {"claims"} if scope != "user" else set())
+
+    service_account = raw_rule.get("service_account", DEFAULT_SERVICE_ACCOUNT[scope])
+    check_template(service_account, f"{where}.service_account", forbidden)
+
+    env = raw_rule.get("env", {})
+    if not isinstance(env, Mapping):
+        raise ConfigError(f"{where}.env: expected a mapping of variable names to templates")
+    for key, value in env.items():
+        if not isinstance(key, str) or not key.replace("_", "a").isalnum() or key[:1].isdigit():
+            raise ConfigError(f"{where}.env: invalid environment variable name {key!r}")
+        check_template(value, f"{where}.env.{key}", group_fields)
+
+    if "aws" in raw_rule and "gcp" in raw_rule:
+        raise ConfigError(f"{where}: has both 'aws' and 'gcp'; give exactly one provider block per rule (or none)")
+    aws_settings = aws.parse(raw_rule["aws"], f"{where}.aws", forbidden) if "aws" in raw_rule else None
+    gcp_settings = gcp.parse(raw_rule["gcp"], f"{where}.gcp", forbidden) if "gcp" in raw_rule else None
+
+    adopt = raw_rule.get("adopt", False)
+    if not isinstance(adopt, bool):
+        raise ConfigError(f"{where}.adopt: expected true or false, got {adopt!r}")
+
+    return Rule(
+        index=index,
+        name=name,
+        scope=scope,
+        groups=groups,
+        users=users,
+        matches_everyone=not groups and not users,
+        service_account=service_account,
+        env=dict(env),
+        aws=aws_settings,
+        gcp=gcp_settings,
+        adopt=adopt,
+    )
+
+
+def parse_rules(raw_rules: Any) -> tuple[Rule, ...]:
+    """Validate all rules (at hub start-up). Rule names must be unique."""
+    if not isinstance(raw_rules, Sequence) or isinstance(raw_rules, (str, bytes)):
+        raise ConfigError(f"identity_rules: expected a list of rules, got {type(raw_rules).__name__}")
+    rules = tuple(parse_rule(r, i) for i, r in enumerate(raw_rules))
+    seen: dict[str, int] = {}
+    for rule in rules:
+        if rule.name in seen:
+            raise ConfigError(f"{rule.label}.name: the name is already used by identity_rules[{seen[rule.name]}]")
+        seen[rule.name] = rule.index
+    return rules
+
+
+@dataclass(frozen=True)
+class IdentityRules:
+    """The operator's rules plus the hub-wide settings they are rendered with."""
+
+    rules: tuple[Rule, ...]
+    hub: str = "jupyterhub"
+
+    @classmethod
+    def from_config(cls, raw_rules: Any, hub: str = "jupyterhub") -> IdentityRules:
+        if not isinstance(hub, str) or not names.is_valid_ksa_name(hub):
+            raise ConfigError(f"hub_name: expected a short DNS-style name like 'jupyterhub', got {hub!r}")
+        return cls(parse_rules(raw_rules), hub)
+
+    def find(self, claims: Claims) -> tuple[Rule, str | None]:
+        for rule in self.rules:
+            matched, group = rule.match(claims)
+            if matched:
+                return rule, group
+        groups = list(claims.groups)
+        raise NoMatchingRule(
+            f"No cloud identity is configured for user {claims.username!r} with groups {groups}; ask your hub admin.",
+            f"no identity rule matches user {claims.username!r} with groups {groups}",
+        )
+
+    def resolve(self, claims: Claims, namespace: str) -> IdentityPlan:
+        """The plan for this user: first matching rule, rendered for them."""
+        rule, group = self.find(claims)
+        try:
+            return self._plan(rule, group, claims, namespace)
+        except (TemplateError, ValueError) as e:
+            raise IdentityError(
+                "Your cloud identity could not be prepared from your login details; ask your hub admin.",
+                f"{rule.label}: cannot plan an identity for user {claims.username!r}: {e}",
+            ) from None
+
+    def _plan(self, rule: Rule, group: str | None, claims: Claims, namespace: str) -> IdentityPlan:
+        context = {
+            "username": claims.username,
+            "safe_username": names.ksa_name(claims.username),
+            "group": group,
+            "safe_group": None if group is None else names.ksa_name(group),
+            "namespace": namespace,
+            "hub": self.hub,
+            "rule": rule.name,
+            "claims": claims.values,
+        }
+        if rule.scope == "user":
+            owner = f"user:{claims.username}"
+        elif rule.scope == "group":
+            owner = f"group:{group}"
+        else:
+            owner = f"hub:{rule.name}"
+        sa_name = names.ksa_name(render(rule.service_account, context, raw))
+
+        labels = {
+            MANAGED_BY_LABEL: MANAGED_BY,
+            SCOPE_LABEL: rule.scope,
+            RULE_LABEL: names.label_value(rule.name),
+        }
+        if rule.scope == "user":
+            labels[USER_LABEL] = names.label_value(claims.username)
+        elif rule.scope == "group":
+            labels[GROUP_LABEL] = names.label_value(group)
+        annotations = {OWNER_ANNOTATION: owner, RULE_ANNOTATION: rule.name}
+
+        cloud = None
+        provider = aws if rule.aws else gcp if rule.gcp else None
+        if provider is not None:
+            extra, cloud = provider.plan(rule.aws or rule.gcp, context, rule.scope, owner, namespace, sa_name)
+            annotations.update(extra)
+
+        env = {key: render(value, context, names.resource_part) for key, value in rule.env.items()}
+        return IdentityPlan(
+            user=claims.username,
+            groups=claims.groups,
+            rule=rule.name,
+            scope=rule.scope,
+            owner=owner,
+            group=group,
+            service_account=ServiceAccountPlan(sa_name, namespace, annotations, labels),
+            env=env,
+            cloud=cloud,
+            adopt=rule.adopt,
+        )

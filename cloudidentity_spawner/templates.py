@@ -1,0 +1,88 @@
+"""Operator templates such as ``arn:aws:iam::123456789012:role/jh/{username}``.
+
+Templates use Python's ``str.format`` field syntax with a fixed vocabulary:
+``{username}``, ``{safe_username}``, ``{group}``, ``{safe_group}``,
+``{namespace}``, ``{hub}``, ``{rule}`` and claim values as ``{claims[key]}``.
+Every value is passed through an *escape* function chosen for the target
+(an ARN, an e-mail, a JSON policy, a Kubernetes name), so a user name can never
+inject syntax into the thing being rendered.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .claims import lookup
+
+FIELDS = frozenset({"username", "safe_username", "group", "safe_group", "namespace", "hub", "rule"})
+
+_formatter = string.Formatter()
+
+
+class TemplateError(ValueError):
+    """A template is malformed, or a value it needs is missing."""
+
+
+def fields(template: str) -> set[str]:
+    """The field names *template* uses (``claims[x]`` is reported as ``claims[x]``).
+
+    Raises :class:`TemplateError` for a malformed template, an unknown field,
+    or a conversion/format spec (``{username!r}``, ``{username:>10}``), which
+    would bypass escaping.
+    """
+    if not isinstance(template, str):
+        raise TemplateError(f"expected a string template, got {type(template).__name__}")
+    try:
+        parsed = list(_formatter.parse(template))
+    except ValueError as e:
+        raise TemplateError(f"malformed template {template!r}: {e}") from None
+    found = set()
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if spec or conversion:
+            raise TemplateError(f"template {template!r}: format specs and conversions are not allowed in {{{name}}}")
+        if name.startswith("claims[") and name.endswith("]") and len(name) > len("claims[]"):
+            found.add(name)
+        elif name in FIELDS:
+            found.add(name)
+        else:
+            allowed = ", ".join(f"{{{f}}}" for f in sorted(FIELDS)) + ", {claims[key]}"
+            raise TemplateError(f"template {template!r}: unknown field {{{name}}}; allowed: {allowed}")
+    return found
+
+
+def render(template: str, context: Mapping[str, Any], escape: Callable[[str], str]) -> str:
+    """Render *template*, passing every substituted value through *escape*.
+
+    *context* maps field names to values; ``context["claims"]`` is the claims
+    mapping. A field whose value is ``None`` (e.g. ``{group}`` for a user matched
+    by name) is an error, not an empty string.
+    """
+    out = []
+    for literal, name, _spec, _conversion in _formatter.parse(template):
+        out.append(literal)
+        if name is None:
+            continue
+        if name.startswith("claims["):
+            key = name[len("claims[") : -1]
+            value = lookup(context.get("claims") or {}, key)
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise TemplateError(
+                    f"template {template!r} needs claim {key!r}, which is "
+                    + ("missing" if value is None else f"a {type(value).__name__}, not a string")
+                )
+            value = str(value)
+        else:
+            value = context.get(name)
+            if value is None:
+                raise TemplateError(f"template {template!r} needs {{{name}}}, which is not known for this user")
+        out.append(escape(value))
+    return "".join(out)
+
+
+def raw(value: str) -> str:
+    """The escape for targets that validate the whole result afterwards."""
+    return value

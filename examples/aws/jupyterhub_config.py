@@ -1,0 +1,65 @@
+# CloudIdentitySpawner on EKS with IRSA: per-group roles for two experiments,
+# and a role of their own (created by the hub) for everyone else.
+#
+# Try it without a cluster:
+#   cloudidentity-spawner plan --config examples/aws/jupyterhub_config.py \
+#       --user alice --claims examples/claims/escape-iam-alice.json
+c = get_config()  # noqa: F821
+
+c.JupyterHub.spawner_class = "cloudidentity"
+c.KubeSpawner.namespace = "jupyterhub"
+c.CloudIdentitySpawner.hub_name = "escape-hub"
+
+ACCOUNT = "123456789012"
+OIDC_PROVIDER = f"arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
+
+# The per-user scratch prefix pattern: read/write s3://escape-scratch/<user>/*,
+# and list only that prefix. Doubled braces are literal JSON braces.
+SCRATCH_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Sid": "OwnPrefixObjects",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            "Resource": "arn:aws:s3:::escape-scratch/{username}/*",
+        },
+        {
+            "Sid": "ListOwnPrefix",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": "arn:aws:s3:::escape-scratch",
+            "Condition": {"StringLike": {"s3:prefix": ["{username}/*", "{username}"]}},
+        },
+    ],
+}
+
+c.CloudIdentitySpawner.identity_rules = [
+    {
+        "name": "atlas",
+        "match": {"groups": ["/escape/atlas", "/escape/atlas/*"]},
+        "scope": "group",
+        "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/escape-atlas"},
+        "env": {"SCRATCH_BUCKET": "s3://escape-scratch/{username}"},
+    },
+    {
+        "name": "cms",
+        "match": {"groups": ["/escape/cms"]},
+        "scope": "group",
+        "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/escape-cms"},
+    },
+    {
+        "name": "escape-members",
+        "match": {"groups": ["/escape", "/escape/*"]},
+        "scope": "user",
+        "aws": {
+            "managed": {
+                "oidc_provider_arn": OIDC_PROVIDER,
+                "role_path": "/jupyterhub/escape-hub/",
+                "permissions_boundary": f"arn:aws:iam::{ACCOUNT}:policy/jupyterhub-user-boundary",
+                "inline_policy": SCRATCH_POLICY,
+            }
+        },
+        "env": {"SCRATCH_BUCKET": "s3://escape-scratch/{username}"},
+    },
+]

@@ -1,0 +1,210 @@
+"""Rules → plans, and every configuration error an operator can make."""
+
+import dataclasses
+import json
+
+import pytest
+
+from cloudidentity_spawner.claims import Claims
+from cloudidentity_spawner.errors import ConfigError, IdentityError, NoMatchingRule
+from cloudidentity_spawner.plan import MANAGED_BY_LABEL, OWNER_ANNOTATION, thaw
+from cloudidentity_spawner.rules import IdentityRules
+
+ACCOUNT = "123456789012"
+PROVIDER = f"arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/ABCDEF0123456789"
+MANAGED = {
+    "oidc_provider_arn": PROVIDER,
+    "role_path": "/jupyterhub/test/",
+    "permissions_boundary": f"arn:aws:iam::{ACCOUNT}:policy/boundary",
+}
+
+
+def rules(*raw, hub="testhub"):
+    return IdentityRules.from_config(list(raw), hub)
+
+
+def user(name, *groups, **values):
+    return Claims(username=name, groups=tuple(groups), values=values)
+
+
+def test_first_matching_rule_wins_and_globs_match_groups():
+    r = rules(
+        {"name": "atlas", "match": {"groups": ["/escape/atlas*"]}, "scope": "group"},
+        {"name": "escape", "match": {"groups": ["/escape/*"]}},
+        {"name": "admins", "match": {"users": ["admin-*"]}},
+    )
+    assert r.resolve(user("a", "/escape/atlas"), "ns").rule == "atlas"
+    assert r.resolve(user("b", "/escape/cms"), "ns").rule == "escape"
+    assert r.resolve(user("admin-zoe"), "ns").rule == "admins"
+    with pytest.raises(NoMatchingRule) as e:
+        r.resolve(user("bob", "/other"), "ns")
+    assert "No cloud identity is configured" in e.value.user_message
+    assert "['/other']" in e.value.user_message
+
+
+def test_empty_match_matches_everyone():
+    assert rules({"match": {}}).resolve(user("anyone"), "ns").rule == "rule-0"
+
+
+def test_both_match_keys_match_either():
+    r = rules({"match": {"groups": ["g"], "users": ["u"]}})
+    assert r.resolve(user("u"), "ns").rule == "rule-0"
+    assert r.resolve(user("x", "g"), "ns").rule == "rule-0"
+
+
+def test_user_scope_gives_distinct_accounts_and_owner():
+    r = rules({"match": {}, "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jh/{{username}}"}})
+    alice, bob = r.resolve(user("alice"), "ns"), r.resolve(user("bob"), "ns")
+    assert alice.service_account.name == "jupyter-alice"
+    assert bob.service_account.name == "jupyter-bob"
+    assert alice.service_account.annotations["eks.amazonaws.com/role-arn"].endswith("role/jh/alice")
+    assert alice.service_account.annotations[OWNER_ANNOTATION] == "user:alice"
+    assert alice.service_account.labels[MANAGED_BY_LABEL] == "cloudidentity-spawner"
+
+
+def test_group_scope_is_shared_by_members_of_the_same_group_only():
+    r = rules({"name": "exp", "match": {"groups": ["/escape/*"]}, "scope": "group"})
+    a1 = r.resolve(user("alice", "/escape/atlas"), "ns")
+    a2 = r.resolve(user("amir", "/escape/atlas"), "ns")
+    c = r.resolve(user("carl", "/escape/cms"), "ns")
+    assert a1.service_account == a2.service_account
+    assert a1.service_account.name != c.service_account.name
+    assert a1.owner == "group:/escape/atlas"
+
+
+def test_group_choice_follows_pattern_order_then_sorted_groups():
+    r = rules({"match": {"groups": ["/b/*", "/a/*"]}, "scope": "group"})
+    assert r.resolve(user("x", "/a/1", "/b/2", "/b/1"), "ns").group == "/b/1"
+
+
+def test_hub_scope_is_one_account_for_all():
+    r = rules({"name": "all", "match": {}, "scope": "hub"})
+    assert r.resolve(user("a"), "ns").service_account == r.resolve(user("b"), "ns").service_account
+
+
+def test_templates_escape_values_so_a_username_cannot_widen_a_policy():
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "arn:aws:s3:::scratch/{username}/*"}],
+    }
+    r = rules({"match": {}, "aws": {"managed": {**MANAGED, "inline_policy": json.dumps(policy)}}})
+    for hostile in ["*", "../bob", "a/*", "${aws:username}", 'x", "Resource": "*']:
+        plan = r.resolve(user(hostile), "ns")
+        resource = plan.cloud.resources["role"]["inline_policy"]["Statement"][0]["Resource"]
+        middle = resource[len("arn:aws:s3:::scratch/") : -len("/*")]
+        assert not set(middle) & set('/*?${}"'), resource
+
+
+def test_managed_role_plan_has_exact_trust_and_boundary():
+    plan = rules({"match": {}, "aws": {"managed": MANAGED}}).resolve(user("alice"), "jhub")
+    role = plan.cloud.resources["role"]
+    statement = role["trust_policy"]["Statement"][0]
+    issuer = "oidc.eks.eu-west-1.amazonaws.com/id/ABCDEF0123456789"
+    assert statement["Condition"] == {
+        "StringEquals": {
+            f"{issuer}:sub": "system:serviceaccount:jhub:jupyter-alice",
+            f"{issuer}:aud": "sts.amazonaws.com",
+        }
+    }
+    assert statement["Principal"] == {"Federated": PROVIDER}
+    assert role["permissions_boundary"] == MANAGED["permissions_boundary"]
+    assert role["arn"] == f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/test/testhub-alice"
+    assert "*" not in json.dumps(thaw(role["trust_policy"]))
+
+
+def test_managed_role_names_fit_iam_for_long_and_odd_usernames():
+    r = rules({"match": {}, "aws": {"managed": MANAGED}})
+    names = {r.resolve(user(u), "ns").cloud.resources["role"]["name"] for u in ["é" * 200, "a" * 200, "a" * 201, "A"]}
+    assert len(names) == 4
+    assert all(len(n) <= 64 for n in names)
+
+
+def test_gcp_managed_binding_names_exactly_one_service_account():
+    r = rules({"match": {}, "gcp": {"managed": {"project": "my-project"}}})
+    plan = r.resolve(user("Bob.Smith@x.org"), "jhub")
+    [binding] = plan.cloud.resources["bindings"]
+    ksa = plan.service_account.name
+    assert binding["member"] == f"serviceAccount:my-project.svc.id.goog[jhub/{ksa}]"
+    assert binding["role"] == "roles/iam.workloadIdentityUser"
+
+
+def test_gcp_existing_service_account_annotation():
+    r = rules({"match": {}, "gcp": {"service_account": "nb-{username}@my-project.iam.gserviceaccount.com"}})
+    plan = r.resolve(user("alice"), "ns")
+    assert plan.service_account.annotations["iam.gke.io/gcp-service-account"] == "nb-alice@my-project.iam.gserviceaccount.com"
+
+
+def test_claim_values_in_templates():
+    r = rules({"match": {}, "env": {"PROJECT": "{claims[project]}"}})
+    assert r.resolve(user("a", project="p1"), "ns").env["PROJECT"] == "p1"
+    with pytest.raises(IdentityError) as e:
+        r.resolve(user("a"), "ns")
+    assert "claim 'project'" in e.value.admin_detail
+
+
+def test_plan_is_immutable():
+    plan = rules({"match": {}}).resolve(user("a"), "ns")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.rule = "other"
+    with pytest.raises(TypeError):
+        plan.service_account.annotations["x"] = "y"
+
+
+def test_plan_dict_has_the_documented_shape():
+    data = rules({"match": {}}).resolve(user("a", "g"), "ns").to_dict()
+    assert {"user", "groups", "rule", "scope", "service_account", "env", "cloud"} <= set(data)
+    assert set(data["service_account"]) == {"name", "namespace", "annotations", "labels"}
+    assert data["cloud"] is None
+
+
+@pytest.mark.parametrize(
+    "rule,fragments",
+    [
+        ({"name": "r", "match": {}, "colour": "red"}, ["identity_rules[0] ('r')", "'colour'"]),
+        ({"name": "r", "match": {}, "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/x"}, "gcp": {"service_account": "a"}}, ["('r')", "both 'aws' and 'gcp'"]),
+        ({"name": "r", "match": {}, "aws": {"role_arn": "arn:aws:iam::12345:role/x"}}, ["('r').aws.role_arn", "12 digits"]),
+        ({"name": "r", "match": {}, "aws": {"role_arn": f"arn:aws:s3:::{ACCOUNT}"}}, ["('r').aws.role_arn"]),
+        ({"name": "r", "match": {}, "gcp": {"service_account": "{username}@gmail.com"}}, ["('r').gcp.service_account", "iam.gserviceaccount.com"]),
+        ({"name": "r", "match": {}, "scope": "team"}, ["('r').scope", "'team'"]),
+        ({"name": "r", "match": {"groups": "admins"}}, ["('r').match.groups", "list"]),
+        ({"name": "r", "match": {"teams": []}}, ["('r').match", "'teams'"]),
+        ({"name": "r"}, ["('r')", "'match'"]),
+        ({"name": "r", "match": {}, "scope": "group"}, ["('r').scope", "match.groups"]),
+        ({"name": "r", "match": {"groups": ["g"]}, "scope": "group", "service_account": "sa-{username}"}, ["('r').service_account", "{username}"]),
+        ({"name": "r", "match": {}, "scope": "hub", "service_account": "sa-{claims[sub]}"}, ["('r').service_account", "{claims[sub]}"]),
+        ({"name": "r", "match": {}, "service_account": "sa-{group}"}, ["('r').service_account", "{group}"]),
+        ({"name": "r", "match": {}, "service_account": "sa-{user}"}, ["('r').service_account", "unknown field {user}"]),
+        ({"name": "r", "match": {}, "service_account": "sa-{username!r}"}, ["('r').service_account", "not allowed"]),
+        ({"name": "r", "match": {}, "env": {"1X": "v"}}, ["('r').env", "'1X'"]),
+        ({"name": "r", "match": {}, "adopt": "yes"}, ["('r').adopt"]),
+        ({"name": "r", "match": {}, "aws": {"managed": {k: v for k, v in MANAGED.items() if k != "permissions_boundary"}}}, ["('r').aws.managed", "'permissions_boundary'"]),
+        ({"name": "r", "match": {}, "aws": {"managed": {**MANAGED, "role_path": "jupyterhub"}}}, ["('r').aws.managed.role_path"]),
+        ({"name": "r", "match": {}, "aws": {"managed": {**MANAGED, "oidc_provider_arn": "oidc.eks"}}}, ["('r').aws.managed.oidc_provider_arn"]),
+        ({"name": "r", "match": {}, "aws": {"managed": {**MANAGED, "inline_policy": '{"Version": '}}}, ["('r').aws.managed.inline_policy", "not valid JSON"]),
+        ({"name": "r", "match": {}, "aws": {"managed": MANAGED, "role_arn": "x"}}, ["('r').aws", "exactly one"]),
+        ({"name": "r", "match": {}, "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/x", "token_expiration": 5}}, ["('r').aws.token_expiration"]),
+        ({"name": "r", "match": {}, "gcp": {"managed": {"project": "P"}}}, ["('r').gcp.managed.project"]),
+        ({"name": "r", "match": {}, "gcp": {"managed": {"project": "my-project", "bucket_roles": [{"bucket": "bucket1", "role": "storage.admin"}]}}}, ["('r').gcp.managed.bucket_roles[0].role"]),
+        ("not a dict", ["identity_rules[0]", "mapping"]),
+    ],
+)
+def test_config_errors_name_the_rule_and_key(rule, fragments):
+    with pytest.raises(ConfigError) as e:
+        rules(rule)
+    for fragment in fragments:
+        assert fragment in str(e.value)
+
+
+def test_second_rule_errors_carry_its_index():
+    with pytest.raises(ConfigError, match=r"identity_rules\[1\] \('rule-1'\)\.scope"):
+        rules({"match": {}}, {"match": {}, "scope": "nope"})
+
+
+def test_duplicate_rule_names_are_rejected():
+    with pytest.raises(ConfigError, match=r"identity_rules\[1\].*already used by identity_rules\[0\]"):
+        rules({"name": "a", "match": {}}, {"name": "a", "match": {}})
+
+
+def test_rules_must_be_a_list():
+    with pytest.raises(ConfigError, match="expected a list"):
+        IdentityRules.from_config({"match": {}})
