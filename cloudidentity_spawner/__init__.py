@@ -8,12 +8,15 @@ Public API:
 * :class:`ConfigError`, :class:`IdentityError` - what goes wrong, for whom.
 """
 
-from .config import CloudIdentity
+from .config import CloudIdentity, guard_jupyterhub_startup
 from .errors import ClaimsError, ConfigError, IdentityError, NoMatchingRule
 from .plan import CloudPlan, IdentityPlan, ServiceAccountPlan
+from .hooks import pre_spawn_hook
 from .spawner import CloudIdentitySpawner
 
 __version__ = "0.1.0"
+
+guard_jupyterhub_startup()
 
 __all__ = [
     "ClaimsError",
@@ -26,4 +29,5 @@ __all__ = [
     "NoMatchingRule",
     "ServiceAccountPlan",
     "__version__",
+    "pre_spawn_hook",
 ]

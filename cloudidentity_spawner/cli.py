@@ -16,10 +16,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from traitlets.config import Config
 from traitlets.config.loader import ConfigFileNotFound, PyFileConfigLoader
 
-from .config import CloudIdentity, user_claims
+from .config import identity_settings, user_claims
 from .errors import ConfigError, IdentityError
 
 
@@ -79,16 +78,6 @@ def _configured_namespace(config: Any) -> str:
         if section in config and "namespace" in config[section]:
             return config[section]["namespace"]
     return "default"
-
-
-def identity_settings(config: Any) -> CloudIdentity:
-    """The identity settings from a loaded config, as the spawner would see them
-    (``c.CloudIdentitySpawner.*`` overrides ``c.CloudIdentity.*``)."""
-    merged = Config()
-    for section in ("CloudIdentity", "CloudIdentitySpawner"):
-        if section in config:
-            merged.CloudIdentity.merge(config[section])
-    return CloudIdentity(config=merged)
 
 
 async def plan_command(args: argparse.Namespace) -> dict[str, Any]:

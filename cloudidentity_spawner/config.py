@@ -8,10 +8,10 @@ from typing import Any
 
 from traitlets import Any as AnyTrait
 from traitlets import List, Unicode
-from traitlets.config import Configurable
+from traitlets.config import Config, Configurable
 
 from .claims import DEFAULT_GROUP_CLAIMS, Claims, claims_from_auth_state
-from .errors import IdentityError
+from .errors import ConfigError, IdentityError
 from .plan import IdentityPlan
 from .rules import IdentityRules
 
@@ -124,3 +124,60 @@ async def user_claims(config: CloudIdentity, user: Any) -> Claims:
     auth_state = await user.get_auth_state()
     hub_groups = [getattr(g, "name", g) for g in (getattr(user, "groups", None) or [])]
     return config.claims_for(user.name, auth_state, hub_groups)
+
+
+SECTIONS = ("CloudIdentity", "CloudIdentitySpawner")
+
+
+def identity_settings(config: Config) -> CloudIdentity:
+    """The identity settings in a loaded config, as the spawner sees them
+    (``c.CloudIdentitySpawner.*`` overrides ``c.CloudIdentity.*``)."""
+    merged = Config()
+    for section in SECTIONS:
+        if section in config:
+            merged.CloudIdentity.merge(config[section])
+    return CloudIdentity(config=merged)
+
+
+def check_config(config: Config) -> None:
+    """Raise ConfigError (naming the rule and key) if the identity settings are wrong."""
+    settings = identity_settings(config)
+    settings.compiled_rules  # noqa: B018
+
+
+def _check_hub(app: Any) -> None:
+    if not any(section in app.config for section in SECTIONS):
+        return
+    try:
+        check_config(app.config)
+    except ConfigError as e:
+        app.log.critical("cloudidentity-spawner: configuration error: %s", " ".join(str(e).split()))
+        app.exit(1)
+
+
+def guard_jupyterhub_startup() -> None:
+    """Make JupyterHub refuse to start when the identity rules are wrong, with one message.
+
+    Called when this package is imported. JupyterHub imports it while starting:
+    while building its list of configurable classes (inside ``JupyterHub()``,
+    before the config file is read), from jupyterhub_config.py itself, or when
+    it resolves ``spawner_class`` (after the config is read). So the config is
+    checked now if a hub is already configured, and after every config load
+    from then on; a bad rule stops the hub at start-up instead of failing spawns.
+    """
+    try:
+        from jupyterhub.app import JupyterHub
+    except ImportError:
+        return
+    if not getattr(JupyterHub, "_cloudidentity_guarded", False):
+        load = JupyterHub.update_config
+
+        def update_config(self: Any, config: Config) -> None:
+            load(self, config)
+            _check_hub(self)
+
+        update_config.__doc__ = load.__doc__
+        JupyterHub.update_config = update_config
+        JupyterHub._cloudidentity_guarded = True
+    if JupyterHub.initialized():
+        _check_hub(JupyterHub.instance())

@@ -1,17 +1,166 @@
-"""CloudIdentitySpawner: KubeSpawner that runs each user's pods under their own cloud identity."""
+"""CloudIdentitySpawner: KubeSpawner that runs each user's pods under their own cloud identity.
+
+The spawner stays thin: it asks the pure core for the user's plan, asks
+:mod:`.kube` to make the ServiceAccount match, and pins the pod to it.
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner import KubeSpawner
+from kubespawner.clients import shared_client
+from traitlets import Float, Integer
 
 from .config import CloudIdentity, user_claims
-from .plan import IdentityPlan
+from .errors import ConfigError, IdentityError
+from .kube import RetryPolicy, ServiceAccounts, describe, is_retryable
+from .plan import RULE_LABEL, SCOPE_LABEL, IdentityPlan
+
+
+class SpawnRefused(Exception):
+    """Fails one spawn; JupyterHub shows ``jupyterhub_message`` on the spawn page."""
+
+    def __init__(self, user_message: str):
+        super().__init__(user_message)
+        self.jupyterhub_message = user_message
+
+
+def audit_record(plan: IdentityPlan, spawner_name: str, outcome: str) -> dict[str, Any]:
+    """The one structured line logged per spawn decision (it doubles as the audit trail)."""
+    return {
+        "event": "cloudidentity.spawn",
+        "user": plan.user,
+        "server": spawner_name,
+        "groups": list(plan.groups),
+        "group": plan.group,
+        "rule": plan.rule,
+        "scope": plan.scope,
+        "service_account": f"{plan.service_account.namespace}/{plan.service_account.name}",
+        "service_account_change": outcome,
+        "cloud_provider": plan.cloud.provider if plan.cloud else None,
+        "cloud_identity": plan.cloud.identity if plan.cloud else None,
+    }
+
+
+class IdentityProvisioner:
+    """Plan + ensure + log, shared by the spawner and the plain ``pre_spawn_hook``."""
+
+    def __init__(self, settings: CloudIdentity, spawner: Any, retry: RetryPolicy, request_timeout: float):
+        self.settings = settings
+        self.spawner = spawner
+        self.log = spawner.log
+        self.accounts = ServiceAccounts(shared_client("CoreV1Api"), retry, request_timeout, spawner.log)
+
+    async def prepare(self, namespace: str) -> IdentityPlan:
+        """Resolve and ensure; on failure log one admin line and raise :class:`SpawnRefused`."""
+        who = self.spawner.user.name + (f"/{self.spawner.name}" if self.spawner.name else "")
+        plan = None
+        try:
+            claims = await user_claims(self.settings, self.spawner.user)
+            plan = await self.settings.plan_for(self.spawner, claims, namespace)
+            outcome = await self.accounts.ensure(plan)
+        except IdentityError as e:
+            self.log.error("cloudidentity: spawn refused for %s: %s", who, e.admin_detail)
+            raise SpawnRefused(e.user_message) from None
+        except ConfigError as e:
+            self.log.error("cloudidentity: spawn refused for %s: configuration error: %s", who, e)
+            raise SpawnRefused("This hub's cloud identity configuration has an error; ask your hub admin.") from None
+        except Exception as e:
+            if not (isinstance(e, ApiException) or is_retryable(e)):
+                raise
+            rule = plan.rule if plan else "?"
+            self.log.error("cloudidentity: spawn refused for %s (rule %s): Kubernetes API failed: %s", who, rule, describe(e))
+            raise SpawnRefused(
+                "Your cloud identity could not be set up because the cluster did not answer; "
+                "try again in a minute, or ask your hub admin."
+            ) from None
+        self.log.info("cloudidentity audit %s", json.dumps(audit_record(plan, self.spawner.name, outcome), sort_keys=True))
+        return plan
 
 
 class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
-    """KubeSpawner that starts each user's pod under the ServiceAccount their identity rule chooses."""
+    """KubeSpawner that starts each user's pod under the ServiceAccount their identity rule chooses.
+
+    Before the pod is created (after profiles and ``kubespawner_override`` are
+    applied), the user's plan is resolved, the ServiceAccount is created or
+    patched, and the pod is pinned to it. Nothing the user submits can choose
+    another account: the pod manifest's ServiceAccount is set last, from the plan.
+    """
+
+    identity_api_retries = Integer(
+        5,
+        config=True,
+        help="How many times a Kubernetes API call for the identity is tried on 5xx, 429 or timeouts (with jittered exponential backoff).",
+    )
+    identity_api_backoff = Float(
+        0.2,
+        config=True,
+        help="First retry delay in seconds for identity API calls; doubles per retry, capped at identity_api_backoff_max.",
+    )
+    identity_api_backoff_max = Float(5.0, config=True, help="Longest delay in seconds between identity API retries.")
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # What the operator configured, before any profile override can touch it.
+        self._configured_automount = bool(self.automount_service_account_token)
+        self._identity_plan: IdentityPlan | None = None
+        # Fail on a bad rule set now, naming the rule and key, not at the first spawn.
+        self.compiled_rules  # noqa: B018
+
+    def _provisioner(self) -> IdentityProvisioner:
+        retry = RetryPolicy(self.identity_api_retries, self.identity_api_backoff, self.identity_api_backoff_max)
+        return IdentityProvisioner(self, self, retry, self.k8s_api_request_timeout)
 
     async def plan_identity(self, namespace: str | None = None) -> IdentityPlan:
-        """Resolve this spawn's identity plan from the user's login claims."""
+        """Resolve this spawn's identity plan from the user's login claims (no I/O but auth_state)."""
         claims = await user_claims(self, self.user)
         return await self.plan_for(self, claims, namespace or self.namespace)
+
+    async def load_user_options(self) -> None:
+        await super().load_user_options()
+        plan = await self._provisioner().prepare(self.namespace)
+        self._identity_plan = plan
+        apply_plan(self, plan, self._configured_automount)
+
+    async def get_pod_manifest(self):
+        pod = await super().get_pod_manifest()
+        if self._identity_plan is not None:
+            pin_pod(pod, self._identity_plan, self._configured_automount)
+        return pod
+
+    async def delete_forever(self) -> None:
+        """Delete the user's own ServiceAccount when the user is deleted.
+
+        JupyterHub calls this for the default server when the user is deleted, and
+        for a named server when only that server is deleted; all of a user's servers
+        share one account, so a named server's deletion keeps it.
+        """
+        await super().delete_forever()
+        if self.name:
+            self.log.info("cloudidentity: named server %s/%s deleted; keeping the user's ServiceAccount", self.user.name, self.name)
+            return
+        deleted = await self._provisioner().accounts.delete_user_accounts(self.user.name, self.namespace)
+        for name in deleted:
+            self.log.info("cloudidentity audit %s", json.dumps({"event": "cloudidentity.delete", "user": self.user.name, "service_account": f"{self.namespace}/{name}"}))
+
+
+def apply_plan(spawner: Any, plan: IdentityPlan, automount: bool) -> None:
+    """Set the spawner's ServiceAccount, token mount, environment and labels from *plan*."""
+    spawner.service_account = plan.service_account.name
+    spawner.automount_service_account_token = automount
+    spawner.environment = {**spawner.environment, **plan.env}
+    spawner.extra_labels = {
+        **spawner.extra_labels,
+        SCOPE_LABEL: plan.service_account.labels[SCOPE_LABEL],
+        RULE_LABEL: plan.service_account.labels[RULE_LABEL],
+    }
+
+
+def pin_pod(pod: Any, plan: IdentityPlan, automount: bool) -> None:
+    """The last word on the pod's ServiceAccount, whatever overrides said before."""
+    pod.spec.service_account_name = plan.service_account.name
+    pod.spec.service_account = None
+    pod.spec.automount_service_account_token = automount

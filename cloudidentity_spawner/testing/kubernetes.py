@@ -347,8 +347,8 @@ class KubernetesAPI:
         app = web.Application(middlewares=[self._middleware])
         r = app.router
         r.add_get("/version", self._version)
-        r.add_get("/api", lambda req: web.json_response({"kind": "APIVersions", "versions": ["v1"]}))
-        r.add_get("/apis", lambda req: web.json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}))
+        r.add_get("/api", self._api_versions)
+        r.add_get("/apis", self._api_groups)
         r.add_get("/api/v1", self._discovery)
         r.add_route("*", "/api/v1/namespaces", self._collection_cluster)
         r.add_route("*", "/api/v1/namespaces/{name}", self._object_cluster)
@@ -385,6 +385,12 @@ class KubernetesAPI:
             return await handler(request)
         except APIError as e:
             return web.json_response(e.status(), status=e.code)
+
+    async def _api_versions(self, request):
+        return web.json_response({"kind": "APIVersions", "versions": ["v1"]})
+
+    async def _api_groups(self, request):
+        return web.json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
 
     async def _version(self, request):
         return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0-cloudidentity-emulator", "platform": "linux/amd64"})

@@ -1,0 +1,226 @@
+"""Make a user's Kubernetes ServiceAccount match their plan (the only Kubernetes writes we do).
+
+``service_account_change`` is the pure decision (create, patch or nothing, or
+refuse); :class:`ServiceAccounts` does the I/O with kubernetes_asyncio, with
+bounded, jittered retries on 5xx, 429 and timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from . import names
+from .errors import IdentityError
+from .plan import MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION, PREFIX, SCOPE_LABEL, USER_LABEL, IdentityPlan
+from .providers import aws, gcp
+
+ADOPTED_ANNOTATION = PREFIX + "adopted"
+"""Marks a ServiceAccount we took over (``adopt: true``): we update it but never delete it."""
+
+OWNED_ANNOTATIONS = frozenset(aws.ANNOTATIONS + gcp.ANNOTATIONS)
+
+T = TypeVar("T")
+
+
+def _owned(key: str, owned: frozenset[str] = frozenset()) -> bool:
+    return key.startswith(PREFIX) or key in owned
+
+
+@dataclass(frozen=True)
+class Change:
+    """What to do to a ServiceAccount: ``action`` is create, patch or none."""
+
+    action: str
+    body: Mapping[str, Any] | None = None
+
+
+def service_account_change(existing: Mapping[str, Any] | None, plan: IdentityPlan) -> Change:
+    """Decide how to make *existing* (a ServiceAccount's metadata, or None) match *plan*.
+
+    Only keys this package owns are compared and changed: our labels
+    (``app.kubernetes.io/managed-by`` and ``cloudidentity-spawner/*``) and the
+    cloud identity annotations. Owned keys the plan no longer wants are removed
+    (e.g. the AWS annotation after a rule moved to GCP); every other key is left alone.
+    """
+    sa = plan.service_account
+    want_labels = dict(sa.labels)
+    want_annotations = dict(sa.annotations)
+    if existing is None:
+        return Change(
+            "create",
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": sa.name, "namespace": sa.namespace, "labels": want_labels, "annotations": want_annotations},
+                # The user pod gets no Kubernetes API token through this account.
+                "automountServiceAccountToken": False,
+            },
+        )
+    labels = dict(existing.get("labels") or {})
+    annotations = dict(existing.get("annotations") or {})
+    where = f"{sa.namespace}/{sa.name}"
+    ours = labels.get(MANAGED_BY_LABEL) == MANAGED_BY
+    if not ours and not plan.adopt:
+        raise IdentityError(
+            f"Your cloud identity could not be set up: the ServiceAccount {where} already exists and is not managed "
+            "by this hub; ask your hub admin.",
+            f"ServiceAccount {where} exists without label {MANAGED_BY_LABEL}={MANAGED_BY}; refusing to take it over "
+            f"for user {plan.user!r} (rule {plan.rule!r}). Rename the account in the rule, or set adopt: true.",
+        )
+    owner = annotations.get(OWNER_ANNOTATION)
+    if ours and owner is not None and owner != plan.owner:
+        # Two identities resolved to one account name: never share silently.
+        raise IdentityError(
+            f"Your cloud identity could not be set up: the ServiceAccount {where} belongs to someone else; ask your hub admin.",
+            f"ServiceAccount {where} is owned by {owner!r} but rule {plan.rule!r} planned it for {plan.owner!r}; "
+            "two identities map to one name - change the rule's service_account template.",
+        )
+    if not ours:
+        want_annotations[ADOPTED_ANNOTATION] = "true"
+    elif ADOPTED_ANNOTATION in annotations:
+        want_annotations[ADOPTED_ANNOTATION] = annotations[ADOPTED_ANNOTATION]
+
+    label_patch = {k: v for k, v in want_labels.items() if labels.get(k) != v}
+    label_patch.update({k: None for k in labels if _owned(k, frozenset({MANAGED_BY_LABEL})) and k not in want_labels})
+    annotation_patch = {k: v for k, v in want_annotations.items() if annotations.get(k) != v}
+    annotation_patch.update({k: None for k in annotations if _owned(k, OWNED_ANNOTATIONS) and k not in want_annotations})
+    if not label_patch and not annotation_patch:
+        return Change("none")
+    metadata: dict[str, Any] = {}
+    if label_patch:
+        metadata["labels"] = label_patch
+    if annotation_patch:
+        metadata["annotations"] = annotation_patch
+    return Change("patch", {"metadata": metadata})
+
+
+def is_retryable(error: BaseException) -> bool:
+    if isinstance(error, ApiException):
+        return error.status in (429, 500, 502, 503, 504) or error.status == 0
+    return isinstance(error, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff with full jitter."""
+
+    attempts: int = 5
+    base_delay: float = 0.2
+    max_delay: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+    async def run(self, call: Callable[[], Awaitable[T]], what: str, log: Any = None) -> T:
+        for attempt in range(self.attempts):
+            try:
+                return await call()
+            except Exception as e:
+                if not is_retryable(e) or attempt == self.attempts - 1:
+                    raise
+                delay = self.delay(attempt)
+                if log is not None:
+                    log.warning("cloudidentity: %s failed (%s); retry %d/%d in %.2fs", what, describe(e), attempt + 1, self.attempts - 1, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, ApiException):
+        return f"Kubernetes API {error.status} {error.reason}"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _metadata(sa: Any) -> dict[str, Any]:
+    meta = sa.metadata
+    return {"labels": meta.labels or {}, "annotations": meta.annotations or {}, "name": meta.name}
+
+
+class ServiceAccounts:
+    """Kubernetes ServiceAccount I/O for identity plans."""
+
+    def __init__(self, core_api: Any, retry: RetryPolicy | None = None, request_timeout: float = 10.0, log: Any = None):
+        self.api = core_api
+        self.retry = retry or RetryPolicy()
+        self.request_timeout = request_timeout
+        self.log = log
+
+    async def _read(self, name: str, namespace: str) -> dict[str, Any] | None:
+        try:
+            sa = await self.api.read_namespaced_service_account(name, namespace, _request_timeout=self.request_timeout)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return _metadata(sa)
+
+    async def ensure(self, plan: IdentityPlan) -> str:
+        """Make the plan's ServiceAccount right; returns ``created``, ``patched`` or ``unchanged``."""
+        sa = plan.service_account
+        what = f"ServiceAccount {sa.namespace}/{sa.name}"
+        existing = await self.retry.run(lambda: self._read(sa.name, sa.namespace), f"read {what}", self.log)
+        change = service_account_change(existing, plan)
+        if change.action == "create":
+            try:
+                await self.retry.run(
+                    lambda: self.api.create_namespaced_service_account(sa.namespace, change.body, _request_timeout=self.request_timeout),
+                    f"create {what}",
+                    self.log,
+                )
+                return "created"
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+            # Another spawn created it first: compare against what it made.
+            existing = await self.retry.run(lambda: self._read(sa.name, sa.namespace), f"read {what}", self.log)
+            change = service_account_change(existing, plan)
+        if change.action == "patch":
+            await self.retry.run(
+                lambda: self.api.patch_namespaced_service_account(
+                    sa.name, sa.namespace, change.body,
+                    _content_type="application/merge-patch+json", _request_timeout=self.request_timeout,
+                ),
+                f"patch {what}",
+                self.log,
+            )
+            return "patched"
+        return "unchanged"
+
+    async def delete_user_accounts(self, username: str, namespace: str) -> list[str]:
+        """Delete the user-scope ServiceAccounts we created for *username* in *namespace*.
+
+        Selected by our labels, then checked by the exact owner annotation (label
+        values are hashed); adopted and group/hub accounts are never deleted.
+        """
+        selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{SCOPE_LABEL}=user,{USER_LABEL}={names.label_value(username)}"
+        listing = await self.retry.run(
+            lambda: self.api.list_namespaced_service_account(namespace, label_selector=selector, _request_timeout=self.request_timeout),
+            f"list ServiceAccounts of {username!r}",
+            self.log,
+        )
+        deleted = []
+        for sa in listing.items:
+            annotations = sa.metadata.annotations or {}
+            if annotations.get(OWNER_ANNOTATION) != f"user:{username}" or annotations.get(ADOPTED_ANNOTATION):
+                continue
+            name = sa.metadata.name
+            try:
+                await self.retry.run(
+                    lambda: self.api.delete_namespaced_service_account(
+                        name, namespace, body={"preconditions": {"uid": sa.metadata.uid}}, _request_timeout=self.request_timeout
+                    ),
+                    f"delete ServiceAccount {namespace}/{name}",
+                    self.log,
+                )
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+            deleted.append(name)
+        return deleted

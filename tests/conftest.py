@@ -1,0 +1,78 @@
+"""Shared fixtures: one Kubernetes API for the whole session (the emulator on
+127.0.0.1, or a real cluster given with --kubeconfig / CLOUDIDENTITY_TEST_KUBECONFIG)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+
+import pytest
+from kubernetes_asyncio.config import kube_config
+
+from cloudidentity_spawner.testing.kubernetes import KubernetesAPIServer
+
+_server: KubernetesAPIServer | None = None
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--kubeconfig",
+        default=os.environ.get("CLOUDIDENTITY_TEST_KUBECONFIG"),
+        help="run the Kubernetes scenario tests against this real cluster instead of the emulator",
+    )
+
+
+def pytest_configure(config):
+    global _server
+    config.addinivalue_line("markers", "emulator_only: needs the emulator's fault injection or kubelet control")
+    path = config.getoption("--kubeconfig")
+    if not path:
+        # Started before anything loads kube config, so KubeSpawner's (cached) config points here.
+        _server = KubernetesAPIServer().start()
+        path = os.path.join(tempfile.mkdtemp(prefix="cloudidentity-kube-"), "kubeconfig")
+        _server.write_kubeconfig(path)
+    os.environ["KUBECONFIG"] = path
+    # kubernetes_asyncio reads $KUBECONFIG once, at import; point its default at ours.
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = path
+
+
+def pytest_unconfigure(config):
+    if _server is not None:
+        _server.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    if _server is None:
+        skip = pytest.mark.skip(reason="needs the Kubernetes API emulator (fault injection); a real cluster was given")
+        for item in items:
+            if "emulator_only" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def kube_server():
+    """The emulator server, or None when running against a real cluster."""
+    return _server
+
+
+@pytest.fixture
+def emulator(kube_server):
+    if kube_server is None:
+        pytest.skip("needs the Kubernetes API emulator; a real cluster was given")
+    api = kube_server.api
+    api.faults.clear()
+    api.latency = 0.0
+    return api
+
+
+@pytest.fixture
+async def namespace():
+    """A fresh namespace per test, created through the API (works on a real cluster too)."""
+    from kubernetes_asyncio import client, config
+
+    name = "t-" + uuid.uuid4().hex[:10]
+    api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    async with api_client:
+        await client.CoreV1Api(api_client).create_namespace({"metadata": {"name": name}})
+    return name

@@ -1,0 +1,93 @@
+"""Helpers for the Kubernetes scenario tests: a JupyterHub-like user, spawner
+construction, and reads of what the cluster now holds."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from jupyterhub.objects import Hub
+from kubernetes_asyncio import client, config
+from traitlets.config import Config
+
+
+class FakeGroup:
+    def __init__(self, name: str):
+        self.name = name
+
+
+class SpawnUser:
+    """The part of jupyterhub.user.User a spawner uses."""
+
+    def __init__(self, name: str, auth_state: Any = None, groups=()):
+        self.name = name
+        self.id = abs(hash(name)) % 100000
+        self.url = f"/user/{name}/"
+        self.server = None
+        self.progress_url = f"/hub/api/users/{name}/server/progress"
+        self.auth_state = auth_state
+        self.groups = [FakeGroup(g) for g in groups]
+
+    async def get_auth_state(self):
+        return self.auth_state
+
+
+def spawner_config(namespace: str, rules: list[dict], **extra: Any) -> Config:
+    c = Config()
+    c.KubeSpawner.namespace = namespace
+    c.KubeSpawner.start_timeout = 30
+    c.KubeSpawner.http_timeout = 30
+    c.KubeSpawner.image = "quay.io/jupyter/base-notebook:latest"
+    c.CloudIdentitySpawner.identity_rules = rules
+    c.CloudIdentitySpawner.identity_api_backoff = 0.01
+    for key, value in extra.items():
+        section, _, trait = key.rpartition("__")
+        c[section or "CloudIdentitySpawner"][trait] = value
+    return c
+
+
+class OrmSpawner:
+    """The database row JupyterHub gives a spawner (name and server)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.display_name = name
+        self.server = None
+        self.last_activity = None
+
+
+def make_spawner(cls, c: Config, user: SpawnUser, server_name: str = ""):
+    return cls(
+        config=c,
+        user=user,
+        hub=Hub(),
+        orm_spawner=OrmSpawner(server_name),
+        api_token="test-token",
+        oauth_client_id=f"jupyterhub-user-{user.name}",
+        _mock=True,
+    )
+
+
+async def read(kind: str, namespace: str, name: str) -> dict | None:
+    """An object as the cluster has it now (plain JSON), or None."""
+    api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    async with api_client:
+        api = client.CoreV1Api(api_client)
+        reader = {"serviceaccount": api.read_namespaced_service_account, "pod": api.read_namespaced_pod}[kind]
+        try:
+            obj = await reader(name, namespace)
+        except client.exceptions.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return api_client.sanitize_for_serialization(obj)
+
+
+async def create_service_account(namespace: str, body: dict) -> None:
+    api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    async with api_client:
+        await client.CoreV1Api(api_client).create_namespaced_service_account(namespace, body)
+
+
+def oidc_state(**claims) -> dict:
+    return {"access_token": "token", "oauth_user": {"sub": claims.pop("sub", "s"), **claims}}

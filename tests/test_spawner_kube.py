@@ -1,0 +1,269 @@
+"""CloudIdentitySpawner through KubeSpawner's real start()/stop(), against a Kubernetes API.
+
+Every scenario runs on the emulator by default; with --kubeconfig they run
+against a real cluster (scenarios that need fault injection are skipped there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+from kubespawner import KubeSpawner
+
+from cloudidentity_spawner import CloudIdentitySpawner, pre_spawn_hook
+from cloudidentity_spawner.spawner import SpawnRefused
+
+from .kubehelpers import SpawnUser, create_service_account, make_spawner, oidc_state, read, spawner_config
+
+ROLE = "arn:aws:iam::123456789012:role/jupyterhub/{username}"
+RULES = [
+    {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
+     "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/atlas"}},
+    {"name": "members", "match": {"groups": ["/escape"]}, "aws": {"role_arn": ROLE},
+     "env": {"SCRATCH_BUCKET": "s3://scratch/{username}"}},
+]
+
+
+def spawner_for(namespace, name, groups, rules=RULES, server_name="", cls=CloudIdentitySpawner, **extra):
+    user = SpawnUser(name, oidc_state(**{"wlcg.groups": list(groups)}))
+    return make_spawner(cls, spawner_config(namespace, rules, **extra), user, server_name)
+
+
+async def start_and_stop(spawner):
+    url = await spawner.start()
+    pod = await read("pod", spawner.namespace, spawner.pod_name)
+    await spawner.stop()
+    return url, pod
+
+
+async def test_first_spawn_creates_annotated_account_and_pod_runs_under_it(namespace, caplog):
+    caplog.set_level(logging.INFO)
+    spawner = spawner_for(namespace, "alice", ["/escape"])
+    url, pod = await start_and_stop(spawner)
+    assert url.startswith("http://")
+
+    sa = await read("serviceaccount", namespace, "jupyter-alice")
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == "arn:aws:iam::123456789012:role/jupyterhub/alice"
+    assert sa["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "cloudidentity-spawner"
+    assert sa["automountServiceAccountToken"] is False
+    assert pod["spec"]["serviceAccountName"] == "jupyter-alice"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["SCRATCH_BUCKET"] == "s3://scratch/alice"
+
+    [audit] = [r for r in caplog.records if r.getMessage().startswith("cloudidentity audit")]
+    record = json.loads(audit.getMessage().split(" ", 2)[2])
+    assert record["user"] == "alice"
+    assert record["rule"] == "members"
+    assert record["service_account"] == f"{namespace}/jupyter-alice"
+    assert record["cloud_identity"].endswith("role/jupyterhub/alice")
+    assert record["service_account_change"] == "created"
+
+
+@pytest.mark.emulator_only
+async def test_warm_spawn_reads_once_and_writes_nothing(namespace, emulator):
+    await start_and_stop(spawner_for(namespace, "bob", ["/escape"]))
+    before = await read("serviceaccount", namespace, "jupyter-bob")
+    base = len(emulator.requests)
+    await start_and_stop(spawner_for(namespace, "bob", ["/escape"]))
+    sa_requests = [(m, p) for m, p, _ in emulator.requests[base:] if "/serviceaccounts" in p]
+    assert sa_requests == [("GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/jupyter-bob")]
+    after = await read("serviceaccount", namespace, "jupyter-bob")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+async def test_rule_change_patches_only_our_annotation(namespace):
+    await start_and_stop(spawner_for(namespace, "carol", ["/escape"]))
+    # Someone else annotates the account; we must leave their key alone.
+    from kubernetes_asyncio import client, config
+    import os
+
+    api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    async with api_client:
+        await client.CoreV1Api(api_client).patch_namespaced_service_account(
+            "jupyter-carol", namespace, {"metadata": {"annotations": {"team.example.org/cost-centre": "42"}}},
+        )
+    rules = [dict(RULES[1], aws={"role_arn": "arn:aws:iam::123456789012:role/v2/{username}"})]
+    await start_and_stop(spawner_for(namespace, "carol", ["/escape"], rules=rules))
+    annotations = (await read("serviceaccount", namespace, "jupyter-carol"))["metadata"]["annotations"]
+    assert annotations["eks.amazonaws.com/role-arn"] == "arn:aws:iam::123456789012:role/v2/carol"
+    assert annotations["team.example.org/cost-centre"] == "42"
+
+    # Moving the rule to GCP removes the AWS annotation we owned.
+    gcp_rules = [{"name": "members", "match": {"groups": ["/escape"]},
+                  "gcp": {"service_account": "nb-{username}@my-project.iam.gserviceaccount.com"}}]
+    await start_and_stop(spawner_for(namespace, "carol", ["/escape"], rules=gcp_rules))
+    annotations = (await read("serviceaccount", namespace, "jupyter-carol"))["metadata"]["annotations"]
+    assert "eks.amazonaws.com/role-arn" not in annotations
+    assert annotations["iam.gke.io/gcp-service-account"] == "nb-carol@my-project.iam.gserviceaccount.com"
+    assert annotations["team.example.org/cost-centre"] == "42"
+
+
+async def test_group_scope_shares_one_account(namespace):
+    _, pod_a = await start_and_stop(spawner_for(namespace, "amir", ["/escape", "/escape/atlas"]))
+    _, pod_b = await start_and_stop(spawner_for(namespace, "anna", ["/escape/atlas"]))
+    assert pod_a["spec"]["serviceAccountName"] == pod_b["spec"]["serviceAccountName"]
+    sa = await read("serviceaccount", namespace, pod_a["spec"]["serviceAccountName"])
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("role/jupyterhub/atlas")
+    assert sa["metadata"]["annotations"]["cloudidentity-spawner/owner"] == "group:/escape/atlas"
+
+
+async def test_racing_spawns_for_one_new_account_both_succeed(namespace, kube_server):
+    spawners = [spawner_for(namespace, name, ["/escape/atlas"]) for name in ("r1", "r2", "r3")]
+    plans = await asyncio.gather(*(s._provisioner().prepare(namespace) for s in spawners))
+    assert len({p.service_account.name for p in plans}) == 1
+    assert await read("serviceaccount", namespace, plans[0].service_account.name) is not None
+    if kube_server is not None:
+        creates = kube_server.api.count("POST", f"/namespaces/{namespace}/serviceaccounts$")
+        assert creates >= 2, "the race did not happen: only one create was attempted"
+        assert len(kube_server.api.list("serviceaccounts", namespace)) == 1
+
+
+@pytest.mark.emulator_only
+async def test_api_500_is_retried_then_spawn_succeeds(namespace, emulator):
+    emulator.fail("GET", f"/namespaces/{namespace}/serviceaccounts/jupyter-dan$", 500, count=2)
+    emulator.fail("POST", f"/namespaces/{namespace}/serviceaccounts$", 503, count=1)
+    url, pod = await start_and_stop(spawner_for(namespace, "dan", ["/escape"]))
+    assert pod["spec"]["serviceAccountName"] == "jupyter-dan"
+    assert emulator.count("GET", "serviceaccounts/jupyter-dan$") == 3
+    assert emulator.count("POST", f"/namespaces/{namespace}/serviceaccounts$") == 2
+
+
+@pytest.mark.emulator_only
+async def test_api_down_fails_the_spawn_clearly_and_creates_no_pod(namespace, emulator, caplog):
+    emulator.fail("*", f"/namespaces/{namespace}/serviceaccounts", 503, count=1000)
+    spawner = spawner_for(namespace, "erin", ["/escape"])
+    try:
+        with pytest.raises(SpawnRefused) as e:
+            await spawner.start()
+    finally:
+        emulator.faults.clear()
+    assert "cluster did not answer" in e.value.jupyterhub_message
+    assert "Traceback" not in e.value.jupyterhub_message
+    [line] = [r.getMessage() for r in caplog.records if "spawn refused for erin" in r.getMessage()]
+    assert "rule members" in line and "503" in line
+    assert await read("pod", namespace, spawner.pod_name) is None
+
+
+async def test_no_matching_rule_is_a_clear_spawn_failure(namespace, caplog):
+    spawner = spawner_for(namespace, "bob", ["/other"])
+    with pytest.raises(SpawnRefused) as e:
+        await spawner.start()
+    assert e.value.jupyterhub_message == (
+        "No cloud identity is configured for user 'bob' with groups ['/other']; ask your hub admin."
+    )
+    assert any("no identity rule matches user 'bob'" in r.getMessage() for r in caplog.records)
+    assert await read("pod", namespace, spawner.pod_name) is None
+
+
+async def test_missing_auth_state_fails_the_spawn(namespace):
+    spawner = make_spawner(CloudIdentitySpawner, spawner_config(namespace, RULES), SpawnUser("frank", None))
+    with pytest.raises(SpawnRefused, match="log in again"):
+        await spawner.start()
+
+
+PROFILES = [
+    {"display_name": "Default", "slug": "default", "default": True},
+    {
+        "display_name": "Evil",
+        "slug": "evil",
+        "kubespawner_override": {
+            "service_account": "hub",
+            "automount_service_account_token": True,
+            "extra_pod_config": {"serviceAccountName": "hub", "serviceAccount": "hub"},
+            "namespace": None,
+        },
+    },
+]
+
+
+async def test_hostile_form_post_cannot_change_the_account(namespace):
+    PROFILES[1]["kubespawner_override"]["namespace"] = namespace
+    spawner = spawner_for(namespace, "gina", ["/escape"], KubeSpawner__profile_list=PROFILES)
+    form = {"profile": ["evil"], "service_account": ["hub"], "automount_service_account_token": ["true"],
+            "extra_annotations": ['{"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/admin"}']}
+    spawner.user_options = spawner.options_from_form(form)
+    spawner.user_options["service_account"] = "hub"  # as if posted straight to the REST API
+    _, pod = await start_and_stop(spawner)
+    assert pod["spec"]["serviceAccountName"] == "jupyter-gina"
+    assert pod["spec"].get("serviceAccount") in (None, "jupyter-gina")
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    sa = await read("serviceaccount", namespace, "jupyter-gina")
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("role/jupyterhub/gina")
+    assert await read("serviceaccount", namespace, "hub") is None
+
+
+async def test_operator_can_still_mount_a_token_on_purpose(namespace):
+    spawner = spawner_for(namespace, "hank", ["/escape"], KubeSpawner__automount_service_account_token=True)
+    _, pod = await start_and_stop(spawner)
+    assert pod["spec"]["automountServiceAccountToken"] is True
+
+
+async def test_foreign_account_is_not_taken_over(namespace):
+    await create_service_account(namespace, {"metadata": {"name": "jupyter-ivan", "annotations": {"x": "1"}}})
+    with pytest.raises(SpawnRefused, match=f"ServiceAccount {namespace}/jupyter-ivan already exists"):
+        await spawner_for(namespace, "ivan", ["/escape"]).start()
+    sa = await read("serviceaccount", namespace, "jupyter-ivan")
+    assert sa["metadata"]["annotations"] == {"x": "1"}
+
+
+async def test_adopted_account_is_updated_but_never_deleted(namespace):
+    await create_service_account(namespace, {"metadata": {"name": "jupyter-jo", "annotations": {"x": "1"}}})
+    rules = [dict(RULES[1], adopt=True)]
+    spawner = spawner_for(namespace, "jo", ["/escape"], rules=rules)
+    await start_and_stop(spawner)
+    sa = await read("serviceaccount", namespace, "jupyter-jo")
+    assert sa["metadata"]["annotations"]["x"] == "1"
+    assert sa["metadata"]["annotations"]["cloudidentity-spawner/adopted"] == "true"
+    await spawner.delete_forever()
+    assert await read("serviceaccount", namespace, "jupyter-jo") is not None
+
+
+async def test_two_owners_never_share_an_account(namespace):
+    # A badly chosen template maps every user to one name: the second user is refused.
+    rules = [{"name": "bad", "match": {}, "service_account": "jupyter-shared"}]
+    await start_and_stop(spawner_for(namespace, "kim", [], rules=rules))
+    with pytest.raises(SpawnRefused, match="belongs to someone else"):
+        await spawner_for(namespace, "lee", [], rules=rules).start()
+
+
+async def test_delete_forever_removes_only_the_users_own_account(namespace):
+    alice = spawner_for(namespace, "mia", ["/escape", "/escape/atlas"])
+    await start_and_stop(alice)  # group account (atlas)
+    personal = spawner_for(namespace, "mia", ["/escape"])
+    await start_and_stop(personal)  # user account
+    named = spawner_for(namespace, "mia", ["/escape"], server_name="gpu")
+    await start_and_stop(named)
+    assert named.service_account == "jupyter-mia"  # named servers share the user's account
+
+    await named.delete_forever()
+    assert await read("serviceaccount", namespace, "jupyter-mia") is not None
+
+    await personal.delete_forever()
+    assert await read("serviceaccount", namespace, "jupyter-mia") is None
+    group_sa = alice.service_account
+    assert await read("serviceaccount", namespace, group_sa) is not None
+
+
+async def test_pre_spawn_hook_for_stock_kubespawner(namespace):
+    user = SpawnUser("nora", oidc_state(**{"wlcg.groups": ["/escape"]}))
+    c = spawner_config(namespace, [])
+    c.CloudIdentity.identity_rules = RULES
+    c.KubeSpawner.profile_list = [dict(PROFILES[1], default=True, kubespawner_override={"service_account": "hub"})]
+    seen = []
+    c.KubeSpawner.modify_pod_hook = lambda spawner, pod: seen.append(pod.spec.service_account_name) or pod
+    spawner = make_spawner(KubeSpawner, c, user)
+    await pre_spawn_hook(spawner)
+    _, pod = await start_and_stop(spawner)
+    assert pod["spec"]["serviceAccountName"] == "jupyter-nora"
+    assert seen == ["hub"]  # the operator's own hook still ran, before the pin
+    sa = await read("serviceaccount", namespace, "jupyter-nora")
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("/nora")
+
+
+async def test_bad_rules_fail_when_the_spawner_is_built(namespace):
+    with pytest.raises(Exception, match=r"identity_rules\[0\] \('x'\)\.scope"):
+        spawner_for(namespace, "olga", [], rules=[{"name": "x", "match": {}, "scope": "galaxy"}])

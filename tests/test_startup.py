@@ -1,0 +1,36 @@
+"""A bad rule stops a real JupyterHub process at start-up, with one message naming rule and key."""
+
+import subprocess
+import sys
+
+import pytest
+
+BAD_RULES = '[{"name": "gpu", "match": {"groups": ["gpu"]}, "aws": {"role_arn": "arn:aws:iam::12345:role/gpu"}}]'
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        # the spawner named by its entry point: the package is imported after the config is read
+        f'c.JupyterHub.spawner_class = "cloudidentity"\nc.CloudIdentitySpawner.identity_rules = {BAD_RULES}\n',
+        # the config file imports the package itself, before the config is complete
+        "from cloudidentity_spawner import CloudIdentitySpawner\n"
+        f"c.JupyterHub.spawner_class = CloudIdentitySpawner\nc.CloudIdentitySpawner.identity_rules = {BAD_RULES}\n",
+        # stock KubeSpawner with the pre_spawn_hook
+        "from cloudidentity_spawner import pre_spawn_hook\n"
+        f'c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"\nc.KubeSpawner.pre_spawn_hook = pre_spawn_hook\n'
+        f"c.CloudIdentity.identity_rules = {BAD_RULES}\n",
+    ],
+    ids=["entry-point", "imported", "pre-spawn-hook"],
+)
+def test_jupyterhub_refuses_to_start_with_a_bad_rule(tmp_path, config):
+    (tmp_path / "jupyterhub_config.py").write_text("c = get_config()\n" + config)
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyterhub", "--config", "jupyterhub_config.py", "--ip", "127.0.0.1", "--port", "0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 1, out.stderr[-2000:]
+    [line] = [l for l in out.stderr.splitlines() if "cloudidentity-spawner: configuration error" in l]
+    assert "identity_rules[0] ('gpu').aws.role_arn" in line
+    assert "12 digits" in line
+    assert "Traceback" not in out.stderr
