@@ -643,9 +643,9 @@ class KubernetesAPI:
                 with self._lock:
                     pending = self._state.history[position:]
                     position = len(self._state.history)
+            await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
-            return response
-        await response.write_eof()
+            pass  # the client went away, as watch clients do
         return response
 
     # -- kubelet ---------------------------------------------------------------
