@@ -12,11 +12,11 @@ from typing import Any
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
-from traitlets import Float, Integer
+from traitlets import Bool, Float, Integer
 
 from .config import CloudIdentity, user_claims
 from .errors import ConfigError, IdentityError
-from .kube import RetryPolicy, ServiceAccounts, describe, is_retryable
+from .kube import RetryPolicy, ServiceAccountReflector, ServiceAccounts, describe, is_retryable
 from .plan import RULE_LABEL, SCOPE_LABEL, IdentityPlan
 
 
@@ -54,14 +54,20 @@ class IdentityProvisioner:
         self.log = spawner.log
         self.accounts = ServiceAccounts(shared_client("CoreV1Api"), retry, request_timeout, spawner.log)
 
-    async def prepare(self, namespace: str) -> IdentityPlan:
-        """Resolve and ensure; on failure log one admin line and raise :class:`SpawnRefused`."""
+    async def prepare(self, namespace: str, cache: Any = None) -> IdentityPlan:
+        """Resolve and ensure; on failure log one admin line and raise :class:`SpawnRefused`.
+
+        *cache* is a ServiceAccount watch cache (a mapping of ``namespace/name``
+        to the account) or None.
+        """
         who = self.spawner.user.name + (f"/{self.spawner.name}" if self.spawner.name else "")
         plan = None
         try:
             claims = await user_claims(self.settings, self.spawner.user)
             plan = await self.settings.plan_for(self.spawner, claims, namespace)
-            outcome = await self.accounts.ensure(plan)
+            sa = plan.service_account
+            cached = None if cache is None else cache.get(f"{sa.namespace}/{sa.name}")
+            outcome = await self.accounts.ensure(plan, cached)
         except IdentityError as e:
             self.log.error("cloudidentity: spawn refused for %s: %s", who, e.admin_detail)
             raise SpawnRefused(e.user_message) from None
@@ -101,6 +107,17 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         help="First retry delay in seconds for identity API calls; doubles per retry, capped at identity_api_backoff_max.",
     )
     identity_api_backoff_max = Float(5.0, config=True, help="Longest delay in seconds between identity API retries.")
+    service_account_cache = Bool(
+        True,
+        config=True,
+        help="""
+        Keep a watch cache of the ServiceAccounts this package manages (like
+        KubeSpawner's pod reflector), so a warm spawn makes no extra Kubernetes
+        request. Needs list/watch on serviceaccounts; set False to read the
+        account on every spawn instead (one GET; then only get/create/patch/delete
+        are needed).
+        """,
+    )
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -119,9 +136,29 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         claims = await user_claims(self, self.user)
         return await self.plan_for(self, claims, namespace or self.namespace)
 
+    async def _service_account_cache(self):
+        """The watch cache of our ServiceAccounts, or None (then each spawn reads its account).
+
+        A cache that cannot start is not fatal: the spawn falls back to reading,
+        which fails the spawn cleanly if the API is really down.
+        """
+        if not self.service_account_cache:
+            return None
+        try:
+            reflector = await self._start_reflector(
+                kind="serviceaccounts",
+                reflector_class=ServiceAccountReflector,
+                omit_namespace=self.enable_user_namespaces,
+            )
+        except Exception as e:
+            self.__class__.reflectors.pop(self._get_reflector_key("serviceaccounts"), None)
+            self.log.warning("cloudidentity: ServiceAccount watch cache unavailable (%s); reading accounts directly", describe(e))
+            return None
+        return reflector.resources
+
     async def load_user_options(self) -> None:
         await super().load_user_options()
-        plan = await self._provisioner().prepare(self.namespace)
+        plan = await self._provisioner().prepare(self.namespace, await self._service_account_cache())
         self._identity_plan = plan
         apply_plan(self, plan, self._configured_automount)
 

@@ -64,13 +64,14 @@ async def test_first_spawn_creates_annotated_account_and_pod_runs_under_it(names
 
 
 @pytest.mark.emulator_only
-async def test_warm_spawn_reads_once_and_writes_nothing(namespace, emulator):
-    await start_and_stop(spawner_for(namespace, "bob", ["/escape"]))
+@pytest.mark.parametrize("cache,expected", [(True, 0), (False, 1)], ids=["watch-cache", "no-cache"])
+async def test_warm_spawn_writes_nothing(namespace, emulator, cache, expected):
+    await start_and_stop(spawner_for(namespace, "bob", ["/escape"], service_account_cache=cache))
     before = await read("serviceaccount", namespace, "jupyter-bob")
     base = len(emulator.requests)
-    await start_and_stop(spawner_for(namespace, "bob", ["/escape"]))
-    sa_requests = [(m, p) for m, p, _ in emulator.requests[base:] if "/serviceaccounts" in p]
-    assert sa_requests == [("GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/jupyter-bob")]
+    await start_and_stop(spawner_for(namespace, "bob", ["/escape"], service_account_cache=cache))
+    sa_requests = [(m, p) for m, p, q in emulator.requests[base:] if "/serviceaccounts" in p and "watch" not in q]
+    assert sa_requests == [("GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/jupyter-bob")] * expected
     after = await read("serviceaccount", namespace, "jupyter-bob")
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
 

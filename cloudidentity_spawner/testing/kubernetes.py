@@ -40,6 +40,7 @@ import itertools
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -275,6 +276,8 @@ class KubernetesAPI:
         self.latency = latency
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str, str]] = []
+        self.request_times: list[float] = []
+        """``time.perf_counter()`` at arrival of each request in ``requests``."""
         self.pod_runner: Callable[[dict[str, Any]], Any] | None = None
         self._ip_counter = itertools.count(2)
         self._state = _State()
@@ -371,6 +374,7 @@ class KubernetesAPI:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler):
+        self.request_times.append(time.perf_counter())
         self.requests.append((request.method, request.path, request.query_string))
         if self.latency:
             await asyncio.sleep(self.latency)
@@ -754,7 +758,6 @@ class KubernetesAPIServer:
                 return
             ready.set()
             self._loop.run_forever()
-            self._loop.run_until_complete(self._runner.cleanup())
             self._loop.close()
 
         self._thread = threading.Thread(target=run, name="kubernetes-api-emulator", daemon=True)
@@ -777,7 +780,9 @@ class KubernetesAPIServer:
         return asyncio.run_coroutine_threadsafe(_as_coro(fn), self._loop).result(30)
 
     def stop(self) -> None:
+        """Close every connection (watches included), then stop the thread."""
         if self._loop and self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
 
