@@ -75,4 +75,7 @@ async def namespace():
     api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
     async with api_client:
         await client.CoreV1Api(api_client).create_namespace({"metadata": {"name": name}})
-    return name
+    yield name
+    api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    async with api_client:
+        await client.CoreV1Api(api_client).delete_namespace(name)
