@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import json
 from functools import cached_property
 from typing import Any
 
 from traitlets import Any as AnyTrait
-from traitlets import List, Unicode
-from traitlets.config import Config, Configurable
+from traitlets import Dict, Float, Integer, List, Unicode
+from traitlets.config import Config, LoggingConfigurable
 
 from .claims import DEFAULT_GROUP_CLAIMS, Claims, claims_from_auth_state
 from .errors import ConfigError, IdentityError
@@ -16,7 +17,7 @@ from .plan import IdentityPlan
 from .rules import IdentityRules
 
 
-class CloudIdentity(Configurable):
+class CloudIdentity(LoggingConfigurable):
     """The identity settings. ``CloudIdentitySpawner`` inherits them, so both
     ``c.CloudIdentitySpawner.identity_rules`` and (for a stock KubeSpawner with
     the ``pre_spawn_hook``) ``c.CloudIdentity.identity_rules`` work."""
@@ -88,10 +89,57 @@ class CloudIdentity(Configurable):
         """,
     )
 
+    aws_client_kwargs = Dict(
+        config=True,
+        help="""
+        Extra arguments for the boto3 IAM client that manages roles, e.g.
+        {"region_name": "eu-west-1"} or {"endpoint_url": "http://127.0.0.1:5000"} for a
+        test endpoint. Credentials come from the hub pod's own identity as usual.
+        Only used by rules with aws.managed.
+        """,
+    )
+    aws_max_concurrent_calls = Integer(
+        4,
+        config=True,
+        help="""
+        At most this many IAM calls at once from this hub, so a class of first-time
+        logins does not trip IAM throttling (throttled calls are also retried, adaptively).
+        """,
+    )
+    aws_role_propagation_seconds = Float(
+        10.0,
+        config=True,
+        help="""
+        After creating a role, wait this long (0-60 s) before the pod starts: new IAM roles
+        take a few seconds before STS lets a pod assume them. The user sees a slower first
+        spawn instead of AccessDenied in their first notebook cell. 0 disables the wait.
+        """,
+    )
+    cloud_cache_seconds = Float(
+        3600.0,
+        config=True,
+        help="""
+        How long a managed role or service account that was checked or made right is
+        trusted without asking the cloud again, so warm spawns make no cloud calls.
+        A changed rule or template is applied at the next spawn regardless.
+        """,
+    )
+
     @cached_property
     def compiled_rules(self) -> IdentityRules:
         """The validated rules (ConfigError names the rule and key when they are wrong)."""
         return IdentityRules.from_config(self.identity_rules, self.hub_name)
+
+    def manages(self, provider: str) -> bool:
+        """Whether any rule has the hub manage *provider* identities."""
+        return any(
+            getattr(rule, provider) is not None and getattr(rule, provider).managed is not None
+            for rule in self.compiled_rules.rules
+        )
+
+    def cloud_backend(self, provider: str) -> Any:
+        """The process-wide backend that manages *provider* identities (its SDK loaded on first use)."""
+        return backend_for(self, provider)
 
     def claims_for(self, username: str, auth_state: Any, hub_groups: list[str]) -> Claims:
         return claims_from_auth_state(
@@ -142,7 +190,39 @@ def identity_settings(config: Config) -> CloudIdentity:
 def check_config(config: Config) -> None:
     """Raise ConfigError (naming the rule and key) if the identity settings are wrong."""
     settings = identity_settings(config)
-    settings.compiled_rules  # noqa: B018
+    for rule in settings.compiled_rules.rules:
+        for provider, block, module in (("aws", rule.aws, "boto3"), ("gcp", rule.gcp, "google.cloud.iam_admin_v1")):
+            if block is not None and block.managed is not None:
+                try:
+                    __import__(module)
+                except ImportError:
+                    raise ConfigError(
+                        f"{rule.label}.{provider}.managed: needs the {provider} extra "
+                        f"(pip install 'cloudidentity-spawner[{provider}]')"
+                    ) from None
+
+
+_backends: dict[tuple, Any] = {}
+
+
+def backend_for(settings: CloudIdentity, provider: str) -> Any:
+    """One backend per provider and client settings per process, so caches,
+    locks and the IAM call limit are shared by all spawns."""
+    if provider == "aws":
+        kwargs = dict(settings.aws_client_kwargs)
+        key = ("aws", json.dumps(kwargs, sort_keys=True, default=str))
+        if key not in _backends:
+            from .providers.aws_iam import ManagedRoles
+
+            _backends[key] = ManagedRoles(
+                kwargs,
+                max_concurrent_calls=settings.aws_max_concurrent_calls,
+                cache_seconds=settings.cloud_cache_seconds,
+                propagation_seconds=settings.aws_role_propagation_seconds,
+                log=settings.log,
+            )
+        return _backends[key]
+    raise ConfigError(f"no backend manages {provider!r} identities")
 
 
 def _check_hub(app: Any) -> None:

@@ -218,7 +218,7 @@ class ServiceAccounts:
             return "patched"
         return "unchanged"
 
-    async def delete_user_accounts(self, username: str, namespace: str) -> list[str]:
+    async def delete_user_accounts(self, username: str, namespace: str) -> list[tuple[str, dict[str, str]]]:
         """Delete the user-scope ServiceAccounts we created for *username* in *namespace*.
 
         Selected by our labels, then checked by the exact owner annotation (label
@@ -247,5 +247,5 @@ class ServiceAccounts:
             except ApiException as e:
                 if e.status != 404:
                     raise
-            deleted.append(name)
+            deleted.append((name, dict(annotations)))
         return deleted

@@ -18,6 +18,7 @@ from .config import CloudIdentity, user_claims
 from .errors import ConfigError, IdentityError
 from .kube import RetryPolicy, ServiceAccountReflector, ServiceAccounts, describe, is_retryable
 from .plan import RULE_LABEL, SCOPE_LABEL, IdentityPlan
+from .providers import aws
 
 
 class SpawnRefused(Exception):
@@ -65,6 +66,10 @@ class IdentityProvisioner:
         try:
             claims = await user_claims(self.settings, self.spawner.user)
             plan = await self.settings.plan_for(self.spawner, claims, namespace)
+            cloud_outcome = None
+            if plan.cloud is not None and plan.cloud.mode == "managed":
+                # The cloud identity first: the ServiceAccount must not point at a role that is not there yet.
+                cloud_outcome = await self.settings.cloud_backend(plan.cloud.provider).ensure(plan)
             sa = plan.service_account
             cached = None if cache is None else cache.get(f"{sa.namespace}/{sa.name}")
             outcome = await self.accounts.ensure(plan, cached)
@@ -83,8 +88,24 @@ class IdentityProvisioner:
                 "Your cloud identity could not be set up because the cluster did not answer; "
                 "try again in a minute, or ask your hub admin."
             ) from None
-        self.log.info("cloudidentity audit %s", json.dumps(audit_record(plan, self.spawner.name, outcome), sort_keys=True))
+        record = audit_record(plan, self.spawner.name, outcome)
+        record["cloud_identity_change"] = cloud_outcome
+        self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
         return plan
+
+    async def forget_user(self, username: str, namespace: str) -> None:
+        """Delete the user's own ServiceAccounts and the managed cloud identities they pointed at."""
+        deleted = await self.accounts.delete_user_accounts(username, namespace)
+        owner = f"user:{username}"
+        for name, annotations in deleted:
+            record = {"event": "cloudidentity.delete", "user": username, "service_account": f"{namespace}/{name}"}
+            role_arn = annotations.get(aws.ROLE_ARN_ANNOTATION)
+            if role_arn and self.settings.manages("aws"):
+                record["cloud_identity"] = role_arn
+                record["cloud_identity_deleted"] = await self.settings.cloud_backend("aws").delete(
+                    role_arn, owner, self.settings.hub_name
+                )
+            self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
 
 
 class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
@@ -179,9 +200,7 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         if self.name:
             self.log.info("cloudidentity: named server %s/%s deleted; keeping the user's ServiceAccount", self.user.name, self.name)
             return
-        deleted = await self._provisioner().accounts.delete_user_accounts(self.user.name, self.namespace)
-        for name in deleted:
-            self.log.info("cloudidentity audit %s", json.dumps({"event": "cloudidentity.delete", "user": self.user.name, "service_account": f"{self.namespace}/{name}"}))
+        await self._provisioner().forget_user(self.user.name, self.namespace)
 
 
 def apply_plan(spawner: Any, plan: IdentityPlan, automount: bool) -> None:

@@ -79,3 +79,18 @@ async def namespace():
     api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
     async with api_client:
         await client.CoreV1Api(api_client).delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """moto in server mode on 127.0.0.1 (IAM, STS, S3), with fake credentials for boto3."""
+    moto_server = pytest.importorskip("moto.server", reason="the aws test extra (moto) is not installed")
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+        AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

@@ -112,7 +112,35 @@ def trust_policy(provider_arn: str, namespace: str, service_account: str) -> dic
     }
 
 
-def _tag_value(value: str) -> str:
+def scratch_prefix_policy(bucket: str, prefix: str = "{username}") -> dict[str, Any]:
+    """The per-user scratch pattern as an ``inline_policy`` template: read/write
+    ``s3://<bucket>/<prefix>/*`` and list only that prefix.
+
+    >>> rule["aws"]["managed"]["inline_policy"] = scratch_prefix_policy("my-scratch")
+    """
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise ValueError(f"invalid S3 bucket name {bucket!r}")
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "OwnPrefixObjects",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*",
+            },
+            {
+                "Sid": "ListOwnPrefix",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": f"arn:aws:s3:::{bucket}",
+                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*", prefix]}},
+            },
+        ],
+    }
+
+
+def tag_value(value: str) -> str:
     """IAM tag values allow letters, digits, spaces and ``_.:/=+-@`` (256 max)."""
     if re.fullmatch(r"[\w .:/=+\-@]{0,256}", value):
         return value
@@ -235,8 +263,8 @@ def plan(settings: AwsSettings, context: Mapping[str, Any], scope: str, owner: s
     tags = {
         **managed.get("tags", {}),
         TAG_MANAGED_BY: "cloudidentity-spawner",
-        TAG_HUB: _tag_value(context["hub"]),
-        TAG_OWNER: _tag_value(owner),
+        TAG_HUB: tag_value(context["hub"]),
+        TAG_OWNER: tag_value(owner),
     }
     inline = managed.get("inline_policy")
     resources = {

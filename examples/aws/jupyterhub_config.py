@@ -4,6 +4,8 @@
 # Try it without a cluster:
 #   cloudidentity-spawner plan --config examples/aws/jupyterhub_config.py \
 #       --user alice --claims examples/claims/escape-iam-alice.json
+from cloudidentity_spawner.providers.aws import scratch_prefix_policy
+
 c = get_config()  # noqa: F821
 
 c.JupyterHub.spawner_class = "cloudidentity"
@@ -13,26 +15,9 @@ c.CloudIdentitySpawner.hub_name = "escape-hub"
 ACCOUNT = "123456789012"
 OIDC_PROVIDER = f"arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
 
-# The per-user scratch prefix pattern: read/write s3://escape-scratch/<user>/*,
-# and list only that prefix. Doubled braces are literal JSON braces.
-SCRATCH_POLICY = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Sid": "OwnPrefixObjects",
-            "Effect": "Allow",
-            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-            "Resource": "arn:aws:s3:::escape-scratch/{username}/*",
-        },
-        {
-            "Sid": "ListOwnPrefix",
-            "Effect": "Allow",
-            "Action": "s3:ListBucket",
-            "Resource": "arn:aws:s3:::escape-scratch",
-            "Condition": {"StringLike": {"s3:prefix": ["{username}/*", "{username}"]}},
-        },
-    ],
-}
+# The per-user scratch prefix pattern: read/write s3://escape-scratch/<user>/*
+# and list only that prefix (the same document as examples/aws/scratch-prefix-policy.json).
+SCRATCH_POLICY = scratch_prefix_policy("escape-scratch")
 
 c.CloudIdentitySpawner.identity_rules = [
     {

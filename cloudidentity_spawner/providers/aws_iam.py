@@ -1,0 +1,298 @@
+"""Hub-managed IAM roles for IRSA (boto3; install the ``aws`` extra).
+
+:class:`ManagedRoles` creates and converges the role a plan describes, and
+deletes it when its user is deleted - only ever a role that carries our
+``app.kubernetes.io/managed-by`` tag and names the same owner and hub.
+
+boto3 is synchronous; calls run in worker threads, at most
+``max_concurrent_calls`` at a time per hub process, with botocore's adaptive
+retry mode absorbing IAM throttling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..errors import IdentityError
+from ..plan import IdentityPlan, thaw
+from .aws import TAG_HUB, TAG_MANAGED_BY, TAG_OWNER, parse_role_arn, tag_value
+
+INLINE_POLICY_NAME = "cloudidentity-spawner"
+MANAGED_BY = "cloudidentity-spawner"
+
+
+def _code(error: ClientError) -> str:
+    return error.response.get("Error", {}).get("Code", "")
+
+
+def _fingerprint(role: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(thaw(role), sort_keys=True).encode()).hexdigest()
+
+
+def _tags(tag_list: list[dict[str, str]]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in tag_list or []}
+
+
+class ManagedRoles:
+    """Create, converge and delete hub-managed IRSA roles."""
+
+    def __init__(
+        self,
+        client_kwargs: Mapping[str, Any] | None = None,
+        *,
+        max_concurrent_calls: int = 4,
+        cache_seconds: float = 3600.0,
+        propagation_seconds: float = 10.0,
+        log: Any = None,
+    ):
+        config = BotoConfig(retries={"mode": "adaptive", "max_attempts": 10})
+        self.iam = boto3.client("iam", config=config, **dict(client_kwargs or {}))
+        self._calls = asyncio.Semaphore(max_concurrent_calls)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._known: dict[str, tuple[str, float]] = {}
+        self.cache_seconds = cache_seconds
+        self.propagation_seconds = max(0.0, min(propagation_seconds, 60.0))
+        self.log = log
+        self.calls: list[str] = []
+        """Names of the IAM operations made, in order (for metrics and tests)."""
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def _call(self, operation: str, **kwargs: Any) -> Any:
+        async with self._calls:
+            self.calls.append(operation)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                return await asyncio.to_thread(getattr(self.iam, _snake(operation)), **kwargs)
+            finally:
+                self.in_flight -= 1
+
+    async def ensure(self, plan: IdentityPlan) -> str:
+        """Make the plan's role exist exactly as planned; returns created, updated or unchanged.
+
+        A warm spawn whose role was made right within ``cache_seconds`` makes no IAM call.
+        """
+        role = plan.cloud.resources["role"]
+        name = role["name"]
+        fingerprint = _fingerprint(role)
+        known = self._known.get(name)
+        if known and known[0] == fingerprint and time.monotonic() - known[1] < self.cache_seconds:
+            return "unchanged"
+        # One spawn at a time per role: the others then find it made.
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            try:
+                outcome = await self._ensure(plan, role)
+            except ClientError as e:
+                raise self._error(plan, e) from None
+            except BotoCoreError as e:
+                raise IdentityError(
+                    "Your cloud identity could not be set up because AWS did not answer; try again in a minute, "
+                    "or ask your hub admin.",
+                    f"IAM call for role {name} failed: {e}",
+                ) from None
+            self._known[name] = (fingerprint, time.monotonic())
+            return outcome
+
+    async def _ensure(self, plan: IdentityPlan, role: Mapping[str, Any]) -> str:
+        name = role["name"]
+        try:
+            current = (await self._call("GetRole", RoleName=name))["Role"]
+        except ClientError as e:
+            if _code(e) != "NoSuchEntity":
+                raise
+            current = None
+        if current is None:
+            try:
+                await self._create(role)
+                await self._settle(name)
+                return "created"
+            except ClientError as e:
+                if _code(e) != "EntityAlreadyExists":
+                    raise
+            current = (await self._call("GetRole", RoleName=name))["Role"]
+        self._check_ours(plan, current)
+        return "updated" if await self._converge(role, current) else "unchanged"
+
+    async def _create(self, role: Mapping[str, Any]) -> None:
+        name = role["name"]
+        await self._call(
+            "CreateRole",
+            RoleName=name,
+            Path=role["path"],
+            AssumeRolePolicyDocument=json.dumps(thaw(role["trust_policy"])),
+            PermissionsBoundary=role["permissions_boundary"],
+            Description=role["description"],
+            MaxSessionDuration=role["max_session_duration"],
+            Tags=[{"Key": k, "Value": v} for k, v in role["tags"].items()],
+        )
+        if role["inline_policy"] is not None:
+            await self._call(
+                "PutRolePolicy", RoleName=name, PolicyName=INLINE_POLICY_NAME, PolicyDocument=json.dumps(thaw(role["inline_policy"]))
+            )
+        for arn in role["policy_arns"]:
+            await self._call("AttachRolePolicy", RoleName=name, PolicyArn=arn)
+
+    async def _settle(self, name: str) -> None:
+        """New IAM roles are eventually consistent: STS may refuse to assume one for a
+        few seconds. Wait (bounded) so the user's first AWS call does not fail."""
+        if self.propagation_seconds <= 0:
+            return
+        waiter = self.iam.get_waiter("role_exists")
+        delay = min(1, self.propagation_seconds)
+        attempts = max(1, int(self.propagation_seconds / delay))
+        started = time.monotonic()
+        await asyncio.to_thread(waiter.wait, RoleName=name, WaiterConfig={"Delay": delay, "MaxAttempts": attempts})
+        remaining = self.propagation_seconds - (time.monotonic() - started)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+
+    def _check_ours(self, plan: IdentityPlan, current: Mapping[str, Any]) -> None:
+        name = current["RoleName"]
+        tags = _tags(current.get("Tags", []))
+        want = plan.cloud.resources["role"]["tags"]
+        if tags.get(TAG_MANAGED_BY) != MANAGED_BY:
+            raise IdentityError(
+                "Your cloud identity could not be set up: a role with its name already exists and is not managed by "
+                "this hub; ask your hub admin.",
+                f"IAM role {name} exists without tag {TAG_MANAGED_BY}={MANAGED_BY}; refusing to modify it for "
+                f"{plan.owner} (rule {plan.rule!r}). Change role_name or role_path in the rule.",
+            )
+        if tags.get(TAG_OWNER) != want[TAG_OWNER] or tags.get(TAG_HUB) != want[TAG_HUB]:
+            raise IdentityError(
+                "Your cloud identity could not be set up: its role belongs to someone else; ask your hub admin.",
+                f"IAM role {name} is tagged for {tags.get(TAG_OWNER)!r} on hub {tags.get(TAG_HUB)!r}, "
+                f"not {want[TAG_OWNER]!r} on {want[TAG_HUB]!r}; two identities map to one role name.",
+            )
+        if current["Path"] != plan.cloud.resources["role"]["path"]:
+            raise IdentityError(
+                "Your cloud identity could not be set up; ask your hub admin.",
+                f"IAM role {name} exists at path {current['Path']!r}, the rule wants "
+                f"{plan.cloud.resources['role']['path']!r}; IAM cannot move a role: delete it or change role_name.",
+            )
+
+    async def _converge(self, role: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+        """Write only what differs; True if anything was written."""
+        name = role["name"]
+        changed = False
+        trust = thaw(role["trust_policy"])
+        if _policy(current.get("AssumeRolePolicyDocument")) != trust:
+            await self._call("UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=json.dumps(trust))
+            changed = True
+        boundary = (current.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
+        if boundary != role["permissions_boundary"]:
+            await self._call("PutRolePermissionsBoundary", RoleName=name, PermissionsBoundary=role["permissions_boundary"])
+            changed = True
+        if current.get("MaxSessionDuration") != role["max_session_duration"] or current.get("Description", "") != role["description"]:
+            await self._call("UpdateRole", RoleName=name, MaxSessionDuration=role["max_session_duration"], Description=role["description"])
+            changed = True
+        tags = _tags(current.get("Tags", []))
+        missing = {k: v for k, v in role["tags"].items() if tags.get(k) != v}
+        if missing:
+            await self._call("TagRole", RoleName=name, Tags=[{"Key": k, "Value": v} for k, v in missing.items()])
+            changed = True
+
+        inline = None if role["inline_policy"] is None else thaw(role["inline_policy"])
+        try:
+            existing = _policy((await self._call("GetRolePolicy", RoleName=name, PolicyName=INLINE_POLICY_NAME))["PolicyDocument"])
+        except ClientError as e:
+            if _code(e) != "NoSuchEntity":
+                raise
+            existing = None
+        if inline is not None and existing != inline:
+            await self._call("PutRolePolicy", RoleName=name, PolicyName=INLINE_POLICY_NAME, PolicyDocument=json.dumps(inline))
+            changed = True
+        elif inline is None and existing is not None:
+            await self._call("DeleteRolePolicy", RoleName=name, PolicyName=INLINE_POLICY_NAME)
+            changed = True
+
+        attached = {p["PolicyArn"] for p in (await self._call("ListAttachedRolePolicies", RoleName=name))["AttachedPolicies"]}
+        for arn in sorted(set(role["policy_arns"]) - attached):
+            await self._call("AttachRolePolicy", RoleName=name, PolicyArn=arn)
+            changed = True
+        for arn in sorted(attached - set(role["policy_arns"])):
+            await self._call("DetachRolePolicy", RoleName=name, PolicyArn=arn)
+            changed = True
+        return changed
+
+    async def delete(self, role_arn: str, owner: str, hub: str) -> bool:
+        """Delete the role if it is ours, for *owner* on *hub*; False if it was not ours or not there.
+
+        Inline policies are deleted and managed policies detached first, as IAM
+        requires; the data the role could reach is never touched.
+        """
+        name = parse_role_arn(role_arn).name
+        try:
+            current = (await self._call("GetRole", RoleName=name))["Role"]
+        except ClientError as e:
+            if _code(e) == "NoSuchEntity":
+                return False
+            raise
+        tags = _tags(current.get("Tags", []))
+        if tags.get(TAG_MANAGED_BY) != MANAGED_BY or tags.get(TAG_OWNER) != tag_value(owner) or tags.get(TAG_HUB) != tag_value(hub):
+            if self.log:
+                self.log.info("cloudidentity: not deleting IAM role %s: not managed by this hub for %s", name, owner)
+            return False
+        for policy in (await self._call("ListRolePolicies", RoleName=name))["PolicyNames"]:
+            await self._call("DeleteRolePolicy", RoleName=name, PolicyName=policy)
+        for policy in (await self._call("ListAttachedRolePolicies", RoleName=name))["AttachedPolicies"]:
+            await self._call("DetachRolePolicy", RoleName=name, PolicyArn=policy["PolicyArn"])
+        await self._call("DeleteRole", RoleName=name)
+        self._known.pop(name, None)
+        return True
+
+    def _error(self, plan: IdentityPlan, error: ClientError) -> IdentityError:
+        code = _code(error)
+        name = plan.cloud.resources["role"]["name"]
+        message = error.response.get("Error", {}).get("Message", "")
+        if code == "LimitExceeded":
+            return IdentityError(
+                "The hub cannot create more cloud identities: the AWS account's IAM role quota is reached. "
+                "Please tell your hub admin.",
+                f"IAM LimitExceeded creating role {name} for {plan.owner}: {message}. The account's role quota "
+                "(1,000 by default) is reached: raise it with AWS, delete unused roles, or use group scope or "
+                "existing roles for large hubs.",
+            )
+        if code in ("AccessDenied", "AccessDeniedException"):
+            return IdentityError(
+                "Your cloud identity could not be set up (the hub is not allowed to manage it); ask your hub admin.",
+                f"IAM denied {self.calls[-1] if self.calls else 'a call'} for role {name}: {message}. Check the hub's "
+                "IAM policy allows the role path and requires the permissions boundary.",
+            )
+        if code == "MalformedPolicyDocument":
+            return IdentityError(
+                "Your cloud identity could not be set up; ask your hub admin.",
+                f"IAM rejected a policy document for role {name} (rule {plan.rule!r}): {message}",
+            )
+        return IdentityError(
+            "Your cloud identity could not be set up; ask your hub admin.",
+            f"IAM {code or 'error'} for role {name} (rule {plan.rule!r}): {message}",
+        )
+
+
+def _policy(document: Any) -> Any:
+    """IAM returns policy documents URL-decoded as dicts (boto3) or as JSON strings."""
+    if isinstance(document, str):
+        from urllib.parse import unquote
+
+        return json.loads(unquote(document))
+    return document
+
+
+def _snake(operation: str) -> str:
+    out = []
+    for i, ch in enumerate(operation):
+        if ch.isupper() and i:
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)

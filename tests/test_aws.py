@@ -1,0 +1,279 @@
+"""Hub-managed IRSA roles against moto in server mode, through the real spawn path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+
+boto3 = pytest.importorskip("boto3", reason="the aws extra is not installed")
+
+from botocore.exceptions import ClientError  # noqa: E402
+
+from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
+from cloudidentity_spawner.config import _backends  # noqa: E402
+from cloudidentity_spawner.providers.aws import tag_value  # noqa: E402
+from cloudidentity_spawner.providers.aws_iam import ManagedRoles  # noqa: E402
+from cloudidentity_spawner.spawner import SpawnRefused  # noqa: E402
+
+from .kubehelpers import SpawnUser, make_spawner, oidc_state, read, spawner_config  # noqa: E402
+
+ACCOUNT = "123456789012"  # moto's default account
+ISSUER = "oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
+PROVIDER_ARN = f"arn:aws:iam::{ACCOUNT}:oidc-provider/{ISSUER}"
+BOUNDARY = f"arn:aws:iam::{ACCOUNT}:policy/jupyterhub-boundary"
+BUCKET = "scratch"
+SCRATCH_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"], "Resource": f"arn:aws:s3:::{BUCKET}/{{username}}/*"},
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{BUCKET}",
+         "Condition": {"StringLike": {"s3:prefix": ["{username}/*"]}}},
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def policies(moto_endpoint):
+    """The operator's boundary policy and an extra managed policy, as they exist in a real account."""
+    client = boto3.client("iam", endpoint_url=moto_endpoint, region_name="us-east-1")
+    allow_s3 = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]})
+    arns = {}
+    for name in ("jupyterhub-boundary", "notebook-extras"):
+        try:
+            arns[name] = client.create_policy(PolicyName=name, PolicyDocument=allow_s3)["Policy"]["Arn"]
+        except client.exceptions.EntityAlreadyExistsException:
+            arns[name] = f"arn:aws:iam::{ACCOUNT}:policy/{name}"
+    assert arns["jupyterhub-boundary"] == BOUNDARY
+    return arns
+
+
+@pytest.fixture
+def hub(policies):
+    """A hub name of its own per test, so role names and caches never collide across tests."""
+    _backends.clear()
+    return "hub" + uuid.uuid4().hex[:6]
+
+
+EXTRA_POLICY = f"arn:aws:iam::{ACCOUNT}:policy/notebook-extras"
+
+
+def managed_rules(hub, **managed):
+    return [{
+        "name": "members",
+        "match": {"groups": ["/escape"]},
+        "aws": {"managed": {
+            "oidc_provider_arn": PROVIDER_ARN,
+            "role_path": f"/jupyterhub/{hub}/",
+            "permissions_boundary": BOUNDARY,
+            "inline_policy": SCRATCH_POLICY,
+            **managed,
+        }},
+    }]
+
+
+def aws_spawner(namespace, moto_endpoint, hub, name, rules=None, **extra):
+    c = spawner_config(
+        namespace, rules or managed_rules(hub),
+        hub_name=hub, aws_client_kwargs={"endpoint_url": moto_endpoint, "region_name": "us-east-1"},
+        aws_role_propagation_seconds=0, **extra,
+    )
+    return make_spawner(CloudIdentitySpawner, c, SpawnUser(name, oidc_state(**{"wlcg.groups": ["/escape"]})))
+
+
+def iam(moto_endpoint):
+    return boto3.client("iam", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+def backend(moto_endpoint) -> ManagedRoles:
+    [b] = _backends.values()
+    return b
+
+
+async def spawn(spawner):
+    await spawner.start()
+    await spawner.stop()
+
+
+async def test_role_created_with_exact_trust_path_boundary_and_tags(namespace, moto_endpoint, hub):
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "alice"))
+    role = iam(moto_endpoint).get_role(RoleName=f"{hub}-alice")["Role"]
+    assert role["Path"] == f"/jupyterhub/{hub}/"
+    assert role["PermissionsBoundary"]["PermissionsBoundaryArn"] == BOUNDARY
+    assert role["AssumeRolePolicyDocument"] == {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Federated": PROVIDER_ARN},
+            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": {"StringEquals": {
+                f"{ISSUER}:sub": f"system:serviceaccount:{namespace}:jupyter-alice",
+                f"{ISSUER}:aud": "sts.amazonaws.com",
+            }},
+        }],
+    }
+    tags = {t["Key"]: t["Value"] for t in role["Tags"]}
+    assert tags == {"app.kubernetes.io/managed-by": "cloudidentity-spawner",
+                    "cloudidentity-spawner/hub": hub, "cloudidentity-spawner/owner": "user:alice"}
+    policy = iam(moto_endpoint).get_role_policy(RoleName=f"{hub}-alice", PolicyName="cloudidentity-spawner")
+    assert policy["PolicyDocument"]["Statement"][0]["Resource"] == f"arn:aws:s3:::{BUCKET}/alice/*"
+    sa = await read("serviceaccount", namespace, "jupyter-alice")
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == role["Arn"]
+
+
+WRITES = {"CreateRole", "PutRolePolicy", "AttachRolePolicy", "DetachRolePolicy", "UpdateAssumeRolePolicy",
+          "PutRolePermissionsBoundary", "UpdateRole", "TagRole", "DeleteRolePolicy", "DeleteRole"}
+
+
+@pytest.mark.parametrize("cache_seconds,expected_calls", [(3600, []), (0, ["GetRole", "GetRolePolicy", "ListAttachedRolePolicies"])])
+async def test_warm_spawn_makes_no_iam_writes(namespace, moto_endpoint, hub, cache_seconds, expected_calls):
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "bob", cloud_cache_seconds=cache_seconds))
+    calls = backend(moto_endpoint).calls
+    assert calls[0] == "GetRole" and "CreateRole" in calls
+    first = len(calls)
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "bob", cloud_cache_seconds=cache_seconds))
+    assert calls[first:] == expected_calls
+    assert not WRITES & set(calls[first:])
+
+
+async def test_template_change_updates_the_policy(namespace, moto_endpoint, hub):
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "carol"))
+    changed = json.loads(json.dumps(SCRATCH_POLICY).replace('"s3:PutObject"', '"s3:PutObject", "s3:DeleteObject"'))
+    rules = managed_rules(hub, inline_policy=changed, policy_arns=[EXTRA_POLICY])
+    calls = len(_calls := backend(moto_endpoint).calls)
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "carol", rules=rules))
+    assert {"PutRolePolicy", "AttachRolePolicy"} <= set(_calls[calls:])
+    assert "CreateRole" not in _calls[calls:]
+    doc = iam(moto_endpoint).get_role_policy(RoleName=f"{hub}-carol", PolicyName="cloudidentity-spawner")["PolicyDocument"]
+    assert "s3:DeleteObject" in doc["Statement"][0]["Action"]
+
+
+async def test_foreign_role_is_never_touched(namespace, moto_endpoint, hub):
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+    iam(moto_endpoint).create_role(RoleName=f"{hub}-dave", Path=f"/jupyterhub/{hub}/", AssumeRolePolicyDocument=json.dumps(trust))
+    with pytest.raises(SpawnRefused, match="not managed by this hub"):
+        await aws_spawner(namespace, moto_endpoint, hub, "dave").start()
+    role = iam(moto_endpoint).get_role(RoleName=f"{hub}-dave")["Role"]
+    assert role["AssumeRolePolicyDocument"] == trust
+    assert "PermissionsBoundary" not in role
+    assert set(backend(moto_endpoint).calls) == {"GetRole"}
+    assert await read("serviceaccount", namespace, "jupyter-dave") is None
+
+
+async def test_delete_forever_removes_only_our_user_role(namespace, moto_endpoint, hub):
+    spawner = aws_spawner(namespace, moto_endpoint, hub, "erin",
+                          rules=managed_rules(hub, policy_arns=[EXTRA_POLICY]))
+    await spawn(spawner)
+    await spawner.delete_forever()
+    with pytest.raises(ClientError, match="NoSuchEntity"):
+        iam(moto_endpoint).get_role(RoleName=f"{hub}-erin")
+    calls = backend(moto_endpoint).calls
+    assert calls.index("DeleteRolePolicy") < calls.index("DeleteRole")
+    assert calls.index("DetachRolePolicy") < calls.index("DeleteRole")
+    assert await read("serviceaccount", namespace, "jupyter-erin") is None
+
+
+async def test_delete_forever_keeps_an_existing_role_it_did_not_create(namespace, moto_endpoint, hub):
+    trust = {"Version": "2012-10-17", "Statement": []}
+    arn = iam(moto_endpoint).create_role(RoleName=f"{hub}-frank", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    rules = managed_rules(hub) + [{"name": "existing", "match": {}, "aws": {"role_arn": arn.replace("frank", "{username}")}}]
+    user = make_spawner(CloudIdentitySpawner, spawner_config(
+        namespace, rules, hub_name=hub, aws_client_kwargs={"endpoint_url": moto_endpoint}, aws_role_propagation_seconds=0,
+    ), SpawnUser("frank", oidc_state()))
+    await spawn(user)
+    await user.delete_forever()
+    assert iam(moto_endpoint).get_role(RoleName=f"{hub}-frank")["Role"]["Arn"] == arn
+
+
+async def test_odd_and_long_user_names_get_valid_distinct_roles(namespace, moto_endpoint, hub):
+    names = ["Zoë O'Brien", "z" * 200, "Zoe"]
+    for name in names:
+        await spawn(aws_spawner(namespace, moto_endpoint, hub, name))
+    roles = iam(moto_endpoint).list_roles(PathPrefix=f"/jupyterhub/{hub}/")["Roles"]
+    role_names = {r["RoleName"] for r in roles}
+    assert len(role_names) == 3
+    assert all(len(n) <= 64 for n in role_names)
+    owners = set()
+    for r in roles:
+        tags = iam(moto_endpoint).list_role_tags(RoleName=r["RoleName"])["Tags"]
+        owners |= {t["Value"] for t in tags if t["Key"] == "cloudidentity-spawner/owner"}
+    assert owners == {tag_value(f"user:{n}") for n in names}
+    assert f"user:{'z' * 200}" in owners and "user:Zoe" in owners  # valid values are kept as they are
+    # and each of them is deleted with its user, whatever its name
+    for name in names:
+        s = aws_spawner(namespace, moto_endpoint, hub, name)
+        await s.delete_forever()
+    assert iam(moto_endpoint).list_roles(PathPrefix=f"/jupyterhub/{hub}/")["Roles"] == []
+
+
+async def test_surge_of_first_logins_is_bounded_and_creates_each_role_once(namespace, moto_endpoint, hub):
+    spawners = [aws_spawner(namespace, moto_endpoint, hub, f"class-{i}", aws_max_concurrent_calls=3) for i in range(12)]
+    spawners += [aws_spawner(namespace, moto_endpoint, hub, "class-0", aws_max_concurrent_calls=3)]  # a double click
+    await asyncio.gather(*(s._provisioner().prepare(namespace) for s in spawners))
+    b = backend(moto_endpoint)
+    assert b.max_in_flight <= 3
+    assert b.calls.count("CreateRole") == 12
+    roles = iam(moto_endpoint).list_roles(PathPrefix=f"/jupyterhub/{hub}/")["Roles"]
+    assert len(roles) == 12
+
+
+async def test_role_quota_is_a_clear_message_for_user_and_admin(namespace, moto_endpoint, hub, caplog, monkeypatch):
+    spawner = aws_spawner(namespace, moto_endpoint, hub, "gus")
+    original = ManagedRoles._call
+
+    async def quota_reached(self, operation, **kwargs):
+        if operation == "CreateRole":
+            # What IAM answers when the account's role quota is reached.
+            raise ClientError({"Error": {"Code": "LimitExceeded", "Message": "Cannot exceed quota for RolesPerAccount: 1000"}}, "CreateRole")
+        return await original(self, operation, **kwargs)
+
+    monkeypatch.setattr(ManagedRoles, "_call", quota_reached)
+    with pytest.raises(SpawnRefused) as e:
+        await spawner.start()
+    assert "IAM role quota is reached" in e.value.jupyterhub_message
+    [line] = [r.getMessage() for r in caplog.records if "spawn refused for gus" in r.getMessage()]
+    assert "RolesPerAccount" in line and "group scope or existing roles" in line
+
+
+async def test_bob_cannot_read_alices_prefix(namespace, moto_endpoint, hub):
+    """Isolation, proven by moto's IAM policy evaluation of the roles the hub made."""
+    from moto.core.authorization import enable_iam_authentication
+
+    for user in ("alice", "bob"):
+        await spawn(aws_spawner(namespace, moto_endpoint, hub, user))
+    s3_admin = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    try:
+        s3_admin.create_bucket(Bucket=BUCKET)
+    except s3_admin.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    for user in ("alice", "bob"):
+        s3_admin.put_object(Bucket=BUCKET, Key=f"{user}/notes.txt", Body=f"{user}'s notes".encode())
+
+    def session_for(user):
+        role_arn = iam(moto_endpoint).get_role(RoleName=f"{hub}-{user}")["Role"]["Arn"]
+        creds = boto3.client("sts", endpoint_url=moto_endpoint, region_name="us-east-1").assume_role_with_web_identity(
+            RoleArn=role_arn, RoleSessionName=f"jupyter-{user}", WebIdentityToken="projected-service-account-token",
+        )["Credentials"]
+        return boto3.client(
+            "s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+            aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+        )
+
+    alice, bob = session_for("alice"), session_for("bob")
+    with enable_iam_authentication():
+        assert alice.get_object(Bucket=BUCKET, Key="alice/notes.txt")["Body"].read() == b"alice's notes"
+        alice.put_object(Bucket=BUCKET, Key="alice/results.csv", Body=b"1,2,3")
+        with pytest.raises(ClientError) as denied:
+            bob.get_object(Bucket=BUCKET, Key="alice/notes.txt")
+        assert denied.value.response["Error"]["Code"] == "AccessDenied"
+        with pytest.raises(ClientError) as denied:
+            bob.put_object(Bucket=BUCKET, Key="alice/planted.txt", Body=b"x")
+        assert denied.value.response["Error"]["Code"] == "AccessDenied"
+        assert bob.get_object(Bucket=BUCKET, Key="bob/notes.txt")["Body"].read() == b"bob's notes"
+    # moto does not evaluate the s3:prefix condition on ListBucket; the rendered policy limits it:
+    doc = iam(moto_endpoint).get_role_policy(RoleName=f"{hub}-bob", PolicyName="cloudidentity-spawner")["PolicyDocument"]
+    listing = [s for s in doc["Statement"] if s["Action"] == "s3:ListBucket"][0]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["bob/*"]}}
