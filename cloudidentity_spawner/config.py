@@ -115,6 +115,22 @@ class CloudIdentity(LoggingConfigurable):
         spawn instead of AccessDenied in their first notebook cell. 0 disables the wait.
         """,
     )
+    gcp_client_factory = AnyTrait(
+        None,
+        allow_none=True,
+        config=True,
+        help="""
+        Optional callable returning (iam_admin_v1.IAMClient, resourcemanager_v3.ProjectsClient,
+        storage.Client) for hub-managed Google service accounts, for custom endpoints or
+        credentials. Unset, the clients use Application Default Credentials (the hub pod's
+        own Workload Identity). Only used by rules with gcp.managed.
+        """,
+    )
+    gcp_max_concurrent_calls = Integer(
+        4,
+        config=True,
+        help="At most this many Google Cloud IAM calls at once from this hub.",
+    )
     cloud_cache_seconds = Float(
         3600.0,
         config=True,
@@ -219,6 +235,19 @@ def backend_for(settings: CloudIdentity, provider: str) -> Any:
                 max_concurrent_calls=settings.aws_max_concurrent_calls,
                 cache_seconds=settings.cloud_cache_seconds,
                 propagation_seconds=settings.aws_role_propagation_seconds,
+                log=settings.log,
+            )
+        return _backends[key]
+    if provider == "gcp":
+        factory = settings.gcp_client_factory
+        key = ("gcp", id(factory))
+        if key not in _backends:
+            from .providers.gcp_iam import ManagedServiceAccounts
+
+            _backends[key] = ManagedServiceAccounts(
+                factory,
+                max_concurrent_calls=settings.gcp_max_concurrent_calls,
+                cache_seconds=settings.cloud_cache_seconds,
                 log=settings.log,
             )
         return _backends[key]

@@ -18,7 +18,7 @@ from .config import CloudIdentity, user_claims
 from .errors import ConfigError, IdentityError
 from .kube import RetryPolicy, ServiceAccountReflector, ServiceAccounts, describe, is_retryable
 from .plan import RULE_LABEL, SCOPE_LABEL, IdentityPlan
-from .providers import aws
+from .providers import aws, gcp
 
 
 class SpawnRefused(Exception):
@@ -82,6 +82,7 @@ class IdentityProvisioner:
         except Exception as e:
             if not (isinstance(e, ApiException) or is_retryable(e)):
                 raise
+            # Kubernetes API failures (after retries); cloud failures arrive as IdentityError.
             rule = plan.rule if plan else "?"
             self.log.error("cloudidentity: spawn refused for %s (rule %s): Kubernetes API failed: %s", who, rule, describe(e))
             raise SpawnRefused(
@@ -104,6 +105,12 @@ class IdentityProvisioner:
                 record["cloud_identity"] = role_arn
                 record["cloud_identity_deleted"] = await self.settings.cloud_backend("aws").delete(
                     role_arn, owner, self.settings.hub_name
+                )
+            email = annotations.get(gcp.GSA_ANNOTATION)
+            if email and self.settings.manages("gcp"):
+                record["cloud_identity"] = email
+                record["cloud_identity_deleted"] = await self.settings.cloud_backend("gcp").delete(
+                    email, owner, self.settings.hub_name, json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
                 )
             self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
 

@@ -94,3 +94,12 @@ def moto_endpoint():
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcp_server():
+    """The local Google Cloud IAM server (gRPC IAM Admin, REST Resource Manager and Storage)."""
+    gcp = pytest.importorskip("cloudidentity_spawner.testing.gcp", reason="the gcp extra is not installed")
+    server = gcp.GoogleCloudServer(gcp.GoogleCloudState(projects=("my-project",), quota=100)).start()
+    yield server
+    server.stop()

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +23,9 @@ from ._common import check_keys, check_string_list, check_template
 from .aws import SAMPLE_CONTEXT
 
 GSA_ANNOTATION = "iam.gke.io/gcp-service-account"
+BINDINGS_ANNOTATION = "cloudidentity-spawner/gcp-bindings"
+"""On the ServiceAccount: the project/bucket bindings the hub added for its GSA, so exactly
+those (and no binding someone else added) are removed when the identity is deleted."""
 ANNOTATIONS = (GSA_ANNOTATION,)
 WORKLOAD_IDENTITY_USER = "roles/iam.workloadIdentityUser"
 
@@ -40,6 +45,13 @@ def parse_email(email: str) -> tuple[str, str]:
             "[a-z0-9-] starting with a letter"
         )
     return match["id"], match["project"]
+
+
+def ownership_marker(hub: str, owner: str) -> str:
+    """Google service accounts have no labels or tags: the description carries who made
+    the account and for whom, and an account without the right marker is never touched."""
+    digest = hashlib.sha256(f"{hub}\xff{owner}".encode()).hexdigest()[:16]
+    return f"[cloudidentity-spawner hub={hub} owner={digest}]"
 
 
 def workload_identity_member(pool: str, namespace: str, service_account: str) -> str:
@@ -150,15 +162,25 @@ def plan(settings: GcpSettings, context: Mapping[str, Any], scope: str, owner: s
             binding["condition"] = _prefix_condition(item["bucket"], render(item["prefix"], context, names.resource_part))
         bindings.append(binding)
     display = render(managed.get("display_name", "JupyterHub {hub}: " + owner.replace("{", "{{").replace("}", "}}")), context, raw)
-    description = render(managed.get("description", "Managed by cloudidentity-spawner for " + owner.replace("{", "{{").replace("}", "}}")), context, raw)
+    description = render(managed.get("description", "Notebook identity for " + owner.replace("{", "{{").replace("}", "}}")), context, raw)
+    marker = ownership_marker(context["hub"], owner)
+    description = description[: 256 - len(marker) - 1].rstrip() + " " + marker
     resources = {
         "service_account": {
             "project": project,
             "account_id": account_id,
             "email": email,
             "display_name": display[:100],
-            "description": description[:256],
+            "description": description,
         },
         "bindings": bindings,
     }
-    return {GSA_ANNOTATION: email}, CloudPlan(provider="gcp", mode="managed", identity=email, resources=resources)
+    added = [
+        [b["resource"], b["role"], (b.get("condition") or {}).get("title", "")]
+        for b in bindings
+        if not b["resource"].startswith("projects/" + project + "/serviceAccounts/")
+    ]
+    annotations = {GSA_ANNOTATION: email}
+    if added:
+        annotations[BINDINGS_ANNOTATION] = json.dumps(added, separators=(",", ":"))
+    return annotations, CloudPlan(provider="gcp", mode="managed", identity=email, resources=resources)

@@ -1,0 +1,249 @@
+"""Hub-managed Google service accounts for Workload Identity (install the ``gcp`` extra).
+
+:class:`ManagedServiceAccounts` creates the GSA a plan describes, grants
+``roles/iam.workloadIdentityUser`` to exactly its Kubernetes ServiceAccount,
+adds the planned project and bucket bindings, and undoes all of that when its
+user is deleted - only for accounts whose description carries our ownership
+marker, and only the bindings recorded as ours.
+
+IAM policies are edited read-modify-write with their etag; a concurrent change
+(ABORTED / 409 / 412) re-reads and retries, a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from google.api_core import exceptions as gexc
+
+from ..errors import IdentityError
+from ..plan import IdentityPlan, thaw
+from .gcp import ownership_marker
+
+CONFLICTS = (gexc.Aborted, gexc.Conflict, gexc.PreconditionFailed)
+
+
+def default_clients():
+    """Clients with Application Default Credentials (the hub pod's own Workload Identity)."""
+    from google.cloud import iam_admin_v1, resourcemanager_v3, storage
+
+    return iam_admin_v1.IAMClient(), resourcemanager_v3.ProjectsClient(), storage.Client()
+
+
+def _key(binding: Mapping[str, Any]) -> tuple:
+    condition = binding.get("condition") or {}
+    return (binding["role"], condition.get("title", ""), condition.get("expression", ""))
+
+
+class ManagedServiceAccounts:
+    """Create, converge and delete hub-managed Google service accounts."""
+
+    def __init__(
+        self,
+        clients: Callable[[], tuple[Any, Any, Any]] | None = None,
+        *,
+        max_concurrent_calls: int = 4,
+        cache_seconds: float = 3600.0,
+        policy_retries: int = 6,
+        log: Any = None,
+    ):
+        self.iam, self.projects, self.storage = (clients or default_clients)()
+        self._calls = asyncio.Semaphore(max_concurrent_calls)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._known: dict[str, tuple[str, float]] = {}
+        self.cache_seconds = cache_seconds
+        self.policy_retries = policy_retries
+        self.log = log
+        self.calls: list[str] = []
+
+    async def _call(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        async with self._calls:
+            self.calls.append(name)
+            return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    # -- spawn -----------------------------------------------------------------
+
+    async def ensure(self, plan: IdentityPlan) -> str:
+        """Make the planned GSA and bindings exist; returns created, updated or unchanged."""
+        resources = thaw(plan.cloud.resources)
+        email = resources["service_account"]["email"]
+        fingerprint = hashlib.sha256(json.dumps(resources, sort_keys=True).encode()).hexdigest()
+        known = self._known.get(email)
+        if known and known[0] == fingerprint and time.monotonic() - known[1] < self.cache_seconds:
+            return "unchanged"
+        async with self._lock(email):
+            try:
+                created = await self._ensure_account(plan, resources["service_account"])
+                changed = False
+                for binding in resources["bindings"]:
+                    changed |= await self._edit(binding["resource"], add=binding)
+            except gexc.GoogleAPICallError as e:
+                raise self._error(plan, e) from None
+            self._known[email] = (fingerprint, time.monotonic())
+        return "created" if created else "updated" if changed else "unchanged"
+
+    async def _ensure_account(self, plan: IdentityPlan, account: Mapping[str, Any]) -> bool:
+        name = f"projects/{account['project']}/serviceAccounts/{account['email']}"
+        try:
+            current = await self._call("GetServiceAccount", self.iam.get_service_account, request={"name": name})
+        except gexc.NotFound:
+            current = None
+        if current is None:
+            try:
+                await self._call(
+                    "CreateServiceAccount",
+                    self.iam.create_service_account,
+                    request={
+                        "name": f"projects/{account['project']}",
+                        "account_id": account["account_id"],
+                        "service_account": {"display_name": account["display_name"], "description": account["description"]},
+                    },
+                )
+                return True
+            except gexc.AlreadyExists:
+                current = await self._call("GetServiceAccount", self.iam.get_service_account, request={"name": name})
+        want_marker = account["description"][account["description"].rfind("[cloudidentity-spawner ") :]
+        if not current.description.endswith(want_marker):
+            raise IdentityError(
+                "Your cloud identity could not be set up: a Google service account with its name already exists "
+                "and is not managed by this hub for you; ask your hub admin.",
+                f"Google service account {account['email']} exists without the marker {want_marker!r} in its "
+                f"description; refusing to use or modify it for {plan.owner} (rule {plan.rule!r}). "
+                "Change account_id in the rule.",
+            )
+        return False
+
+    async def _edit(self, resource: str, *, add: Mapping[str, Any] | None = None, remove: tuple | None = None, member: str = "") -> bool:
+        """Read-modify-write one IAM policy, retrying on a concurrent change. True if written."""
+        async with self._lock(resource):
+            for attempt in range(self.policy_retries):
+                policy = await self._read_policy(resource)
+                bindings = policy["bindings"]
+                if add is not None:
+                    target = next((b for b in bindings if _key(b) == _key(add)), None)
+                    if target is None:
+                        target = {"role": add["role"], "members": []}
+                        if add.get("condition"):
+                            target["condition"] = dict(add["condition"])
+                        bindings.append(target)
+                    if add["member"] in target["members"]:
+                        return False
+                    target["members"].append(add["member"])
+                else:
+                    hits = [b for b in bindings if _key(b)[:2] == remove and member in b["members"]]
+                    if not hits:
+                        return False
+                    for b in hits:
+                        b["members"].remove(member)
+                    policy["bindings"] = [b for b in bindings if b["members"]]
+                if any(b.get("condition") for b in policy["bindings"]):
+                    policy["version"] = 3
+                try:
+                    await self._write_policy(resource, policy)
+                    return True
+                except CONFLICTS:
+                    if attempt == self.policy_retries - 1:
+                        raise
+                    await asyncio.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+        return False
+
+    async def _read_policy(self, resource: str) -> dict[str, Any]:
+        kind = _kind(resource)
+        if kind == "bucket":
+            bucket = self.storage.bucket(resource.rsplit("/", 1)[-1])
+            raw = await self._call("buckets.getIamPolicy", bucket.get_iam_policy, requested_policy_version=3)
+            return {
+                "version": raw.version,
+                "etag": raw.etag,
+                "raw": raw,
+                "bindings": [
+                    {"role": b["role"], "members": sorted(b["members"]), **({"condition": dict(b["condition"])} if b.get("condition") else {})}
+                    for b in raw.bindings
+                ],
+            }
+        client = self.iam if kind == "service_account" else self.projects
+        request = {"resource": resource, "options": {"requested_policy_version": 3}}
+        if kind == "service_account":
+            request.pop("options")
+        raw = await self._call(f"{kind}.getIamPolicy", client.get_iam_policy, request=request)
+        bindings = []
+        for b in raw.bindings:
+            item = {"role": b.role, "members": list(b.members)}
+            if b.HasField("condition"):
+                item["condition"] = {"title": b.condition.title, "description": b.condition.description, "expression": b.condition.expression}
+            bindings.append(item)
+        return {"version": raw.version, "etag": raw.etag, "bindings": bindings}
+
+    async def _write_policy(self, resource: str, policy: Mapping[str, Any]) -> None:
+        kind = _kind(resource)
+        if kind == "bucket":
+            raw = policy["raw"]
+            raw.version = policy["version"]
+            raw.bindings = [
+                {"role": b["role"], "members": set(b["members"]), **({"condition": b["condition"]} if b.get("condition") else {})}
+                for b in policy["bindings"]
+            ]
+            bucket = self.storage.bucket(resource.rsplit("/", 1)[-1])
+            await self._call("buckets.setIamPolicy", bucket.set_iam_policy, raw)
+            return
+        client = self.iam if kind == "service_account" else self.projects
+        body = {"version": policy["version"], "etag": policy["etag"], "bindings": policy["bindings"]}
+        await self._call(f"{kind}.setIamPolicy", client.set_iam_policy, request={"resource": resource, "policy": body})
+
+    # -- deletion --------------------------------------------------------------
+
+    async def delete(self, email: str, owner: str, hub: str, added_bindings: list[list[str]]) -> bool:
+        """Remove the bindings we added, then the GSA - only if its description carries our marker."""
+        project = email.split("@", 1)[1].split(".", 1)[0]
+        name = f"projects/{project}/serviceAccounts/{email}"
+        try:
+            current = await self._call("GetServiceAccount", self.iam.get_service_account, request={"name": name})
+        except gexc.NotFound:
+            return False
+        if not current.description.endswith(ownership_marker(hub, owner)):
+            if self.log:
+                self.log.info("cloudidentity: not deleting Google service account %s: not managed by this hub for %s", email, owner)
+            return False
+        member = f"serviceAccount:{email}"
+        for resource, role, title in added_bindings:
+            await self._edit(resource, remove=(role, title), member=member)
+        await self._call("DeleteServiceAccount", self.iam.delete_service_account, request={"name": name})
+        self._known.pop(email, None)
+        return True
+
+    def _error(self, plan: IdentityPlan, error: gexc.GoogleAPICallError) -> IdentityError:
+        email = plan.cloud.identity
+        if isinstance(error, gexc.ResourceExhausted):
+            return IdentityError(
+                "The hub cannot create more cloud identities: the Google Cloud project's service account quota is "
+                "reached. Please tell your hub admin.",
+                f"creating {email} for {plan.owner}: {error.message}. Google Cloud allows 100 service accounts per "
+                "project by default: request more quota, delete unused accounts, or use group scope or existing "
+                "service accounts for large hubs.",
+            )
+        if isinstance(error, gexc.Forbidden):  # includes PermissionDenied over gRPC
+            return IdentityError(
+                "Your cloud identity could not be set up (the hub is not allowed to manage it); ask your hub admin.",
+                f"Google Cloud denied {self.calls[-1] if self.calls else 'a call'} for {email}: {error.message}",
+            )
+        return IdentityError(
+            "Your cloud identity could not be set up; ask your hub admin.",
+            f"Google Cloud {type(error).__name__} for {email} (rule {plan.rule!r}): {error.message}",
+        )
+
+
+def _kind(resource: str) -> str:
+    if resource.startswith("projects/_/buckets/"):
+        return "bucket"
+    if "/serviceAccounts/" in resource:
+        return "service_account"
+    return "project"

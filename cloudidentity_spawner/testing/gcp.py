@@ -1,0 +1,355 @@
+"""A local Google Cloud IAM server for tests and the demo (no emulator exists for these APIs).
+
+It implements the documented behaviour of the calls this package makes, over
+the same wire protocols the real client libraries use:
+
+* IAM Admin API (``google.iam.admin.v1.IAM``) over gRPC: Create/Get/Delete
+  ServiceAccount and Get/SetIamPolicy on service accounts - resource names
+  ``projects/<p>/serviceAccounts/<email>`` (``-`` for any project),
+  ALREADY_EXISTS on a duplicate id, INVALID_ARGUMENT on a bad id, NOT_FOUND,
+  RESOURCE_EXHAUSTED past the per-project quota (100 by default);
+* Resource Manager v3 over REST: ``projects/<p>:getIamPolicy`` /
+  ``:setIamPolicy``; 403 for an unknown project, as the real API answers;
+* Cloud Storage JSON API: ``b/<bucket>/iam`` GET/PUT, conditions only with
+  policy version 3.
+
+Every policy carries an etag that changes on every write; a write with a stale
+etag is refused (ABORTED over gRPC, 409 ABORTED on Resource Manager, 412 on
+Storage), so read-modify-write retries can be tested for real.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import itertools
+import json
+import re
+import threading
+from concurrent import futures
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.cloud.iam_admin_v1 import types
+from google.iam.v1 import iam_policy_pb2, policy_pb2
+from google.protobuf import empty_pb2
+from google.type import expr_pb2
+
+from .kubernetes import _as_coro  # noqa: F401  (same thread-and-loop pattern)
+
+_ACCOUNT_ID = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
+
+
+class _Policies:
+    """IAM policies by resource, with etags that change on every write."""
+
+    def __init__(self):
+        self._policies: dict[str, dict[str, Any]] = {}
+        self._counter = itertools.count(1)
+        self.writes: list[str] = []
+
+    def get(self, resource: str) -> dict[str, Any]:
+        policy = self._policies.get(resource)
+        if policy is None:
+            policy = self._policies[resource] = {"version": 1, "bindings": [], "etag": self._etag()}
+        return copy.deepcopy(policy)
+
+    def _etag(self) -> bytes:
+        return b"etag-" + str(next(self._counter)).encode()
+
+    def set(self, resource: str, policy: dict[str, Any]) -> dict[str, Any] | None:
+        """Store *policy*; None if its etag is stale (the caller answers with a conflict)."""
+        current = self.get(resource)
+        if policy.get("etag") and policy["etag"] != current["etag"]:
+            return None
+        stored = {"version": policy.get("version", 1), "bindings": policy.get("bindings", []), "etag": self._etag()}
+        self._policies[resource] = stored
+        self.writes.append(resource)
+        return copy.deepcopy(stored)
+
+    def drop(self, resource: str) -> None:
+        self._policies.pop(resource, None)
+
+
+class GoogleCloudState:
+    """Service accounts and policies, shared by the gRPC and REST faces."""
+
+    def __init__(self, projects=("my-project",), quota: int = 100):
+        self.projects = set(projects)
+        self.quota = quota
+        self.accounts: dict[str, dict[str, Any]] = {}
+        self.policies = _Policies()
+        self.calls: list[str] = []
+        self.fail_next_set_with_conflict = 0
+        """Answer this many policy writes with a conflict, as a concurrent writer would cause."""
+        self._lock = threading.RLock()
+        self._ids = itertools.count(100000000000000000000)
+
+    def account_email(self, name: str) -> str:
+        m = re.fullmatch(r"projects/([^/]+)/serviceAccounts/([^/]+)", name)
+        if not m:
+            raise LookupError(f"invalid service account name {name!r}")
+        return m[2]
+
+
+def _abort(context, code, message):
+    context.abort(code, message)
+
+
+class IAMAdminServicer:
+    """The gRPC methods of ``google.iam.admin.v1.IAM`` this package uses."""
+
+    def __init__(self, state: GoogleCloudState):
+        self.state = state
+
+    def _account(self, name: str, context) -> dict[str, Any]:
+        try:
+            email = self.state.account_email(name)
+        except LookupError as e:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        account = self.state.accounts.get(email)
+        if account is None:
+            _abort(context, grpc.StatusCode.NOT_FOUND, f"Unknown service account: {email}")
+        return account
+
+    def create(self, request: types.CreateServiceAccountRequest, context):
+        state = self.state
+        with state._lock:
+            state.calls.append("CreateServiceAccount")
+            project = request.name.removeprefix("projects/")
+            if not request.name.startswith("projects/") or project not in state.projects:
+                _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"Permission denied on resource project {project}.")
+            if not _ACCOUNT_ID.fullmatch(request.account_id or ""):
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                       "Invalid form of account ID {}. Should be [Gaia ID |Email |Unique ID |] of the account".format(request.account_id))
+            email = f"{request.account_id}@{project}.iam.gserviceaccount.com"
+            if email in state.accounts:
+                _abort(context, grpc.StatusCode.ALREADY_EXISTS, f"Service account {request.account_id} already exists within project projects/{project}.")
+            if sum(1 for a in state.accounts.values() if a["project_id"] == project) >= state.quota:
+                _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       f"Maximum number of service accounts on project reached: {state.quota}")
+            sa = request.service_account
+            if len(sa.display_name) > 100 or len(sa.description) > 256:
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "display name or description too long")
+            uid = str(next(state._ids))
+            account = {
+                "name": f"projects/{project}/serviceAccounts/{email}",
+                "project_id": project,
+                "unique_id": uid,
+                "email": email,
+                "display_name": sa.display_name,
+                "description": sa.description,
+                "oauth2_client_id": uid,
+                "etag": b"MDEwMjE5MjA=",
+            }
+            state.accounts[email] = account
+            return types.ServiceAccount(**account)
+
+    def get(self, request: types.GetServiceAccountRequest, context):
+        with self.state._lock:
+            self.state.calls.append("GetServiceAccount")
+            return types.ServiceAccount(**self._account(request.name, context))
+
+    def delete(self, request: types.DeleteServiceAccountRequest, context):
+        with self.state._lock:
+            self.state.calls.append("DeleteServiceAccount")
+            account = self._account(request.name, context)
+            del self.state.accounts[account["email"]]
+            self.state.policies.drop(account["email"])
+            return empty_pb2.Empty()
+
+    def get_iam_policy(self, request: iam_policy_pb2.GetIamPolicyRequest, context):
+        with self.state._lock:
+            self.state.calls.append("GetIamPolicy")
+            account = self._account(request.resource, context)
+            return _to_proto(self.state.policies.get(account["email"]))
+
+    def set_iam_policy(self, request: iam_policy_pb2.SetIamPolicyRequest, context):
+        with self.state._lock:
+            self.state.calls.append("SetIamPolicy")
+            account = self._account(request.resource, context)
+            if self.state.fail_next_set_with_conflict:
+                self.state.fail_next_set_with_conflict -= 1
+                self.state.policies.set(account["email"], self.state.policies.get(account["email"]))  # someone else wrote
+            stored = self.state.policies.set(account["email"], _from_proto(request.policy))
+            if stored is None:
+                _abort(context, grpc.StatusCode.ABORTED,
+                       "There were concurrent policy changes. Please retry the whole read-modify-write with exponential backoff.")
+            return _to_proto(stored)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def rpc(fn, request_type, response_serialize):
+            return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=request_type, response_serializer=response_serialize)
+
+        return grpc.method_handlers_generic_handler(
+            "google.iam.admin.v1.IAM",
+            {
+                "CreateServiceAccount": rpc(self.create, types.CreateServiceAccountRequest.deserialize, types.ServiceAccount.serialize),
+                "GetServiceAccount": rpc(self.get, types.GetServiceAccountRequest.deserialize, types.ServiceAccount.serialize),
+                "DeleteServiceAccount": rpc(self.delete, types.DeleteServiceAccountRequest.deserialize, empty_pb2.Empty.SerializeToString),
+                "GetIamPolicy": rpc(self.get_iam_policy, iam_policy_pb2.GetIamPolicyRequest.FromString, policy_pb2.Policy.SerializeToString),
+                "SetIamPolicy": rpc(self.set_iam_policy, iam_policy_pb2.SetIamPolicyRequest.FromString, policy_pb2.Policy.SerializeToString),
+            },
+        )
+
+
+def _to_proto(policy: dict[str, Any]) -> policy_pb2.Policy:
+    bindings = []
+    for b in policy["bindings"]:
+        condition = b.get("condition")
+        bindings.append(policy_pb2.Binding(
+            role=b["role"], members=b["members"],
+            condition=expr_pb2.Expr(**condition) if condition else None,
+        ))
+    return policy_pb2.Policy(version=policy["version"], etag=policy["etag"], bindings=bindings)
+
+
+def _from_proto(policy: policy_pb2.Policy) -> dict[str, Any]:
+    bindings = []
+    for b in policy.bindings:
+        item = {"role": b.role, "members": list(b.members)}
+        if b.HasField("condition"):
+            item["condition"] = {"title": b.condition.title, "description": b.condition.description, "expression": b.condition.expression}
+        bindings.append(item)
+    return {"version": policy.version, "etag": policy.etag, "bindings": bindings}
+
+
+def _json_policy(policy: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {**extra, "version": policy["version"], "etag": base64.b64encode(policy["etag"]).decode(), "bindings": policy["bindings"]}
+
+
+def _from_json(body: dict[str, Any]) -> dict[str, Any]:
+    etag = body.get("etag")
+    return {
+        "version": body.get("version", 1),
+        "etag": base64.b64decode(etag) if etag else b"",
+        "bindings": [dict(b) for b in body.get("bindings", [])],
+    }
+
+
+class RestFaces:
+    """Resource Manager v3 and Cloud Storage IAM over REST."""
+
+    def __init__(self, state: GoogleCloudState):
+        self.state = state
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post(r"/v3/projects/{project}:getIamPolicy", self.project_get)
+        app.router.add_post(r"/v3/projects/{project}:setIamPolicy", self.project_set)
+        app.router.add_get("/storage/v1/b/{bucket}/iam", self.bucket_get)
+        app.router.add_put("/storage/v1/b/{bucket}/iam", self.bucket_set)
+        return app
+
+    def _error(self, code: int, status: str, message: str) -> web.Response:
+        return web.json_response({"error": {"code": code, "message": message, "status": status}}, status=code)
+
+    async def project_get(self, request):
+        project = request.match_info["project"]
+        with self.state._lock:
+            self.state.calls.append("projects.getIamPolicy")
+            if project not in self.state.projects:
+                return self._error(403, "PERMISSION_DENIED", f"The caller does not have permission on projects/{project}")
+            return web.json_response(_json_policy(self.state.policies.get(f"projects/{project}")))
+
+    async def project_set(self, request):
+        project = request.match_info["project"]
+        body = await request.json()
+        with self.state._lock:
+            self.state.calls.append("projects.setIamPolicy")
+            if project not in self.state.projects:
+                return self._error(403, "PERMISSION_DENIED", f"The caller does not have permission on projects/{project}")
+            policy = _from_json(body.get("policy", {}))
+            if any("condition" in b for b in policy["bindings"]) and policy["version"] != 3:
+                return self._error(400, "INVALID_ARGUMENT", "Conditional bindings require policy version 3")
+            if self.state.fail_next_set_with_conflict:
+                self.state.fail_next_set_with_conflict -= 1
+                self.state.policies.set(f"projects/{project}", self.state.policies.get(f"projects/{project}"))
+            stored = self.state.policies.set(f"projects/{project}", policy)
+            if stored is None:
+                return self._error(409, "ABORTED", "There were concurrent policy changes. Please retry the whole read-modify-write with exponential backoff.")
+            return web.json_response(_json_policy(stored))
+
+    async def bucket_get(self, request):
+        bucket = request.match_info["bucket"]
+        with self.state._lock:
+            self.state.calls.append("buckets.getIamPolicy")
+            policy = self.state.policies.get(f"projects/_/buckets/{bucket}")
+            return web.json_response(_json_policy(policy, kind="storage#policy", resourceId=f"projects/_/buckets/{bucket}"))
+
+    async def bucket_set(self, request):
+        bucket = request.match_info["bucket"]
+        body = await request.json()
+        with self.state._lock:
+            self.state.calls.append("buckets.setIamPolicy")
+            policy = _from_json(body)
+            if any("condition" in b for b in policy["bindings"]) and policy["version"] != 3:
+                return self._error(400, "invalid", "IAM conditions require policy version 3")
+            stored = self.state.policies.set(f"projects/_/buckets/{bucket}", policy)
+            if stored is None:
+                return self._error(412, "conditionNotMet", "Precondition Failed")
+            return web.json_response(_json_policy(stored, kind="storage#policy", resourceId=f"projects/_/buckets/{bucket}"))
+
+
+class GoogleCloudServer:
+    """Serve :class:`GoogleCloudState` on 127.0.0.1: gRPC for IAM Admin, HTTP for the rest."""
+
+    def __init__(self, state: GoogleCloudState | None = None):
+        self.state = state or GoogleCloudState()
+        self.grpc_target = ""
+        self.rest_url = ""
+        self._grpc: grpc.Server | None = None
+        self._rest = None
+
+    def start(self) -> GoogleCloudServer:
+        from .kubernetes import KubernetesAPIServer
+
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        self._grpc.add_generic_rpc_handlers((IAMAdminServicer(self.state).handler(),))
+        port = self._grpc.add_insecure_port("127.0.0.1:0")
+        self._grpc.start()
+        self.grpc_target = f"127.0.0.1:{port}"
+        self._rest = KubernetesAPIServer(api=_AppProvider(RestFaces(self.state)))
+        self._rest.start()
+        self.rest_url = self._rest.url
+        return self
+
+    def stop(self) -> None:
+        if self._grpc:
+            self._grpc.stop(0)
+        if self._rest:
+            self._rest.stop()
+
+    def client_factory(self):
+        """A plain function returning :meth:`clients`, for ``c.CloudIdentity.gcp_client_factory``
+        (a function, not a bound method: traitlets deep-copies config values)."""
+        if not hasattr(self, "_factory"):
+            def factory():
+                return self.clients()
+
+            self._factory = factory
+        return self._factory
+
+    def clients(self):
+        """Real client libraries pointed at this server: (IAMClient, ProjectsClient, storage.Client)."""
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import iam_admin_v1, resourcemanager_v3, storage
+        from google.cloud.iam_admin_v1.services.iam.transports import IAMGrpcTransport
+
+        iam = iam_admin_v1.IAMClient(transport=IAMGrpcTransport(channel=grpc.insecure_channel(self.grpc_target)))
+        projects = resourcemanager_v3.ProjectsClient(
+            credentials=AnonymousCredentials(), transport="rest", client_options={"api_endpoint": self.rest_url}
+        )
+        buckets = storage.Client(project="my-project", credentials=AnonymousCredentials(), client_options={"api_endpoint": self.rest_url})
+        return iam, projects, buckets
+
+
+class _AppProvider:
+    """Lets the REST faces reuse the threaded aiohttp runner of the Kubernetes emulator."""
+
+    def __init__(self, faces: RestFaces):
+        self.faces = faces
+
+    def app(self) -> web.Application:
+        return self.faces.app()

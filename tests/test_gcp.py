@@ -1,0 +1,177 @@
+"""Hub-managed Google service accounts, with the real google-cloud clients against a local server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+pytest.importorskip("google.cloud.iam_admin_v1", reason="the gcp extra is not installed")
+
+from google.api_core import exceptions as gexc  # noqa: E402
+
+from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
+from cloudidentity_spawner.config import _backends  # noqa: E402
+from cloudidentity_spawner.spawner import SpawnRefused  # noqa: E402
+
+from .kubehelpers import SpawnUser, make_spawner, oidc_state, read, spawner_config  # noqa: E402
+
+PROJECT = "my-project"
+
+
+@pytest.fixture
+def hub(gcp_server):
+    _backends.clear()
+    gcp_server.state.fail_next_set_with_conflict = 0
+    return "h" + uuid.uuid4().hex[:5]
+
+
+def rules(hub, **managed):
+    return [{
+        "name": "staff",
+        "match": {"groups": ["/staff"]},
+        "gcp": {"managed": {
+            "project": PROJECT,
+            "account_id": f"{hub}-{{username}}",
+            "project_roles": ["roles/serviceusage.serviceUsageConsumer"],
+            "bucket_roles": [{"bucket": "lab-scratch", "role": "roles/storage.objectUser", "prefix": "{username}"}],
+            **managed,
+        }},
+    }]
+
+
+def gcp_spawner(namespace, gcp_server, hub, name, rule_list=None, **extra):
+    c = spawner_config(namespace, rule_list or rules(hub), hub_name=hub, gcp_client_factory=gcp_server.client_factory(), **extra)
+    return make_spawner(CloudIdentitySpawner, c, SpawnUser(name, oidc_state(groups=["/staff"])))
+
+
+def backend():
+    [b] = _backends.values()
+    return b
+
+
+def policy(gcp_server, resource):
+    key = resource.split("/serviceAccounts/")[-1]
+    return gcp_server.state.policies.get(key)
+
+
+def members(gcp_server, resource, role):
+    return {m for b in policy(gcp_server, resource)["bindings"] if b["role"] == role for m in b["members"]}
+
+
+async def spawn(spawner):
+    await spawner.start()
+    await spawner.stop()
+
+
+async def test_account_and_exact_bindings_are_created(namespace, gcp_server, hub):
+    await spawn(gcp_spawner(namespace, gcp_server, hub, "alice"))
+    email = f"{hub}-alice@{PROJECT}.iam.gserviceaccount.com"
+    account = gcp_server.state.accounts[email]
+    assert account["display_name"] == f"JupyterHub {hub}: user:alice"
+    assert "[cloudidentity-spawner hub=" in account["description"]
+    assert policy(gcp_server, email)["bindings"] == [
+        {"role": "roles/iam.workloadIdentityUser", "members": [f"serviceAccount:{PROJECT}.svc.id.goog[{namespace}/jupyter-alice]"]}
+    ]
+    assert f"serviceAccount:{email}" in members(gcp_server, f"projects/{PROJECT}", "roles/serviceusage.serviceUsageConsumer")
+    [bucket_binding] = [b for b in policy(gcp_server, "projects/_/buckets/lab-scratch")["bindings"] if f"serviceAccount:{email}" in b["members"]]
+    assert bucket_binding["condition"]["expression"].startswith('resource.name.startsWith("projects/_/buckets/lab-scratch/objects/alice/")')
+    assert policy(gcp_server, "projects/_/buckets/lab-scratch")["version"] == 3
+    sa = await read("serviceaccount", namespace, "jupyter-alice")
+    assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] == email
+
+
+@pytest.mark.parametrize("cache_seconds", [3600, 0])
+async def test_warm_spawn_makes_no_iam_writes(namespace, gcp_server, hub, cache_seconds):
+    await spawn(gcp_spawner(namespace, gcp_server, hub, "bob", cloud_cache_seconds=cache_seconds))
+    calls = backend().calls
+    first = len(calls)
+    await spawn(gcp_spawner(namespace, gcp_server, hub, "bob", cloud_cache_seconds=cache_seconds))
+    later = calls[first:]
+    assert not [c for c in later if c.endswith("setIamPolicy") or c.startswith("Create") or c.startswith("Delete")]
+    assert later == ([] if cache_seconds else ["GetServiceAccount", "service_account.getIamPolicy", "project.getIamPolicy", "buckets.getIamPolicy"])
+
+
+async def test_concurrent_edits_of_one_policy_all_land(namespace, gcp_server, hub):
+    # Another writer changes the project policy between our read and write, twice.
+    gcp_server.state.fail_next_set_with_conflict = 2
+    spawners = [gcp_spawner(namespace, gcp_server, hub, f"u{i}") for i in range(4)]
+    await asyncio.gather(*(s._provisioner().prepare(namespace) for s in spawners))
+    got = members(gcp_server, f"projects/{PROJECT}", "roles/serviceusage.serviceUsageConsumer")
+    for i in range(4):
+        assert f"serviceAccount:{hub}-u{i}@{PROJECT}.iam.gserviceaccount.com" in got
+    assert gcp_server.state.fail_next_set_with_conflict == 0  # the conflicts really happened
+
+
+async def test_delete_removes_our_bindings_and_account_but_keeps_foreign_ones(namespace, gcp_server, hub):
+    spawner = gcp_spawner(namespace, gcp_server, hub, "carol")
+    await spawn(spawner)
+    email = f"{hub}-carol@{PROJECT}.iam.gserviceaccount.com"
+    # An admin grants the same GSA something by hand, and someone else the same role.
+    state = gcp_server.state
+    p = state.policies.get(f"projects/{PROJECT}")
+    p["bindings"].append({"role": "roles/bigquery.user", "members": [f"serviceAccount:{email}"]})
+    for b in p["bindings"]:
+        if b["role"] == "roles/serviceusage.serviceUsageConsumer":
+            b["members"].append("user:admin@example.org")
+    state.policies.set(f"projects/{PROJECT}", p)
+
+    await spawner.delete_forever()
+    assert email not in state.accounts
+    project = state.policies.get(f"projects/{PROJECT}")
+    consumers = {m for b in project["bindings"] if b["role"] == "roles/serviceusage.serviceUsageConsumer" for m in b["members"]}
+    assert f"serviceAccount:{email}" not in consumers
+    assert "user:admin@example.org" in consumers
+    assert {"role": "roles/bigquery.user", "members": [f"serviceAccount:{email}"]} in project["bindings"]
+    bucket = state.policies.get("projects/_/buckets/lab-scratch")
+    assert not any(f"serviceAccount:{email}" in b["members"] for b in bucket["bindings"])
+
+
+async def test_foreign_account_is_not_used(namespace, gcp_server, hub):
+    iam, _, _ = gcp_server.clients()
+    iam.create_service_account(request={"name": f"projects/{PROJECT}", "account_id": f"{hub}-dora",
+                                        "service_account": {"description": "made by hand"}})
+    with pytest.raises(SpawnRefused, match="not managed by this hub"):
+        await gcp_spawner(namespace, gcp_server, hub, "dora").start()
+    assert policy(gcp_server, f"{hub}-dora@{PROJECT}.iam.gserviceaccount.com")["bindings"] == []
+
+
+async def test_odd_user_names_become_valid_distinct_ids(namespace, gcp_server, hub):
+    for name in ["Zoë.O'Brien@lab.example", "z" * 120, "Zoe"]:
+        await spawn(gcp_spawner(namespace, gcp_server, hub, name))
+    ids = [e.split("@")[0] for e in gcp_server.state.accounts if e.startswith(hub)]
+    assert len(ids) == 3
+    assert all(6 <= len(i) <= 30 for i in ids)
+
+
+async def test_quota_is_a_clear_message(namespace, gcp_server, hub, caplog):
+    state = gcp_server.state
+    old = state.quota
+    state.quota = sum(1 for a in state.accounts.values() if a["project_id"] == PROJECT)
+    try:
+        with pytest.raises(SpawnRefused) as e:
+            await gcp_spawner(namespace, gcp_server, hub, "erik").start()
+    finally:
+        state.quota = old
+    assert "service account quota is reached" in e.value.jupyterhub_message
+    [line] = [r.getMessage() for r in caplog.records if "spawn refused for erik" in r.getMessage()]
+    assert "100 service accounts per project" in line and "group scope" in line
+
+
+def test_local_server_is_strict(gcp_server):
+    iam, projects, _ = gcp_server.clients()
+    with pytest.raises(gexc.InvalidArgument):
+        iam.create_service_account(request={"name": f"projects/{PROJECT}", "account_id": "Bad_Id"})
+    iam.create_service_account(request={"name": f"projects/{PROJECT}", "account_id": "strict-check"})
+    with pytest.raises(gexc.AlreadyExists):
+        iam.create_service_account(request={"name": f"projects/{PROJECT}", "account_id": "strict-check"})
+    with pytest.raises(gexc.NotFound):
+        iam.get_service_account(request={"name": f"projects/{PROJECT}/serviceAccounts/nobody@{PROJECT}.iam.gserviceaccount.com"})
+    stale = projects.get_iam_policy(request={"resource": f"projects/{PROJECT}"})
+    fresh = projects.get_iam_policy(request={"resource": f"projects/{PROJECT}"})
+    projects.set_iam_policy(request={"resource": f"projects/{PROJECT}", "policy": fresh})
+    with pytest.raises((gexc.Aborted, gexc.Conflict)):
+        projects.set_iam_policy(request={"resource": f"projects/{PROJECT}", "policy": stale})
+    with pytest.raises(gexc.Forbidden):  # 403 PERMISSION_DENIED
+        projects.get_iam_policy(request={"resource": "projects/not-mine"})
