@@ -262,6 +262,19 @@ def _check_hub(app: Any) -> None:
     except ConfigError as e:
         app.log.critical("cloudidentity-spawner: configuration error: %s", " ".join(str(e).split()))
         app.exit(1)
+    if not _auth_state_enabled(app.config):
+        app.log.warning(
+            "cloudidentity-spawner: auth_state is not enabled (c.Authenticator.enable_auth_state = True, and "
+            "JUPYTERHUB_CRYPT_KEY): identity rules can only see JupyterHub groups, and spawns of users "
+            "without a stored login fail with 'log in again'"
+        )
+
+
+def _auth_state_enabled(config: Config) -> bool:
+    for section, values in config.items():
+        if section.endswith("Authenticator") and "enable_auth_state" in values:
+            return bool(values["enable_auth_state"])
+    return False
 
 
 def guard_jupyterhub_startup() -> None:

@@ -1,0 +1,113 @@
+"""Every shipped example loads the way JupyterHub / z2jh loads it, and plans."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cloudidentity_spawner import cli, kube
+from cloudidentity_spawner.config import check_config
+from cloudidentity_spawner.providers import gcp_iam
+
+ROOT = Path(__file__).parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def plan_json(config_path: Path, *args: str, capsys) -> dict:
+    assert cli.main(["plan", "--config", str(config_path), *args, "--json"]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("path", ["jupyterhub_config.py", "aws/jupyterhub_config.py", "gcp/jupyterhub_config.py"])
+def test_config_files_pass_the_startup_check(path):
+    check_config(cli.load_config(str(EXAMPLES / path)))
+
+
+def test_escape_example_plans_group_and_user_identities(capsys):
+    claims = str(EXAMPLES / "claims/escape-iam-alice.json")
+    alice = plan_json(EXAMPLES / "jupyterhub_config.py", "--user", "alice", "--claims", claims, capsys=capsys)
+    assert alice["rule"] == "atlas" and alice["scope"] == "group"
+    dave = plan_json(EXAMPLES / "jupyterhub_config.py", "--user", "dave", "--claims",
+                     str(EXAMPLES / "claims/escape-iam-dave.json"), capsys=capsys)
+    assert dave["rule"] == "escape-members" and dave["cloud"]["mode"] == "managed"
+
+
+def test_escape_example_configures_the_authenticator():
+    config = cli.load_config(str(EXAMPLES / "jupyterhub_config.py"))
+    auth = config.GenericOAuthenticator
+    assert "wlcg.groups" in auth.scope
+    assert auth.username_claim == "preferred_username"
+    assert auth.manage_groups and auth.enable_auth_state and auth.refresh_pre_spawn
+    assert config.JupyterHub.authenticator_class == "generic-oauth"
+
+
+def z2jh_config_file(tmp_path: Path) -> Path:
+    """A jupyterhub_config.py that does what z2jh's does with hub.config and hub.extraConfig."""
+    values = yaml.safe_load((EXAMPLES / "z2jh/values.yaml").read_text())
+    lines = ["c = get_config()"]
+    for section, traits in values["hub"]["config"].items():
+        for trait, value in traits.items():
+            lines.append(f"c.{section}.{trait} = {value!r}")
+    for key in sorted(values["hub"]["extraConfig"]):  # z2jh runs them in key order
+        lines.append(f"exec(compile({values['hub']['extraConfig'][key]!r}, {key!r}, 'exec'))")
+    path = tmp_path / "jupyterhub_config.py"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_z2jh_extra_config_runs_as_the_chart_runs_it_and_plans(tmp_path, capsys):
+    path = z2jh_config_file(tmp_path)
+    config = cli.load_config(str(path))
+    check_config(config)
+    assert config.JupyterHub.spawner_class == "cloudidentity"
+    plan = plan_json(path, "--user", "erin", "--group", "/escape/atlas", capsys=capsys)
+    assert plan["cloud"]["identity"] == "arn:aws:iam::123456789012:role/jupyterhub/escape-atlas"
+
+
+def kubernetes_verbs_the_spawner_uses() -> set[str]:
+    tree = ast.parse(Path(kube.__file__).read_text())
+    verbs = {"read": "get", "create": "create", "patch": "patch", "delete": "delete", "list": "list"}
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.endswith("_namespaced_service_account"):
+            used.add(verbs[node.attr.split("_")[0]])
+    return used | {"list", "watch"}  # the ServiceAccount watch cache
+
+
+def test_rbac_covers_every_call_the_spawner_makes():
+    docs = list(yaml.safe_load_all((EXAMPLES / "z2jh/rbac.yaml").read_text()))
+    role = next(d for d in docs if d["kind"] == "Role")
+    binding = next(d for d in docs if d["kind"] == "RoleBinding")
+    granted = {verb for rule in role["rules"] if "serviceaccounts" in rule["resources"] for verb in rule["verbs"]}
+    needed = kubernetes_verbs_the_spawner_uses()
+    assert {"get", "create", "patch", "delete"} <= needed
+    assert needed <= granted
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub"}]  # z2jh's hub account
+    # The per-user accounts themselves are never bound to any role.
+    assert not any("serviceaccounts" in r["resources"] and "bind" in r["verbs"] for r in role["rules"])
+
+
+def test_gcp_hub_role_covers_every_call():
+    role = yaml.safe_load((EXAMPLES / "gcp/hub-role.yaml").read_text())
+    permissions = set(role["includedPermissions"])
+    source = Path(gcp_iam.__file__).read_text()
+    calls = {
+        "CreateServiceAccount": "iam.serviceAccounts.create",
+        "GetServiceAccount": "iam.serviceAccounts.get",
+        "DeleteServiceAccount": "iam.serviceAccounts.delete",
+        "service_account.getIamPolicy": "iam.serviceAccounts.getIamPolicy",
+        "service_account.setIamPolicy": "iam.serviceAccounts.setIamPolicy",
+        "project.getIamPolicy": "resourcemanager.projects.getIamPolicy",
+        "project.setIamPolicy": "resourcemanager.projects.setIamPolicy",
+        "buckets.getIamPolicy": "storage.buckets.getIamPolicy",
+        "buckets.setIamPolicy": "storage.buckets.setIamPolicy",
+    }
+    for call, permission in calls.items():
+        name = call.split(".")[0] if call.split(".")[0] in ("CreateServiceAccount", "GetServiceAccount", "DeleteServiceAccount") else call
+        assert name.split(".")[-1] in source or call in source
+        assert permission in permissions
