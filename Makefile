@@ -1,4 +1,4 @@
-# Two entry points (see README.md): `make plan` and `make test`.
+# Two entry points (see README.md): `make demo` and `make test`; `make plan` shows one plan.
 # Both create .venv with the interpreter in $(PYTHON) and install what they need.
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,9 +8,15 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-.PHONY: install install-test plan test
+.PHONY: install install-demo install-test demo plan test
 install: $(BIN)/activate
 	$(BIN)/python -m pip install --quiet -e .
+
+install-demo: $(BIN)/activate
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
+
+demo: install-demo
+	$(BIN)/cloudidentity-spawner demo
 
 install-test: $(BIN)/activate
 	$(BIN)/python -m pip install --quiet -e '.[test]'

@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--claims", help="JSON file with the provider claims (or a whole auth_state)")
     plan.add_argument("--namespace", help="Kubernetes namespace (default: the spawner's)")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
+    demo = commands.add_parser("demo", help="run JupyterHub, a Kubernetes emulator, moto and an OIDC provider on 127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000, help="JupyterHub's port on 127.0.0.1 (default 8000)")
     return parser
 
 
@@ -132,6 +134,10 @@ def _one_line(text: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(args.port)
     try:
         plan = asyncio.run(plan_command(args))
     except ConfigError as e:

@@ -279,6 +279,9 @@ class KubernetesAPI:
         self.request_times: list[float] = []
         """``time.perf_counter()`` at arrival of each request in ``requests``."""
         self.pod_runner: Callable[[dict[str, Any]], Any] | None = None
+        """``async (pod) -> podIP or None``: start something real for a new pod."""
+        self.pod_stopper: Callable[[dict[str, Any]], Any] | None = None
+        """``(pod) -> None``: stop what ``pod_runner`` started, when the pod is deleted."""
         self._ip_counter = itertools.count(2)
         self._state = _State()
         self._lock = threading.RLock()
@@ -528,6 +531,8 @@ class KubernetesAPI:
                 deleted = copy.deepcopy(obj)
                 deleted["metadata"]["deletionTimestamp"] = _now()
                 self._store(resource, namespace, deleted, "DELETED")
+                if resource == "pods" and self.pod_stopper is not None:
+                    self.pod_stopper(deleted)
                 if resource == "namespaces":
                     for other in [k for k in self._state.objects if k[1] == name]:
                         self._store(other[0], other[1], copy.deepcopy(self._state.objects[other]), "DELETED")

@@ -1,0 +1,335 @@
+"""``cloudidentity-spawner demo``: the whole thing on one laptop, on 127.0.0.1 only.
+
+Starts the Kubernetes API emulator (whose kubelet runs each pod's
+``jupyterhub-singleuser`` as a local process on the pod's own loopback address),
+moto for AWS, a local OpenID Connect provider with demo users in different
+groups, and JupyterHub with CloudIdentitySpawner. Each demo user gets a
+different ServiceAccount and IAM role; AWS calls from their notebook reach moto
+as that role. Ctrl-C stops everything it started.
+
+Needs the ``demo`` extra (``pip install 'cloudidentity-spawner[demo]'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+ACCOUNT = "123456789012"
+NAMESPACE = "demo"
+DEMO_USERS = {
+    "alice": {"wlcg.groups": ["/escape", "/escape/atlas"], "name": "Alice (ATLAS)"},
+    "amir": {"wlcg.groups": ["/escape", "/escape/atlas"], "name": "Amir (ATLAS)"},
+    "carol": {"wlcg.groups": ["/escape"], "name": "Carol (ESCAPE member)"},
+    "bob": {"wlcg.groups": [], "name": "Bob (no groups)"},
+}
+ISSUER_PATH = "oidc.eks.us-east-1.amazonaws.com/id/DEMO0CLUSTER0OIDC"
+
+
+def demo_rules(moto_url: str) -> list[dict[str, Any]]:
+    return [
+        {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
+         "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/escape-atlas"}},
+        {"name": "escape-members", "match": {"groups": ["/escape"]}, "scope": "user",
+         "aws": {"managed": {
+             "oidc_provider_arn": f"arn:aws:iam::{ACCOUNT}:oidc-provider/{ISSUER_PATH}",
+             "role_path": "/jupyterhub/demo/",
+             "permissions_boundary": f"arn:aws:iam::{ACCOUNT}:policy/jupyterhub-user-boundary",
+             "inline_policy": _scratch_policy(),
+         }},
+         "env": {"SCRATCH_BUCKET": "s3://demo-scratch/{username}"}},
+    ]
+
+
+def _scratch_policy() -> dict[str, Any]:
+    from .providers.aws import scratch_prefix_policy
+
+    return scratch_prefix_policy("demo-scratch")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def _wait_for_hub(url: str, timeout: float) -> bool:
+    """True once JupyterHub answers through its proxy (the port opens before the hub route exists)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def pod_environment(pod: dict[str, Any], service_account: dict[str, Any] | None, moto_url: str, token_dir: str) -> dict[str, str]:
+    """What a pod's process sees: its container env plus what EKS's IRSA webhook injects
+    for a ServiceAccount annotated with a role (pointed at moto instead of AWS)."""
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e.get("value", "") for e in container.get("env", []) if "value" in e}
+    annotations = ((service_account or {}).get("metadata") or {}).get("annotations") or {}
+    role_arn = annotations.get("eks.amazonaws.com/role-arn")
+    if role_arn:
+        token = Path(token_dir) / f"{pod['metadata']['namespace']}-{pod['metadata']['name']}.token"
+        token.write_text(f"demo-projected-token-for-{pod['spec'].get('serviceAccountName')}")
+        env.update(
+            AWS_ROLE_ARN=role_arn,
+            AWS_WEB_IDENTITY_TOKEN_FILE=str(token),
+            AWS_ROLE_SESSION_NAME=pod["metadata"]["name"],
+            AWS_REGION="us-east-1",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_STS_REGIONAL_ENDPOINTS="regional",
+            AWS_ENDPOINT_URL=moto_url,
+        )
+    return env
+
+
+class LocalKubelet:
+    """Runs ``jupyterhub-singleuser`` for each pod on 127.0.0.N:8888, N per pod."""
+
+    def __init__(self, api: Any, moto_url: str, workdir: str):
+        self.api = api
+        self.moto_url = moto_url
+        self.workdir = workdir
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._next = 10
+        self._lock = threading.Lock()
+
+    async def run(self, pod: dict[str, Any]) -> str:
+        with self._lock:
+            ip = f"127.0.0.{self._next}"
+            self._next = self._next + 1 if self._next < 250 else 10
+        meta = pod["metadata"]
+        sa = self.api.get("serviceaccounts", meta["namespace"], pod["spec"].get("serviceAccountName", ""))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "AWS_"))}
+        env.update(pod_environment(pod, sa, self.moto_url, self.workdir))
+        service_url = env.get("JUPYTERHUB_SERVICE_URL", "http://0.0.0.0:8888/")
+        env["JUPYTERHUB_SERVICE_URL"] = service_url.replace("0.0.0.0", ip)
+        home = Path(self.workdir) / "home" / meta["name"]
+        home.mkdir(parents=True, exist_ok=True)
+        env["HOME"] = str(home)
+        command = [sys.executable, "-m", "jupyterhub.singleuser", f"--ip={ip}", "--port=8888", "--allow-root", f"--ServerApp.root_dir={home}"]
+        log = open(Path(self.workdir) / f"{meta['name']}.log", "ab")
+        process = subprocess.Popen(command, env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.processes[meta["uid"]] = process
+        await asyncio.to_thread(_wait_for_port, ip, 8888, 60)
+        return ip
+
+    def stop(self, pod: dict[str, Any]) -> None:
+        process = self.processes.pop(pod["metadata"]["uid"], None)
+        if process is not None:
+            process.terminate()
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def hub_config(*, kubeconfig: str, moto_url: str, oidc_url: str, port: int, hub_port: int) -> str:
+    """The demo's jupyterhub_config.py."""
+    rules = demo_rules(moto_url)
+    return f"""
+from cloudidentity_spawner.auth import auth_state_groups
+c = get_config()
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {port}
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {hub_port}
+c.JupyterHub.hub_connect_ip = "127.0.0.1"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{_free_port()}"
+c.JupyterHub.authenticator_class = "generic-oauth"
+c.GenericOAuthenticator.client_id = "demo-hub"
+c.GenericOAuthenticator.client_secret = "demo-secret"
+c.GenericOAuthenticator.oauth_callback_url = "http://127.0.0.1:{port}/hub/oauth_callback"
+c.GenericOAuthenticator.authorize_url = "{oidc_url}/oauth2/authorize"
+c.GenericOAuthenticator.token_url = "{oidc_url}/oauth2/token"
+c.GenericOAuthenticator.userdata_url = "{oidc_url}/userinfo"
+c.GenericOAuthenticator.scope = ["openid", "profile", "email"]
+c.GenericOAuthenticator.username_claim = "sub"
+c.GenericOAuthenticator.login_service = "the demo identity provider"
+c.GenericOAuthenticator.allow_all = True
+c.GenericOAuthenticator.manage_groups = True
+c.GenericOAuthenticator.auth_state_groups_key = auth_state_groups
+c.GenericOAuthenticator.enable_auth_state = True
+c.Authenticator.admin_users = {{"alice"}}
+c.JupyterHub.spawner_class = "cloudidentity"
+c.KubeSpawner.namespace = "{NAMESPACE}"
+c.KubeSpawner.image = "quay.io/jupyter/base-notebook:latest"
+c.KubeSpawner.start_timeout = 120
+c.KubeSpawner.http_timeout = 60
+c.KubeSpawner.profile_list = []
+c.CloudIdentitySpawner.hub_name = "demo"
+c.CloudIdentitySpawner.aws_client_kwargs = {{"endpoint_url": "{moto_url}", "region_name": "us-east-1"}}
+c.CloudIdentitySpawner.aws_role_propagation_seconds = 0
+c.CloudIdentitySpawner.identity_rules = {json.dumps(rules)}
+"""
+
+
+def _prepare_aws(moto_url: str) -> None:
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=moto_url, region_name="us-east-1")
+    allow = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]})
+    iam.create_policy(PolicyName="jupyterhub-user-boundary", PolicyDocument=allow)
+    trust = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Federated": f"arn:aws:iam::{ACCOUNT}:oidc-provider/{ISSUER_PATH}"},
+        "Action": "sts:AssumeRoleWithWebIdentity"}]}
+    iam.create_role(RoleName="escape-atlas", Path="/jupyterhub/", AssumeRolePolicyDocument=json.dumps(trust))
+    boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1").create_bucket(Bucket="demo-scratch")
+
+
+class Demo:
+    """Everything the demo runs; ``start()`` then ``stop()`` (or use it as a context manager)."""
+
+    def __init__(self, port: int = 8000, extra_config: str = ""):
+        self.port = port
+        self.extra_config = extra_config
+        self.workdir = tempfile.mkdtemp(prefix="cloudidentity-demo-")
+        self._stack = ExitStack()
+        self.hub: subprocess.Popen | None = None
+
+    def __enter__(self) -> Demo:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> Demo:
+        from moto.server import ThreadedMotoServer
+        from oidc_provider_mock import User, run_server_in_thread
+
+        from .testing.kubernetes import KubernetesAPI, KubernetesAPIServer
+
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        moto.start()
+        self._stack.callback(moto.stop)
+        host, moto_port = moto.get_host_and_port()
+        self.moto_url = f"http://{host}:{moto_port}"
+        _prepare_aws(self.moto_url)
+
+        api = KubernetesAPI(namespaces=("default", NAMESPACE))
+        self.kubelet = LocalKubelet(api, self.moto_url, self.workdir)
+        api.pod_runner = self.kubelet.run
+        api.pod_stopper = self.kubelet.stop
+        self.kube = KubernetesAPIServer(api).start()
+        self._stack.callback(self.kube.stop)
+        self._stack.callback(self.kubelet.stop_all)
+        kubeconfig = self.kube.write_kubeconfig(os.path.join(self.workdir, "kubeconfig"), NAMESPACE)
+
+        users = [User(sub=name, claims={"preferred_username": name, **claims}) for name, claims in DEMO_USERS.items()]
+        oidc = self._stack.enter_context(run_server_in_thread(port=0, user_claims=users))
+        self.oidc_url = f"http://localhost:{oidc.server_port}"
+
+        config = Path(self.workdir) / "jupyterhub_config.py"
+        config.write_text(hub_config(kubeconfig=kubeconfig, moto_url=self.moto_url, oidc_url=self.oidc_url,
+                                     port=self.port, hub_port=_free_port()) + self.extra_config)
+        env = dict(os.environ)
+        env.update(
+            KUBECONFIG=kubeconfig,
+            JUPYTERHUB_CRYPT_KEY=secrets.token_hex(32),
+            OAUTHLIB_INSECURE_TRANSPORT="1",
+            PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+        )
+        self.hub_log = open(Path(self.workdir) / "jupyterhub.log", "w")
+        self.hub = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "--config", str(config)],
+            cwd=self.workdir, env=env, stdout=self.hub_log, stderr=subprocess.STDOUT,
+        )
+        self._stack.callback(self._stop_hub)
+        if not _wait_for_hub(f"http://127.0.0.1:{self.port}/hub/api", 90):
+            log = Path(self.hub_log.name).read_text()[-3000:]
+            self.stop()
+            raise RuntimeError(f"JupyterHub did not start:\n{log}")
+        self.url = f"http://127.0.0.1:{self.port}/hub/"
+        return self
+
+    def _stop_hub(self) -> None:
+        if self.hub and self.hub.poll() is None:
+            self.hub.send_signal(signal.SIGTERM)
+            try:
+                self.hub.wait(15)
+            except subprocess.TimeoutExpired:
+                self.hub.kill()
+        self.hub_log.close()
+
+    def stop(self) -> None:
+        self._stack.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def mapping(self) -> list[str]:
+        """Who gets what: the plan of every demo user, as ``plan`` prints it."""
+        from .claims import Claims
+        from .errors import IdentityError
+        from .rules import IdentityRules
+
+        rules = IdentityRules.from_config(demo_rules(self.moto_url), "demo")
+        lines = []
+        for name, claims in DEMO_USERS.items():
+            try:
+                plan = rules.resolve(Claims(name, tuple(claims["wlcg.groups"]), claims), NAMESPACE)
+                lines.append(f"  {name:6} {claims['name']:24} -> ServiceAccount {plan.service_account.name}, "
+                             f"role {plan.cloud.identity} ({plan.rule}, {plan.scope} scope)")
+            except IdentityError as e:
+                lines.append(f"  {name:6} {claims['name']:24} -> no identity: {e.user_message}")
+        return lines
+
+
+def main(port: int = 8000) -> int:
+    demo = Demo(port).start()
+    print(f"JupyterHub with CloudIdentitySpawner: {demo.url}")
+    print(f"  Kubernetes API emulator: {demo.kube.url}   moto (AWS): {demo.moto_url}   OIDC: {demo.oidc_url}")
+    print("Log in as any of these (pick the name on the identity provider's page):")
+    print("\n".join(demo.mapping()))
+    print("In a notebook: import boto3; boto3.client('sts').get_caller_identity()  # you, as your role")
+    print("Ctrl-C stops everything.", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.is_set() and demo.hub.poll() is None:
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping...", flush=True)
+        demo.stop()
+    return 0

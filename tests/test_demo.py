@@ -1,0 +1,110 @@
+"""`cloudidentity-spawner demo`: real JupyterHub, OIDC login, emulated cluster, moto - end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+pytest.importorskip("oidc_provider_mock", reason="the demo extra is not installed")
+
+from cloudidentity_spawner.demo import NAMESPACE, Demo, _free_port, pod_environment  # noqa: E402
+
+TOKEN = secrets.token_hex(16)
+CHECKER = f"""
+c.JupyterHub.services = [{{"name": "checker", "api_token": "{TOKEN}"}}]
+c.JupyterHub.load_roles = [{{"name": "checker", "services": ["checker"],
+    "scopes": ["read:users", "read:servers", "access:servers"]}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def demo():
+    with Demo(port=_free_port(), extra_config=CHECKER) as running:
+        yield running
+
+
+def login(demo, user: str) -> requests.Session:
+    """Log in through the identity provider's page, as a person would."""
+    session = requests.Session()
+    page = session.get(f"http://127.0.0.1:{demo.port}/hub/oauth_login", timeout=30)
+    assert "oauth2/authorize" in page.url and user in page.text  # the provider offers the demo users
+    session.post(page.url, data={"sub": user}, timeout=60)
+    return session
+
+
+def hub_api(demo, path: str) -> dict:
+    r = requests.get(f"http://127.0.0.1:{demo.port}/hub/api{path}", headers={"Authorization": f"token {TOKEN}"}, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def wait_ready(demo, user: str, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        model = hub_api(demo, f"/users/{user}")
+        server = model["servers"].get("")
+        if server and server["ready"]:
+            return model
+        if not model["pending"] and not server:
+            return model
+        time.sleep(0.5)
+    raise AssertionError(f"{user}'s server did not become ready")
+
+
+def test_carol_gets_her_own_role_and_a_running_notebook(demo):
+    login(demo, "carol")
+    model = wait_ready(demo, "carol")
+    assert model["groups"] == ["/escape"]
+    assert model["servers"][""]["ready"]
+    status = requests.get(f"http://127.0.0.1:{demo.port}/user/carol/api/status",
+                          headers={"Authorization": f"token {TOKEN}"}, timeout=30)
+    assert status.status_code == 200 and "started" in status.json()
+
+    sa = demo.kube.api.get("serviceaccounts", NAMESPACE, "jupyter-carol")
+    role_arn = sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+    assert role_arn == "arn:aws:iam::123456789012:role/jupyterhub/demo/demo-carol"
+    pod = demo.kube.api.get("pods", NAMESPACE, "jupyter-carol")
+    assert pod["spec"]["serviceAccountName"] == "jupyter-carol"
+    assert pod["status"]["podIP"].startswith("127.0.0.")
+
+    # An AWS call made with the pod's environment reaches moto as carol's role.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(pod_environment(pod, sa, demo.moto_url, demo.workdir))
+    out = subprocess.run(
+        [sys.executable, "-c", "import boto3, json; print(json.dumps(boto3.client('sts').get_caller_identity()))"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    identity = json.loads(out.stdout)
+    assert re.fullmatch(r"arn:aws:sts::123456789012:assumed-role/demo-carol/jupyter-carol", identity["Arn"]), identity
+
+
+def test_atlas_members_share_the_group_account(demo):
+    for user in ("alice", "amir"):
+        login(demo, user)
+        wait_ready(demo, user)
+    pods = [demo.kube.api.get("pods", NAMESPACE, f"jupyter-{u}") for u in ("alice", "amir")]
+    accounts = {p["spec"]["serviceAccountName"] for p in pods}
+    assert len(accounts) == 1
+    [name] = accounts
+    sa = demo.kube.api.get("serviceaccounts", NAMESPACE, name)
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(":role/jupyterhub/escape-atlas")
+
+
+def test_bob_without_groups_sees_why_on_the_spawn_page(demo):
+    session = login(demo, "bob")
+    model = wait_ready(demo, "bob")
+    assert model["servers"] == {}
+    page = session.get(f"http://127.0.0.1:{demo.port}/hub/spawn-pending/bob", timeout=30)
+    assert "No cloud identity is configured for user &#39;bob&#39; with groups []; ask your hub admin." in page.text \
+        or "No cloud identity is configured for user 'bob' with groups []; ask your hub admin." in page.text
+    assert "Traceback" not in page.text
+    assert demo.kube.api.get("pods", NAMESPACE, "jupyter-bob") is None
