@@ -166,7 +166,7 @@ class CloudIdentity(LoggingConfigurable):
             group_claims=self.claim_groups_keys,
         )
 
-    async def plan_for(self, spawner: Any, claims: Claims, namespace: str) -> IdentityPlan:
+    async def plan_for(self, spawner: Any, claims: Claims, namespace: str, rule_name: str | None = None) -> IdentityPlan:
         """The plan for one spawn: the resolver if it answers, else the rules."""
         rules = self.compiled_rules
         if self.identity_resolver is not None:
@@ -180,7 +180,7 @@ class CloudIdentity(LoggingConfigurable):
                         f"identity_resolver returned {type(plan).__name__}, expected an IdentityPlan or None",
                     )
                 return plan
-        return rules.resolve(claims, namespace)
+        return rules.resolve(claims, namespace, rule_name)
 
 
 async def user_claims(config: CloudIdentity, user: Any) -> Claims:

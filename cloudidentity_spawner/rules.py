@@ -186,9 +186,28 @@ class IdentityRules:
             f"no identity rule matches user {claims.username!r} with groups {groups}",
         )
 
-    def resolve(self, claims: Claims, namespace: str) -> IdentityPlan:
-        """The plan for this user: first matching rule, rendered for them."""
-        rule, group = self.find(claims)
+    def resolve(self, claims: Claims, namespace: str, rule_name: str | None = None) -> IdentityPlan:
+        """The plan for this user: first matching rule, rendered for them.
+
+        With *rule_name* (a profile's ``identity_rule``), that rule decides, and it
+        must match the user like any other rule.
+        """
+        if rule_name is None:
+            rule, group = self.find(claims)
+        else:
+            rule = next((r for r in self.rules if r.name == rule_name), None)
+            if rule is None:
+                raise IdentityError(
+                    "This server profile's cloud identity is not configured; ask your hub admin.",
+                    f"a profile names identity_rule {rule_name!r}, but no identity rule has that name",
+                )
+            matched, group = rule.match(claims)
+            if not matched:
+                raise NoMatchingRule(
+                    "This server profile's cloud identity is not available to you; ask your hub admin.",
+                    f"identity rule {rule_name!r} (named by the profile) does not match user "
+                    f"{claims.username!r} with groups {list(claims.groups)}",
+                )
         try:
             return self._plan(rule, group, claims, namespace)
         except (TemplateError, ValueError) as e:

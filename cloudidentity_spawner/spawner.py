@@ -12,12 +12,14 @@ from typing import Any
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
-from traitlets import Bool, Float, Integer
+from jupyterhub.utils import maybe_future
+from traitlets import Bool, Float, Integer, default
 
 from .config import CloudIdentity, user_claims
 from .errors import ConfigError, IdentityError
 from .kube import RetryPolicy, ServiceAccountReflector, ServiceAccounts, describe, is_retryable
 from .plan import RULE_LABEL, SCOPE_LABEL, IdentityPlan
+from .profiles import ProfileNotAllowed, check_selection, visible_profiles
 from .providers import aws, gcp
 
 
@@ -55,7 +57,7 @@ class IdentityProvisioner:
         self.log = spawner.log
         self.accounts = ServiceAccounts(shared_client("CoreV1Api"), retry, request_timeout, spawner.log)
 
-    async def prepare(self, namespace: str, cache: Any = None) -> IdentityPlan:
+    async def prepare(self, namespace: str, cache: Any = None, rule_name: str | None = None) -> IdentityPlan:
         """Resolve and ensure; on failure log one admin line and raise :class:`SpawnRefused`.
 
         *cache* is a ServiceAccount watch cache (a mapping of ``namespace/name``
@@ -65,7 +67,7 @@ class IdentityProvisioner:
         plan = None
         try:
             claims = await user_claims(self.settings, self.spawner.user)
-            plan = await self.settings.plan_for(self.spawner, claims, namespace)
+            plan = await self.settings.plan_for(self.spawner, claims, namespace, rule_name)
             cloud_outcome = None
             if plan.cloud is not None and plan.cloud.mode == "managed":
                 # The cloud identity first: the ServiceAccount must not point at a role that is not there yet.
@@ -184,9 +186,59 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
             return None
         return reflector.resources
 
+    # -- per-group profiles ------------------------------------------------------
+
+    _profile_groups: list[str] | None = None
+
+    async def _groups_for_profiles(self) -> list[str]:
+        """The groups profiles are filtered by: the same normalised list the rules see.
+        If the login's claims cannot be read, JupyterHub's groups (the spawn will then
+        fail at the identity step with the real reason)."""
+        try:
+            return list((await user_claims(self, self.user)).groups)
+        except IdentityError:
+            return [getattr(g, "name", g) for g in (getattr(self.user, "groups", None) or [])]
+
+    def _get_initialized_profile_list(self, profile_list: list):
+        initialized = super()._get_initialized_profile_list(profile_list)
+        groups = self._profile_groups
+        if groups is None:
+            groups = [getattr(g, "name", g) for g in (getattr(self.user, "groups", None) or [])]
+        return visible_profiles(initialized, groups)
+
+    @default("options_form")
+    def _options_form_default(self):
+        if not self.profile_list:
+            return ""
+        return self._render_form_for_user
+
+    async def _render_form_for_user(self, spawner: Any) -> str:
+        """Render the profile form with only what this user's groups allow (every time:
+        group membership can change between visits)."""
+        self._profile_groups = await self._groups_for_profiles()
+        profile_list = self.profile_list
+        if callable(profile_list):
+            profile_list = await maybe_future(profile_list(spawner))
+        return self._render_options_form(self._sorted_dict_values(profile_list))
+
+    async def _selected_profile(self) -> Any:
+        """Check the submitted profile, choices and values against what the user may see."""
+        self._profile_groups = await self._groups_for_profiles()
+        profile_list = self._sorted_dict_values(self.profile_list)
+        if callable(profile_list):
+            profile_list = await maybe_future(profile_list(self))
+        visible = self._get_initialized_profile_list(profile_list or [])
+        try:
+            return check_selection(visible, self.user_options or {}, bool(profile_list))
+        except ProfileNotAllowed as e:
+            self.log.error("cloudidentity: spawn refused for %s: %s", self.user.name, e.admin_detail)
+            raise SpawnRefused(e.user_message) from None
+
     async def load_user_options(self) -> None:
+        profile = await self._selected_profile()
         await super().load_user_options()
-        plan = await self._provisioner().prepare(self.namespace, await self._service_account_cache())
+        rule_name = (profile or {}).get("identity_rule")
+        plan = await self._provisioner().prepare(self.namespace, await self._service_account_cache(), rule_name)
         self._identity_plan = plan
         apply_plan(self, plan, self._configured_automount)
 
