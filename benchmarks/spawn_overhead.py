@@ -93,10 +93,10 @@ async def run(args) -> dict:
     identity_times: list[float] = []
     prepare = spawner_module.IdentityProvisioner.prepare
 
-    async def timed_prepare(self, namespace, cache=None):
+    async def timed_prepare(self, namespace, *args):
         t0 = time.perf_counter()
         try:
-            return await prepare(self, namespace, cache)
+            return await prepare(self, namespace, *args)
         finally:
             identity_times.append(time.perf_counter() - t0)
 

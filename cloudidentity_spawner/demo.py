@@ -36,6 +36,16 @@ DEMO_USERS = {
     "carol": {"wlcg.groups": ["/escape"], "name": "Carol (ESCAPE member)"},
     "bob": {"wlcg.groups": [], "name": "Bob (no groups)"},
 }
+DEMO_PROFILES = [
+    {"display_name": "Standard notebook", "slug": "standard", "default": True,
+     "description": "Your own cloud identity (or your group's)",
+     "profile_options": {"image": {"display_name": "Image", "choices": {
+         "base": {"display_name": "Base", "kubespawner_override": {"image": "quay.io/jupyter/base-notebook:latest"}},
+         "root": {"display_name": "ROOT analysis", "allowed_groups": ["/escape/atlas"],
+                  "kubespawner_override": {"image": "rootproject/root:latest"}}}}}},
+    {"display_name": "ATLAS analysis with the project role", "slug": "atlas-analysis",
+     "description": "Only for /escape/atlas", "allowed_groups": ["/escape/atlas"], "identity_rule": "atlas"},
+]
 ISSUER_PATH = "oidc.eks.us-east-1.amazonaws.com/id/DEMO0CLUSTER0OIDC"
 
 
@@ -195,11 +205,11 @@ c.KubeSpawner.namespace = "{NAMESPACE}"
 c.KubeSpawner.image = "quay.io/jupyter/base-notebook:latest"
 c.KubeSpawner.start_timeout = 120
 c.KubeSpawner.http_timeout = 60
-c.KubeSpawner.profile_list = []
+c.KubeSpawner.profile_list = {DEMO_PROFILES!r}
 c.CloudIdentitySpawner.hub_name = "demo"
 c.CloudIdentitySpawner.aws_client_kwargs = {{"endpoint_url": "{moto_url}", "region_name": "us-east-1"}}
 c.CloudIdentitySpawner.aws_role_propagation_seconds = 0
-c.CloudIdentitySpawner.identity_rules = {json.dumps(rules)}
+c.CloudIdentitySpawner.identity_rules = {rules!r}
 """
 
 

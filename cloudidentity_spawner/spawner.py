@@ -11,6 +11,7 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner import KubeSpawner
+from tornado.web import HTTPError
 from kubespawner.clients import shared_client
 from jupyterhub.utils import maybe_future
 from traitlets import Bool, Float, Integer, default
@@ -23,12 +24,20 @@ from .profiles import ProfileNotAllowed, check_selection, visible_profiles
 from .providers import aws, gcp
 
 
-class SpawnRefused(Exception):
-    """Fails one spawn; JupyterHub shows ``jupyterhub_message`` on the spawn page."""
+class SpawnRefused(HTTPError):
+    """Fails one spawn; JupyterHub shows ``jupyterhub_message`` on the spawn page.
 
-    def __init__(self, user_message: str):
-        super().__init__(user_message)
+    An HTTPError, because JupyterHub passes those (and their message) through to
+    the spawn form when a spawn fails at once; other exceptions become a generic
+    "Unhandled error starting server".
+    """
+
+    def __init__(self, user_message: str, status_code: int = 403):
+        super().__init__(status_code)
         self.jupyterhub_message = user_message
+
+    def __str__(self) -> str:
+        return self.jupyterhub_message
 
 
 def audit_record(plan: IdentityPlan, spawner_name: str, outcome: str) -> dict[str, Any]:
@@ -89,7 +98,8 @@ class IdentityProvisioner:
             self.log.error("cloudidentity: spawn refused for %s (rule %s): Kubernetes API failed: %s", who, rule, describe(e))
             raise SpawnRefused(
                 "Your cloud identity could not be set up because the cluster did not answer; "
-                "try again in a minute, or ask your hub admin."
+                "try again in a minute, or ask your hub admin.",
+                503,
             ) from None
         record = audit_record(plan, self.spawner.name, outcome)
         record["cloud_identity_change"] = cloud_outcome

@@ -31,12 +31,15 @@ def demo():
         yield running
 
 
-def login(demo, user: str) -> requests.Session:
-    """Log in through the identity provider's page, as a person would."""
+def login(demo, user: str, profile: str = "standard") -> requests.Session:
+    """Log in through the identity provider's page and submit the profile form, as a person would."""
     session = requests.Session()
     page = session.get(f"http://127.0.0.1:{demo.port}/hub/oauth_login", timeout=30)
     assert "oauth2/authorize" in page.url and user in page.text  # the provider offers the demo users
-    session.post(page.url, data={"sub": user}, timeout=60)
+    form = session.post(page.url, data={"sub": user}, timeout=60)
+    assert form.url.endswith("/hub/spawn"), form.url
+    xsrf = re.search(r'_xsrf=([^"&\s]+)', form.text).group(1)
+    session.post(form.url, data={"_xsrf": xsrf, "profile": profile}, timeout=60)
     return session
 
 

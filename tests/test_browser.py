@@ -1,0 +1,105 @@
+"""Login to spawn in headless Chromium: the OIDC provider's page, the per-group profile form,
+the spawn progress page, against a real JupyterHub, the Kubernetes emulator and moto."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import pytest
+import requests
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytest.importorskip("oidc_provider_mock", reason="the demo extra is not installed")
+
+from cloudidentity_spawner.demo import NAMESPACE, Demo, _free_port  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+TOKEN = secrets.token_hex(16)
+CHECKER = f"""
+c.JupyterHub.services = [{{"name": "checker", "api_token": "{TOKEN}"}}]
+c.JupyterHub.load_roles = [{{"name": "checker", "services": ["checker"],
+    "scopes": ["read:users", "read:servers", "servers", "access:servers"]}}]
+"""
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (see .ci/run)")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    with Demo(port=_free_port(), extra_config=CHECKER) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        yield browser
+        browser.close()
+
+
+def log_in(browser, demo, user):
+    page = browser.new_context().new_page()
+    page.goto(f"http://127.0.0.1:{demo.port}/hub/login")
+    page.get_by_text("Sign in with the demo identity provider").click()
+    page.get_by_role("button", name=user, exact=True).click()
+    page.wait_for_url("**/hub/spawn**")
+    return page
+
+
+def test_alice_sees_her_profiles_and_her_server_starts_under_her_account(browser, demo):
+    page = log_in(browser, demo, "alice")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "profile-form-alice.png"), full_page=True)
+    text = page.content()
+    assert "ATLAS analysis with the project role" in text and "ROOT analysis" in text
+    page.get_by_text("ATLAS analysis with the project role").click()
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_url("**/user/alice/**", timeout=90_000)
+
+    pod = demo.kube.api.get("pods", NAMESPACE, "jupyter-alice")
+    sa = demo.kube.api.get("serviceaccounts", NAMESPACE, pod["spec"]["serviceAccountName"])
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(":role/jupyterhub/escape-atlas")
+    assert sa["metadata"]["annotations"]["cloudidentity-spawner/rule"] == "atlas"
+
+
+def test_carol_does_not_see_atlas_profiles(browser, demo):
+    page = log_in(browser, demo, "carol")
+    page.screenshot(path=str(ARTIFACTS / "profile-form-carol.png"), full_page=True)
+    text = page.content()
+    assert "Standard notebook" in text
+    assert "ATLAS analysis with the project role" not in text and "ROOT analysis" not in text
+
+
+def test_bob_sees_the_no_identity_message(browser, demo):
+    page = log_in(browser, demo, "bob")
+    page.get_by_role("button", name="Start").click()
+    page.get_by_text("No cloud identity is configured for user 'bob'").wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "spawn-failed-bob.png"), full_page=True)
+    assert "Traceback" not in page.content()
+
+
+def test_posting_a_hidden_profile_is_refused(demo):
+    # carol has logged in (previous test); start her server asking for the hidden profile via the REST API.
+    r = requests.post(
+        f"http://127.0.0.1:{demo.port}/hub/api/users/carol/server",
+        json={"profile": "atlas-analysis"},
+        headers={"Authorization": f"token {TOKEN}"},
+        timeout=60,
+    )
+    assert r.status_code == 403
+    assert r.json()["message"] == "The server profile 'atlas-analysis' is not available to you."
+    model = requests.get(f"http://127.0.0.1:{demo.port}/hub/api/users/carol",
+                         headers={"Authorization": f"token {TOKEN}"}, timeout=30).json()
+    assert model["servers"] == {}
+    assert demo.kube.api.get("pods", NAMESPACE, "jupyter-carol") is None
+    assert "refused profile 'atlas-analysis'" in Path(demo.hub_log.name).read_text()
