@@ -20,6 +20,7 @@ demo: install-demo
 
 install-test: $(BIN)/activate
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	./scripts/install-chromium.sh
 
 plan: install
 	$(BIN)/cloudidentity-spawner plan --config examples/aws/jupyterhub_config.py \

@@ -214,16 +214,27 @@ c.CloudIdentitySpawner.identity_rules = {rules!r}
 
 
 def _prepare_aws(moto_url: str) -> None:
+    """What the operator has already: the boundary policy, the group's role, the bucket.
+    Idempotent: moto keeps its state per process."""
     import boto3
+    from botocore.exceptions import ClientError
 
     iam = boto3.client("iam", endpoint_url=moto_url, region_name="us-east-1")
     allow = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]})
-    iam.create_policy(PolicyName="jupyterhub-user-boundary", PolicyDocument=allow)
     trust = {"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Principal": {"Federated": f"arn:aws:iam::{ACCOUNT}:oidc-provider/{ISSUER_PATH}"},
         "Action": "sts:AssumeRoleWithWebIdentity"}]}
-    iam.create_role(RoleName="escape-atlas", Path="/jupyterhub/", AssumeRolePolicyDocument=json.dumps(trust))
-    boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1").create_bucket(Bucket="demo-scratch")
+    steps = [
+        lambda: iam.create_policy(PolicyName="jupyterhub-user-boundary", PolicyDocument=allow),
+        lambda: iam.create_role(RoleName="escape-atlas", Path="/jupyterhub/", AssumeRolePolicyDocument=json.dumps(trust)),
+        lambda: boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1").create_bucket(Bucket="demo-scratch"),
+    ]
+    for step in steps:
+        try:
+            step()
+        except ClientError as e:
+            if e.response["Error"]["Code"] not in ("EntityAlreadyExists", "BucketAlreadyOwnedByYou"):
+                raise
 
 
 class Demo:
