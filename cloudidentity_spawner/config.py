@@ -301,5 +301,8 @@ def guard_jupyterhub_startup() -> None:
         update_config.__doc__ = load.__doc__
         JupyterHub.update_config = update_config
         JupyterHub._cloudidentity_guarded = True
-    if JupyterHub.initialized():
-        _check_hub(JupyterHub.instance())
+    # Not JupyterHub.initialized(): in a Jupyter server (another Application
+    # singleton) that is also true, and JupyterHub.instance() would raise.
+    app = getattr(JupyterHub, "_instance", None)
+    if isinstance(app, JupyterHub):
+        _check_hub(app)

@@ -1,0 +1,193 @@
+"""Short-lived credentials for the notebook's own cloud identity, as a Jupyter server extension.
+
+In the user's server (enabled by default when the package is installed):
+
+* ``GET /api/cloudcreds/aws`` - ``sts:AssumeRoleWithWebIdentity`` with the pod's IRSA role
+  and projected token; JSON with the credentials and expiry.
+  ``?format=credential_process`` gives AWS CLI ``credential_process`` JSON (Version 1),
+  ``?format=env`` gives ``export`` lines.
+* ``GET /api/cloudcreds/gcp`` - an access token for the pod's Google identity (GKE
+  metadata server), with its expiry.
+
+Only the server's own authenticated user can call it (Jupyter server / JupyterHub auth).
+Credentials are never logged. The AWS call is unsigned (web identity needs no keys), so
+boto3 is not needed in the user image; ``AWS_ENDPOINT_URL_STS`` / ``AWS_ENDPOINT_URL`` and
+``GCE_METADATA_HOST`` are honoured like the SDKs honour them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import urllib.parse
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+_STS_NS = {"sts": "https://sts.amazonaws.com/doc/2011-06-15/"}
+
+
+class CredentialsError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _session_name(user: str) -> str:
+    """STS session names: 2-64 of ``[\\w+=,.@-]``; tied to the user so CloudTrail shows who."""
+    cleaned = re.sub(r"[^\w+=,.@-]", "-", f"jupyter-{user}")
+    return cleaned[:64]
+
+
+def sts_endpoint(env: dict[str, str]) -> str:
+    explicit = env.get("AWS_ENDPOINT_URL_STS") or env.get("AWS_ENDPOINT_URL")
+    if explicit:
+        return explicit.rstrip("/") + "/"
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region and env.get("AWS_STS_REGIONAL_ENDPOINTS", "regional") == "regional":
+        return f"https://sts.{region}.amazonaws.com/"
+    return "https://sts.amazonaws.com/"
+
+
+async def aws_credentials(user: str, env: dict[str, str], duration: int = 3600) -> dict[str, Any]:
+    role_arn = env.get("AWS_ROLE_ARN")
+    token_file = env.get("AWS_WEB_IDENTITY_TOKEN_FILE")
+    if not role_arn or not token_file:
+        raise CredentialsError(
+            404,
+            "This server has no AWS identity: AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE are not set "
+            "(no IRSA role on this server's ServiceAccount).",
+        )
+    try:
+        with open(token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise CredentialsError(409, f"The web identity token file cannot be read: {e.strerror}") from None
+    body = urllib.parse.urlencode({
+        "Action": "AssumeRoleWithWebIdentity",
+        "Version": "2011-06-15",
+        "RoleArn": role_arn,
+        "RoleSessionName": _session_name(user),
+        "WebIdentityToken": token,
+        "DurationSeconds": str(duration),
+    })
+    request = HTTPRequest(sts_endpoint(env), method="POST", body=body,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"}, request_timeout=20)
+    try:
+        response = await AsyncHTTPClient().fetch(request)
+    except HTTPClientError as e:
+        code = "unknown"
+        if e.response is not None and e.response.body:
+            match = re.search(rb"<Code>([^<]+)</Code>", e.response.body)
+            code = match.group(1).decode() if match else code
+        raise CredentialsError(502, f"STS refused AssumeRoleWithWebIdentity for {role_arn}: {code}") from None
+    except OSError as e:
+        raise CredentialsError(502, f"STS is not reachable: {e}") from None
+    root = ET.fromstring(response.body)
+    creds = root.find(".//sts:Credentials", _STS_NS)
+    assumed = root.find(".//sts:AssumedRoleUser/sts:Arn", _STS_NS)
+    if creds is None:
+        raise CredentialsError(502, "STS answered without credentials")
+
+    def field(name: str) -> str:
+        return creds.findtext(f"sts:{name}", default="", namespaces=_STS_NS)
+
+    return {
+        "AccessKeyId": field("AccessKeyId"),
+        "SecretAccessKey": field("SecretAccessKey"),
+        "SessionToken": field("SessionToken"),
+        "Expiration": field("Expiration"),
+        "AssumedRoleArn": None if assumed is None else assumed.text,
+        "RoleArn": role_arn,
+    }
+
+
+async def gcp_token(env: dict[str, str]) -> dict[str, Any]:
+    host = env.get("GCE_METADATA_HOST", "metadata.google.internal")
+    url = f"http://{host}/computeMetadata/v1/instance/service-accounts/default/token"
+    try:
+        response = await AsyncHTTPClient().fetch(url, headers={"Metadata-Flavor": "Google"}, request_timeout=10)
+    except HTTPClientError as e:
+        raise CredentialsError(502, f"the metadata server refused the token request ({e.code})") from None
+    except OSError:
+        raise CredentialsError(
+            404, "This server has no Google identity: the GKE metadata server is not reachable (no Workload Identity)."
+        ) from None
+    data = json.loads(response.body)
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=int(data["expires_in"]))
+    return {
+        "access_token": data["access_token"],
+        "token_type": data.get("token_type", "Bearer"),
+        "expires_in": int(data["expires_in"]),
+        "expiry": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+class _CredentialsHandler(APIHandler):
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Cache-Control", "no-store")
+
+    def _fail(self, error: CredentialsError) -> None:
+        self.set_status(error.status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": str(error)}))
+
+    def _user_name(self) -> str:
+        user = self.current_user
+        return getattr(user, "username", None) or getattr(user, "name", None) or str(user)
+
+
+class AWSCredentialsHandler(_CredentialsHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        fmt = self.get_argument("format", "json")
+        if fmt not in ("json", "credential_process", "env"):
+            return self._fail(CredentialsError(400, "format must be json, credential_process or env"))
+        try:
+            creds = await aws_credentials(self._user_name(), dict(os.environ), self.settings.get("cloudcreds_duration", 3600))
+        except CredentialsError as e:
+            return self._fail(e)
+        if fmt == "env":
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            return self.finish(
+                f"export AWS_ACCESS_KEY_ID={creds['AccessKeyId']}\n"
+                f"export AWS_SECRET_ACCESS_KEY={creds['SecretAccessKey']}\n"
+                f"export AWS_SESSION_TOKEN={creds['SessionToken']}\n"
+            )
+        if fmt == "credential_process":
+            creds = {"Version": 1, **{k: creds[k] for k in ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")}}
+        self.finish(json.dumps(creds))
+
+
+class GCPTokenHandler(_CredentialsHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        try:
+            token = await gcp_token(dict(os.environ))
+        except CredentialsError as e:
+            return self._fail(e)
+        self.finish(json.dumps(token))
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "cloudidentity_spawner.creds"}]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    from jupyter_server.utils import url_path_join
+
+    base = serverapp.web_app.settings["base_url"]
+    serverapp.web_app.add_handlers(
+        ".*$",
+        [
+            (url_path_join(base, "/api/cloudcreds/aws"), AWSCredentialsHandler),
+            (url_path_join(base, "/api/cloudcreds/gcp"), GCPTokenHandler),
+        ],
+    )
+    serverapp.log.info("cloudidentity-spawner: /api/cloudcreds/aws and /api/cloudcreds/gcp enabled")

@@ -1,0 +1,166 @@
+"""The credentials endpoint in a real jupyter_server, against moto's STS and a metadata server."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+from aiohttp import web
+
+boto3 = pytest.importorskip("boto3", reason="the aws test extra is not installed")
+
+from cloudidentity_spawner.testing.kubernetes import KubernetesAPIServer  # noqa: E402
+
+EXTENSION = "--ServerApp.jpserver_extensions={'cloudidentity_spawner.creds': True}"
+TOKEN = secrets.token_hex(16)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Metadata:
+    """The GKE metadata server's token endpoint; like the real one it insists on the header."""
+
+    def app(self):
+        async def token(request):
+            if request.headers.get("Metadata-Flavor") != "Google":
+                return web.Response(status=403, text="Missing Metadata-Flavor:Google header.")
+            return web.json_response({"access_token": "ya29.local-token", "expires_in": 3599, "token_type": "Bearer"})
+
+        app = web.Application()
+        app.router.add_get("/computeMetadata/v1/instance/service-accounts/default/token", token)
+        return app
+
+
+@pytest.fixture(scope="module")
+def metadata():
+    server = KubernetesAPIServer(api=_Metadata()).start()
+    yield server.url.removeprefix("http://")
+    server.stop()
+
+
+def start_server(tmp_path, env_extra: dict[str, str]):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GCE_"))}
+    env.update(env_extra)
+    log = open(tmp_path / f"server-{port}.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+         "--ServerApp.open_browser=False", "--allow-root", f"--IdentityProvider.token={TOKEN}",
+         f"--ServerApp.root_dir={tmp_path}", EXTENSION],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if requests.get(url + "/api", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    return process, url, Path(log.name)
+
+
+@pytest.fixture(scope="module")
+def with_identity(tmp_path_factory, moto_endpoint, metadata):
+    tmp = tmp_path_factory.mktemp("creds")
+    iam = boto3.client("iam", endpoint_url=moto_endpoint, region_name="us-east-1")
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Federated": "x"}, "Action": "sts:AssumeRoleWithWebIdentity"}]}
+    try:
+        arn = iam.create_role(RoleName="notebook-creds", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    except iam.exceptions.EntityAlreadyExistsException:
+        arn = iam.get_role(RoleName="notebook-creds")["Role"]["Arn"]
+    token = tmp / "token"
+    token.write_text("projected-service-account-token")
+    process, url, log = start_server(tmp, {
+        "AWS_ROLE_ARN": arn, "AWS_WEB_IDENTITY_TOKEN_FILE": str(token), "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_REGION": "us-east-1", "GCE_METADATA_HOST": metadata,
+    })
+    yield url, log, arn
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def without_identity(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nocreds")
+    process, url, log = start_server(tmp, {"GCE_METADATA_HOST": f"127.0.0.1:{free_port()}"})
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+def auth():
+    return {"Authorization": f"token {TOKEN}"}
+
+
+def test_unauthenticated_requests_are_refused(with_identity):
+    url, _, _ = with_identity
+    for path in ("/api/cloudcreds/aws", "/api/cloudcreds/gcp"):
+        assert requests.get(url + path, timeout=10).status_code == 403
+        assert requests.get(url + path, headers={"Authorization": "token wrong"}, timeout=10).status_code == 403
+
+
+def test_aws_credentials_are_the_servers_role_and_work(with_identity, moto_endpoint):
+    url, log, arn = with_identity
+    r = requests.get(url + "/api/cloudcreds/aws", headers=auth(), timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["Cache-Control"] == "no-store"
+    creds = r.json()
+    assert creds["RoleArn"] == arn and creds["Expiration"]
+    assert "assumed-role/notebook-creds/jupyter-" in creds["AssumedRoleArn"]
+    sts = boto3.client("sts", endpoint_url=moto_endpoint, region_name="us-east-1",
+                       aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                       aws_session_token=creds["SessionToken"])
+    assert sts.get_caller_identity()["Arn"] == creds["AssumedRoleArn"]
+    time.sleep(0.2)
+    assert creds["SecretAccessKey"] not in log.read_text()
+    assert creds["SessionToken"] not in log.read_text()
+
+
+def test_aws_credential_process_and_env_formats(with_identity):
+    url, _, _ = with_identity
+    process = requests.get(url + "/api/cloudcreds/aws?format=credential_process", headers=auth(), timeout=30).json()
+    assert set(process) == {"Version", "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"}
+    assert process["Version"] == 1
+    env = requests.get(url + "/api/cloudcreds/aws?format=env", headers=auth(), timeout=30).text
+    assert env.startswith("export AWS_ACCESS_KEY_ID=") and "export AWS_SESSION_TOKEN=" in env
+    assert requests.get(url + "/api/cloudcreds/aws?format=yaml", headers=auth(), timeout=30).status_code == 400
+
+
+def test_gcp_token_with_expiry(with_identity):
+    url, _, _ = with_identity
+    token = requests.get(url + "/api/cloudcreds/gcp", headers=auth(), timeout=30).json()
+    assert token["access_token"] == "ya29.local-token"
+    assert token["expires_in"] == 3599 and token["expiry"].endswith("Z")
+
+
+def test_missing_identity_is_a_clear_json_error(without_identity):
+    aws = requests.get(without_identity + "/api/cloudcreds/aws", headers=auth(), timeout=30)
+    assert aws.status_code == 404
+    assert "AWS_ROLE_ARN" in aws.json()["error"]
+    gcp = requests.get(without_identity + "/api/cloudcreds/gcp", headers=auth(), timeout=30)
+    assert gcp.status_code == 404
+    assert "no Google identity" in gcp.json()["error"]
+
+
+def test_wheel_enables_the_extension_by_default(tmp_path):
+    root = Path(__file__).parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
+                   check=True, timeout=300, capture_output=True)
+    [wheel] = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    [config] = [n for n in names if n.endswith("etc/jupyter/jupyter_server_config.d/cloudidentity_spawner.json")]
+    data = json.loads(zipfile.ZipFile(wheel).read(config))
+    assert data == {"ServerApp": {"jpserver_extensions": {"cloudidentity_spawner.creds": True}}}
