@@ -276,7 +276,13 @@ def apply_plan(spawner: Any, plan: IdentityPlan, automount: bool) -> None:
     """Set the spawner's ServiceAccount, token mount, environment and labels from *plan*."""
     spawner.service_account = plan.service_account.name
     spawner.automount_service_account_token = automount
-    spawner.environment = {**spawner.environment, **plan.env}
+    spawner.environment = {
+        **spawner.environment,
+        **plan.env,
+        # For dask-kubernetes clusters started from the notebook (cloudidentity_spawner.dask).
+        "CLOUDIDENTITY_SERVICE_ACCOUNT": plan.service_account.name,
+        "CLOUDIDENTITY_NAMESPACE": plan.service_account.namespace,
+    }
     spawner.extra_labels = {
         **spawner.extra_labels,
         SCOPE_LABEL: plan.service_account.labels[SCOPE_LABEL],
