@@ -150,7 +150,9 @@ class LocalKubelet:
         home = Path(self.workdir) / "home" / meta["name"]
         home.mkdir(parents=True, exist_ok=True)
         env["HOME"] = str(home)
-        command = [sys.executable, "-m", "jupyterhub.singleuser", f"--ip={ip}", "--port=8888", "--allow-root", f"--ServerApp.root_dir={home}"]
+        command = [sys.executable, "-m", "jupyterhub.singleuser", f"--ip={ip}", "--port=8888", "--allow-root", f"--ServerApp.root_dir={home}",
+                   # what the installed package's config file does in a real user image
+                   "--ServerApp.jpserver_extensions={'cloudidentity_spawner.creds': True}"]
         log = open(Path(self.workdir) / f"{meta['name']}.log", "ab")
         process = subprocess.Popen(command, env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -89,6 +89,12 @@ def test_carol_gets_her_own_role_and_a_running_notebook(demo):
     identity = json.loads(out.stdout)
     assert re.fullmatch(r"arn:aws:sts::123456789012:assumed-role/demo-carol/jupyter-carol", identity["Arn"]), identity
 
+    # And her server hands out short-lived credentials for that role, through the hub's proxy.
+    creds = requests.get(f"http://127.0.0.1:{demo.port}/user/carol/api/cloudcreds/aws",
+                         headers={"Authorization": f"token {TOKEN}"}, timeout=60)
+    assert creds.status_code == 200, creds.text
+    assert ":assumed-role/demo-carol/" in creds.json()["AssumedRoleArn"]
+
 
 def test_atlas_members_share_the_group_account(demo):
     for user in ("alice", "amir"):

@@ -208,3 +208,23 @@ def test_duplicate_rule_names_are_rejected():
 def test_rules_must_be_a_list():
     with pytest.raises(ConfigError, match="expected a list"):
         IdentityRules.from_config({"match": {}})
+
+
+async def test_identity_resolver_decides_first_and_can_fall_through():
+    from cloudidentity_spawner.config import CloudIdentity
+    from cloudidentity_spawner.plan import IdentityPlan, ServiceAccountPlan
+
+    async def resolver(spawner, claims):
+        if claims.username == "special":
+            return IdentityPlan(user="special", groups=claims.groups, rule="resolver", scope="user",
+                                owner="user:special", service_account=ServiceAccountPlan("sa-special", "ns"))
+        return None
+
+    settings = CloudIdentity(identity_rules=[{"name": "everyone", "match": {}}], identity_resolver=resolver)
+    assert (await settings.plan_for(None, user("special"), "ns")).service_account.name == "sa-special"
+    assert (await settings.plan_for(None, user("other"), "ns")).rule == "everyone"
+
+    settings = CloudIdentity(identity_rules=[], identity_resolver=lambda spawner, claims: {"not": "a plan"})
+    with pytest.raises(IdentityError) as e:
+        await settings.plan_for(None, user("x"), "ns")
+    assert "expected an IdentityPlan" in e.value.admin_detail
