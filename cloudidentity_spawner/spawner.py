@@ -40,7 +40,7 @@ class SpawnRefused(HTTPError):
         return self.jupyterhub_message
 
 
-def audit_record(plan: IdentityPlan, spawner_name: str, outcome: str) -> dict[str, Any]:
+def audit_record(plan: IdentityPlan, spawner_name: str, outcome: str, cloud_outcome: str | None = None) -> dict[str, Any]:
     """The one structured line logged per spawn decision (it doubles as the audit trail)."""
     return {
         "event": "cloudidentity.spawn",
@@ -54,6 +54,7 @@ def audit_record(plan: IdentityPlan, spawner_name: str, outcome: str) -> dict[st
         "service_account_change": outcome,
         "cloud_provider": plan.cloud.provider if plan.cloud else None,
         "cloud_identity": plan.cloud.identity if plan.cloud else None,
+        "cloud_identity_change": cloud_outcome,
     }
 
 
@@ -101,8 +102,7 @@ class IdentityProvisioner:
                 "try again in a minute, or ask your hub admin.",
                 503,
             ) from None
-        record = audit_record(plan, self.spawner.name, outcome)
-        record["cloud_identity_change"] = cloud_outcome
+        record = audit_record(plan, self.spawner.name, outcome, cloud_outcome)
         self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
         return plan
 
