@@ -16,6 +16,7 @@ from kubespawner.clients import shared_client
 from jupyterhub.utils import maybe_future
 from traitlets import Bool, Float, Integer, default
 
+from .claims import Claims
 from .config import CloudIdentity, user_claims
 from .errors import ConfigError, IdentityError
 from .kube import RetryPolicy, ServiceAccountReflector, ServiceAccounts, describe, is_retryable
@@ -67,16 +68,19 @@ class IdentityProvisioner:
         self.log = spawner.log
         self.accounts = ServiceAccounts(shared_client("CoreV1Api"), retry, request_timeout, spawner.log)
 
-    async def prepare(self, namespace: str, cache: Any = None, rule_name: str | None = None) -> IdentityPlan:
+    async def prepare(
+        self, namespace: str, cache: Any = None, rule_name: str | None = None, claims: Claims | None = None
+    ) -> IdentityPlan:
         """Resolve and ensure; on failure log one admin line and raise :class:`SpawnRefused`.
 
         *cache* is a ServiceAccount watch cache (a mapping of ``namespace/name``
-        to the account) or None.
+        to the account) or None; *claims*, if the caller has read them already.
         """
         who = self.spawner.user.name + (f"/{self.spawner.name}" if self.spawner.name else "")
         plan = None
         try:
-            claims = await user_claims(self.settings, self.spawner.user)
+            if claims is None:
+                claims = await user_claims(self.settings, self.spawner.user)
             plan = await self.settings.plan_for(self.spawner, claims, namespace, rule_name)
             cloud_outcome = None
             if plan.cloud is not None and plan.cloud.mode == "managed":
@@ -200,14 +204,18 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
 
     _profile_groups: list[str] | None = None
 
-    async def _groups_for_profiles(self) -> list[str]:
-        """The groups profiles are filtered by: the same normalised list the rules see.
-        If the login's claims cannot be read, JupyterHub's groups (the spawn will then
-        fail at the identity step with the real reason)."""
+    async def _claims_for_profiles(self) -> Claims | None:
+        """The login's claims, read once per spawn, or None if they cannot be read (the
+        identity step then fails the spawn with the real reason). Profiles are filtered
+        by the same normalised groups the rules see (JupyterHub's groups without claims)."""
         try:
-            return list((await user_claims(self, self.user)).groups)
+            claims = await user_claims(self, self.user)
         except IdentityError:
-            return [getattr(g, "name", g) for g in (getattr(self.user, "groups", None) or [])]
+            claims = None
+        self._profile_groups = (
+            list(claims.groups) if claims else [getattr(g, "name", g) for g in (getattr(self.user, "groups", None) or [])]
+        )
+        return claims
 
     def _get_initialized_profile_list(self, profile_list: list):
         initialized = super()._get_initialized_profile_list(profile_list)
@@ -225,15 +233,15 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
     async def _render_form_for_user(self, spawner: Any) -> str:
         """Render the profile form with only what this user's groups allow (every time:
         group membership can change between visits)."""
-        self._profile_groups = await self._groups_for_profiles()
+        await self._claims_for_profiles()
         profile_list = self.profile_list
         if callable(profile_list):
             profile_list = await maybe_future(profile_list(spawner))
         return self._render_options_form(self._sorted_dict_values(profile_list))
 
     async def _selected_profile(self) -> Any:
-        """Check the submitted profile, choices and values against what the user may see."""
-        self._profile_groups = await self._groups_for_profiles()
+        """Check the submitted profile, choices and values against what the user may see
+        (``_profile_groups`` must be set)."""
         profile_list = self._sorted_dict_values(self.profile_list)
         if callable(profile_list):
             profile_list = await maybe_future(profile_list(self))
@@ -245,10 +253,12 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
             raise SpawnRefused(e.user_message) from None
 
     async def load_user_options(self) -> None:
+        claims = await self._claims_for_profiles()
         profile = await self._selected_profile()
         await super().load_user_options()
         rule_name = (profile or {}).get("identity_rule")
-        plan = await self._provisioner().prepare(self.namespace, await self._service_account_cache(), rule_name)
+        cache = await self._service_account_cache()
+        plan = await self._provisioner().prepare(self.namespace, cache, rule_name, claims)
         self._identity_plan = plan
         apply_plan(self, plan, self._configured_automount)
 
