@@ -7,13 +7,15 @@ The spawner stays thin: it asks the pure core for the user's plan, asks
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
+from jupyterhub.utils import maybe_future
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner import KubeSpawner
-from tornado.web import HTTPError
 from kubespawner.clients import shared_client
-from jupyterhub.utils import maybe_future
+from prometheus_client import Counter, Histogram
+from tornado.web import HTTPError
 from traitlets import Bool, Float, Integer, default
 
 from .claims import Claims
@@ -59,6 +61,25 @@ def audit_record(plan: IdentityPlan, spawner_name: str, outcome: str, cloud_outc
     }
 
 
+# Exported on JupyterHub's /hub/metrics (the default prometheus registry).
+SPAWN_DECISIONS = Counter(
+    "cloudidentity_spawn_decisions",
+    "Cloud identity decisions at spawn time, by outcome (ok or refused), scope and provider",
+    ["outcome", "scope", "provider"],
+)
+SERVICE_ACCOUNT_CHANGES = Counter(
+    "cloudidentity_service_account_changes",
+    "What spawns did to ServiceAccounts: created, patched or unchanged",
+    ["change"],
+)
+IDENTITY_STEP_SECONDS = Histogram(
+    "cloudidentity_identity_step_seconds",
+    "Time a spawn spent resolving and ensuring its identity (cloud and Kubernetes calls included)",
+    ["outcome"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60),
+)
+
+
 class IdentityProvisioner:
     """Plan + ensure + log, shared by the spawner and the plain ``pre_spawn_hook``."""
 
@@ -76,6 +97,18 @@ class IdentityProvisioner:
         *cache* is a ServiceAccount watch cache (a mapping of ``namespace/name``
         to the account) or None; *claims*, if the caller has read them already.
         """
+        started = time.perf_counter()
+        try:
+            plan = await self._prepare(namespace, cache, rule_name, claims)
+        except SpawnRefused:
+            IDENTITY_STEP_SECONDS.labels("refused").observe(time.perf_counter() - started)
+            SPAWN_DECISIONS.labels("refused", "", "").inc()
+            raise
+        IDENTITY_STEP_SECONDS.labels("ok").observe(time.perf_counter() - started)
+        SPAWN_DECISIONS.labels("ok", plan.scope, plan.cloud.provider if plan.cloud else "none").inc()
+        return plan
+
+    async def _prepare(self, namespace: str, cache: Any, rule_name: str | None, claims: Claims | None) -> IdentityPlan:
         who = self.spawner.user.name + (f"/{self.spawner.name}" if self.spawner.name else "")
         plan = None
         try:
@@ -106,6 +139,7 @@ class IdentityProvisioner:
                 "try again in a minute, or ask your hub admin.",
                 503,
             ) from None
+        SERVICE_ACCOUNT_CHANGES.labels(outcome).inc()
         record = audit_record(plan, self.spawner.name, outcome, cloud_outcome)
         self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
         return plan

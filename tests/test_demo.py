@@ -21,7 +21,7 @@ TOKEN = secrets.token_hex(16)
 CHECKER = f"""
 c.JupyterHub.services = [{{"name": "checker", "api_token": "{TOKEN}"}}]
 c.JupyterHub.load_roles = [{{"name": "checker", "services": ["checker"],
-    "scopes": ["read:users", "read:servers", "access:servers"]}}]
+    "scopes": ["read:users", "read:servers", "access:servers", "read:metrics"]}}]
 """
 
 
@@ -117,3 +117,11 @@ def test_bob_without_groups_sees_why_on_the_spawn_page(demo):
         or "No cloud identity is configured for user 'bob' with groups []; ask your hub admin." in page.text
     assert "Traceback" not in page.text
     assert demo.kube.api.get("pods", NAMESPACE, "jupyter-bob") is None
+
+
+def test_hub_metrics_show_identity_decisions(demo):
+    # After the spawns above, the hub's own /hub/metrics carries ours.
+    r = requests.get(f"http://127.0.0.1:{demo.port}/hub/metrics", headers={"Authorization": f"token {TOKEN}"}, timeout=30)
+    assert r.status_code == 200
+    assert 'cloudidentity_spawn_decisions_total{outcome="ok",provider="aws",scope="user"}' in r.text
+    assert 'cloudidentity_spawn_decisions_total{outcome="refused",provider="",scope=""}' in r.text

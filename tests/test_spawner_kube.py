@@ -272,3 +272,21 @@ async def test_pre_spawn_hook_for_stock_kubespawner(namespace):
 async def test_bad_rules_fail_when_the_spawner_is_built(namespace):
     with pytest.raises(Exception, match=r"identity_rules\[0\] \('x'\)\.scope"):
         spawner_for(namespace, "olga", [], rules=[{"name": "x", "match": {}, "scope": "galaxy"}])
+
+
+async def test_decisions_are_counted_in_prometheus_metrics(namespace):
+    from prometheus_client import REGISTRY
+
+    def value(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    ok = value("cloudidentity_spawn_decisions_total", outcome="ok", scope="user", provider="aws")
+    refused = value("cloudidentity_spawn_decisions_total", outcome="refused", scope="", provider="")
+    created = value("cloudidentity_service_account_changes_total", change="created")
+    await start_and_stop(spawner_for(namespace, "pia", ["/escape"]))
+    with pytest.raises(SpawnRefused):
+        await spawner_for(namespace, "quin", ["/nothing"]).start()
+    assert value("cloudidentity_spawn_decisions_total", outcome="ok", scope="user", provider="aws") == ok + 1
+    assert value("cloudidentity_spawn_decisions_total", outcome="refused", scope="", provider="") == refused + 1
+    assert value("cloudidentity_service_account_changes_total", change="created") == created + 1
+    assert value("cloudidentity_identity_step_seconds_count", outcome="ok") >= 1
