@@ -36,7 +36,6 @@ from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.protobuf import empty_pb2
 from google.type import expr_pb2
 
-from .kubernetes import _as_coro  # noqa: F401  (same thread-and-loop pattern)
 
 _ACCOUNT_ID = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
 
