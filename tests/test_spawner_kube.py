@@ -290,3 +290,29 @@ async def test_decisions_are_counted_in_prometheus_metrics(namespace):
     assert value("cloudidentity_spawn_decisions_total", outcome="refused", scope="", provider="") == refused + 1
     assert value("cloudidentity_service_account_changes_total", change="created") == created + 1
     assert value("cloudidentity_identity_step_seconds_count", outcome="ok") >= 1
+
+
+async def test_unreachable_api_server_fails_the_spawn_clearly(namespace, caplog):
+    import socket
+
+    from kubernetes_asyncio import client
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{closed}"
+    api_client = client.ApiClient(configuration)
+    try:
+        provisioner = spawner_for(namespace, "ursula", ["/escape"])._provisioner()
+        provisioner.accounts.api = client.CoreV1Api(api_client)
+        with pytest.raises(SpawnRefused) as e:
+            await provisioner.prepare(namespace)
+    finally:
+        await api_client.close()
+    assert e.value.status_code == 503
+    assert "cluster did not answer" in e.value.jupyterhub_message
+    retries = [r for r in caplog.records if "retry" in r.getMessage() and "ServiceAccount" in r.getMessage()]
+    assert len(retries) == 4  # 5 attempts in all
+    [line] = [r.getMessage() for r in caplog.records if "spawn refused for ursula" in r.getMessage()]
+    assert "rule members" in line
