@@ -27,8 +27,6 @@ class _PlanUser:
 
     def __init__(self, name: str, groups: Sequence[str], auth_state: Any):
         self.name = name
-        self.id = 0
-        self.url = f"/user/{name}/"
         self.groups = list(groups)
         self._auth_state = auth_state
 

@@ -49,7 +49,7 @@ DEMO_PROFILES = [
 ISSUER_PATH = "oidc.eks.us-east-1.amazonaws.com/id/DEMO0CLUSTER0OIDC"
 
 
-def demo_rules(moto_url: str) -> list[dict[str, Any]]:
+def demo_rules() -> list[dict[str, Any]]:
     return [
         {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
          "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/escape-atlas"}},
@@ -175,9 +175,9 @@ class LocalKubelet:
                 process.kill()
 
 
-def hub_config(*, kubeconfig: str, moto_url: str, oidc_url: str, port: int, hub_port: int) -> str:
-    """The demo's jupyterhub_config.py."""
-    rules = demo_rules(moto_url)
+def hub_config(*, moto_url: str, oidc_url: str, port: int, hub_port: int) -> str:
+    """The demo's jupyterhub_config.py (the hub finds the emulator through $KUBECONFIG)."""
+    rules = demo_rules()
     return f"""
 from cloudidentity_spawner.auth import auth_state_groups
 c = get_config()
@@ -284,7 +284,7 @@ class Demo:
         self.oidc_url = f"http://localhost:{oidc.server_port}"
 
         config = Path(self.workdir) / "jupyterhub_config.py"
-        config.write_text(hub_config(kubeconfig=kubeconfig, moto_url=self.moto_url, oidc_url=self.oidc_url,
+        config.write_text(hub_config(moto_url=self.moto_url, oidc_url=self.oidc_url,
                                      port=self.port, hub_port=_free_port()) + self.extra_config)
         env = dict(os.environ)
         env.update(
@@ -325,7 +325,7 @@ class Demo:
         from .errors import IdentityError
         from .rules import IdentityRules
 
-        rules = IdentityRules.from_config(demo_rules(self.moto_url), "demo")
+        rules = IdentityRules.from_config(demo_rules(), "demo")
         lines = []
         for name, claims in DEMO_USERS.items():
             try:

@@ -59,7 +59,6 @@ class _Rules:
     max_length: int
     min_length: int = 1
     must_start_with_letter: bool = False
-    lower: bool = True
 
     def is_valid(self, name: str) -> bool:
         return (
@@ -73,10 +72,9 @@ class _Rules:
         if "--" not in value and self.is_valid(value):
             return value
         budget = self.max_length - len(_MARKER) - HASH_LENGTH
-        safe = value.lower() if self.lower else value
         # The unsafe-run patterns are ASCII classes, so anything else (including
         # what str.lower() makes of some characters) becomes "-".
-        safe = self.unsafe_run.sub("-", safe)
+        safe = self.unsafe_run.sub("-", value.lower())
         safe = _squeeze(safe)
         if self.must_start_with_letter and safe and not safe[0].isalpha():
             safe = "x-" + safe

@@ -56,12 +56,16 @@ class Rule:
     scope: str
     groups: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
-    matches_everyone: bool = False
     service_account: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
     aws: aws.AwsSettings | None = None
     gcp: gcp.GcpSettings | None = None
     adopt: bool = False
+
+    @property
+    def matches_everyone(self) -> bool:
+        """``match: {}``: no groups and no users listed."""
+        return not self.groups and not self.users
 
     @property
     def label(self) -> str:
@@ -140,7 +144,6 @@ def parse_rule(raw_rule: Any, index: int) -> Rule:
         scope=scope,
         groups=groups,
         users=users,
-        matches_everyone=not groups and not users,
         service_account=service_account,
         env=dict(env),
         aws=aws_settings,

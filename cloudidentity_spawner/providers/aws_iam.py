@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import boto3
+from botocore import xform_name
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -73,7 +74,7 @@ class ManagedRoles:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
-                return await asyncio.to_thread(getattr(self.iam, _snake(operation)), **kwargs)
+                return await asyncio.to_thread(getattr(self.iam, xform_name(operation)), **kwargs)
             finally:
                 self.in_flight -= 1
 
@@ -186,7 +187,8 @@ class ManagedRoles:
         name = role["name"]
         changed = False
         trust = thaw(role["trust_policy"])
-        if _policy(current.get("AssumeRolePolicyDocument")) != trust:
+        # botocore decodes IAM's URL-encoded policy documents into dicts.
+        if current.get("AssumeRolePolicyDocument") != trust:
             await self._call("UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=json.dumps(trust))
             changed = True
         boundary = (current.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
@@ -204,7 +206,7 @@ class ManagedRoles:
 
         inline = None if role["inline_policy"] is None else thaw(role["inline_policy"])
         try:
-            existing = _policy((await self._call("GetRolePolicy", RoleName=name, PolicyName=INLINE_POLICY_NAME))["PolicyDocument"])
+            existing = (await self._call("GetRolePolicy", RoleName=name, PolicyName=INLINE_POLICY_NAME))["PolicyDocument"]
         except ClientError as e:
             if _code(e) != "NoSuchEntity":
                 raise
@@ -279,20 +281,3 @@ class ManagedRoles:
             f"IAM {code or 'error'} for role {name} (rule {plan.rule!r}): {message}",
         )
 
-
-def _policy(document: Any) -> Any:
-    """IAM returns policy documents URL-decoded as dicts (boto3) or as JSON strings."""
-    if isinstance(document, str):
-        from urllib.parse import unquote
-
-        return json.loads(unquote(document))
-    return document
-
-
-def _snake(operation: str) -> str:
-    out = []
-    for i, ch in enumerate(operation):
-        if ch.isupper() and i:
-            out.append("_")
-        out.append(ch.lower())
-    return "".join(out)

@@ -780,10 +780,6 @@ class KubernetesAPIServer:
         self.port = site._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def call(self, fn: Callable[[], Any]) -> Any:
-        """Run *fn* in the server's loop (e.g. to change state atomically with requests)."""
-        return asyncio.run_coroutine_threadsafe(_as_coro(fn), self._loop).result(30)
-
     def stop(self) -> None:
         """Close every connection (watches included), then stop the thread."""
         if self._loop and self._loop.is_running():
@@ -806,9 +802,3 @@ class KubernetesAPIServer:
             json.dump(self.kubeconfig(namespace), f)
         return str(path)
 
-
-async def _as_coro(fn):
-    result = fn()
-    if asyncio.iscoroutine(result):
-        result = await result
-    return result
