@@ -114,7 +114,12 @@ def trust_policy(provider_arn: str, namespace: str, service_account: str) -> dic
 
 def scratch_prefix_policy(bucket: str, prefix: str = "{username}") -> dict[str, Any]:
     """The per-user scratch pattern as an ``inline_policy`` template: read/write
-    ``s3://<bucket>/<prefix>/*`` and list only that prefix.
+    ``s3://<bucket>/<prefix>/*`` and list only inside that prefix.
+
+    Listing is allowed only for ``s3:prefix`` values that start with ``<prefix>/``:
+    a bare ``<prefix>`` would let user ``al`` list with ``Prefix="al"`` and see the
+    key names under ``alice/``. Rendered names never contain ``/``, ``*`` or ``?``
+    (see :func:`names.resource_part`), so no user's patterns reach another's prefix.
 
     >>> rule["aws"]["managed"]["inline_policy"] = scratch_prefix_policy("my-scratch")
     """
@@ -134,7 +139,7 @@ def scratch_prefix_policy(bucket: str, prefix: str = "{username}") -> dict[str, 
                 "Effect": "Allow",
                 "Action": "s3:ListBucket",
                 "Resource": f"arn:aws:s3:::{bucket}",
-                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*", prefix]}},
+                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/", f"{prefix}/*"]}},
             },
         ],
     }

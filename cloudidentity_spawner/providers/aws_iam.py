@@ -199,9 +199,10 @@ class ManagedRoles:
             await self._call("UpdateRole", RoleName=name, MaxSessionDuration=role["max_session_duration"], Description=role["description"])
             changed = True
         tags = _tags(current.get("Tags", []))
-        missing = {k: v for k, v in role["tags"].items() if tags.get(k) != v}
-        if missing:
-            await self._call("TagRole", RoleName=name, Tags=[{"Key": k, "Value": v} for k, v in missing.items()])
+        if any(tags.get(k) != v for k, v in role["tags"].items()):
+            # Always send the whole planned set: the hub's IAM policy allows TagRole
+            # only when the request carries our ownership tags (aws:RequestTag).
+            await self._call("TagRole", RoleName=name, Tags=[{"Key": k, "Value": v} for k, v in role["tags"].items()])
             changed = True
 
         inline = None if role["inline_policy"] is None else thaw(role["inline_policy"])
