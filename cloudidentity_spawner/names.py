@@ -14,19 +14,33 @@ input appended after a ``---`` marker. Passed-through names are never allowed
 to contain ``--``, and the safe part of a hashed name never contains ``--``,
 so a passed-through name can never look like a hashed one; two hashed names
 differ because their inputs' hashes differ.
+
+"Never" rests on the hash being long enough that nobody can *search* for a
+second input with a victim's hash: user names are often self-chosen (GitHub,
+self-registration), and these names land in trust policies, role names and
+storage prefixes. So the suffix is 26 base32 characters of SHA-256 (130 bits)
+wherever it fits. A Google service account id has room for 30 characters
+only, so its suffix is 16 characters (80 bits); those accounts also carry an
+ownership marker that the hub checks before using one, so even a found
+collision gives the second user a refused spawn, never the first user's account.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from dataclasses import dataclass
 
-HASH_LENGTH = 8
+HASH_LENGTH = 26
+"""Base32 characters of SHA-256 appended to a changed name (130 bits)."""
+SHORT_HASH_LENGTH = 16
+"""The suffix where a name has no room for :data:`HASH_LENGTH` (80 bits; Google service account ids)."""
 _MARKER = "---"
 
 __all__ = [
     "HASH_LENGTH",
+    "SHORT_HASH_LENGTH",
     "gsa_account_id",
     "iam_role_name",
     "is_valid_gsa_account_id",
@@ -39,8 +53,10 @@ __all__ = [
 ]
 
 
-def _hash(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_LENGTH]
+def _hash(value: str, length: int) -> str:
+    """Lower-case base32 (``a-z2-7``: valid in every target) of SHA-256, *length* characters."""
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+    return base64.b32encode(digest).decode("ascii").lower()[:length]
 
 
 def _squeeze(text: str) -> str:
@@ -59,6 +75,7 @@ class _Rules:
     max_length: int
     min_length: int = 1
     must_start_with_letter: bool = False
+    hash_length: int = HASH_LENGTH
 
     def is_valid(self, name: str) -> bool:
         return (
@@ -71,7 +88,7 @@ class _Rules:
             raise TypeError(f"names are made from strings, not {type(value).__name__}")
         if "--" not in value and self.is_valid(value):
             return value
-        budget = self.max_length - len(_MARKER) - HASH_LENGTH
+        budget = self.max_length - len(_MARKER) - self.hash_length
         # The unsafe-run patterns are ASCII classes, so anything else (including
         # what str.lower() makes of some characters) becomes "-".
         safe = self.unsafe_run.sub("-", value.lower())
@@ -79,7 +96,7 @@ class _Rules:
         if self.must_start_with_letter and safe and not safe[0].isalpha():
             safe = "x-" + safe
         safe = _squeeze(safe[:budget]) or "x"
-        return f"{safe}{_MARKER}{_hash(value)}"
+        return f"{safe}{_MARKER}{_hash(value, self.hash_length)}"
 
 
 _KSA = _Rules(
@@ -100,6 +117,7 @@ _GSA_ID = _Rules(
     max_length=30,
     min_length=6,
     must_start_with_letter=True,
+    hash_length=SHORT_HASH_LENGTH,
 )
 _LABEL = _Rules(
     valid=re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"),

@@ -87,3 +87,21 @@ def test_long_names_are_truncated_within_limits():
 def test_short_gsa_ids_are_padded_to_the_minimum():
     assert len(names.gsa_account_id("bob")) >= 6
     assert names.is_valid_gsa_account_id(names.gsa_account_id("bob"))
+
+
+@pytest.mark.parametrize("encode", [names.ksa_name, names.iam_role_name, names.label_value, names.resource_part],
+                         ids=lambda f: f.__name__)
+def test_a_search_for_a_colliding_name_is_infeasible_where_names_reach_policies(encode):
+    """ServiceAccount names land in trust policies, role names in ARNs, resource parts in
+    storage prefixes: a self-chosen user name must not be searchable into a victim's.
+    The suffix carries at least 128 bits of SHA-256 (2^32 tries would find a 32-bit one)."""
+    suffix = encode("x" * 300).rsplit("---", 1)[1]
+    assert set(suffix) <= set("abcdefghijklmnopqrstuvwxyz234567")
+    assert len(suffix) * 5 >= 128
+
+
+def test_gsa_ids_have_the_longest_suffix_that_fits():
+    """30 characters leave room for 80 bits; the hub also checks each account's owner marker."""
+    suffix = names.gsa_account_id("x" * 300).rsplit("---", 1)[1]
+    assert len(suffix) * 5 >= 80
+    assert len(names.gsa_account_id("x" * 300)) == 30

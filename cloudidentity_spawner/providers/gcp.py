@@ -50,7 +50,7 @@ def parse_email(email: str) -> tuple[str, str]:
 def ownership_marker(hub: str, owner: str) -> str:
     """Google service accounts have no labels or tags: the description carries who made
     the account and for whom, and an account without the right marker is never touched."""
-    digest = hashlib.sha256(f"{hub}\xff{owner}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{hub}\xff{owner}".encode()).hexdigest()[:32]
     return f"[cloudidentity-spawner hub={hub} owner={digest}]"
 
 
