@@ -68,6 +68,20 @@ class CloudIdentity(LoggingConfigurable):
         Example: "atlas-hub". Default: "jupyterhub".
         """,
     )
+    trusted_claims = List(
+        Unicode(),
+        config=True,
+        help="""
+        Claims that may decide a cloud identity: a `{claims[key]}` in a ServiceAccount
+        name, role ARN or name, Google account id or e-mail, bucket prefix or policy
+        template must name one of these, or the hub refuses to start naming the rule
+        and key. List only claims your identity provider never lets users edit (its
+        stable subject id, say: ["sub"]); `name` and often `email` are user-editable,
+        and a user who edits one could pick someone else's identity.
+        Environment values (`env`) and descriptions may use any claim.
+        Default: [] (no claim decides an identity; use {username}).
+        """,
+    )
     auth_state_claims_key = Unicode(
         None,
         allow_none=True,
@@ -144,7 +158,7 @@ class CloudIdentity(LoggingConfigurable):
     @cached_property
     def compiled_rules(self) -> IdentityRules:
         """The validated rules (ConfigError names the rule and key when they are wrong)."""
-        return IdentityRules.from_config(self.identity_rules, self.hub_name)
+        return IdentityRules.from_config(self.identity_rules, self.hub_name, self.trusted_claims)
 
     def manages(self, provider: str) -> bool:
         """Whether any rule has the hub manage *provider* identities."""

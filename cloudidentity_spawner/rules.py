@@ -11,7 +11,7 @@ does I/O; the spawner calls :meth:`IdentityRules.resolve` on every spawn.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -92,8 +92,11 @@ def _string_patterns(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def parse_rule(raw_rule: Any, index: int) -> Rule:
-    """Validate one rule; every ConfigError names the rule (index and name) and the key."""
+def parse_rule(raw_rule: Any, index: int, trusted_claims: Collection[str] = ()) -> Rule:
+    """Validate one rule; every ConfigError names the rule (index and name) and the key.
+
+    A claim may decide an identity (ServiceAccount name, ARN, account id, prefix,
+    policy) only if it is in *trusted_claims*; env values may use any claim."""
     name = raw_rule.get("name", f"rule-{index}") if isinstance(raw_rule, Mapping) else f"rule-{index}"
     if not isinstance(name, str) or not name:
         raise ConfigError(f"identity_rules[{index}].name: expected a non-empty string, got {name!r}")
@@ -119,7 +122,7 @@ def parse_rule(raw_rule: Any, index: int) -> Rule:
     forbidden = group_fields | (_USER_FIELDS | {"claims"} if scope != "user" else set())
 
     service_account = raw_rule.get("service_account", DEFAULT_SERVICE_ACCOUNT[scope])
-    check_template(service_account, f"{where}.service_account", forbidden)
+    check_template(service_account, f"{where}.service_account", forbidden, trusted_claims)
 
     env = raw_rule.get("env", {})
     if not isinstance(env, Mapping):
@@ -131,8 +134,8 @@ def parse_rule(raw_rule: Any, index: int) -> Rule:
 
     if "aws" in raw_rule and "gcp" in raw_rule:
         raise ConfigError(f"{where}: has both 'aws' and 'gcp'; give exactly one provider block per rule (or none)")
-    aws_settings = aws.parse(raw_rule["aws"], f"{where}.aws", forbidden) if "aws" in raw_rule else None
-    gcp_settings = gcp.parse(raw_rule["gcp"], f"{where}.gcp", forbidden) if "gcp" in raw_rule else None
+    aws_settings = aws.parse(raw_rule["aws"], f"{where}.aws", forbidden, trusted_claims) if "aws" in raw_rule else None
+    gcp_settings = gcp.parse(raw_rule["gcp"], f"{where}.gcp", forbidden, trusted_claims) if "gcp" in raw_rule else None
 
     adopt = raw_rule.get("adopt", False)
     if not isinstance(adopt, bool):
@@ -152,11 +155,13 @@ def parse_rule(raw_rule: Any, index: int) -> Rule:
     )
 
 
-def parse_rules(raw_rules: Any) -> tuple[Rule, ...]:
+def parse_rules(raw_rules: Any, trusted_claims: Collection[str] = ()) -> tuple[Rule, ...]:
     """Validate all rules (at hub start-up). Rule names must be unique."""
     if not isinstance(raw_rules, Sequence) or isinstance(raw_rules, (str, bytes)):
         raise ConfigError(f"identity_rules: expected a list of rules, got {type(raw_rules).__name__}")
-    rules = tuple(parse_rule(r, i) for i, r in enumerate(raw_rules))
+    if isinstance(trusted_claims, (str, bytes)) or not all(isinstance(c, str) and c for c in trusted_claims):
+        raise ConfigError(f"trusted_claims: expected a list of claim names like ['sub'], got {trusted_claims!r}")
+    rules = tuple(parse_rule(r, i, trusted_claims) for i, r in enumerate(raw_rules))
     seen: dict[str, int] = {}
     for rule in rules:
         if rule.name in seen:
@@ -173,10 +178,10 @@ class IdentityRules:
     hub: str = "jupyterhub"
 
     @classmethod
-    def from_config(cls, raw_rules: Any, hub: str = "jupyterhub") -> IdentityRules:
+    def from_config(cls, raw_rules: Any, hub: str = "jupyterhub", trusted_claims: Collection[str] = ()) -> IdentityRules:
         if not isinstance(hub, str) or not names.is_valid_ksa_name(hub):
             raise ConfigError(f"hub_name: expected a short DNS-style name like 'jupyterhub', got {hub!r}")
-        return cls(parse_rules(raw_rules), hub)
+        return cls(parse_rules(raw_rules, trusted_claims), hub)
 
     def find(self, claims: Claims) -> tuple[Rule, str | None]:
         for rule in self.rules:

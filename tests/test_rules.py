@@ -228,3 +228,38 @@ async def test_identity_resolver_decides_first_and_can_fall_through():
     with pytest.raises(IdentityError) as e:
         await settings.plan_for(None, user("x"), "ns")
     assert "expected an IdentityPlan" in e.value.admin_detail
+
+
+@pytest.mark.parametrize("where,block", [
+    ("service_account", {"service_account": "jupyter-{claims[email]}"}),
+    ("aws.role_arn", {"aws": {"role_arn": "arn:aws:iam::123456789012:role/jh/{claims[email]}"}}),
+    ("aws.managed.role_name", {"aws": {"managed": {**MANAGED, "role_name": "jh-{claims[email]}"}}}),
+    ("aws.managed.inline_policy", {"aws": {"managed": {**MANAGED, "inline_policy": {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/{claims[email]}/*"}]}}}}),
+    ("gcp.service_account", {"gcp": {"service_account": "{claims[email]}@my-project.iam.gserviceaccount.com"}}),
+    ("gcp.managed.account_id", {"gcp": {"managed": {"project": "my-project", "account_id": "jh-{claims[email]}"}}}),
+    ("gcp.managed.bucket_roles[0].prefix", {"gcp": {"managed": {"project": "my-project", "bucket_roles": [
+        {"bucket": "b-scratch", "role": "roles/storage.objectUser", "prefix": "{claims[email]}"}]}}}),
+])
+def test_a_claim_decides_an_identity_only_when_the_operator_trusts_it(where, block):
+    """A user who can edit their e-mail at the IdP must not be able to pick someone else's identity."""
+    raw = {"name": "r", "match": {}, **block}
+    with pytest.raises(ConfigError) as e:
+        IdentityRules.from_config([raw], "h")
+    assert f"identity_rules[0] ('r').{where}" in str(e.value)
+    assert "trusted_claims" in str(e.value) and "'email'" in str(e.value)
+    trusted = IdentityRules.from_config([raw], "h", trusted_claims=["email"])
+    plan = trusted.resolve(user("alice", email="alice-a"), "ns")
+    assert "alice" in json.dumps(plan.to_dict())
+
+
+def test_descriptions_and_env_may_use_any_claim():
+    r = rules({"match": {}, "env": {"WHO": "{claims[name]}"},
+               "gcp": {"managed": {"project": "my-project", "display_name": "{claims[name]}"}}})
+    assert r.resolve(Claims("alice", (), {"name": "alice.a"}), "ns").env["WHO"] == "alice.a"
+
+
+def test_trusted_claims_must_be_claim_names():
+    with pytest.raises(ConfigError, match="trusted_claims"):
+        IdentityRules.from_config([], "h", trusted_claims="sub")

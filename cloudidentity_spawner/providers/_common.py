@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from ..errors import ConfigError
@@ -22,8 +22,16 @@ def check_keys(block: Any, allowed: set[str], where: str, required: set[str] = f
     return block
 
 
-def check_template(template: Any, where: str, forbidden: set[str] = frozenset()) -> str:
-    """Validate a template at start-up; *forbidden* fields make no sense for this rule's scope."""
+def check_template(
+    template: Any, where: str, forbidden: set[str] = frozenset(), trusted_claims: Collection[str] | None = None
+) -> str:
+    """Validate a template at start-up; *forbidden* fields make no sense for this rule's scope.
+
+    *trusted_claims* is given for templates that decide an identity (names, ARNs,
+    prefixes, policies): a ``{claims[key]}`` there must be one the operator listed
+    as trusted, because many claims (``name``, often ``email``) are values the user
+    can edit at the identity provider. None (descriptions, env) allows any claim.
+    """
     try:
         used = fields(template)
     except TemplateError as e:
@@ -31,6 +39,15 @@ def check_template(template: Any, where: str, forbidden: set[str] = frozenset())
     bad = sorted(f for f in used if f in forbidden or ("claims" in forbidden and f.startswith("claims[")))
     if bad:
         raise ConfigError(f"{where}: {{{bad[0]}}} cannot be used here: {forbidden_reason(bad[0])}")
+    if trusted_claims is not None:
+        untrusted = sorted(f for f in used if f.startswith("claims[") and f[len("claims[") : -1] not in trusted_claims)
+        if untrusted:
+            key = untrusted[0][len("claims[") : -1]
+            raise ConfigError(
+                f"{where}: {{{untrusted[0]}}} decides a cloud identity, but claim {key!r} is not in trusted_claims; "
+                f"users may be able to edit it at their identity provider. If yours does not let them, add it: "
+                f"c.CloudIdentitySpawner.trusted_claims = [{key!r}]"
+            )
     return template
 
 
@@ -58,16 +75,16 @@ def load_json_template(value: Any, where: str) -> Any:
     return value
 
 
-def json_template_fields(value: Any, where: str, forbidden: set[str]) -> None:
+def json_template_fields(value: Any, where: str, forbidden: set[str], trusted_claims: Collection[str] | None = None) -> None:
     if isinstance(value, str):
-        check_template(value, where, forbidden)
+        check_template(value, where, forbidden, trusted_claims)
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            check_template(key, where, forbidden)
-            json_template_fields(item, where, forbidden)
+            check_template(key, where, forbidden, trusted_claims)
+            json_template_fields(item, where, forbidden, trusted_claims)
     elif isinstance(value, list):
         for item in value:
-            json_template_fields(item, where, forbidden)
+            json_template_fields(item, where, forbidden, trusted_claims)
 
 
 def render_json_template(value: Any, context: Mapping[str, Any], escape: Callable[[str], str]) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,13 +81,15 @@ class GcpSettings:
     managed: Mapping[str, Any] | None = None
 
 
-def parse(block: Any, where: str, forbidden: set[str]) -> GcpSettings:
-    """Validate a rule's ``gcp`` block at start-up (ConfigError names *where* and the key)."""
+def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collection[str] = ()) -> GcpSettings:
+    """Validate a rule's ``gcp`` block at start-up (ConfigError names *where* and the key).
+
+    Claims in the templates that decide an identity must be among *trusted_claims*."""
     check_keys(block, _EXISTING_KEYS | {"managed"}, where)
     if ("managed" in block) == ("service_account" in block):
         raise ConfigError(f"{where}: give exactly one of 'service_account' (an existing GSA) or 'managed' (the hub creates it)")
     if "service_account" in block:
-        template = check_template(block["service_account"], f"{where}.service_account", forbidden)
+        template = check_template(block["service_account"], f"{where}.service_account", forbidden, trusted_claims)
         try:
             parse_email(render(template, SAMPLE_CONTEXT, names.ksa_name))
         except (ValueError, TemplateError) as e:
@@ -100,7 +102,7 @@ def parse(block: Any, where: str, forbidden: set[str]) -> GcpSettings:
         raise ConfigError(f"{managed_where}.project: invalid project id {managed['project']!r} (6-30 of [a-z0-9-], starting with a letter)")
     for key in ("account_id", "display_name", "description"):
         if key in managed:
-            check_template(managed[key], f"{managed_where}.{key}", forbidden)
+            check_template(managed[key], f"{managed_where}.{key}", forbidden, trusted_claims if key == "account_id" else None)
     pool = managed.get("workload_identity_pool", f"{managed['project']}.svc.id.goog")
     if not isinstance(pool, str) or not re.fullmatch(rf"{_PROJECT_ID}\.svc\.id\.goog", pool):
         raise ConfigError(f"{managed_where}.workload_identity_pool: expected '<cluster project>.svc.id.goog', got {pool!r}")
@@ -119,7 +121,7 @@ def parse(block: Any, where: str, forbidden: set[str]) -> GcpSettings:
         if not isinstance(item["role"], str) or not _ROLE.fullmatch(item["role"]):
             raise ConfigError(f"{item_where}.role: invalid role {item['role']!r}")
         if "prefix" in item:
-            check_template(item["prefix"], f"{item_where}.prefix", forbidden)
+            check_template(item["prefix"], f"{item_where}.prefix", forbidden, trusted_claims)
     return GcpSettings(managed=managed)
 
 
