@@ -3,7 +3,8 @@
 ``plan`` loads a ``jupyterhub_config.py`` the way JupyterHub does, resolves one
 user's identity with the same code the spawner runs, and prints the plan, so an
 operator can review names, annotations, trust policies and bindings before
-anything exists.
+anything exists. ``gcp-hub-condition`` prints the IAM condition that bounds
+which roles the hub's own Google Cloud role may grant, for those rules.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from traitlets.config.loader import ConfigFileNotFound, PyFileConfigLoader
 
 from .config import identity_settings, user_claims
 from .errors import ConfigError, IdentityError
+from .providers import gcp
 
 
 class _PlanUser:
@@ -121,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--claims", help="JSON file with the provider claims (or a whole auth_state)")
     plan.add_argument("--namespace", help="Kubernetes namespace (default: the spawner's)")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
+    condition = commands.add_parser(
+        "gcp-hub-condition",
+        help="print the IAM condition that limits the hub's own GCP role to the roles its rules grant",
+    )
+    condition.add_argument("--config", required=True, help="path to jupyterhub_config.py")
     demo = commands.add_parser("demo", help="run JupyterHub, a Kubernetes emulator, moto and an OIDC provider on 127.0.0.1")
     demo.add_argument("--port", type=int, default=8000, help="JupyterHub's port on 127.0.0.1 (default 8000)")
     return parser
@@ -137,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo_main(args.port)
     try:
+        if args.command == "gcp-hub-condition":
+            rules = identity_settings(load_config(args.config)).compiled_rules
+            print(json.dumps(gcp.hub_grant_condition(rules), indent=2))
+            return 0
         plan = asyncio.run(plan_command(args))
     except ConfigError as e:
         print(f"cloudidentity-spawner: configuration error: {_one_line(str(e))}", file=sys.stderr)

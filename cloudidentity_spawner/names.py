@@ -127,8 +127,9 @@ _LABEL = _Rules(
 )
 _RESOURCE_PART = _Rules(
     # One path segment of a bucket key, an ARN resource or a policy value:
-    # no "/", no IAM wildcards ("*", "?") and no policy variables ("${").
-    valid=re.compile(r"[A-Za-z0-9._@+=,-]+"),
+    # no "/", no IAM wildcards ("*", "?") and no policy variables ("${"); never
+    # only dots ("." and ".." are not valid Cloud Storage folder names).
+    valid=re.compile(r"(?=.*[A-Za-z0-9])[A-Za-z0-9._@+=,-]+"),
     unsafe_run=re.compile(r"[^a-z0-9._@+=,]+"),
     max_length=128,
 )

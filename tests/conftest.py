@@ -100,6 +100,6 @@ def moto_endpoint():
 def gcp_server():
     """The local Google Cloud IAM server (gRPC IAM Admin, REST Resource Manager and Storage)."""
     gcp = pytest.importorskip("cloudidentity_spawner.testing.gcp", reason="the gcp extra is not installed")
-    server = gcp.GoogleCloudServer(gcp.GoogleCloudState(projects=("my-project",), quota=100)).start()
+    server = gcp.GoogleCloudServer(gcp.GoogleCloudState(projects=("my-project",), quota=100, buckets=("lab-scratch",))).start()
     yield server
     server.stop()

@@ -105,6 +105,9 @@ def test_gcp_hub_role_covers_every_call():
         '.setIamPolicy"': "iam.serviceAccounts.setIamPolicy",
         "self.projects": "resourcemanager.projects.setIamPolicy",
         "self.storage": "storage.buckets.setIamPolicy",
+        '"managedFolders.insert"': "storage.managedFolders.create",
+        '"managedFolders.getIamPolicy"': "storage.managedFolders.getIamPolicy",
+        '"managedFolders.setIamPolicy"': "storage.managedFolders.setIamPolicy",
     }
     for marker, permission in needed.items():
         assert marker in source, marker

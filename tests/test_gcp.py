@@ -75,9 +75,12 @@ async def test_account_and_exact_bindings_are_created(namespace, gcp_server, hub
         {"role": "roles/iam.workloadIdentityUser", "members": [f"serviceAccount:{PROJECT}.svc.id.goog[{namespace}/jupyter-alice]"]}
     ]
     assert f"serviceAccount:{email}" in members(gcp_server, f"projects/{PROJECT}", "roles/serviceusage.serviceUsageConsumer")
-    [bucket_binding] = [b for b in policy(gcp_server, "projects/_/buckets/lab-scratch")["bindings"] if f"serviceAccount:{email}" in b["members"]]
-    assert bucket_binding["condition"]["expression"].startswith('resource.name.startsWith("projects/_/buckets/lab-scratch/objects/alice/")')
-    assert policy(gcp_server, "projects/_/buckets/lab-scratch")["version"] == 3
+    # The prefix grant lives on the managed folder alice/, never on the bucket.
+    assert ("lab-scratch", "alice/") in gcp_server.state.managed_folders
+    folder_bindings = policy(gcp_server, "projects/_/buckets/lab-scratch/managedFolders/alice/")["bindings"]
+    assert [b["role"] for b in folder_bindings] == ["roles/storage.objectUser"]
+    assert f"serviceAccount:{email}" in folder_bindings[0]["members"] and "condition" not in folder_bindings[0]
+    assert not any(f"serviceAccount:{email}" in b["members"] for b in policy(gcp_server, "projects/_/buckets/lab-scratch")["bindings"])
     sa = await read("serviceaccount", namespace, "jupyter-alice")
     assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] == email
 
@@ -90,7 +93,7 @@ async def test_warm_spawn_makes_no_iam_writes(namespace, gcp_server, hub, cache_
     await spawn(gcp_spawner(namespace, gcp_server, hub, "bob", cloud_cache_seconds=cache_seconds))
     later = calls[first:]
     assert not [c for c in later if c.endswith("setIamPolicy") or c.startswith("Create") or c.startswith("Delete")]
-    assert later == ([] if cache_seconds else ["GetServiceAccount", "service_account.getIamPolicy", "project.getIamPolicy", "buckets.getIamPolicy"])
+    assert later == ([] if cache_seconds else ["GetServiceAccount", "service_account.getIamPolicy", "project.getIamPolicy", "managedFolders.getIamPolicy"])
 
 
 async def test_concurrent_edits_of_one_policy_all_land(namespace, gcp_server, hub):
@@ -124,8 +127,9 @@ async def test_delete_removes_our_bindings_and_account_but_keeps_foreign_ones(na
     assert f"serviceAccount:{email}" not in consumers
     assert "user:admin@example.org" in consumers
     assert {"role": "roles/bigquery.user", "members": [f"serviceAccount:{email}"]} in project["bindings"]
-    bucket = state.policies.get("projects/_/buckets/lab-scratch")
-    assert not any(f"serviceAccount:{email}" in b["members"] for b in bucket["bindings"])
+    folder = state.policies.get("projects/_/buckets/lab-scratch/managedFolders/carol/")
+    assert not any(f"serviceAccount:{email}" in b["members"] for b in folder["bindings"])
+    assert ("lab-scratch", "carol/") in state.managed_folders  # the folder and its objects stay
 
 
 async def test_foreign_account_is_not_used(namespace, gcp_server, hub):

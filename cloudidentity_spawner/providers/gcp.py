@@ -125,17 +125,18 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
     return GcpSettings(managed=managed)
 
 
-def _prefix_condition(bucket: str, prefix: str) -> dict[str, str]:
-    """An IAM condition limiting a bucket role to objects under one prefix (and listing it)."""
-    objects = f"projects/_/buckets/{bucket}/objects/{prefix}/"
-    return {
-        "title": f"cloudidentity-spawner prefix {prefix}"[:100],
-        "description": "Added by cloudidentity-spawner: only this user's prefix",
-        "expression": (
-            f'resource.name.startsWith("{objects}") || '
-            f'(resource.type == "storage.googleapis.com/Bucket" && resource.name == "projects/_/buckets/{bucket}")'
-        ),
-    }
+def managed_folder(bucket: str, prefix: str) -> str:
+    """The managed folder a prefix grant lives on: ``projects/_/buckets/<b>/managedFolders/<prefix>/``.
+
+    A role granted on a managed folder reaches exactly the objects under it, and
+    listing only with a prefix inside it (Cloud Storage enforces both). A
+    conditional bucket binding cannot do that: ``storage.objects.list`` is checked
+    on the bucket, so a ``resource.name`` condition cannot narrow listing, and
+    Google documents that Cloud Storage API attributes such as
+    ``objectListPrefix`` work only in Credential Access Boundaries, not in role
+    bindings. Managed folders need uniform bucket-level access on the bucket.
+    """
+    return f"projects/_/buckets/{bucket}/managedFolders/{prefix}/"
 
 
 def plan(settings: GcpSettings, context: Mapping[str, Any], scope: str, owner: str, namespace: str, service_account: str):
@@ -159,10 +160,11 @@ def plan(settings: GcpSettings, context: Mapping[str, Any], scope: str, owner: s
     ]
     bindings += [{"resource": f"projects/{project}", "role": role, "member": member} for role in managed.get("project_roles", [])]
     for item in managed.get("bucket_roles", []):
-        binding = {"resource": f"projects/_/buckets/{item['bucket']}", "role": item["role"], "member": member}
         if "prefix" in item:
-            binding["condition"] = _prefix_condition(item["bucket"], render(item["prefix"], context, names.resource_part))
-        bindings.append(binding)
+            resource = managed_folder(item["bucket"], render(item["prefix"], context, names.resource_part))
+        else:
+            resource = f"projects/_/buckets/{item['bucket']}"
+        bindings.append({"resource": resource, "role": item["role"], "member": member})
     display = render(managed.get("display_name", "JupyterHub {hub}: " + owner.replace("{", "{{").replace("}", "}}")), context, raw)
     description = render(managed.get("description", "Notebook identity for " + owner.replace("{", "{{").replace("}", "}}")), context, raw)
     marker = ownership_marker(context["hub"], owner)
@@ -186,3 +188,43 @@ def plan(settings: GcpSettings, context: Mapping[str, Any], scope: str, owner: s
     if added:
         annotations[BINDINGS_ANNOTATION] = json.dumps(added, separators=(",", ":"))
     return annotations, CloudPlan(provider="gcp", mode="managed", identity=email, resources=resources)
+
+
+MAX_GRANT_LIMIT_ROLES = 10
+"""Google allows at most 10 roles in one ``modifiedGrantsByRole`` condition."""
+
+
+def roles_the_hub_grants(rules: Any) -> list[str]:
+    """Every role the hub can grant for these rules (``roles/iam.workloadIdentityUser`` included)."""
+    roles = set()
+    for rule in rules.rules:
+        if rule.gcp is not None and rule.gcp.managed is not None:
+            roles.add(WORKLOAD_IDENTITY_USER)
+            roles.update(rule.gcp.managed.get("project_roles", []))
+            roles.update(item["role"] for item in rule.gcp.managed.get("bucket_roles", []))
+    return sorted(roles)
+
+
+def hub_grant_condition(rules: Any) -> dict[str, str]:
+    """The IAM condition for the project binding of the hub's own role: it may change
+    policies (``setIamPolicy``) only to grant or revoke the roles its rules name.
+
+    Other requests carry no ``modifiedGrantsByRole``, so the default ``[]`` passes and
+    the role's read and create permissions are unaffected. Cloud Storage and IAM
+    (service accounts) recognise the limit for their own ``setIamPolicy`` calls.
+    Use it with ``gcloud projects add-iam-policy-binding ... --condition-from-file``.
+    """
+    roles = roles_the_hub_grants(rules)
+    if not roles:
+        raise ConfigError("no rule has gcp.managed: the hub grants no roles, so it needs no role of its own")
+    if len(roles) > MAX_GRANT_LIMIT_ROLES:
+        raise ConfigError(
+            f"the rules grant {len(roles)} roles ({', '.join(roles)}); a modifiedGrantsByRole condition lists at most "
+            f"{MAX_GRANT_LIMIT_ROLES}: use fewer roles, or a custom role that combines them"
+        )
+    listed = ", ".join(f"'{role}'" for role in roles)
+    return {
+        "title": "cloudidentity-spawner grants only its roles",
+        "description": "The hub may grant and revoke only the roles its identity rules name.",
+        "expression": f"api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly([{listed}])",
+    }

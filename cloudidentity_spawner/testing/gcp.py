@@ -10,8 +10,10 @@ the same wire protocols the real client libraries use:
   RESOURCE_EXHAUSTED past the per-project quota (100 by default);
 * Resource Manager v3 over REST: ``projects/<p>:getIamPolicy`` /
   ``:setIamPolicy``; 403 for an unknown project, as the real API answers;
-* Cloud Storage JSON API: ``b/<bucket>/iam`` GET/PUT, conditions only with
-  policy version 3.
+* Cloud Storage JSON API (:mod:`.gcs`): buckets, objects, managed folders and
+  their IAM policies, each request authorised by evaluating the IAM policies
+  that apply - conditions in CEL (:mod:`.iam_conditions`) - for callers with a
+  token from :meth:`GoogleCloudState.access_token`.
 
 Every policy carries an etag that changes on every write; a write with a stale
 etag is refused (ABORTED over gRPC, 409 ABORTED on Resource Manager, 412 on
@@ -25,7 +27,9 @@ import copy
 import itertools
 import json
 import re
+import secrets
 import threading
+import time
 from concurrent import futures
 from typing import Any
 
@@ -35,6 +39,9 @@ from google.cloud.iam_admin_v1 import types
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.protobuf import empty_pb2
 from google.type import expr_pb2
+
+from .gcs import StorageFace
+from .iam_conditions import ConditionError, compile_condition
 
 
 _ACCOUNT_ID = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
@@ -74,7 +81,7 @@ class _Policies:
 class GoogleCloudState:
     """Service accounts and policies, shared by the gRPC and REST faces."""
 
-    def __init__(self, projects=("my-project",), quota: int = 100):
+    def __init__(self, projects=("my-project",), quota: int = 100, buckets=()):
         self.projects = set(projects)
         self.quota = quota
         self.accounts: dict[str, dict[str, Any]] = {}
@@ -82,8 +89,30 @@ class GoogleCloudState:
         self.calls: list[str] = []
         self.fail_next_set_with_conflict = 0
         """Answer this many policy writes with a conflict, as a concurrent writer would cause."""
+        self.buckets: dict[str, dict[str, Any]] = {}
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.managed_folders: dict[tuple[str, str], dict[str, Any]] = {}
+        self.tokens: dict[str, str] = {}
         self._lock = threading.RLock()
         self._ids = itertools.count(100000000000000000000)
+        for bucket in buckets:
+            self.add_bucket(bucket)
+
+    def add_bucket(self, name: str, project: str = "my-project", uniform_access: bool = True) -> None:
+        """A bucket as an administrator made it (uniform bucket-level access on, by default)."""
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with self._lock:
+            self.buckets.setdefault(name, {"project": project, "uniform_access": uniform_access, "created": created})
+
+    def access_token(self, email: str) -> str:
+        """A token acting as Google service account *email*: what a pod gets from GKE's metadata
+        server after the Workload Identity exchange. Storage requests with it are authorised by IAM."""
+        with self._lock:
+            if email not in self.accounts:
+                raise LookupError(f"no such service account: {email}")
+            token = "ya29.local-" + secrets.token_urlsafe(24)
+            self.tokens[token] = email
+            return token
 
     def account_email(self, name: str) -> str:
         m = re.fullmatch(r"projects/([^/]+)/serviceAccounts/([^/]+)", name)
@@ -228,7 +257,7 @@ def _from_json(body: dict[str, Any]) -> dict[str, Any]:
 
 
 class RestFaces:
-    """Resource Manager v3 and Cloud Storage IAM over REST."""
+    """Resource Manager v3 and Cloud Storage over REST."""
 
     def __init__(self, state: GoogleCloudState):
         self.state = state
@@ -237,8 +266,7 @@ class RestFaces:
         app = web.Application()
         app.router.add_post(r"/v3/projects/{project}:getIamPolicy", self.project_get)
         app.router.add_post(r"/v3/projects/{project}:setIamPolicy", self.project_set)
-        app.router.add_get("/storage/v1/b/{bucket}/iam", self.bucket_get)
-        app.router.add_put("/storage/v1/b/{bucket}/iam", self.bucket_set)
+        StorageFace(self.state).add_routes(app)
         return app
 
     def _error(self, code: int, status: str, message: str) -> web.Response:
@@ -262,6 +290,12 @@ class RestFaces:
             policy = _from_json(body.get("policy", {}))
             if any("condition" in b for b in policy["bindings"]) and policy["version"] != 3:
                 return self._error(400, "INVALID_ARGUMENT", "Conditional bindings require policy version 3")
+            for binding in policy["bindings"]:
+                try:
+                    if binding.get("condition"):
+                        compile_condition(binding["condition"]["expression"])
+                except ConditionError as e:
+                    return self._error(400, "INVALID_ARGUMENT", str(e))
             if self.state.fail_next_set_with_conflict:
                 self.state.fail_next_set_with_conflict -= 1
                 self.state.policies.set(f"projects/{project}", self.state.policies.get(f"projects/{project}"))
@@ -269,26 +303,6 @@ class RestFaces:
             if stored is None:
                 return self._error(409, "ABORTED", "There were concurrent policy changes. Please retry the whole read-modify-write with exponential backoff.")
             return web.json_response(_json_policy(stored))
-
-    async def bucket_get(self, request):
-        bucket = request.match_info["bucket"]
-        with self.state._lock:
-            self.state.calls.append("buckets.getIamPolicy")
-            policy = self.state.policies.get(f"projects/_/buckets/{bucket}")
-            return web.json_response(_json_policy(policy, kind="storage#policy", resourceId=f"projects/_/buckets/{bucket}"))
-
-    async def bucket_set(self, request):
-        bucket = request.match_info["bucket"]
-        body = await request.json()
-        with self.state._lock:
-            self.state.calls.append("buckets.setIamPolicy")
-            policy = _from_json(body)
-            if any("condition" in b for b in policy["bindings"]) and policy["version"] != 3:
-                return self._error(400, "invalid", "IAM conditions require policy version 3")
-            stored = self.state.policies.set(f"projects/_/buckets/{bucket}", policy)
-            if stored is None:
-                return self._error(412, "conditionNotMet", "Precondition Failed")
-            return web.json_response(_json_policy(stored, kind="storage#policy", resourceId=f"projects/_/buckets/{bucket}"))
 
 
 class GoogleCloudServer:
