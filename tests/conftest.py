@@ -76,6 +76,12 @@ async def namespace():
     async with api_client:
         await client.CoreV1Api(api_client).create_namespace({"metadata": {"name": name}})
     yield name
+    # KubeSpawner keeps a pod (and our ServiceAccount) watch per namespace for the life of
+    # the process; a hub has one namespace, a test session hundreds: stop this one's.
+    from kubespawner import KubeSpawner
+
+    for key in [k for k in KubeSpawner.reflectors if k[1] == name]:
+        await KubeSpawner.reflectors.pop(key).stop()
     api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
     async with api_client:
         await client.CoreV1Api(api_client).delete_namespace(name)

@@ -97,8 +97,9 @@ async def test_an_unknown_token_is_refused(gcp_server, users):
 # -- the evaluator fails the designs that leak -------------------------------------------------
 
 
-def grant_on_bucket(gcp_server, email, role, expression):
-    owner = client(gcp_server).bucket(BUCKET)
+def grant_on_bucket(gcp_server, email, role, expression, bucket=BUCKET):
+    """As the bucket's owner: a conditional binding for *email*."""
+    owner = client(gcp_server).bucket(bucket)
     policy = owner.get_iam_policy(requested_policy_version=3)
     policy.version = 3
     policy.bindings.append({"role": role, "members": {f"serviceAccount:{email}"},
@@ -155,13 +156,8 @@ def test_conditions_are_evaluated_by_cel():
 
 
 def test_an_invalid_condition_is_refused_when_set(gcp_server):
-    owner = client(gcp_server).bucket(BUCKET)
-    policy = owner.get_iam_policy(requested_policy_version=3)
-    policy.version = 3
-    policy.bindings.append({"role": "roles/storage.objectViewer", "members": {"user:x@example.org"},
-                            "condition": {"title": "t", "expression": "resource.name.startsWith("}})
     with pytest.raises(gexc.BadRequest, match="not valid CEL"):
-        owner.set_iam_policy(policy)
+        grant_on_bucket(gcp_server, "x@example.org", "roles/storage.objectViewer", "resource.name.startsWith(")
 
 
 # -- uniform bucket-level access is required, and the spawn says so ----------------------------
@@ -177,10 +173,5 @@ async def test_prefix_grants_need_uniform_bucket_level_access(namespace, gcp_ser
         await gcp_spawner(namespace, gcp_server, hub, "fiona", rule_list=rule).start()
     [line] = [r.getMessage() for r in caplog.records if "spawn refused for fiona" in r.getMessage()]
     assert "uniform bucket-level access" in line
-    owner = client(gcp_server).bucket("legacy-acl-bucket")
-    policy = owner.get_iam_policy(requested_policy_version=3)
-    policy.version = 3
-    policy.bindings.append({"role": "roles/storage.objectViewer", "members": {"user:x@example.org"},
-                            "condition": {"title": "t", "expression": "true"}})
     with pytest.raises(gexc.PreconditionFailed, match="uniform bucket-level access"):
-        owner.set_iam_policy(policy)
+        grant_on_bucket(gcp_server, "x@example.org", "roles/storage.objectViewer", "true", bucket="legacy-acl-bucket")

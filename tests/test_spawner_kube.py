@@ -118,7 +118,13 @@ async def test_group_scope_shares_one_account(namespace):
 
 async def test_racing_spawns_for_one_new_account_both_succeed(namespace, kube_server):
     spawners = [spawner_for(namespace, name, ["/escape/atlas"]) for name in ("r1", "r2", "r3")]
-    plans = await asyncio.gather(*(s._provisioner().prepare(namespace) for s in spawners))
+    if kube_server is not None:  # slow answers: every spawn reads "missing" before any create lands
+        kube_server.api.latency = 0.05
+    try:
+        plans = await asyncio.gather(*(s._provisioner().prepare(namespace) for s in spawners))
+    finally:
+        if kube_server is not None:
+            kube_server.api.latency = 0.0
     assert len({p.service_account.name for p in plans}) == 1
     assert await read("serviceaccount", namespace, plans[0].service_account.name) is not None
     if kube_server is not None:

@@ -115,11 +115,16 @@ class StorageFace:
         return _error(403, "forbidden", f"{caller} does not have {permission} access to the Google Cloud Storage {noun}. "
                       f"Permission '{permission}' denied on resource (or it may not exist).")
 
-    def _bucket(self, request: web.Request) -> tuple[str, web.Response | None]:
+    def _begin(self, request: web.Request, call: str) -> tuple[str, str | None, web.Response | None]:
+        """Log *call*; then ``(bucket, caller, None)``, or an error answer (no bucket, bad token)."""
+        self.state.calls.append(call)
         bucket = request.match_info["bucket"]
         if bucket not in self.state.buckets:
-            return bucket, _error(404, "notFound", "The specified bucket does not exist.")
-        return bucket, None
+            return bucket, None, _error(404, "notFound", "The specified bucket does not exist.")
+        caller = self._caller(request)
+        if isinstance(caller, web.Response):
+            return bucket, None, caller
+        return bucket, caller, None
 
     def _folders_containing(self, bucket: str, name: str) -> list[str]:
         return sorted(f for (b, f) in self.state.managed_folders if b == bucket and name.startswith(f))
@@ -135,13 +140,9 @@ class StorageFace:
 
     async def bucket_get(self, request):
         with self.state._lock:
-            self.state.calls.append("buckets.get")
-            bucket, missing = self._bucket(request)
-            if missing:
-                return missing
-            caller = self._caller(request)
-            if isinstance(caller, web.Response):
-                return caller
+            bucket, caller, error = self._begin(request, "buckets.get")
+            if error:
+                return error
             denied = self._check(caller, "storage.buckets.get", bucket, {"name": bucket_resource(bucket), "type": BUCKET_TYPE})
             if denied:
                 return denied
@@ -159,19 +160,14 @@ class StorageFace:
             "etag": base64.b64encode(policy["etag"]).decode(), "bindings": policy["bindings"],
         })
 
-    def _iam_get(self, request, resource: str, permission: str, bucket: str, noun: str) -> web.Response:
-        caller = self._caller(request)
-        if isinstance(caller, web.Response):
-            return caller
+    def _iam_get(self, caller: str | None, resource: str, permission: str, bucket: str, noun: str) -> web.Response:
         denied = self._check(caller, permission, bucket, {"name": resource, "type": BUCKET_TYPE}, noun=noun)
         return denied or self._policy_response(resource, self.state.policies.get(resource))
 
-    def _iam_set(self, request, body: dict[str, Any], resource: str, permission: str, bucket: str, noun: str) -> web.Response:
+    def _iam_set(self, caller: str | None, body: dict[str, Any], resource: str, permission: str, bucket: str,
+                 noun: str) -> web.Response:
         from .gcp import _from_json
 
-        caller = self._caller(request)
-        if isinstance(caller, web.Response):
-            return caller
         denied = self._check(caller, permission, bucket, {"name": resource, "type": BUCKET_TYPE}, noun=noun)
         if denied:
             return denied
@@ -197,16 +193,14 @@ class StorageFace:
 
     async def bucket_iam_get(self, request):
         with self.state._lock:
-            self.state.calls.append("buckets.getIamPolicy")
-            bucket, missing = self._bucket(request)
-            return missing or self._iam_get(request, bucket_resource(bucket), "storage.buckets.getIamPolicy", bucket, "bucket")
+            bucket, caller, error = self._begin(request, "buckets.getIamPolicy")
+            return error or self._iam_get(caller, bucket_resource(bucket), "storage.buckets.getIamPolicy", bucket, "bucket")
 
     async def bucket_iam_set(self, request):
         body = await request.json()
         with self.state._lock:
-            self.state.calls.append("buckets.setIamPolicy")
-            bucket, missing = self._bucket(request)
-            return missing or self._iam_set(request, body, bucket_resource(bucket), "storage.buckets.setIamPolicy", bucket, "bucket")
+            bucket, caller, error = self._begin(request, "buckets.setIamPolicy")
+            return error or self._iam_set(caller, body, bucket_resource(bucket), "storage.buckets.setIamPolicy", bucket, "bucket")
 
     # -- objects -------------------------------------------------------------------
 
@@ -226,13 +220,9 @@ class StorageFace:
 
     async def objects_list(self, request):
         with self.state._lock:
-            self.state.calls.append("objects.list")
-            bucket, missing = self._bucket(request)
-            if missing:
-                return missing
-            caller = self._caller(request)
-            if isinstance(caller, web.Response):
-                return caller
+            bucket, caller, error = self._begin(request, "objects.list")
+            if error:
+                return error
             prefix = request.query.get("prefix", "")
             delimiter = request.query.get("delimiter", "")
             folders = [f for (b, f) in self.state.managed_folders if b == bucket and prefix.startswith(f)]
@@ -256,13 +246,9 @@ class StorageFace:
 
     async def object_get(self, request):
         with self.state._lock:
-            self.state.calls.append("objects.get")
-            bucket, missing = self._bucket(request)
-            if missing:
-                return missing
-            caller = self._caller(request)
-            if isinstance(caller, web.Response):
-                return caller
+            bucket, caller, error = self._begin(request, "objects.get")
+            if error:
+                return error
             name = self._raw_part(request, "/o/")
             resource = {"name": f"{bucket_resource(bucket)}/objects/{name}", "type": OBJECT_TYPE}
             denied = self._check(caller, "storage.objects.get", bucket, resource, self._folders_containing(bucket, name), "object")
@@ -293,13 +279,9 @@ class StorageFace:
         else:
             return _error(400, "invalid", f"Unsupported uploadType {upload_type!r} (this server takes multipart and media)")
         with self.state._lock:
-            self.state.calls.append("objects.insert")
-            bucket, missing = self._bucket(request)
-            if missing:
-                return missing
-            caller = self._caller(request)
-            if isinstance(caller, web.Response):
-                return caller
+            bucket, caller, error = self._begin(request, "objects.insert")
+            if error:
+                return error
             if not name:
                 return _error(400, "required", "Required parameter: name")
             resource = {"name": f"{bucket_resource(bucket)}/objects/{name}", "type": OBJECT_TYPE}
@@ -328,13 +310,9 @@ class StorageFace:
     async def folder_insert(self, request):
         body = await request.json()
         with self.state._lock:
-            self.state.calls.append("managedFolders.insert")
-            bucket, missing = self._bucket(request)
-            if missing:
-                return missing
-            caller = self._caller(request)
-            if isinstance(caller, web.Response):
-                return caller
+            bucket, caller, error = self._begin(request, "managedFolders.insert")
+            if error:
+                return error
             folder = body.get("name", "")
             if not re.fullmatch(r"[^\r\n#\[\]*?]+/", folder) or "//" in folder or folder.startswith("/"):
                 return _error(400, "invalid", f"Invalid managed folder name {folder!r}: a path ending in '/'.")
@@ -350,18 +328,23 @@ class StorageFace:
             self.state.managed_folders[(bucket, folder)] = {"created": _now()}
             return web.json_response(self._folder_json(bucket, folder))
 
+    def _begin_folder(self, request: web.Request, call: str) -> tuple[str, str, str | None, web.Response | None]:
+        bucket, caller, error = self._begin(request, call)
+        folder = self._folder_name(request)
+        if not error and (bucket, folder) not in self.state.managed_folders:
+            error = _error(404, "notFound", f"The managed folder {folder} does not exist.")
+        return bucket, folder, caller, error
+
     async def folder_get(self, request):
         with self.state._lock:
-            self.state.calls.append("managedFolders.get")
-            bucket, folder, missing = self._existing_folder(request)
-            return missing or web.json_response(self._folder_json(bucket, folder))
+            bucket, folder, _, error = self._begin_folder(request, "managedFolders.get")
+            return error or web.json_response(self._folder_json(bucket, folder))
 
     async def folder_delete(self, request):
         with self.state._lock:
-            self.state.calls.append("managedFolders.delete")
-            bucket, folder, missing = self._existing_folder(request)
-            if missing:
-                return missing
+            bucket, folder, _, error = self._begin_folder(request, "managedFolders.delete")
+            if error:
+                return error
             if any(b == bucket and n.startswith(folder) for (b, n) in self.state.objects) and \
                     request.query.get("allowNonEmpty") != "true":
                 return _error(409, "conflict", f"The managed folder {folder} is not empty.")
@@ -369,24 +352,15 @@ class StorageFace:
             self.state.policies.drop(managed_folder_resource(bucket, folder))
             return web.Response(status=204)
 
-    def _existing_folder(self, request) -> tuple[str, str, web.Response | None]:
-        bucket, missing = self._bucket(request)
-        folder = self._folder_name(request)
-        if not missing and (bucket, folder) not in self.state.managed_folders:
-            missing = _error(404, "notFound", f"The managed folder {folder} does not exist.")
-        return bucket, folder, missing
-
     async def folder_iam_get(self, request):
         with self.state._lock:
-            self.state.calls.append("managedFolders.getIamPolicy")
-            bucket, folder, missing = self._existing_folder(request)
-            return missing or self._iam_get(request, managed_folder_resource(bucket, folder),
-                                            "storage.managedFolders.getIamPolicy", bucket, "managed folder")
+            bucket, folder, caller, error = self._begin_folder(request, "managedFolders.getIamPolicy")
+            return error or self._iam_get(caller, managed_folder_resource(bucket, folder),
+                                          "storage.managedFolders.getIamPolicy", bucket, "managed folder")
 
     async def folder_iam_set(self, request):
         body = await request.json()
         with self.state._lock:
-            self.state.calls.append("managedFolders.setIamPolicy")
-            bucket, folder, missing = self._existing_folder(request)
-            return missing or self._iam_set(request, body, managed_folder_resource(bucket, folder),
-                                            "storage.managedFolders.setIamPolicy", bucket, "managed folder")
+            bucket, folder, caller, error = self._begin_folder(request, "managedFolders.setIamPolicy")
+            return error or self._iam_set(caller, body, managed_folder_resource(bucket, folder),
+                                          "storage.managedFolders.setIamPolicy", bucket, "managed folder")
