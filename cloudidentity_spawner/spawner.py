@@ -296,6 +296,27 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         self._identity_plan = plan
         apply_plan(self, plan, self._configured_automount)
 
+    async def _make_create_pod_request(self, pod: Any, request_timeout: float) -> bool:
+        """Create the pod; if the cluster says its ServiceAccount is gone (deleted after the
+        watch cache last saw it, e.g. by ``kubectl delete sa``), make the account again and
+        let KubeSpawner's backoff retry the pod, instead of failing the spawn."""
+        try:
+            return await super()._make_create_pod_request(pod, request_timeout)
+        except ApiException as e:
+            plan = self._identity_plan
+            if plan is None or e.status != 403 or "error looking up service account" not in str(e.body or ""):
+                raise
+            self.log.warning(
+                "cloudidentity: ServiceAccount %s/%s is gone (deleted behind the watch cache); making it again for %s",
+                plan.service_account.namespace, plan.service_account.name, self.user.name,
+            )
+            try:
+                await self._provisioner().accounts.ensure(plan, None)
+            except IdentityError as refused:
+                self.log.error("cloudidentity: spawn refused for %s: %s", self.user.name, refused.admin_detail)
+                raise SpawnRefused(refused.user_message) from None
+            return False
+
     async def get_pod_manifest(self):
         pod = await super().get_pod_manifest()
         if self._identity_plan is not None:

@@ -161,3 +161,117 @@ async def test_injected_faults_answer_then_clear(http, namespace, emulator):
     assert_status(body, 500, "InternalError")
     status, _ = await call(http, "GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/f")
     assert status == 404
+
+
+# -- admission and lifecycle rules every cluster applies -----------------------------------------
+
+
+def pod(name, account=None, **spec):
+    spec = {"containers": [{"name": "notebook", "image": "jupyter/base:1"}], **spec}
+    if account is not None:
+        spec["serviceAccountName"] = account
+    return {"metadata": {"name": name}, "spec": spec}
+
+
+async def wait_for(http, path, gone=True, seconds=5.0):
+    for _ in range(int(seconds / 0.02)):
+        status, body = await call(http, "GET", path)
+        if (status == 404) == gone:
+            return body
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{path} did not {'go away' if gone else 'appear'}")
+
+
+async def test_a_pod_needs_an_existing_service_account(http, namespace):
+    """Real clusters (ServiceAccount admission plugin): 403, not a pod under a missing account."""
+    status, body = await call(http, "POST", f"/api/v1/namespaces/{namespace}/pods", pod("p", "jupyter-gone"))
+    assert status == 403
+    assert_status(body, 403, "Forbidden")
+    assert body["message"] == (f'pods "p" is forbidden: error looking up service account {namespace}/jupyter-gone: '
+                               'serviceaccount "jupyter-gone" not found')
+    assert (await call(http, "GET", f"/api/v1/namespaces/{namespace}/pods/p"))[0] == 404
+
+
+async def test_every_namespace_has_the_default_account_and_pods_without_one_use_it(http, namespace):
+    """The ServiceAccount controller makes "default"; admission fills in spec.serviceAccountName."""
+    status, _ = await call(http, "GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/default")
+    assert status == 200
+    status, created = await call(http, "POST", f"/api/v1/namespaces/{namespace}/pods", pod("p"))
+    assert status == 201 and created["spec"]["serviceAccountName"] == "default"
+
+
+@pytest.mark.parametrize("key", ["a/b/c", "-bad", "Example.com/x", "x" * 64, "example.com/", "/name"])
+async def test_annotation_keys_must_be_qualified_names(http, namespace, key):
+    """Real clusters: 422 for a key that is not [DNS-subdomain/]name with a name of at most 63 characters."""
+    status, body = await call(http, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
+                              {"metadata": {"name": "x", "annotations": {key: "v"}}})
+    assert status == 422
+    assert_status(body, 422, "Invalid")
+    assert "a qualified name must consist of alphanumeric characters" in body["message"]
+    assert body["details"]["causes"][0]["field"] == "metadata.annotations"
+
+
+async def test_annotation_keys_that_are_valid_pass(http, namespace):
+    good = {"eks.amazonaws.com/role-arn": "arn", "cloudidentity-spawner/owner": "user:a", "plain_Key.1": "v"}
+    status, _ = await call(http, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
+                           {"metadata": {"name": "x", "annotations": good}})
+    assert status == 201
+
+
+async def test_annotations_over_256_kib_are_refused(http, namespace):
+    """Real clusters: the total size of annotations (keys and values) is at most 262144 bytes."""
+    big = {"example.com/a": "x" * (256 * 1024 - len("example.com/a"))}
+    base = f"/api/v1/namespaces/{namespace}/serviceaccounts"
+    assert (await call(http, "POST", base, {"metadata": {"name": "fits", "annotations": big}}))[0] == 201
+    big["example.com/b"] = "y"
+    status, body = await call(http, "POST", base, {"metadata": {"name": "too-big", "annotations": big}})
+    assert status == 422
+    assert "Too long: must have at most 262144 bytes" in body["message"]
+    status, body = await call(http, "PATCH", f"{base}/fits", {"metadata": {"annotations": {"example.com/b": "y"}}},
+                              "application/merge-patch+json")
+    assert status == 422
+
+
+async def test_pods_are_deleted_gracefully(http, namespace):
+    """Real clusters: DELETE sets deletionTimestamp; the pod stays readable (Terminating) and its
+    name stays taken until its containers stop; gracePeriodSeconds=0 deletes at once."""
+    base = f"/api/v1/namespaces/{namespace}/pods"
+    await call(http, "POST", base, pod("g", terminationGracePeriodSeconds=30))
+    status, answer = await call(http, "DELETE", f"{base}/g", {"kind": "DeleteOptions", "gracePeriodSeconds": 1})
+    assert status == 200
+    assert answer["metadata"]["deletionTimestamp"] and answer["metadata"]["deletionGracePeriodSeconds"] == 1
+    status, still = await call(http, "GET", f"{base}/g")
+    assert status == 200 and still["metadata"]["deletionTimestamp"]
+    status, body = await call(http, "POST", base, pod("g"))
+    assert status == 409 and body["reason"] == "AlreadyExists"
+    await wait_for(http, f"{base}/g")
+    assert (await call(http, "POST", base, pod("g")))[0] == 201
+    status, _ = await call(http, "DELETE", f"{base}/g", {"gracePeriodSeconds": 0})
+    assert status == 200 and (await call(http, "GET", f"{base}/g"))[0] == 404
+
+
+async def test_a_terminating_namespace_refuses_new_objects_then_goes(http):
+    """Real clusters (NamespaceLifecycle): 403 while the namespace is being deleted."""
+    name = "doomed-" + __import__("uuid").uuid4().hex[:6]
+    await call(http, "POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    await call(http, "POST", f"/api/v1/namespaces/{name}/configmaps", {"metadata": {"name": "kept"}})
+    status, answer = await call(http, "DELETE", f"/api/v1/namespaces/{name}")
+    assert status == 200 and answer["status"]["phase"] == "Terminating"
+    status, body = await call(http, "POST", f"/api/v1/namespaces/{name}/configmaps", {"metadata": {"name": "new"}})
+    assert status == 403
+    assert_status(body, 403, "Forbidden")
+    assert body["message"] == (f'configmaps "new" is forbidden: unable to create new content in namespace {name} '
+                               "because it is being terminated")
+    await wait_for(http, f"/api/v1/namespaces/{name}")
+    assert (await call(http, "GET", f"/api/v1/namespaces/{name}/configmaps/kept"))[0] == 404
+
+
+async def test_deletecollection_deletes_what_the_selector_selects(http, namespace):
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    for name, team in (("a", "x"), ("b", "x"), ("c", "y")):
+        await call(http, "POST", base, {"metadata": {"name": name, "labels": {"team": team}}})
+    status, body = await call(http, "DELETE", f"{base}?labelSelector=team%3Dx")
+    assert status == 200 and body["kind"] == "ConfigMapList"
+    assert sorted(i["metadata"]["name"] for i in body["items"]) == ["a", "b"]
+    _, left = await call(http, "GET", base)
+    assert [i["metadata"]["name"] for i in left["items"]] == ["c"]

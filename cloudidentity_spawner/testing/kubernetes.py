@@ -25,7 +25,31 @@ server does - including when the request is wrong:
   complete container statuses, with Scheduled/Pulled/Created/Started events;
   a ``pod_runner`` callback can start a real process for the pod;
 * fault injection (``fail(...)``: the next N matching requests get an error
-  status), per-request ``latency``, and a request log for counting calls.
+  status), per-request ``latency``, watches that hear of changes late
+  (``watch_delays``), and a request log for counting calls.
+
+What every real cluster does to these objects, and the emulator too:
+
+* names, label and annotation keys are validated (DNS labels/subdomains,
+  qualified names ``[prefix/]name``), annotations at most 256 KiB in all (422);
+* every namespace has the ServiceAccount ``default``; a pod runs under an
+  existing ServiceAccount (``default`` if it names none) or is refused with
+  403 ``error looking up service account <ns>/<name>`` (ServiceAccount admission);
+* a namespace being deleted is ``Terminating`` and refuses new objects with 403
+  (NamespaceLifecycle admission), then is emptied and removed;
+* pods are deleted gracefully: ``deletionTimestamp`` is set, the pod stays
+  readable and its name taken until its containers stop (``termination_delay``),
+  ``gracePeriodSeconds: 0`` deletes at once; ``deletecollection`` deletes what
+  its selectors select.
+
+What it does not model, so tests of these need a real cluster (``--kubeconfig``):
+RBAC and authentication (every request is allowed), API groups other than core
+v1 and resources other than those above, server-side apply, ``generateName``
+retries, ``ownerReferences`` and garbage collection, finalizers, quotas and
+LimitRanges, webhooks (EKS's pod-identity webhook, GKE's metadata server),
+scheduling and images (the kubelet simulator starts every pod), watch
+bookmarks and ``410 Gone`` for expired resource versions, and the token volume
+the ServiceAccount admission plugin mounts.
 
 Start it with :class:`KubernetesAPIServer`; it runs its own event loop in a
 thread so tests in any loop (and blocking code) can use it.
@@ -112,6 +136,27 @@ def _invalid(kind: str, name: str, causes: list[tuple[str, str]]) -> APIError:
     )
 
 
+MAX_ANNOTATIONS_BYTES = 256 * 1024
+"""The API server's limit on the total size of an object's annotations (keys and values)."""
+_QUALIFIED_NAME_MESSAGE = (
+    "a qualified name must consist of alphanumeric characters, '-', '_' or '.', and must start and end with "
+    "an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is "
+    "'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS subdomain prefix and '/' "
+    "(e.g. 'example.com/MyName')"
+)
+
+
+def _is_qualified_name(key: Any) -> bool:
+    """A label or annotation key: ``[prefix/]name``, the prefix a DNS subdomain (at most 253),
+    the name at most 63 characters of ``[A-Za-z0-9_.-]`` with alphanumeric ends; one ``/`` at most."""
+    if not isinstance(key, str) or key.count("/") > 1:
+        return False
+    prefix, _, name = key.rpartition("/")
+    if "/" in key and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return False
+    return 0 < len(name) <= 63 and _LABEL_NAME.fullmatch(name) is not None
+
+
 def validate_metadata(resource: str, obj: dict[str, Any]) -> None:
     """Reject what the real API server's validation rejects for names and labels."""
     kind = KINDS[resource]
@@ -126,14 +171,19 @@ def validate_metadata(resource: str, obj: dict[str, Any]) -> None:
     elif len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
         causes.append(("metadata.name", f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, \'-\' or \'.\', and must start and end with an alphanumeric character'))
     for key, value in (meta.get("labels") or {}).items():
-        prefix, _, label = key.rpartition("/")
         if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
             causes.append((f"metadata.labels", f'Invalid value: "{value}": a valid label must be an empty string or consist of alphanumeric characters, \'-\', \'_\' or \'.\', and must start and end with an alphanumeric character'))
-        if len(label) > 63 or not _LABEL_NAME.fullmatch(label) or (prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix))):
-            causes.append((f"metadata.labels", f'Invalid value: "{key}": name part must consist of alphanumeric characters, \'-\', \'_\' or \'.\''))
-    for key, value in (meta.get("annotations") or {}).items():
+        if not _is_qualified_name(key):
+            causes.append(("metadata.labels", f'Invalid value: "{key}": {_QUALIFIED_NAME_MESSAGE}'))
+    annotations = meta.get("annotations") or {}
+    for key, value in annotations.items():
+        if not _is_qualified_name(key):
+            causes.append(("metadata.annotations", f'Invalid value: "{key}": {_QUALIFIED_NAME_MESSAGE}'))
         if not isinstance(value, str):
             causes.append(("metadata.annotations", f"Invalid value: {key}: annotation values must be strings"))
+    size = sum(len(str(k)) + len(v if isinstance(v, str) else "") for k, v in annotations.items())
+    if size > MAX_ANNOTATIONS_BYTES:
+        causes.append(("metadata.annotations", f"Too long: must have at most {MAX_ANNOTATIONS_BYTES} bytes"))
     if causes:
         raise _invalid(kind, name if isinstance(name, str) else "", causes)
 
@@ -259,6 +309,8 @@ class Event:
     type: str
     object: dict[str, Any]
     version: int
+    at: float = field(default_factory=time.monotonic)
+    """When it happened (``time.monotonic()``), for delayed watch delivery."""
 
 
 @dataclass
@@ -271,9 +323,15 @@ class _State:
 class KubernetesAPI:
     """The API server's state and request handling (runs inside one event loop)."""
 
-    def __init__(self, *, kubelet_delay: float = 0.05, latency: float = 0.0, namespaces=("default",)):
+    def __init__(self, *, kubelet_delay: float = 0.05, latency: float = 0.0, namespaces=("default",),
+                 termination_delay: float = 0.05):
         self.kubelet_delay = kubelet_delay
         self.latency = latency
+        self.termination_delay = termination_delay
+        """Seconds a gracefully deleted pod (or a deleted namespace) takes to go away: a
+        container that exits on SIGTERM, or the namespace controller emptying a namespace."""
+        self.watch_delays: dict[str, float] = {}
+        """Per resource, seconds by which watches hear of changes late (a lagging watch cache)."""
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str, str]] = []
         self.request_times: list[float] = []
@@ -289,7 +347,7 @@ class KubernetesAPI:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
         for ns in namespaces:
-            self._store("namespaces", "", {"metadata": {"name": ns}, "status": {"phase": "Active"}}, "ADDED")
+            self.put("namespaces", "", {"metadata": {"name": ns}})
 
     # -- state ---------------------------------------------------------------
 
@@ -332,11 +390,18 @@ class KubernetesAPI:
                 if r == resource and (namespace is None or ns == namespace)
             ]
 
+    def _default_service_account(self, namespace: str) -> None:
+        """Every namespace gets the ServiceAccount ``default``, as the ServiceAccount controller makes it."""
+        self.put("serviceaccounts", namespace, {"metadata": {"name": "default"}})
+
     def put(self, resource: str, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Store an object directly (test setup), filling metadata like a create."""
         obj = copy.deepcopy(obj)
         self._fill_metadata(resource, namespace, obj)
-        return copy.deepcopy(self._store(resource, namespace if resource not in CLUSTER else "", obj, "ADDED"))
+        stored = copy.deepcopy(self._store(resource, namespace if resource not in CLUSTER else "", obj, "ADDED"))
+        if resource == "namespaces":
+            self._default_service_account(stored["metadata"]["name"])
+        return stored
 
     def fail(self, method: str, path: str, code: int = 500, count: int = 1, reason: str = "InternalError") -> None:
         """Answer the next *count* ``method`` requests whose path matches regex *path* with *code*."""
@@ -438,7 +503,7 @@ class KubernetesAPI:
         if request.method == "POST":
             return await self._create(request, resource, namespace)
         if request.method == "DELETE":
-            raise APIError(405, "MethodNotAllowed", "deletecollection is not supported by this emulator")
+            return await self._delete_collection(request, resource, namespace)
         raise APIError(405, "MethodNotAllowed", f"{request.method} is not allowed on a collection")
 
     async def _collection_all(self, request):
@@ -495,16 +560,42 @@ class KubernetesAPI:
         with self._lock:
             if resource in NAMESPACED:
                 self._require_namespace(namespace)
+                self._admit(resource, namespace, obj)
             if (resource, namespace, meta["name"]) in self._state.objects:
                 raise APIError(409, "AlreadyExists", f'{resource} "{meta["name"]}" already exists', {"name": meta["name"], "kind": resource})
-            for key in ("resourceVersion", "uid", "creationTimestamp", "deletionTimestamp"):
+            for key in ("resourceVersion", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds"):
                 meta.pop(key, None)
             self._fill_metadata(resource, namespace, obj)
             stored = self._store(resource, namespace, obj, "ADDED")
             result = copy.deepcopy(stored)
+            if resource == "namespaces":
+                self._default_service_account(meta["name"])
         if resource == "pods":
             self._spawn(self._kubelet(namespace, meta["name"], meta["uid"]))
         return web.json_response(result, status=201)
+
+    def _admit(self, resource: str, namespace: str, obj: dict[str, Any]) -> None:
+        """The admission plugins every cluster runs, for what they refuse (403 Forbidden).
+
+        NamespaceLifecycle: nothing new in a namespace that is being deleted.
+        ServiceAccount: a pod runs under an existing ServiceAccount (``default``
+        when it names none), and its spec says which.
+        """
+        name = obj["metadata"]["name"]
+        ns = self._state.objects[("namespaces", "", namespace)]
+        if ns["metadata"].get("deletionTimestamp"):
+            message = f"unable to create new content in namespace {namespace} because it is being terminated"
+            raise APIError(403, "Forbidden", f'{resource} "{name}" is forbidden: {message}', {
+                "name": name, "kind": resource,
+                "causes": [{"reason": "NamespaceTerminating", "message": message, "field": "metadata.namespace"}],
+            })
+        if resource == "pods":
+            spec = obj.setdefault("spec", {})
+            account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+            if ("serviceaccounts", namespace, account) not in self._state.objects:
+                raise APIError(403, "Forbidden", f'pods "{name}" is forbidden: error looking up service account '
+                               f'{namespace}/{account}: serviceaccount "{account}" not found', {"name": name, "kind": "pods"})
+            spec["serviceAccountName"] = spec["serviceAccount"] = account
 
     async def _object_request(self, request, resource: str, namespace: str, name: str, status: bool = False):
         key = (resource, namespace, name)
@@ -516,27 +607,11 @@ class KubernetesAPI:
                     raise _not_found(resource, name)
                 return web.json_response(copy.deepcopy(obj))
         if method == "DELETE":
+            options = await self._delete_options(request)
             with self._lock:
-                obj = self._state.objects.get(key)
-                if obj is None:
+                if key not in self._state.objects:
                     raise _not_found(resource, name)
-                body = await request.read()
-                if body:
-                    options = json.loads(body)
-                    pre = (options or {}).get("preconditions") or {}
-                    if pre.get("uid") and pre["uid"] != obj["metadata"]["uid"]:
-                        raise APIError(409, "Conflict", f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {obj['metadata']['uid']}")
-                    if pre.get("resourceVersion") and pre["resourceVersion"] != obj["metadata"]["resourceVersion"]:
-                        raise APIError(409, "Conflict", "Precondition failed: resourceVersion mismatch")
-                deleted = copy.deepcopy(obj)
-                deleted["metadata"]["deletionTimestamp"] = _now()
-                self._store(resource, namespace, deleted, "DELETED")
-                if resource == "pods" and self.pod_stopper is not None:
-                    self.pod_stopper(deleted)
-                if resource == "namespaces":
-                    for other in [k for k in self._state.objects if k[1] == name]:
-                        self._store(other[0], other[1], copy.deepcopy(self._state.objects[other]), "DELETED")
-            return web.json_response(deleted)
+                return web.json_response(self._delete(resource, namespace, name, options))
         if method in ("PUT", "PATCH"):
             body = await self._body(request)
             with self._lock:
@@ -581,6 +656,97 @@ class KubernetesAPI:
                 stored = self._store(resource, namespace, new, "MODIFIED")
                 return web.json_response(copy.deepcopy(stored))
         raise APIError(405, "MethodNotAllowed", f"{method} is not allowed on an object")
+
+    async def _delete_options(self, request) -> dict[str, Any]:
+        """DeleteOptions from the body (clients send them there) or the query string."""
+        body = await request.read()
+        try:
+            options = json.loads(body) if body else {}
+        except json.JSONDecodeError:
+            raise APIError(400, "BadRequest", "the request body is not valid JSON") from None
+        if "gracePeriodSeconds" in request.query:
+            options["gracePeriodSeconds"] = int(request.query["gracePeriodSeconds"])
+        return options or {}
+
+    def _delete(self, resource: str, namespace: str, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Delete one object as the real server does; returns what the DELETE answers (hold the lock).
+
+        Pods are deleted gracefully: ``deletionTimestamp`` is set (the pod is
+        Terminating, still readable, its name still taken) and the pod goes away
+        once its containers stop - after ``termination_delay``, or the grace
+        period if shorter; ``gracePeriodSeconds: 0`` deletes at once. A namespace
+        becomes Terminating, refuses new objects, and is emptied and removed after
+        ``termination_delay``. Everything else goes at once.
+        """
+        key = (resource, namespace, name)
+        obj = self._state.objects[key]
+        meta = obj["metadata"]
+        pre = options.get("preconditions") or {}
+        if pre.get("uid") and pre["uid"] != meta["uid"]:
+            raise APIError(409, "Conflict", f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {meta['uid']}")
+        if pre.get("resourceVersion") and pre["resourceVersion"] != meta["resourceVersion"]:
+            raise APIError(409, "Conflict", "Precondition failed: resourceVersion mismatch")
+        if meta.get("deletionTimestamp"):
+            return copy.deepcopy(obj)  # already going; a second delete changes nothing here
+        if resource == "pods":
+            grace = options.get("gracePeriodSeconds")
+            if grace is None:
+                grace = (obj.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+            if self.pod_stopper is not None:
+                self.pod_stopper(copy.deepcopy(obj))
+            if grace > 0:
+                terminating = copy.deepcopy(obj)
+                terminating["metadata"]["deletionTimestamp"] = _now()
+                terminating["metadata"]["deletionGracePeriodSeconds"] = grace
+                stored = self._store(resource, namespace, terminating, "MODIFIED")
+                self._spawn(self._remove_later(key, meta["uid"], min(grace, self.termination_delay)))
+                return copy.deepcopy(stored)
+        if resource == "namespaces":
+            terminating = copy.deepcopy(obj)
+            terminating["metadata"]["deletionTimestamp"] = _now()
+            terminating["status"] = {"phase": "Terminating"}
+            stored = self._store(resource, namespace, terminating, "MODIFIED")
+            self._spawn(self._empty_namespace_later(name, meta["uid"]))
+            return copy.deepcopy(stored)
+        deleted = copy.deepcopy(obj)
+        deleted["metadata"]["deletionTimestamp"] = _now()
+        self._store(resource, namespace, deleted, "DELETED")
+        return deleted
+
+    async def _remove_later(self, key: tuple[str, str, str], uid: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        with self._lock:
+            obj = self._state.objects.get(key)
+            if obj is not None and obj["metadata"]["uid"] == uid:
+                self._store(key[0], key[1], copy.deepcopy(obj), "DELETED")
+
+    async def _empty_namespace_later(self, name: str, uid: str) -> None:
+        await asyncio.sleep(self.termination_delay)
+        with self._lock:
+            for other in [k for k in self._state.objects if k[1] == name and k[0] != "namespaces"]:
+                obj = copy.deepcopy(self._state.objects[other])
+                if other[0] == "pods" and self.pod_stopper is not None and not obj["metadata"].get("deletionTimestamp"):
+                    self.pod_stopper(obj)
+                self._store(other[0], other[1], obj, "DELETED")
+        await self._remove_later(("namespaces", "", name), uid, 0)
+
+    async def _delete_collection(self, request, resource: str, namespace: str):
+        """deletecollection: every selected object is deleted as by its own DELETE; the answer
+        lists them as they were deleted."""
+        labels = parse_label_selector(request.query.get("labelSelector", ""))
+        fields = parse_field_selector(request.query.get("fieldSelector", ""))
+        options = await self._delete_options(request)
+        with self._lock:
+            self._require_namespace(namespace)
+            keys = [
+                k for k, o in sorted(self._state.objects.items())
+                if k[0] == resource and k[1] == namespace and labels((o.get("metadata") or {}).get("labels") or {}) and fields(o)
+            ]
+            items = [self._delete(resource, namespace, k[2], options) for k in keys]
+            version = str(self._state.version)
+        return web.json_response(
+            {"kind": KINDS[resource] + "List", "apiVersion": "v1", "metadata": {"resourceVersion": version}, "items": items}
+        )
 
     async def _list_or_watch(self, request, resource: str, namespace: str | None):
         q = request.query
@@ -636,6 +802,9 @@ class KubernetesAPI:
                 for event in pending:
                     ns = (event.object.get("metadata") or {}).get("namespace", "")
                     if event.resource == resource and in_scope(ns) and selected(event.object):
+                        late = event.at + self.watch_delays.get(resource, 0.0) - time.monotonic()
+                        if late > 0:
+                            await asyncio.sleep(late)
                         line = json.dumps({"type": event.type, "object": event.object}) + "\n"
                         await response.write(line.encode())
                 remaining = deadline - loop.time()
