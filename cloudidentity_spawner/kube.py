@@ -8,6 +8,7 @@ bounded, jittered retries on 5xx, 429 and timeouts.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -19,7 +20,16 @@ from kubespawner.reflector import ResourceReflector
 
 from . import names
 from .errors import IdentityError
-from .plan import MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION, PREFIX, SCOPE_LABEL, USER_LABEL, IdentityPlan
+from .plan import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MANAGED_IDENTITY_ANNOTATION,
+    OWNER_ANNOTATION,
+    PREFIX,
+    SCOPE_LABEL,
+    USER_LABEL,
+    IdentityPlan,
+)
 from .providers import aws, gcp
 
 ADOPTED_ANNOTATION = PREFIX + "adopted"
@@ -102,6 +112,42 @@ def service_account_change(existing: Mapping[str, Any] | None, plan: IdentityPla
     return Change("patch", {"metadata": metadata})
 
 
+def identity_to_revoke(existing: Mapping[str, Any] | None, plan: IdentityPlan) -> str | None:
+    """The hub-managed identity (``aws:<arn>`` / ``gcp:<email>``) that *existing* - this plan's
+    ServiceAccount as it is now - still points at and the plan no longer uses, or None.
+
+    Managed trust names the account by name, so whatever identity the account pointed at
+    stays assumable with its token until it is revoked. Only an account that is ours and
+    already belongs to the plan's owner qualifies; an operator's existing role or GSA never
+    carries the marker, so it is never revoked.
+    """
+    if existing is None:
+        return None
+    labels = existing.get("labels") or {}
+    annotations = existing.get("annotations") or {}
+    if labels.get(MANAGED_BY_LABEL) != MANAGED_BY or annotations.get(OWNER_ANNOTATION) != plan.owner:
+        return None
+    old = annotations.get(MANAGED_IDENTITY_ANNOTATION)
+    return old if old and old != plan.service_account.annotations.get(MANAGED_IDENTITY_ANNOTATION) else None
+
+
+def bindings_to_remove(existing: Mapping[str, Any] | None, plan: IdentityPlan) -> list[list[str]]:
+    """Google bindings the account's managed GSA was given and the plan no longer wants
+    (``[resource, role, condition title]``), when the plan keeps the same GSA: a dropped
+    bucket role, or a bucket binding an older version made, must not stay granted."""
+    if existing is None or identity_to_revoke(existing, plan) is not None:
+        return []
+    annotations = existing.get("annotations") or {}
+    if (existing.get("labels") or {}).get(MANAGED_BY_LABEL) != MANAGED_BY or annotations.get(OWNER_ANNOTATION) != plan.owner:
+        return []
+    cloud = plan.cloud
+    if cloud is None or cloud.provider != "gcp" or cloud.mode != "managed" or annotations.get(gcp.GSA_ANNOTATION) != cloud.identity:
+        return []
+    old = json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
+    new = json.loads(plan.service_account.annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
+    return [b for b in old if b not in new]
+
+
 def is_retryable(error: BaseException) -> bool:
     if isinstance(error, ApiException):
         return error.status in (429, 500, 502, 503, 504) or error.status == 0
@@ -178,21 +224,31 @@ class ServiceAccounts:
             raise
         return _metadata(sa)
 
-    async def ensure(self, plan: IdentityPlan, cached: Mapping[str, Any] | None = None) -> str:
-        """Make the plan's ServiceAccount right; returns ``created``, ``patched`` or ``unchanged``.
+    async def current(self, plan: IdentityPlan, cache: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """The plan's ServiceAccount metadata as it is now (labels, annotations), or None.
 
-        *cached* is the account as a watch cache last saw it (a JSON object), if
-        it saw it: a warm spawn then costs no request at all. Without it the
-        account is read first. Either way only differences are written.
+        *cache* is a synced watch cache of our accounts (``namespace/name`` ->
+        account), or None. An account in it costs no request; absence from a
+        synced cache is an answer too (a racing create then meets 409). Without a
+        cache the account is read.
         """
         sa = plan.service_account
+        if cache is not None:
+            cached = cache.get(f"{sa.namespace}/{sa.name}")
+            if cached is None:
+                return None
+            return {k: cached.get("metadata", {}).get(k) or {} for k in ("labels", "annotations")}
+        return await self.retry.run(lambda: self._read(sa.name, sa.namespace), f"read ServiceAccount {sa.namespace}/{sa.name}", self.log)
+
+    async def ensure(self, plan: IdentityPlan, existing: Mapping[str, Any] | None) -> str:
+        """Make the plan's ServiceAccount right, starting from *existing* (from :meth:`current`);
+        returns ``created``, ``patched`` or ``unchanged``. Only differences are written."""
+        sa = plan.service_account
         what = f"ServiceAccount {sa.namespace}/{sa.name}"
-        if cached is not None:
-            existing = {k: cached.get("metadata", {}).get(k) or {} for k in ("labels", "annotations")}
-        else:
-            existing = await self.retry.run(lambda: self._read(sa.name, sa.namespace), f"read {what}", self.log)
         change = service_account_change(existing, plan)
-        if change.action == "create":
+        for _ in range(3):
+            if change.action != "create":
+                break
             try:
                 await self.retry.run(
                     lambda: self.api.create_namespaced_service_account(sa.namespace, change.body, _request_timeout=self.request_timeout),
@@ -203,9 +259,15 @@ class ServiceAccounts:
             except ApiException as e:
                 if e.status != 409:
                     raise
-            # Another spawn created it first: compare against what it made.
+            # It exists after all (another spawn, or a stale cache): compare against what is there;
+            # if it is gone again by now, create again.
             existing = await self.retry.run(lambda: self._read(sa.name, sa.namespace), f"read {what}", self.log)
             change = service_account_change(existing, plan)
+        if change.action == "create":
+            raise IdentityError(
+                "Your cloud identity could not be set up; try again in a minute, or ask your hub admin.",
+                f"{what} kept appearing and disappearing while it was being created; something else deletes it",
+            )
         if change.action == "patch":
             await self.retry.run(
                 lambda: self.api.patch_namespaced_service_account(

@@ -23,6 +23,7 @@ from .plan import (
     GROUP_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    MANAGED_IDENTITY_ANNOTATION,
     OWNER_ANNOTATION,
     RULE_ANNOTATION,
     RULE_LABEL,
@@ -259,6 +260,8 @@ class IdentityRules:
         if provider is not None:
             extra, cloud = provider.plan(rule.aws or rule.gcp, context, rule.scope, owner, namespace, sa_name)
             annotations.update(extra)
+            if cloud.mode == "managed":
+                annotations[MANAGED_IDENTITY_ANNOTATION] = f"{cloud.provider}:{cloud.identity}"
 
         env = {key: render(value, context, names.resource_part) for key, value in rule.env.items()}
         return IdentityPlan(

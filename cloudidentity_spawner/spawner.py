@@ -21,7 +21,7 @@ from traitlets import Bool, Float, Integer, default
 from .claims import Claims
 from .config import CloudIdentity, user_claims
 from .errors import ConfigError, IdentityError
-from .kube import RetryPolicy, ServiceAccountReflector, ServiceAccounts, describe, is_retryable
+from .kube import RetryPolicy, ServiceAccountReflector, ServiceAccounts, bindings_to_remove, describe, identity_to_revoke, is_retryable
 from .plan import RULE_LABEL, SCOPE_LABEL, IdentityPlan
 from .profiles import ProfileNotAllowed, check_selection, visible_profiles
 from .providers import aws, gcp
@@ -115,13 +115,19 @@ class IdentityProvisioner:
             if claims is None:
                 claims = await user_claims(self.settings, self.spawner.user)
             plan = await self.settings.plan_for(self.spawner, claims, namespace, rule_name)
+            existing = await self.accounts.current(plan, cache)
             cloud_outcome = None
             if plan.cloud is not None and plan.cloud.mode == "managed":
                 # The cloud identity first: the ServiceAccount must not point at a role that is not there yet.
                 cloud_outcome = await self.settings.cloud_backend(plan.cloud.provider).ensure(plan)
-            sa = plan.service_account
-            cached = None if cache is None else cache.get(f"{sa.namespace}/{sa.name}")
-            outcome = await self.accounts.ensure(plan, cached)
+            revoked = identity_to_revoke(existing, plan)
+            if revoked:
+                # Before the new pod exists: the account's token must not reach what it no longer plans.
+                await self.revoke(revoked, plan.owner, existing["annotations"])
+            stale = bindings_to_remove(existing, plan)
+            if stale:
+                await self.revoke_bindings(plan.cloud.identity, stale)
+            outcome = await self.accounts.ensure(plan, existing)
         except IdentityError as e:
             self.log.error("cloudidentity: spawn refused for %s: %s", who, e.admin_detail)
             raise SpawnRefused(e.user_message) from None
@@ -141,8 +147,37 @@ class IdentityProvisioner:
             ) from None
         SERVICE_ACCOUNT_CHANGES.labels(outcome).inc()
         record = audit_record(plan, self.spawner.name, outcome, cloud_outcome)
+        if revoked:
+            record["revoked_cloud_identity"] = revoked
         self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
         return plan
+
+    async def revoke(self, identity: str, owner: str, annotations: dict[str, str]) -> bool:
+        """Delete the hub-managed identity ``aws:<arn>`` / ``gcp:<email>`` made for *owner*
+        (with the bindings recorded in *annotations*); never one without our markers."""
+        provider, _, name = identity.partition(":")
+        try:
+            backend = self.settings.cloud_backend(provider)
+            if provider == "aws":
+                return await backend.delete(name, owner, self.settings.hub_name)
+            bindings = json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
+            return await backend.delete(name, owner, self.settings.hub_name, bindings)
+        except IdentityError:
+            raise
+        except Exception as e:  # the SDKs' own errors: fail closed, saying what could not be revoked
+            raise IdentityError(
+                "Your server was not started: your previous cloud identity could not be revoked; ask your hub admin.",
+                f"revoking {identity} (no longer planned for {owner}) failed: {type(e).__name__}: {e}",
+            ) from None
+
+    async def revoke_bindings(self, email: str, bindings: list[list[str]]) -> None:
+        try:
+            await self.settings.cloud_backend("gcp").remove_bindings(email, bindings)
+        except Exception as e:
+            raise IdentityError(
+                "Your server was not started: access you no longer have could not be revoked; ask your hub admin.",
+                f"removing bindings {bindings} of {email} (no longer planned) failed: {type(e).__name__}: {e}",
+            ) from None
 
     async def forget_user(self, username: str, namespace: str) -> None:
         """Delete the user's own ServiceAccounts and the managed cloud identities they pointed at."""
@@ -310,8 +345,9 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
                 "cloudidentity: ServiceAccount %s/%s is gone (deleted behind the watch cache); making it again for %s",
                 plan.service_account.namespace, plan.service_account.name, self.user.name,
             )
+            accounts = self._provisioner().accounts
             try:
-                await self._provisioner().accounts.ensure(plan, None)
+                await accounts.ensure(plan, await accounts.current(plan))
             except IdentityError as refused:
                 self.log.error("cloudidentity: spawn refused for %s: %s", self.user.name, refused.admin_detail)
                 raise SpawnRefused(refused.user_message) from None

@@ -271,3 +271,66 @@ async def test_bob_cannot_read_alices_prefix(namespace, moto_endpoint, hub):
     doc = iam(moto_endpoint).get_role_policy(RoleName=f"{hub}-bob", PolicyName="cloudidentity-spawner")["PolicyDocument"]
     listing = [s for s in doc["Statement"] if s["Action"] == "s3:ListBucket"][0]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["bob/", "bob/*"]}}
+
+
+# -- revocation: what a user no longer plans, they can no longer reach ------------------------------
+
+
+def trusts(moto_endpoint, role_name, namespace, account):
+    try:
+        doc = iam(moto_endpoint).get_role(RoleName=role_name)["Role"]["AssumeRolePolicyDocument"]
+    except ClientError as e:
+        assert e.response["Error"]["Code"] == "NoSuchEntity"
+        return False
+    return f"system:serviceaccount:{namespace}:{account}" in json.dumps(doc)
+
+
+def named_rule(hub, name, **managed):
+    [rule] = managed_rules(hub, role_name=f"{{hub}}-{name}-{{username}}", **managed)
+    return [{**rule, "name": name}]
+
+
+async def test_a_plan_change_revokes_the_old_managed_role_before_the_new_pod(namespace, moto_endpoint, hub, caplog):
+    """alice spawns under managed rule A; the operator moves her to managed rule B: role A no
+    longer trusts her ServiceAccount (it is deleted) and her pod runs under role B."""
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "alice", rules=named_rule(hub, "a")))
+    assert trusts(moto_endpoint, f"{hub}-a-alice", namespace, "jupyter-alice")
+    caplog.set_level("INFO")
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "alice", rules=named_rule(hub, "b")))
+    assert not trusts(moto_endpoint, f"{hub}-a-alice", namespace, "jupyter-alice")
+    assert trusts(moto_endpoint, f"{hub}-b-alice", namespace, "jupyter-alice")
+    sa = await read("serviceaccount", namespace, "jupyter-alice")
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(f"/{hub}-b-alice")
+    [audit] = [r.getMessage() for r in caplog.records if "cloudidentity audit" in r.getMessage() and "revoked" in r.getMessage()]
+    assert f"{hub}-a-alice" in audit
+
+
+async def test_moving_to_an_existing_role_revokes_the_managed_one_and_never_touches_the_operators(namespace, moto_endpoint, hub):
+    client = iam(moto_endpoint)
+    operator_role = client.create_role(
+        RoleName=f"{hub}-operator", Path="/operators/",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
+    )["Role"]["Arn"]
+    existing = [{"name": "existing", "match": {"groups": ["/escape"]}, "aws": {"role_arn": operator_role}}]
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "ivy", rules=named_rule(hub, "a")))
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "ivy", rules=existing))
+    assert not trusts(moto_endpoint, f"{hub}-a-ivy", namespace, "jupyter-ivy")
+    # ... and back to a managed rule: the operator's role is left exactly as it was.
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "ivy", rules=named_rule(hub, "b")))
+    assert client.get_role(RoleName=f"{hub}-operator")["Role"]["Arn"] == operator_role
+
+
+async def test_a_failed_revocation_fails_the_spawn_closed(namespace, moto_endpoint, hub, monkeypatch, caplog):
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "jon", rules=named_rule(hub, "a")))
+    spawner = aws_spawner(namespace, moto_endpoint, hub, "jon", rules=named_rule(hub, "b"))
+    roles = backend(moto_endpoint)
+
+    async def denied(*args, **kwargs):
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not allowed"}}, "DeleteRole")
+
+    monkeypatch.setattr(roles, "delete", denied)
+    with pytest.raises(SpawnRefused, match="previous cloud identity could not be revoked"):
+        await spawner.start()
+    [line] = [r.getMessage() for r in caplog.records if "spawn refused for jon" in r.getMessage()]
+    assert f"{hub}-a-jon" in line and "AccessDenied" in line
+    assert trusts(moto_endpoint, f"{hub}-a-jon", namespace, "jupyter-jon")  # nothing half-done silently

@@ -179,3 +179,30 @@ def test_local_server_is_strict(gcp_server):
         projects.set_iam_policy(request={"resource": f"projects/{PROJECT}", "policy": stale})
     with pytest.raises(gexc.Forbidden):  # 403 PERMISSION_DENIED
         projects.get_iam_policy(request={"resource": "projects/not-mine"})
+
+
+# -- revocation -------------------------------------------------------------------------------------
+
+
+async def test_a_plan_change_revokes_the_old_managed_account_and_its_bindings(namespace, gcp_server, hub):
+    rule_a = rules(hub, account_id=f"{hub}-a-{{username}}")
+    rule_b = rules(hub, account_id=f"{hub}-b-{{username}}", bucket_roles=[])
+    await spawn(gcp_spawner(namespace, gcp_server, hub, "kim", rule_list=rule_a))
+    old = f"{hub}-a-kim@{PROJECT}.iam.gserviceaccount.com"
+    assert old in gcp_server.state.accounts
+    await spawn(gcp_spawner(namespace, gcp_server, hub, "kim", rule_list=rule_b))
+    assert old not in gcp_server.state.accounts
+    assert f"serviceAccount:{old}" not in members(gcp_server, f"projects/{PROJECT}", "roles/serviceusage.serviceUsageConsumer")
+    folder = policy(gcp_server, "projects/_/buckets/lab-scratch/managedFolders/kim/")
+    assert not any(f"serviceAccount:{old}" in b["members"] for b in folder["bindings"])
+    assert f"{hub}-b-kim@{PROJECT}.iam.gserviceaccount.com" in gcp_server.state.accounts
+
+
+async def test_a_dropped_bucket_role_is_taken_away_from_the_same_account(namespace, gcp_server, hub):
+    await spawn(gcp_spawner(namespace, gcp_server, hub, "lea"))
+    email = f"{hub}-lea@{PROJECT}.iam.gserviceaccount.com"
+    folder = "projects/_/buckets/lab-scratch/managedFolders/lea/"
+    assert any(f"serviceAccount:{email}" in b["members"] for b in policy(gcp_server, folder)["bindings"])
+    await spawn(gcp_spawner(namespace, gcp_server, hub, "lea", rule_list=rules(hub, bucket_roles=[])))
+    assert email in gcp_server.state.accounts
+    assert not any(f"serviceAccount:{email}" in b["members"] for b in policy(gcp_server, folder)["bindings"])

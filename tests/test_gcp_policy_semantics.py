@@ -75,3 +75,19 @@ def test_more_roles_than_one_condition_can_list_is_a_start_up_error():
             for i in range(10)]
     with pytest.raises(ConfigError, match="at most 10"):
         hub_grant_condition(IdentityRules.from_config(many))
+
+
+@pytest.mark.parametrize("role", ["roles/storage.admin", "roles/owner", "roles/editor", "roles/resourcemanager.projectIamAdmin"])
+def test_a_role_that_can_change_policies_is_refused_in_the_grant_limit(role):
+    """Google: a grant limit listing a role with setIamPolicy permissions bounds nothing."""
+    rule = [{"name": "r", "match": {}, "gcp": {"managed": {"project": "my-lab-project", "project_roles": [role]}}}]
+    with pytest.raises(ConfigError, match="can itself change IAM policies"):
+        hub_grant_condition(IdentityRules.from_config(rule))
+
+
+@pytest.mark.parametrize("prefix", ["{username}/", "/{username}", "a//{username}"])
+def test_a_prefix_that_makes_no_folder_name_fails_at_start_up(prefix):
+    rule = [{"name": "r", "match": {}, "gcp": {"managed": {"project": "my-lab-project", "bucket_roles": [
+        {"bucket": "lab-scratch", "role": "roles/storage.objectUser", "prefix": prefix}]}}}]
+    with pytest.raises(ConfigError, match=r"bucket_roles\[0\].prefix"):
+        IdentityRules.from_config(rule)

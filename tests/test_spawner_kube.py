@@ -67,6 +67,20 @@ async def test_first_spawn_creates_annotated_account_and_pod_runs_under_it(names
 
 
 @pytest.mark.emulator_only
+@pytest.mark.parametrize("cache,expected", [(True, ["POST"]), (False, ["GET", "POST"])], ids=["watch-cache", "no-cache"])
+async def test_cold_spawn_costs_one_request_with_a_synced_cache(namespace, emulator, cache, expected):
+    """Absence from a synced watch cache is an answer: only the create is sent."""
+    spawner = spawner_for(namespace, "cora", ["/escape"], service_account_cache=cache)
+    if cache:
+        await spawner._service_account_cache()  # the hub's cache is running before the first spawn
+    base = len(emulator.requests)
+    await spawner._provisioner().prepare(namespace, await spawner._service_account_cache())
+    # The cache's own list/watch requests serve all spawns; count what this spawn asked for.
+    sa_requests = [m for m, p, q in emulator.requests[base:] if "/serviceaccounts/" in p or (m != "GET" and p.endswith("/serviceaccounts"))]
+    assert sa_requests == expected
+
+
+@pytest.mark.emulator_only
 @pytest.mark.parametrize("cache,expected", [(True, 0), (False, 1)], ids=["watch-cache", "no-cache"])
 async def test_warm_spawn_writes_nothing(namespace, emulator, cache, expected):
     await start_and_stop(spawner_for(namespace, "bob", ["/escape"], service_account_cache=cache))
@@ -141,7 +155,7 @@ async def test_racing_spawns_for_one_new_account_both_succeed(namespace, kube_se
 async def test_api_500_is_retried_then_spawn_succeeds(namespace, emulator):
     emulator.fail("GET", f"/namespaces/{namespace}/serviceaccounts/jupyter-dan$", 500, count=2)
     emulator.fail("POST", f"/namespaces/{namespace}/serviceaccounts$", 503, count=1)
-    url, pod = await start_and_stop(spawner_for(namespace, "dan", ["/escape"]))
+    url, pod = await start_and_stop(spawner_for(namespace, "dan", ["/escape"], service_account_cache=False))
     assert pod["spec"]["serviceAccountName"] == "jupyter-dan"
     assert emulator.count("GET", "serviceaccounts/jupyter-dan$") == 3
     assert emulator.count("POST", f"/namespaces/{namespace}/serviceaccounts$") == 2

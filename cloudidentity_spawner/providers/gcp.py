@@ -122,6 +122,12 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
             raise ConfigError(f"{item_where}.role: invalid role {item['role']!r}")
         if "prefix" in item:
             check_template(item["prefix"], f"{item_where}.prefix", forbidden, trusted_claims)
+            sample = render(item["prefix"], SAMPLE_CONTEXT, names.resource_part)
+            if not re.fullmatch(r"[^/\r\n#\[\]*?]+(/[^/\r\n#\[\]*?]+)*", sample):
+                raise ConfigError(
+                    f"{item_where}.prefix: {item['prefix']!r} does not make a folder name: no leading, trailing or "
+                    "double '/' (the hub adds the final '/'), e.g. '{username}' or 'users/{username}'"
+                )
     return GcpSettings(managed=managed)
 
 
@@ -215,6 +221,12 @@ def hub_grant_condition(rules: Any) -> dict[str, str]:
     Use it with ``gcloud projects add-iam-policy-binding ... --condition-from-file``.
     """
     roles = roles_the_hub_grants(rules)
+    broad = [r for r in roles if r in ("roles/owner", "roles/editor") or r.lower().endswith("admin")]
+    if broad:
+        raise ConfigError(
+            f"the rules grant {broad[0]}, which can itself change IAM policies: a grant limit that lists it bounds "
+            "nothing (Google advises against it); grant users a narrower role"
+        )
     if not roles:
         raise ConfigError("no rule has gcp.managed: the hub grants no roles, so it needs no role of its own")
     if len(roles) > MAX_GRANT_LIMIT_ROLES:

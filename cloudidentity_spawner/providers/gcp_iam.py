@@ -187,7 +187,7 @@ class ManagedServiceAccounts:
         return {"version": raw.version, "etag": raw.etag, "bindings": bindings}
 
     # google-cloud-storage has no managed-folder methods: these use its connection's
-    # api_request (the library's documented primitive) with the JSON API paths.
+    # connection's api_request (a private attribute of storage.Client) with the JSON API paths.
 
     async def _read_folder_policy(self, resource: str, create_missing: bool) -> dict[str, Any]:
         bucket, folder = _folder(resource)
@@ -248,12 +248,17 @@ class ManagedServiceAccounts:
             if self.log:
                 self.log.info("cloudidentity: not deleting Google service account %s: not managed by this hub for %s", email, owner)
             return False
-        member = f"serviceAccount:{email}"
-        for resource, role, title in added_bindings:
-            await self._edit(resource, remove=(role, title), member=member)
+        await self.remove_bindings(email, added_bindings)
         await self._call("DeleteServiceAccount", self.iam.delete_service_account, request={"name": name})
         self._known.pop(email, None)
         return True
+
+    async def remove_bindings(self, email: str, bindings: list[list[str]]) -> None:
+        """Take *email* out of each ``[resource, role, condition title]`` binding (others' members stay)."""
+        member = f"serviceAccount:{email}"
+        for resource, role, title in bindings:
+            await self._edit(resource, remove=(role, title), member=member)
+        self._known.pop(email, None)
 
     def _error(self, plan: IdentityPlan, error: gexc.GoogleAPICallError) -> IdentityError:
         email = plan.cloud.identity

@@ -134,7 +134,11 @@ class StorageFace:
         """A path part exactly as sent (object and folder names are URL-encoded, ``/`` as %2F)."""
         raw = request.raw_path.split("?", 1)[0]
         part = raw.split(marker, 1)[1]
-        return unquote(part.removesuffix("/iam") if marker == "/managedFolders/" and request.path.endswith("/iam") else part)
+        if marker == "/managedFolders/":
+            part = part.removesuffix("/iam") if raw.endswith("/iam") else part
+            if "/" in part:  # a folder name's slashes must be sent as %2F
+                raise web.HTTPNotFound(text='{"error": {"code": 404, "message": "Not Found"}}', content_type="application/json")
+        return unquote(part)
 
     # -- buckets -------------------------------------------------------------------
 
