@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -37,12 +38,16 @@ class _PlanUser:
 
 
 def load_config(path: str):
-    """Load a JupyterHub config file as JupyterHub does (``c = get_config()`` included)."""
+    """Load a JupyterHub config file as JupyterHub does (``c = get_config()`` included).
+
+    What the file prints goes to stderr (zero-to-jupyterhub's config prints "Loading ..."
+    lines), so ``--json`` output on stdout stays one JSON object."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     directory, filename = os.path.split(os.path.abspath(path))
     try:
-        return PyFileConfigLoader(filename, path=directory).load_config()
+        with contextlib.redirect_stdout(sys.stderr):
+            return PyFileConfigLoader(filename, path=directory).load_config()
     except ConfigFileNotFound:
         raise ConfigError(f"config file not found: {path}") from None
     except Exception as e:  # the operator's Python: report it in one line

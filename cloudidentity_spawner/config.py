@@ -14,7 +14,7 @@ from traitlets.config import Config, LoggingConfigurable
 from .claims import DEFAULT_GROUP_CLAIMS, Claims, claims_from_auth_state
 from .errors import ConfigError, IdentityError
 from .plan import IdentityPlan
-from .rules import IdentityRules
+from .rules import IdentityRules, ownership_markers
 
 
 class CloudIdentity(LoggingConfigurable):
@@ -193,7 +193,7 @@ class CloudIdentity(LoggingConfigurable):
                         "Your cloud identity could not be chosen; ask your hub admin.",
                         f"identity_resolver returned {type(plan).__name__}, expected an IdentityPlan or None",
                     )
-                return plan
+                return ownership_markers(plan)
         return rules.resolve(claims, namespace, rule_name)
 
 
@@ -268,11 +268,32 @@ def backend_for(settings: CloudIdentity, provider: str) -> Any:
     raise ConfigError(f"no backend manages {provider!r} identities")
 
 
+def check_hook_profiles(config: Config) -> None:
+    """With the plain pre_spawn_hook on another spawner, a static profile_list may not use
+    what only CloudIdentitySpawner enforces (ConfigError naming the profile and key)."""
+    from .hooks import pre_spawn_hook
+    from .profiles import unenforceable_profile_setting
+
+    for section in ("KubeSpawner", "Spawner"):
+        if section in config and config[section].get("pre_spawn_hook") is pre_spawn_hook:
+            break
+    else:
+        return
+    spawner_class = config.JupyterHub.get("spawner_class", "") if "JupyterHub" in config else ""
+    if spawner_class == "cloudidentity" or getattr(spawner_class, "__name__", "") == "CloudIdentitySpawner":
+        return
+    profiles = config.KubeSpawner.get("profile_list") if "KubeSpawner" in config else None
+    problem = None if callable(profiles) or not profiles else unenforceable_profile_setting(profiles)
+    if problem:
+        raise ConfigError(f"KubeSpawner.profile_list: {problem}")
+
+
 def _check_hub(app: Any) -> None:
     if not any(section in app.config for section in SECTIONS):
         return
     try:
         check_config(app.config)
+        check_hook_profiles(app.config)
     except ConfigError as e:
         app.log.critical("cloudidentity-spawner: configuration error: %s", " ".join(str(e).split()))
         app.exit(1)

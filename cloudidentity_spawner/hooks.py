@@ -13,36 +13,36 @@ profile's ``kubespawner_override`` cannot pick another account.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
+
+from jupyterhub.utils import maybe_future
 
 from .config import CloudIdentity
 from .kube import RetryPolicy
-from .spawner import IdentityProvisioner, SpawnRefused, apply_plan, pin_pod
+from .profiles import unenforceable_profile_setting
+from .spawner import IdentityProvisioner, SpawnRefused, apply_plan, pinning_hook
 
 
 async def pre_spawn_hook(spawner: Any) -> None:
     """Give *spawner*'s pod the user's planned ServiceAccount (settings from ``c.CloudIdentity``)."""
     settings = CloudIdentity(config=spawner.config, parent=None)
+    await refuse_what_the_hook_cannot_enforce(spawner)
     automount = bool(spawner.automount_service_account_token)
     provisioner = IdentityProvisioner(settings, spawner, RetryPolicy(), spawner.k8s_api_request_timeout)
     plan = await provisioner.prepare(spawner.namespace)
     apply_plan(spawner, plan, automount)
+    spawner.modify_pod_hook = pinning_hook(spawner.modify_pod_hook, plan, automount)
 
-    operator_hook = spawner.modify_pod_hook
-    if getattr(operator_hook, "_cloudidentity_pin", False):
-        operator_hook = operator_hook._operator_hook
 
-    async def modify_pod_hook(spawner: Any, pod: Any) -> Any:
-        if operator_hook is not None:
-            pod = operator_hook(spawner, pod)
-            if inspect.isawaitable(pod):
-                pod = await pod
-        if spawner.namespace != plan.service_account.namespace:
-            raise SpawnRefused("A profile moved your server to another namespace than your cloud identity's; ask your hub admin.")
-        pin_pod(pod, plan, automount)
-        return pod
-
-    modify_pod_hook._cloudidentity_pin = True
-    modify_pod_hook._operator_hook = operator_hook
-    spawner.modify_pod_hook = modify_pod_hook
+async def refuse_what_the_hook_cannot_enforce(spawner: Any) -> None:
+    """The hook runs before KubeSpawner applies the chosen profile, so it cannot check
+    per-group profiles, follow a profile's ``identity_rule``, or stay last after a profile's
+    own ``modify_pod_hook``: such a profile list fails the spawn here (and the hub's start-up,
+    when the list is static) instead of silently not being enforced."""
+    profiles = spawner.profile_list
+    if callable(profiles):
+        profiles = await maybe_future(profiles(spawner))
+    problem = unenforceable_profile_setting(profiles or [])
+    if problem:
+        spawner.log.error("cloudidentity: spawn refused for %s: %s", spawner.user.name, problem)
+        raise SpawnRefused("This hub's server profiles need a setting the hub cannot enforce; ask your hub admin.")

@@ -92,3 +92,38 @@ def check_selection(visible: Sequence[Mapping[str, Any]], user_options: Mapping[
                 f"refused choice {choice!r} for option {name!r} of profile {slug!r}",
             )
     return profile
+
+
+def unenforceable_profile_setting(profile_list: Iterable[Mapping[str, Any]]) -> str | None:
+    """What in *profile_list* only ``CloudIdentitySpawner`` can enforce, or None.
+
+    The plain ``pre_spawn_hook`` runs before KubeSpawner applies the chosen profile, so
+    it cannot filter profiles by group (``allowed_groups``), follow a profile's
+    ``identity_rule``, or stay the last ``modify_pod_hook`` when a profile sets its own.
+    """
+    fix = "use c.JupyterHub.spawner_class = 'cloudidentity' to enforce it"
+
+    def overrides(item: Mapping[str, Any], where: str) -> str | None:
+        if "modify_pod_hook" in (item.get("kubespawner_override") or {}):
+            return f"{where} sets modify_pod_hook in kubespawner_override, which would replace the identity pin; {fix}"
+        return None
+
+    for profile in profile_list or []:
+        where = f"profile {profile.get('slug') or profile.get('display_name')!r}"
+        for key in ("allowed_groups", "identity_rule"):
+            if key in profile:
+                return f"{where} uses {key}, which the pre_spawn_hook cannot enforce; {fix}"
+        found = overrides(profile, where)
+        for name, option in (profile.get("profile_options") or {}).items():
+            items = [(f"{where} option {name!r}", option)]
+            items += [(f"{where} option {name!r} choice {c!r}", v) for c, v in (option.get("choices") or {}).items()]
+            unlisted = option.get("unlisted_choice")
+            if unlisted:
+                items.append((f"{where} option {name!r} unlisted_choice", unlisted))
+            for label, item in items:
+                if "allowed_groups" in item:
+                    return f"{label} uses allowed_groups, which the pre_spawn_hook cannot enforce; {fix}"
+                found = found or overrides(item, label)
+        if found:
+            return found
+    return None

@@ -12,7 +12,7 @@ does I/O; the spawner calls :meth:`IdentityRules.resolve` on every spawn.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -169,6 +169,30 @@ def parse_rules(raw_rules: Any, trusted_claims: Collection[str] = ()) -> tuple[R
             raise ConfigError(f"{rule.label}.name: the name is already used by identity_rules[{seen[rule.name]}]")
         seen[rule.name] = rule.index
     return rules
+
+
+def ownership_markers(plan: IdentityPlan) -> IdentityPlan:
+    """*plan* with the labels and annotations every account the hub manages carries.
+
+    Plans from the rules have them already; an ``identity_resolver`` may build its
+    ServiceAccountPlan bare, and an account made without them would be refused as
+    foreign at the next spawn. The markers always win over what the plan says.
+    """
+    sa = plan.service_account
+    if plan.scope not in SCOPES:
+        raise IdentityError(
+            "Your cloud identity could not be chosen; ask your hub admin.",
+            f"identity_resolver returned scope {plan.scope!r}; expected one of {', '.join(SCOPES)}",
+        )
+    labels = {**sa.labels, MANAGED_BY_LABEL: MANAGED_BY, SCOPE_LABEL: plan.scope, RULE_LABEL: names.label_value(plan.rule)}
+    if plan.scope == "user":
+        labels[USER_LABEL] = names.label_value(plan.user)
+    elif plan.scope == "group" and plan.group:
+        labels[GROUP_LABEL] = names.label_value(plan.group)
+    annotations = {**sa.annotations, OWNER_ANNOTATION: plan.owner, RULE_ANNOTATION: plan.rule}
+    if plan.cloud is not None and plan.cloud.mode == "managed":
+        annotations[MANAGED_IDENTITY_ANNOTATION] = f"{plan.cloud.provider}:{plan.cloud.identity}"
+    return replace(plan, service_account=replace(sa, labels=labels, annotations=annotations))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ The spawner stays thin: it asks the pure core for the user's plan, asks
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from typing import Any
@@ -41,6 +42,14 @@ class SpawnRefused(HTTPError):
 
     def __str__(self) -> str:
         return self.jupyterhub_message
+
+
+def api_message(error: ApiException) -> str:
+    """The API server's own message (RBAC's names the verb, resource and namespace)."""
+    try:
+        return json.loads(error.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return f"{error.status} {error.reason}"
 
 
 def audit_record(plan: IdentityPlan, spawner_name: str, outcome: str, cloud_outcome: str | None = None) -> dict[str, Any]:
@@ -139,6 +148,14 @@ class IdentityProvisioner:
                 raise
             # Kubernetes API failures (after retries); cloud failures arrive as IdentityError.
             rule = plan.rule if plan else "?"
+            if isinstance(e, ApiException) and e.status == 403:
+                self.log.error(
+                    "cloudidentity: spawn refused for %s (rule %s): the hub's Kubernetes permissions do not allow it: "
+                    "%s. Grant the hub what examples/z2jh/rbac.yaml grants.", who, rule, api_message(e),
+                )
+                raise SpawnRefused(
+                    "Your cloud identity could not be set up: the hub is not allowed to manage it; ask your hub admin."
+                ) from None
             self.log.error("cloudidentity: spawn refused for %s (rule %s): Kubernetes API failed: %s", who, rule, describe(e))
             raise SpawnRefused(
                 "Your cloud identity could not be set up because the cluster did not answer; "
@@ -267,6 +284,11 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
             self.__class__.reflectors.pop(self._get_reflector_key("serviceaccounts"), None)
             self.log.warning("cloudidentity: ServiceAccount watch cache unavailable (%s); reading accounts directly", describe(e))
             return None
+        if reflector.watch_task is None or reflector.watch_task.done():
+            # Its watch has stopped: what it holds may be stale. Read this time; the next spawn starts a new one.
+            self.__class__.reflectors.pop(self._get_reflector_key("serviceaccounts"), None)
+            self.log.warning("cloudidentity: ServiceAccount watch cache has stopped; reading accounts directly")
+            return None
         return reflector.resources
 
     # -- per-group profiles ------------------------------------------------------
@@ -330,6 +352,8 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         plan = await self._provisioner().prepare(self.namespace, cache, rule_name, claims)
         self._identity_plan = plan
         apply_plan(self, plan, self._configured_automount)
+        # After the profile's kubespawner_override, which may set its own modify_pod_hook.
+        self.modify_pod_hook = pinning_hook(self.modify_pod_hook, plan, self._configured_automount)
 
     async def _make_create_pod_request(self, pod: Any, request_timeout: float) -> bool:
         """Create the pod; if the cluster says its ServiceAccount is gone (deleted after the
@@ -377,13 +401,7 @@ def apply_plan(spawner: Any, plan: IdentityPlan, automount: bool) -> None:
     """Set the spawner's ServiceAccount, token mount, environment and labels from *plan*."""
     spawner.service_account = plan.service_account.name
     spawner.automount_service_account_token = automount
-    spawner.environment = {
-        **spawner.environment,
-        **plan.env,
-        # For dask-kubernetes clusters started from the notebook (cloudidentity_spawner.dask).
-        "CLOUDIDENTITY_SERVICE_ACCOUNT": plan.service_account.name,
-        "CLOUDIDENTITY_NAMESPACE": plan.service_account.namespace,
-    }
+    spawner.environment = {**spawner.environment, **planned_env(plan)}
     spawner.extra_labels = {
         **spawner.extra_labels,
         SCOPE_LABEL: plan.service_account.labels[SCOPE_LABEL],
@@ -391,8 +409,48 @@ def apply_plan(spawner: Any, plan: IdentityPlan, automount: bool) -> None:
     }
 
 
+def planned_env(plan: IdentityPlan) -> dict[str, str]:
+    """The environment the plan gives the notebook: the rule's env, and where dask clusters
+    started from the notebook find the ServiceAccount (``cloudidentity_spawner.dask``)."""
+    return {
+        **plan.env,
+        "CLOUDIDENTITY_SERVICE_ACCOUNT": plan.service_account.name,
+        "CLOUDIDENTITY_NAMESPACE": plan.service_account.namespace,
+    }
+
+
 def pin_pod(pod: Any, plan: IdentityPlan, automount: bool) -> None:
-    """The last word on the pod's ServiceAccount, whatever overrides said before."""
+    """The last word on the pod's ServiceAccount, token mount and the plan's environment,
+    whatever profiles, overrides and hooks said before."""
+    from kubernetes_asyncio.client.models import V1EnvVar
+
     pod.spec.service_account_name = plan.service_account.name
     pod.spec.service_account = None
     pod.spec.automount_service_account_token = automount
+    env = planned_env(plan)
+    notebook = pod.spec.containers[0]
+    notebook.env = [e for e in (notebook.env or []) if e.name not in env] + [V1EnvVar(name=k, value=v) for k, v in env.items()]
+
+
+def pinning_hook(operator_hook: Any, plan: IdentityPlan, automount: bool) -> Any:
+    """A ``modify_pod_hook`` that runs the operator's hook (if any), then pins the pod.
+
+    KubeSpawner calls ``modify_pod_hook`` after ``get_pod_manifest``, so this is the
+    only place whose word is last. Wrapping an already wrapping hook unwraps it first.
+    """
+    if getattr(operator_hook, "_cloudidentity_pin", False):
+        operator_hook = operator_hook._operator_hook
+
+    async def modify_pod_hook(spawner: Any, pod: Any) -> Any:
+        if operator_hook is not None:
+            pod = operator_hook(spawner, pod)
+            if inspect.isawaitable(pod):
+                pod = await pod
+        if spawner.namespace != plan.service_account.namespace:
+            raise SpawnRefused("A profile moved your server to another namespace than your cloud identity's; ask your hub admin.")
+        pin_pod(pod, plan, automount)
+        return pod
+
+    modify_pod_hook._cloudidentity_pin = True
+    modify_pod_hook._operator_hook = operator_hook
+    return modify_pod_hook

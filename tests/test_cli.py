@@ -114,3 +114,16 @@ def test_missing_config_file(tmp_path):
     out = run_plan("--config", str(tmp_path / "nope.py"), "--user", "alice")
     assert out.returncode == 1
     assert "not found" in out.stderr
+
+
+def test_json_output_is_only_the_plan_even_when_the_config_prints(tmp_path):
+    """zero-to-jupyterhub's own jupyterhub_config.py prints "Loading ..." lines."""
+    config = tmp_path / "jupyterhub_config.py"
+    config.write_text(
+        "c = get_config()\nprint('Loading /usr/local/etc/jupyterhub/secret/values.yaml')\n"
+        "c.CloudIdentitySpawner.identity_rules = [{'name': 'everyone', 'match': {}}]\n"
+    )
+    out = run_plan("--config", str(config), "--user", "alice", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["rule"] == "everyone"
+    assert "Loading /usr/local/etc/jupyterhub/secret/values.yaml" in out.stderr

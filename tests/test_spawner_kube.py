@@ -401,3 +401,118 @@ async def test_hand_edited_annotation_is_put_back_at_the_next_spawn(namespace):
     assert annotations["eks.amazonaws.com/role-arn"] == "arn:aws:iam::123456789012:role/jupyterhub/hal"
     assert annotations["team.example.org/note"] == "edited by hand"
     assert pod["spec"]["serviceAccountName"] == "jupyter-hal"
+
+
+# -- the pin is last, whatever runs after it -------------------------------------------------------
+
+
+def hostile_hook(spawner, pod):
+    """An operator's (or a profile's) hook that tries to change what the plan decided."""
+    from kubernetes_asyncio.client.models import V1EnvVar
+
+    pod.spec.service_account_name = "hub"
+    pod.spec.automount_service_account_token = True
+    pod.spec.containers[0].env = [V1EnvVar(name="SCRATCH_BUCKET", value="s3://scratch/everyone")]
+    return pod
+
+
+def env_of(pod):
+    return {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env", [])}
+
+
+@pytest.mark.parametrize("where", ["operator", "profile"])
+async def test_hooks_after_the_manifest_cannot_change_the_pin(namespace, where):
+    extra = {"KubeSpawner__modify_pod_hook": hostile_hook} if where == "operator" else {
+        "KubeSpawner__profile_list": [{"display_name": "p", "slug": "p", "default": True,
+                                       # callables in overrides are called with the spawner first
+                                       "kubespawner_override": {"modify_pod_hook": lambda spawner: hostile_hook}}]}
+    _, pod = await start_and_stop(spawner_for(namespace, "ola", ["/escape"], **extra))
+    assert pod["spec"]["serviceAccountName"] == "jupyter-ola"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert env_of(pod)["SCRATCH_BUCKET"] == "s3://scratch/ola"
+    assert env_of(pod)["CLOUDIDENTITY_SERVICE_ACCOUNT"] == "jupyter-ola"
+
+
+def hook_spawner(namespace, name, profile_list):
+    user = SpawnUser(name, oidc_state(**{"wlcg.groups": ["/escape"]}))
+    c = spawner_config(namespace, [])
+    c.CloudIdentity.identity_rules = RULES
+    c.KubeSpawner.profile_list = profile_list
+    return make_spawner(KubeSpawner, c, user)
+
+
+async def test_hook_pins_the_plans_env_over_a_profiles(namespace):
+    profile = {"display_name": "p", "slug": "p", "default": True,
+               "kubespawner_override": {"environment": {"SCRATCH_BUCKET": "s3://scratch/everyone"}}}
+    spawner = hook_spawner(namespace, "pat", [profile])
+    await pre_spawn_hook(spawner)
+    _, pod = await start_and_stop(spawner)
+    assert env_of(pod)["SCRATCH_BUCKET"] == "s3://scratch/pat"
+
+
+@pytest.mark.parametrize("profile,fragment", [
+    ({"kubespawner_override": {"modify_pod_hook": hostile_hook}}, "sets modify_pod_hook"),
+    ({"allowed_groups": ["/escape/atlas"]}, "uses allowed_groups"),
+    ({"identity_rule": "atlas"}, "uses identity_rule"),
+    ({"profile_options": {"image": {"display_name": "i", "choices": {
+        "x": {"display_name": "x", "allowed_groups": ["/staff"], "kubespawner_override": {}}}}}}, "choice 'x' uses allowed_groups"),
+])
+async def test_hook_refuses_profiles_it_cannot_enforce(namespace, caplog, profile, fragment):
+    """Fail closed, not open: the hook runs before KubeSpawner applies the profile."""
+    from traitlets.config import Config
+
+    from cloudidentity_spawner.config import check_hook_profiles
+    from cloudidentity_spawner.errors import ConfigError
+
+    profiles = [{"display_name": "p", "slug": "p", "default": True, **profile}]
+    with pytest.raises(SpawnRefused, match="cannot enforce"):
+        await pre_spawn_hook(hook_spawner(namespace, "quinn", profiles))
+    assert any(fragment in r.getMessage() for r in caplog.records)
+    c = Config()
+    c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
+    c.KubeSpawner.pre_spawn_hook = pre_spawn_hook
+    c.KubeSpawner.profile_list = profiles
+    with pytest.raises(ConfigError, match=fragment):
+        check_hook_profiles(c)  # and the hub would not start
+
+
+# -- smaller defects -------------------------------------------------------------------------------
+
+
+async def test_a_resolver_plan_gets_our_markers_and_spawns_twice(namespace):
+    from cloudidentity_spawner.plan import IdentityPlan, ServiceAccountPlan
+
+    def resolver(spawner, claims):
+        return IdentityPlan(user=claims.username, groups=claims.groups, rule="resolver", scope="user",
+                            owner=f"user:{claims.username}", service_account=ServiceAccountPlan("sa-rosa", namespace))
+
+    for _ in range(2):  # the second spawn must find the account it made its own
+        _, pod = await start_and_stop(spawner_for(namespace, "rosa", [], identity_resolver=resolver))
+    assert pod["spec"]["serviceAccountName"] == "sa-rosa"
+    sa = await read("serviceaccount", namespace, "sa-rosa")
+    assert sa["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "cloudidentity-spawner"
+    assert sa["metadata"]["annotations"]["cloudidentity-spawner/owner"] == "user:rosa"
+
+
+async def test_a_stopped_watch_cache_is_not_trusted(namespace):
+    spawner = spawner_for(namespace, "sam", ["/escape"])
+    await start_and_stop(spawner)
+    reflector = KubeSpawner.reflectors[("serviceaccounts", namespace)]
+    await reflector.stop()  # e.g. the watch gave up after API errors
+    api_client, api = await cluster_api()
+    async with api_client:
+        await api.patch_namespaced_service_account("jupyter-sam", namespace, {"metadata": {"annotations": {
+            "eks.amazonaws.com/role-arn": "arn:aws:iam::999999999999:role/someone-else"}}})
+    await start_and_stop(spawner_for(namespace, "sam", ["/escape"]))
+    annotations = (await read("serviceaccount", namespace, "jupyter-sam"))["metadata"]["annotations"]
+    assert annotations["eks.amazonaws.com/role-arn"] == "arn:aws:iam::123456789012:role/jupyterhub/sam"
+
+
+@pytest.mark.emulator_only
+async def test_missing_rbac_names_the_permission_for_the_admin(namespace, emulator, caplog):
+    emulator.fail("POST", f"/namespaces/{namespace}/serviceaccounts$", 403, reason="Forbidden")
+    with pytest.raises(SpawnRefused, match="not allowed to manage it"):
+        await spawner_for(namespace, "tia", ["/escape"]).start()
+    [line] = [r.getMessage() for r in caplog.records if "spawn refused for tia" in r.getMessage()]
+    assert "Kubernetes permissions" in line and "injected failure 403 for POST" in line and "rbac.yaml" in line
+    assert "did not answer" not in line
