@@ -288,6 +288,16 @@ def check_hook_profiles(config: Config) -> None:
         raise ConfigError(f"KubeSpawner.profile_list: {problem}")
 
 
+def blocks_metadata_server(config: Config) -> bool:
+    """Whether user pods get zero-to-jupyterhub's ``block-cloud-metadata`` init container
+    (``singleuser.cloudMetadata.blockWithIptables``, on by default in the chart)."""
+    containers = config.KubeSpawner.get("init_containers", []) if "KubeSpawner" in config else []
+    return any(
+        (c.get("name") if isinstance(c, dict) else getattr(c, "name", None)) == "block-cloud-metadata"
+        for c in containers or []
+    )
+
+
 def _check_hub(app: Any) -> None:
     if not any(section in app.config for section in SECTIONS):
         return
@@ -297,6 +307,13 @@ def _check_hub(app: Any) -> None:
     except ConfigError as e:
         app.log.critical("cloudidentity-spawner: configuration error: %s", " ".join(str(e).split()))
         app.exit(1)
+    if blocks_metadata_server(app.config) and any(r.gcp is not None for r in identity_settings(app.config).compiled_rules.rules):
+        app.log.warning(
+            "cloudidentity-spawner: user pods block the cloud metadata server (zero-to-jupyterhub's "
+            "singleuser.cloudMetadata.blockWithIptables), so GKE Workload Identity cannot give them credentials; "
+            "set blockWithIptables: false and networkPolicy.egressAllowRules.cloudMetadataServer: true "
+            "(examples/z2jh/values-gke.yaml)"
+        )
     if not _auth_state_enabled(app.config):
         app.log.warning(
             "cloudidentity-spawner: auth_state is not enabled (c.Authenticator.enable_auth_state = True, and "

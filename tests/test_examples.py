@@ -113,3 +113,43 @@ def test_gcp_hub_role_covers_every_call():
         assert marker in source, marker
         assert permission in permissions, permission
     assert {"resourcemanager.projects.getIamPolicy", "storage.buckets.getIamPolicy"} <= permissions
+
+
+def test_gke_values_unblock_the_metadata_server_workload_identity_needs():
+    values = yaml.safe_load((EXAMPLES / "z2jh/values-gke.yaml").read_text())
+    assert values["singleuser"]["cloudMetadata"]["blockWithIptables"] is False
+    assert values["singleuser"]["networkPolicy"]["egressAllowRules"]["cloudMetadataServer"] is True
+
+
+def test_gcp_rules_with_the_charts_metadata_block_warn_at_start_up():
+    """zero-to-jupyterhub adds the block as an init container named block-cloud-metadata."""
+    from kubernetes_asyncio.client.models import V1Container
+    from traitlets.config import Config
+
+    from cloudidentity_spawner.config import blocks_metadata_server
+
+    c = cli.load_config(str(EXAMPLES / "gcp/jupyterhub_config.py"))
+    assert not blocks_metadata_server(c)
+    c.KubeSpawner.init_containers = [V1Container(name="block-cloud-metadata", image="quay.io/jupyterhub/k8s-network-tools")]
+    assert blocks_metadata_server(c)
+    assert not blocks_metadata_server(Config())
+
+
+def test_the_warning_is_logged_by_the_start_up_check(caplog):
+    import logging
+
+    from kubernetes_asyncio.client.models import V1Container
+
+    from cloudidentity_spawner.config import _check_hub
+
+    class App:
+        config = cli.load_config(str(EXAMPLES / "gcp/jupyterhub_config.py"))
+        log = logging.getLogger("test-hub")
+
+        def exit(self, code):
+            raise AssertionError(f"the hub would have exited {code}")
+
+    App.config.KubeSpawner.init_containers = [V1Container(name="block-cloud-metadata")]
+    _check_hub(App())
+    assert any("block the cloud metadata server" in r.getMessage() and "values-gke.yaml" in r.getMessage()
+               for r in caplog.records)
