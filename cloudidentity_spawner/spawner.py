@@ -274,14 +274,19 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         """
         if not self.service_account_cache:
             return None
+        # Not KubeSpawner's _start_reflector: with enable_user_namespaces it halts the whole hub
+        # (sys.exit) when a cluster-wide watch cannot start; a cache is never worth that.
+        key = self._get_reflector_key("serviceaccounts")
+        reflector = self.__class__.reflectors.get(key)
         try:
-            reflector = await self._start_reflector(
-                kind="serviceaccounts",
-                reflector_class=ServiceAccountReflector,
-                omit_namespace=self.enable_user_namespaces,
-            )
+            if reflector is None:
+                reflector = self.__class__.reflectors[key] = ServiceAccountReflector(
+                    parent=self, namespace=self.namespace, omit_namespace=self.enable_user_namespaces
+                )
+                await reflector.start()
+            await reflector.first_load_future
         except Exception as e:
-            self.__class__.reflectors.pop(self._get_reflector_key("serviceaccounts"), None)
+            self.__class__.reflectors.pop(key, None)
             self.log.warning("cloudidentity: ServiceAccount watch cache unavailable (%s); reading accounts directly", describe(e))
             return None
         if reflector.watch_task is None or reflector.watch_task.done():
@@ -348,6 +353,14 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         profile = await self._selected_profile()
         await super().load_user_options()
         rule_name = (profile or {}).get("identity_rule")
+        if self.enable_user_namespaces:
+            # The user's namespace first (KubeSpawner would make it only after this method).
+            try:
+                await self._ensure_namespace()
+            except ApiException as e:
+                self.log.error("cloudidentity: spawn refused for %s: cannot create namespace %s: %s",
+                               self.user.name, self.namespace, api_message(e))
+                raise SpawnRefused("Your server's namespace could not be created; ask your hub admin.") from None
         cache = await self._service_account_cache()
         plan = await self._provisioner().prepare(self.namespace, cache, rule_name, claims)
         self._identity_plan = plan

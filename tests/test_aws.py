@@ -334,3 +334,30 @@ async def test_a_failed_revocation_fails_the_spawn_closed(namespace, moto_endpoi
     [line] = [r.getMessage() for r in caplog.records if "spawn refused for jon" in r.getMessage()]
     assert f"{hub}-a-jon" in line and "AccessDenied" in line
     assert trusts(moto_endpoint, f"{hub}-a-jon", namespace, "jupyter-jon")  # nothing half-done silently
+
+
+async def test_a_shared_role_trusts_each_members_namespace_without_flapping(namespace, moto_endpoint, hub):
+    """With user namespaces, each member's copy of the group account lives in their namespace."""
+    from kubernetes_asyncio import client as k8s
+    from kubernetes_asyncio import config as kube_config
+    import os
+
+    other = namespace + "-b"
+    api_client = await kube_config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    async with api_client:
+        await k8s.CoreV1Api(api_client).create_namespace({"metadata": {"name": other}})
+    group_rule = [{"name": "team", "match": {"groups": ["/escape"]}, "scope": "group",
+                   "aws": {"managed": {"oidc_provider_arn": PROVIDER_ARN, "role_path": f"/jupyterhub/{hub}/",
+                                       "permissions_boundary": BOUNDARY}}}]
+    try:
+        await spawn(aws_spawner(namespace, moto_endpoint, hub, "wes", rules=group_rule))
+        await spawn(aws_spawner(other, moto_endpoint, hub, "xia", rules=group_rule))
+        await spawn(aws_spawner(namespace, moto_endpoint, hub, "wes", rules=group_rule, cloud_cache_seconds=0))
+    finally:
+        async with (await kube_config.new_client_from_config(config_file=os.environ["KUBECONFIG"])) as api_client:
+            await k8s.CoreV1Api(api_client).delete_namespace(other)
+    [role] = [r for r in iam(moto_endpoint).list_roles(PathPrefix=f"/jupyterhub/{hub}/")["Roles"]]
+    [statement] = role["AssumeRolePolicyDocument"]["Statement"]
+    subjects = statement["Condition"]["StringEquals"][f"{ISSUER}:sub"]
+    account = subjects[0].rsplit(":", 1)[1]
+    assert subjects == sorted([f"system:serviceaccount:{namespace}:{account}", f"system:serviceaccount:{other}:{account}"])

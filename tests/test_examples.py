@@ -153,3 +153,13 @@ def test_the_warning_is_logged_by_the_start_up_check(caplog):
     _check_hub(App())
     assert any("block the cloud metadata server" in r.getMessage() and "values-gke.yaml" in r.getMessage()
                for r in caplog.records)
+
+
+def test_cluster_role_for_user_namespaces_covers_every_call():
+    docs = list(yaml.safe_load_all((EXAMPLES / "z2jh/rbac-user-namespaces.yaml").read_text()))
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    binding = next(d for d in docs if d["kind"] == "ClusterRoleBinding")
+    granted = {verb for rule in role["rules"] if "serviceaccounts" in rule["resources"] for verb in rule["verbs"]}
+    assert kubernetes_verbs_the_spawner_uses() <= granted
+    assert any("namespaces" in r["resources"] and "create" in r["verbs"] for r in role["rules"])
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]}

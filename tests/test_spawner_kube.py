@@ -516,3 +516,44 @@ async def test_missing_rbac_names_the_permission_for_the_admin(namespace, emulat
     [line] = [r.getMessage() for r in caplog.records if "spawn refused for tia" in r.getMessage()]
     assert "Kubernetes permissions" in line and "injected failure 403 for POST" in line and "rbac.yaml" in line
     assert "did not answer" not in line
+
+
+# -- enable_user_namespaces ------------------------------------------------------------------------
+
+
+async def test_user_namespaces_first_spawn_makes_the_namespace_then_the_account(namespace):
+    """A new user's namespace does not exist yet: it is made before their ServiceAccount."""
+    spawner = spawner_for(namespace, "uma", ["/escape"], KubeSpawner__enable_user_namespaces=True,
+                          KubeSpawner__user_namespace_template=f"{namespace}-{{username}}")
+    user_ns = f"{namespace}-uma"
+    try:
+        _, pod = await start_and_stop(spawner)
+        assert spawner.namespace == user_ns
+        assert pod["metadata"]["namespace"] == user_ns and pod["spec"]["serviceAccountName"] == "jupyter-uma"
+        sa = await read("serviceaccount", user_ns, "jupyter-uma")
+        assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("/uma")
+        # the cluster-wide watch cache serves the next spawn
+        cache = await spawner._service_account_cache()
+        assert f"{user_ns}/jupyter-uma" in cache
+    finally:
+        for key in [k for k in KubeSpawner.reflectors if k[1] is None]:
+            await KubeSpawner.reflectors.pop(key).stop()
+        api_client, api = await cluster_api()
+        async with api_client:
+            await api.delete_namespace(user_ns)
+
+
+async def test_a_watch_that_cannot_start_degrades_to_reads_instead_of_halting_the_hub(namespace, caplog):
+    """KubeSpawner's own cluster-wide reflectors call sys.exit when they cannot start."""
+    from cloudidentity_spawner.kube import ServiceAccountReflector
+
+    spawner = spawner_for(namespace, "vic", ["/escape"], KubeSpawner__enable_user_namespaces=True,
+                          KubeSpawner__user_namespace_template=f"{namespace}-{{username}}")
+    original = ServiceAccountReflector.list_method_name
+    ServiceAccountReflector.list_method_name = "list_nothing_that_exists"  # e.g. no list permission
+    try:
+        assert await spawner._service_account_cache() is None
+    finally:
+        ServiceAccountReflector.list_method_name = original
+        KubeSpawner.reflectors.pop(("serviceaccounts", None), None)
+    assert any("watch cache unavailable" in r.getMessage() for r in caplog.records)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -123,7 +124,7 @@ class ManagedRoles:
                     raise
             current = (await self._call("GetRole", RoleName=name))["Role"]
         self._check_ours(plan, current)
-        return "updated" if await self._converge(role, current) else "unchanged"
+        return "updated" if await self._converge(role, current, shared=plan.scope != "user") else "unchanged"
 
     async def _create(self, role: Mapping[str, Any]) -> None:
         name = role["name"]
@@ -182,11 +183,13 @@ class ManagedRoles:
                 f"{plan.cloud.resources['role']['path']!r}; IAM cannot move a role: delete it or change role_name.",
             )
 
-    async def _converge(self, role: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    async def _converge(self, role: Mapping[str, Any], current: Mapping[str, Any], shared: bool = False) -> bool:
         """Write only what differs; True if anything was written."""
         name = role["name"]
         changed = False
         trust = thaw(role["trust_policy"])
+        if shared:
+            trust = trust_for_every_namespace(trust, current.get("AssumeRolePolicyDocument"))
         # botocore decodes IAM's URL-encoded policy documents into dicts.
         if current.get("AssumeRolePolicyDocument") != trust:
             await self._call("UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=json.dumps(trust))
@@ -282,3 +285,27 @@ class ManagedRoles:
             f"IAM {code or 'error'} for role {name} (rule {plan.rule!r}): {message}",
         )
 
+
+
+def trust_for_every_namespace(planned: dict[str, Any], current: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A shared (group or hub) role's trust, keeping the same ServiceAccount in other namespaces.
+
+    With ``enable_user_namespaces`` each member's pod runs in their own namespace, under
+    their copy of the shared ServiceAccount. Each spawn plans trust for its namespace only;
+    keeping the subjects already trusted - exactly that account name, in any namespace, each
+    listed exactly (never a wildcard) - stops spawns from rewriting each other's trust.
+    """
+    statement = planned["Statement"][0]
+    condition = statement["Condition"]["StringEquals"]
+    key = next(k for k in condition if k.endswith(":sub"))
+    subject = condition[key]
+    account = subject.rsplit(":", 1)[1]
+    same_account = re.compile(rf"system:serviceaccount:[a-z0-9]([-a-z0-9]*[a-z0-9])?:{re.escape(account)}")
+    known: set[str] = set()
+    for old in (current or {}).get("Statement", []):
+        values = ((old.get("Condition") or {}).get("StringEquals") or {}).get(key, [])
+        known.update(v for v in ([values] if isinstance(values, str) else values) if same_account.fullmatch(v))
+    subjects = sorted(known | {subject})
+    if len(subjects) > 1:
+        condition[key] = subjects
+    return planned
