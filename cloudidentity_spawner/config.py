@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import Any
 
 from traitlets import Any as AnyTrait
-from traitlets import Dict, Float, Integer, List, Unicode
+from traitlets import Bool, Dict, Float, Integer, List, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
 from .claims import DEFAULT_GROUP_CLAIMS, Claims, claims_from_auth_state
@@ -144,6 +144,19 @@ class CloudIdentity(LoggingConfigurable):
         4,
         config=True,
         help="At most this many Google Cloud IAM calls at once from this hub.",
+    )
+    irsa_pod_spec = Bool(
+        True,
+        config=True,
+        help="""
+        Put what EKS's pod-identity webhook would add for an IRSA role - AWS_ROLE_ARN,
+        AWS_WEB_IDENTITY_TOKEN_FILE and the projected token volume "aws-iam-token" - into
+        the pod spec ourselves, for the plan's role. The webhook reads ServiceAccounts from
+        its own cache, so a pod made right after its account was created or re-annotated
+        can start without credentials or with the old role; with this, the first notebook
+        cell works every time, and the webhook sees the work done and adds nothing twice.
+        Set False to leave it all to the webhook.
+        """,
     )
     cloud_cache_seconds = Float(
         3600.0,

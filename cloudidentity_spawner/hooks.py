@@ -31,7 +31,7 @@ async def pre_spawn_hook(spawner: Any) -> None:
     provisioner = IdentityProvisioner(settings, spawner, RetryPolicy(), spawner.k8s_api_request_timeout)
     plan = await provisioner.prepare(spawner.namespace)
     apply_plan(spawner, plan, automount)
-    spawner.modify_pod_hook = pinning_hook(spawner.modify_pod_hook, plan, automount)
+    spawner.modify_pod_hook = pinning_hook(spawner.modify_pod_hook, plan, automount, settings.irsa_pod_spec)
 
 
 async def refuse_what_the_hook_cannot_enforce(spawner: Any) -> None:

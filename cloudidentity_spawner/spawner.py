@@ -366,7 +366,7 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         self._identity_plan = plan
         apply_plan(self, plan, self._configured_automount)
         # After the profile's kubespawner_override, which may set its own modify_pod_hook.
-        self.modify_pod_hook = pinning_hook(self.modify_pod_hook, plan, self._configured_automount)
+        self.modify_pod_hook = pinning_hook(self.modify_pod_hook, plan, self._configured_automount, self.irsa_pod_spec)
 
     async def _make_create_pod_request(self, pod: Any, request_timeout: float) -> bool:
         """Create the pod; if the cluster says its ServiceAccount is gone (deleted after the
@@ -393,7 +393,7 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
     async def get_pod_manifest(self):
         pod = await super().get_pod_manifest()
         if self._identity_plan is not None:
-            pin_pod(pod, self._identity_plan, self._configured_automount)
+            pin_pod(pod, self._identity_plan, self._configured_automount, self.irsa_pod_spec)
         return pod
 
     async def delete_forever(self) -> None:
@@ -432,9 +432,13 @@ def planned_env(plan: IdentityPlan) -> dict[str, str]:
     }
 
 
-def pin_pod(pod: Any, plan: IdentityPlan, automount: bool) -> None:
+IRSA_VOLUME = "aws-iam-token"
+IRSA_MOUNT_PATH = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
+
+
+def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) -> None:
     """The last word on the pod's ServiceAccount, token mount and the plan's environment,
-    whatever profiles, overrides and hooks said before."""
+    whatever profiles, overrides and hooks said before (and, with *irsa*, the IRSA role)."""
     from kubernetes_asyncio.client.models import V1EnvVar
 
     pod.spec.service_account_name = plan.service_account.name
@@ -443,9 +447,44 @@ def pin_pod(pod: Any, plan: IdentityPlan, automount: bool) -> None:
     env = planned_env(plan)
     notebook = pod.spec.containers[0]
     notebook.env = [e for e in (notebook.env or []) if e.name not in env] + [V1EnvVar(name=k, value=v) for k, v in env.items()]
+    role_arn = plan.service_account.annotations.get(aws.ROLE_ARN_ANNOTATION)
+    if irsa and role_arn:
+        pin_irsa(pod, plan, role_arn)
 
 
-def pinning_hook(operator_hook: Any, plan: IdentityPlan, automount: bool) -> Any:
+def pin_irsa(pod: Any, plan: IdentityPlan, role_arn: str) -> None:
+    """What EKS's pod-identity webhook adds for the account's role, added by us for the plan's role.
+
+    The webhook looks the ServiceAccount up in its own cache; a pod made right after the
+    account was created or re-annotated can miss it (no credentials) or see the old role.
+    The webhook leaves alone a container that already has AWS_ROLE_ARN or
+    AWS_WEB_IDENTITY_TOKEN_FILE, a mount named ``aws-iam-token`` and a pod volume of that
+    name, so nothing is added twice; and the role is the plan's, whatever its cache says.
+    """
+    from kubernetes_asyncio.client.models import (
+        V1EnvVar,
+        V1ProjectedVolumeSource,
+        V1ServiceAccountTokenProjection,
+        V1Volume,
+        V1VolumeMount,
+        V1VolumeProjection,
+    )
+
+    annotations = plan.service_account.annotations
+    expiration = int(annotations.get(aws.TOKEN_EXPIRATION_ANNOTATION, "86400"))
+    token = V1ServiceAccountTokenProjection(audience="sts.amazonaws.com", expiration_seconds=expiration, path="token")
+    volume = V1Volume(name=IRSA_VOLUME, projected=V1ProjectedVolumeSource(sources=[V1VolumeProjection(service_account_token=token)]))
+    pod.spec.volumes = [v for v in (pod.spec.volumes or []) if v.name != IRSA_VOLUME] + [volume]
+    env = {"AWS_ROLE_ARN": role_arn, "AWS_WEB_IDENTITY_TOKEN_FILE": f"{IRSA_MOUNT_PATH}/token"}
+    if annotations.get(aws.STS_REGIONAL_ANNOTATION) == "true":
+        env["AWS_STS_REGIONAL_ENDPOINTS"] = "regional"
+    for container in pod.spec.containers:
+        container.env = [e for e in (container.env or []) if e.name not in env] + [V1EnvVar(name=k, value=v) for k, v in env.items()]
+        mounts = [m for m in (container.volume_mounts or []) if m.name != IRSA_VOLUME]
+        container.volume_mounts = mounts + [V1VolumeMount(name=IRSA_VOLUME, mount_path=IRSA_MOUNT_PATH, read_only=True)]
+
+
+def pinning_hook(operator_hook: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) -> Any:
     """A ``modify_pod_hook`` that runs the operator's hook (if any), then pins the pod.
 
     KubeSpawner calls ``modify_pod_hook`` after ``get_pod_manifest``, so this is the
@@ -461,7 +500,7 @@ def pinning_hook(operator_hook: Any, plan: IdentityPlan, automount: bool) -> Any
                 pod = await pod
         if spawner.namespace != plan.service_account.namespace:
             raise SpawnRefused("A profile moved your server to another namespace than your cloud identity's; ask your hub admin.")
-        pin_pod(pod, plan, automount)
+        pin_pod(pod, plan, automount, irsa)
         return pod
 
     modify_pod_hook._cloudidentity_pin = True

@@ -557,3 +557,54 @@ async def test_a_watch_that_cannot_start_degrades_to_reads_instead_of_halting_th
         ServiceAccountReflector.list_method_name = original
         KubeSpawner.reflectors.pop(("serviceaccounts", None), None)
     assert any("watch cache unavailable" in r.getMessage() for r in caplog.records)
+
+
+# -- what EKS's webhook would add, added by us ------------------------------------------------------
+
+
+def webhook_mutation(pod: dict, cached_role: str | None) -> dict:
+    """EKS's pod-identity webhook, as its handler documents it: nothing without a role in its
+    cache; a container that already has AWS_ROLE_ARN or AWS_WEB_IDENTITY_TOKEN_FILE keeps its
+    env; a mount or pod volume named aws-iam-token is not added again."""
+    import copy
+
+    pod = copy.deepcopy(pod)
+    if not cached_role:
+        return pod
+    spec = pod["spec"]
+    for container in spec["containers"]:
+        names = {e["name"] for e in container.get("env", [])}
+        if not names & {"AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"}:
+            container.setdefault("env", []).extend([
+                {"name": "AWS_ROLE_ARN", "value": cached_role},
+                {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"}])
+        if not any(m["name"] == "aws-iam-token" for m in container.get("volumeMounts", [])):
+            container.setdefault("volumeMounts", []).append(
+                {"name": "aws-iam-token", "mountPath": "/var/run/secrets/eks.amazonaws.com/serviceaccount", "readOnly": True})
+    if not any(v["name"] == "aws-iam-token" for v in spec.get("volumes", [])):
+        spec.setdefault("volumes", []).append({"name": "aws-iam-token", "projected": {"sources": [
+            {"serviceAccountToken": {"audience": "sts.amazonaws.com", "expirationSeconds": 86400, "path": "token"}}]}})
+    return pod
+
+
+@pytest.mark.parametrize("webhook_cache", [None, "arn:aws:iam::123456789012:role/jupyterhub/old-role"],
+                         ids=["webhook-missed-the-account", "webhook-has-the-old-role"])
+async def test_the_pod_carries_the_plans_irsa_role_whatever_the_webhook_cache_says(namespace, webhook_cache):
+    _, pod = await start_and_stop(spawner_for(namespace, "yan", ["/escape"]))
+    mutated = webhook_mutation(pod, webhook_cache)
+    [container] = mutated["spec"]["containers"]
+    env = [(e["name"], e.get("value")) for e in container["env"]]
+    assert env.count(("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/jupyterhub/yan")) == 1
+    assert [n for n, _ in env].count("AWS_ROLE_ARN") == 1
+    assert ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/eks.amazonaws.com/serviceaccount/token") in env
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "aws-iam-token"]
+    assert mount["mountPath"] == "/var/run/secrets/eks.amazonaws.com/serviceaccount" and mount["readOnly"]
+    [volume] = [v for v in mutated["spec"]["volumes"] if v["name"] == "aws-iam-token"]
+    [source] = volume["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "sts.amazonaws.com"
+
+
+async def test_irsa_in_the_pod_spec_can_be_left_to_the_webhook(namespace):
+    _, pod = await start_and_stop(spawner_for(namespace, "zed", ["/escape"], irsa_pod_spec=False))
+    assert "AWS_ROLE_ARN" not in env_of(pod)
+    assert not any(v["name"] == "aws-iam-token" for v in pod["spec"].get("volumes", []))
