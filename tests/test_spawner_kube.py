@@ -608,3 +608,13 @@ async def test_irsa_in_the_pod_spec_can_be_left_to_the_webhook(namespace):
     _, pod = await start_and_stop(spawner_for(namespace, "zed", ["/escape"], irsa_pod_spec=False))
     assert "AWS_ROLE_ARN" not in env_of(pod)
     assert not any(v["name"] == "aws-iam-token" for v in pod["spec"].get("volumes", []))
+
+
+@pytest.mark.emulator_only
+async def test_a_409_whose_account_is_gone_by_the_re_read_creates_it_again(namespace, emulator):
+    """Another spawn's account was deleted between its create and ours: nothing is there."""
+    emulator.fail("POST", f"/namespaces/{namespace}/serviceaccounts$", 409, reason="AlreadyExists")
+    _, pod = await start_and_stop(spawner_for(namespace, "abe", ["/escape"], service_account_cache=False))
+    assert pod["spec"]["serviceAccountName"] == "jupyter-abe"
+    assert await read("serviceaccount", namespace, "jupyter-abe") is not None
+    assert emulator.count("POST", f"/namespaces/{namespace}/serviceaccounts$") == 2
