@@ -129,6 +129,16 @@ class CloudIdentity(LoggingConfigurable):
         spawn instead of AccessDenied in their first notebook cell. 0 disables the wait.
         """,
     )
+    gcp_propagation_seconds = Float(
+        60.0,
+        config=True,
+        help="""
+        After creating a Google service account, how long (0-600 s) the first spawn keeps
+        retrying IAM's "service account ... does not exist" answers while Google's IAM catches
+        up (usually seconds). Past it the spawn fails with "try again in a minute" and the next
+        spawn carries on. Only accounts this hub just created are retried.
+        """,
+    )
     gcp_client_factory = AnyTrait(
         None,
         allow_none=True,
@@ -275,6 +285,7 @@ def backend_for(settings: CloudIdentity, provider: str) -> Any:
                 factory,
                 max_concurrent_calls=settings.gcp_max_concurrent_calls,
                 cache_seconds=settings.cloud_cache_seconds,
+                propagation_seconds=settings.gcp_propagation_seconds,
                 log=settings.log,
             )
         return _backends[key]

@@ -361,3 +361,20 @@ async def test_a_shared_role_trusts_each_members_namespace_without_flapping(name
     subjects = statement["Condition"]["StringEquals"][f"{ISSUER}:sub"]
     account = subjects[0].rsplit(":", 1)[1]
     assert subjects == sorted([f"system:serviceaccount:{namespace}:{account}", f"system:serviceaccount:{other}:{account}"])
+
+
+async def test_a_changed_role_gets_the_propagation_wait_too(namespace, moto_endpoint, hub, monkeypatch):
+    """moto is immediately consistent, so the wait is checked at the call boundary."""
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "ora"))
+    settled = []
+
+    async def settle(self, name):
+        settled.append(name)
+
+    monkeypatch.setattr(ManagedRoles, "_settle", settle)
+    changed = json.loads(json.dumps(SCRATCH_POLICY).replace('"s3:DeleteObject", ', ''))
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "ora", rules=managed_rules(hub, inline_policy=changed)))
+    assert settled == [f"{hub}-ora"]
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "ora", rules=managed_rules(hub, inline_policy=changed),
+                            cloud_cache_seconds=0))
+    assert settled == [f"{hub}-ora"]  # unchanged: no wait

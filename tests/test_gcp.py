@@ -24,6 +24,7 @@ PROJECT = "my-project"
 def hub(gcp_server):
     _backends.clear()
     gcp_server.state.fail_next_set_with_conflict = 0
+    gcp_server.state.visibility_delay = 0.0
     return "h" + uuid.uuid4().hex[:5]
 
 
@@ -126,7 +127,9 @@ async def test_delete_removes_our_bindings_and_account_but_keeps_foreign_ones(na
     consumers = {m for b in project["bindings"] if b["role"] == "roles/serviceusage.serviceUsageConsumer" for m in b["members"]}
     assert f"serviceAccount:{email}" not in consumers
     assert "user:admin@example.org" in consumers
-    assert {"role": "roles/bigquery.user", "members": [f"serviceAccount:{email}"]} in project["bindings"]
+    # The admin's own binding is left alone; IAM shows its member as deleted, as it does for real.
+    [by_hand] = [b for b in project["bindings"] if b["role"] == "roles/bigquery.user"]
+    assert by_hand["members"][0].startswith(f"deleted:serviceAccount:{email}?uid=")
     folder = state.policies.get("projects/_/buckets/lab-scratch/managedFolders/carol/")
     assert not any(f"serviceAccount:{email}" in b["members"] for b in folder["bindings"])
     assert ("lab-scratch", "carol/") in state.managed_folders  # the folder and its objects stay
@@ -206,3 +209,49 @@ async def test_a_dropped_bucket_role_is_taken_away_from_the_same_account(namespa
     await spawn(gcp_spawner(namespace, gcp_server, hub, "lea", rule_list=rules(hub, bucket_roles=[])))
     assert email in gcp_server.state.accounts
     assert not any(f"serviceAccount:{email}" in b["members"] for b in policy(gcp_server, folder)["bindings"])
+
+
+# -- eventual consistency: a new account is unknown to IAM for a while ----------------------------
+
+
+async def test_first_spawn_waits_while_iam_says_the_new_account_does_not_exist(namespace, gcp_server, hub, caplog):
+    caplog.set_level("INFO")
+    gcp_server.state.visibility_delay = 1.5
+    try:
+        await spawn(gcp_spawner(namespace, gcp_server, hub, "mae"))
+    finally:
+        gcp_server.state.visibility_delay = 0.0
+    email = f"{hub}-mae@{PROJECT}.iam.gserviceaccount.com"
+    assert policy(gcp_server, email)["bindings"][0]["role"] == "roles/iam.workloadIdentityUser"
+    assert any(f"knew new service account {email} after" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_window_longer_than_the_bound_fails_clearly_and_the_next_spawn_carries_on(namespace, gcp_server, hub, caplog):
+    gcp_server.state.visibility_delay = 2.0
+    try:
+        with pytest.raises(SpawnRefused, match="still setting up your new cloud identity"):
+            await gcp_spawner(namespace, gcp_server, hub, "ned", gcp_propagation_seconds=0.5).start()
+        [line] = [r.getMessage() for r in caplog.records if "spawn refused for ned" in r.getMessage()]
+        assert "does not exist" in line and "gcp_propagation_seconds" in line
+        await asyncio.sleep(2.0)
+        await spawn(gcp_spawner(namespace, gcp_server, hub, "ned", gcp_propagation_seconds=0.5))
+    finally:
+        gcp_server.state.visibility_delay = 0.0
+    email = f"{hub}-ned@{PROJECT}.iam.gserviceaccount.com"
+    assert policy(gcp_server, email)["bindings"][0]["role"] == "roles/iam.workloadIdentityUser"
+
+
+def test_the_local_server_hides_a_new_account_from_policy_writes(gcp_server):
+    """As Google's IAM answers right after CreateServiceAccount."""
+    iam, projects, _ = gcp_server.clients()
+    gcp_server.state.visibility_delay = 30.0
+    try:
+        account = iam.create_service_account(request={"name": f"projects/{PROJECT}", "account_id": "just-" + uuid.uuid4().hex[:8]})
+        with pytest.raises(gexc.NotFound, match="does not exist"):
+            iam.get_iam_policy(request={"resource": account.name})
+        current = projects.get_iam_policy(request={"resource": f"projects/{PROJECT}"})
+        current.bindings.add(role="roles/viewer", members=[f"serviceAccount:{account.email}"])
+        with pytest.raises(gexc.BadRequest, match="does not exist"):
+            projects.set_iam_policy(request={"resource": f"projects/{PROJECT}", "policy": current})
+    finally:
+        gcp_server.state.visibility_delay = 0.0

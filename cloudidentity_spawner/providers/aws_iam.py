@@ -124,7 +124,12 @@ class ManagedRoles:
                     raise
             current = (await self._call("GetRole", RoleName=name))["Role"]
         self._check_ours(plan, current)
-        return "updated" if await self._converge(role, current, shared=plan.scope != "user") else "unchanged"
+        if await self._converge(role, current, shared=plan.scope != "user"):
+            # A changed trust or policy is eventually consistent too: the pod's first
+            # AssumeRoleWithWebIdentity (new namespace in the trust) or call must not race it.
+            await self._settle(name)
+            return "updated"
+        return "unchanged"
 
     async def _create(self, role: Mapping[str, Any]) -> None:
         name = role["name"]
@@ -146,8 +151,9 @@ class ManagedRoles:
             await self._call("AttachRolePolicy", RoleName=name, PolicyArn=arn)
 
     async def _settle(self, name: str) -> None:
-        """New IAM roles are eventually consistent: STS may refuse to assume one for a
-        few seconds. Wait (bounded) so the user's first AWS call does not fail."""
+        """New and changed IAM roles are eventually consistent: STS may refuse to assume one,
+        or a call its new policy allows, for a few seconds. Wait (bounded) so the user's first
+        AWS call does not fail."""
         if self.propagation_seconds <= 0:
             return
         waiter = self.iam.get_waiter("role_exists")

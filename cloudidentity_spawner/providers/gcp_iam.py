@@ -52,6 +52,7 @@ class ManagedServiceAccounts:
         max_concurrent_calls: int = 4,
         cache_seconds: float = 3600.0,
         policy_retries: int = 6,
+        propagation_seconds: float = 60.0,
         log: Any = None,
     ):
         self.iam, self.projects, self.storage = (clients or default_clients)()
@@ -60,6 +61,10 @@ class ManagedServiceAccounts:
         self._known: dict[str, tuple[str, float]] = {}
         self.cache_seconds = cache_seconds
         self.policy_retries = policy_retries
+        self.propagation_seconds = max(0.0, min(propagation_seconds, 600.0))
+        self._created: dict[str, float] = {}
+        """When this process created each account (``time.monotonic()``): only those get
+        their "does not exist" answers retried."""
         self.log = log
         self.calls: list[str] = []
 
@@ -86,7 +91,7 @@ class ManagedServiceAccounts:
                 created = await self._ensure_account(plan, resources["service_account"])
                 changed = False
                 for binding in resources["bindings"]:
-                    changed |= await self._edit(binding["resource"], add=binding)
+                    changed |= await self._settled(email, lambda b=binding: self._edit(b["resource"], add=b))
             except gexc.GoogleAPICallError as e:
                 raise self._error(plan, e) from None
             self._known[email] = (fingerprint, time.monotonic())
@@ -109,6 +114,7 @@ class ManagedServiceAccounts:
                         "service_account": {"display_name": account["display_name"], "description": account["description"]},
                     },
                 )
+                self._created[account["email"]] = time.monotonic()
                 return True
             except gexc.AlreadyExists:
                 current = await self._call("GetServiceAccount", self.iam.get_service_account, request={"name": name})
@@ -122,6 +128,35 @@ class ManagedServiceAccounts:
                 "Change account_id in the rule.",
             )
         return False
+
+    async def _settled(self, email: str, edit: Callable[[], Any]) -> Any:
+        """Run *edit*; while IAM still says a just-created *email* "does not exist", retry.
+
+        Google's IAM is eventually consistent: for a while after CreateServiceAccount,
+        ``setIamPolicy`` on the account answers NOT_FOUND and a policy naming it answers
+        400 "... does not exist". Only accounts this process created within
+        ``propagation_seconds`` are waited for, with jittered backoff, the total capped.
+        """
+        waited = 0.0
+        attempt = 0
+        while True:
+            try:
+                result = await edit()
+            except (gexc.NotFound, gexc.BadRequest) as e:
+                created = self._created.get(email)
+                if "does not exist" not in str(e.message) or created is None:
+                    raise
+                remaining = created + self.propagation_seconds - time.monotonic()
+                if remaining <= 0:
+                    raise PropagationTimeout(email, self.propagation_seconds) from None
+                delay = min(remaining, random.uniform(0.5, 1.0) * min(8.0, 0.25 * 2**attempt))
+                attempt += 1
+                waited += delay
+                await asyncio.sleep(delay)
+                continue
+            if waited and self.log:
+                self.log.info("cloudidentity: Google IAM knew new service account %s after %.1f s", email, waited)
+            return result
 
     async def _edit(self, resource: str, *, add: Mapping[str, Any] | None = None, remove: tuple | None = None, member: str = "") -> bool:
         """Read-modify-write one IAM policy, retrying on a concurrent change. True if written."""
@@ -261,6 +296,12 @@ class ManagedServiceAccounts:
         self._known.pop(email, None)
 
     def _error(self, plan: IdentityPlan, error: gexc.GoogleAPICallError) -> IdentityError:
+        if isinstance(error, PropagationTimeout):
+            return IdentityError(
+                "Google is still setting up your new cloud identity; try again in a minute.",
+                f"Google IAM still says {error.email} does not exist {error.seconds:.0f} s after it was created "
+                "(gcp_propagation_seconds); the next spawn carries on from here",
+            )
         email = plan.cloud.identity
         if isinstance(error, gexc.ResourceExhausted):
             return IdentityError(
@@ -279,6 +320,16 @@ class ManagedServiceAccounts:
             "Your cloud identity could not be set up; ask your hub admin.",
             f"Google Cloud {type(error).__name__} for {email} (rule {plan.rule!r}): {error.message}",
         )
+
+
+class PropagationTimeout(gexc.GoogleAPICallError):
+    """A new service account stayed unknown to IAM policy writes for longer than allowed."""
+
+    code = 404
+
+    def __init__(self, email: str, seconds: float):
+        super().__init__(f"{email} does not exist after {seconds:.0f} s")
+        self.email, self.seconds = email, seconds
 
 
 def _kind(resource: str) -> str:

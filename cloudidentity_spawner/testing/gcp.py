@@ -77,6 +77,12 @@ class _Policies:
     def drop(self, resource: str) -> None:
         self._policies.pop(resource, None)
 
+    def mark_deleted(self, member: str, uid: str) -> None:
+        """What IAM shows for a deleted principal: ``deleted:<member>?uid=<uid>`` in every policy."""
+        for policy in self._policies.values():
+            for binding in policy["bindings"]:
+                binding["members"] = [f"deleted:{m}?uid={uid}" if m == member else m for m in binding["members"]]
+
 
 class GoogleCloudState:
     """Service accounts and policies, shared by the gRPC and REST faces."""
@@ -93,6 +99,10 @@ class GoogleCloudState:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.managed_folders: dict[tuple[str, str], dict[str, Any]] = {}
         self.tokens: dict[str, str] = {}
+        self.visibility_delay = 0.0
+        """Seconds a new service account stays invisible to IAM policy writes, as Google's
+        eventually consistent IAM shows it: ``setIamPolicy`` on it answers NOT_FOUND, and a
+        policy naming it as a member answers 400 "... does not exist"."""
         self._lock = threading.RLock()
         self._ids = itertools.count(100000000000000000000)
         for bucket in buckets:
@@ -103,6 +113,21 @@ class GoogleCloudState:
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         with self._lock:
             self.buckets.setdefault(name, {"project": project, "uniform_access": uniform_access, "created": created})
+
+    def not_yet_visible(self, email: str) -> bool:
+        account = self.accounts.get(email)
+        return account is not None and time.monotonic() < account["_created"] + self.visibility_delay
+
+    def missing_member(self, policy: dict[str, Any]) -> str | None:
+        """A project service account a policy names that IAM does not (yet) know, or None."""
+        for binding in policy.get("bindings", []):
+            for member in binding.get("members", []):
+                email = member.removeprefix("serviceAccount:")
+                if member.startswith("serviceAccount:") and email.endswith(".iam.gserviceaccount.com"):
+                    project = email.split("@", 1)[1].split(".", 1)[0]
+                    if project in self.projects and (email not in self.accounts or self.not_yet_visible(email)):
+                        return email
+        return None
 
     def access_token(self, email: str) -> str:
         """A token acting as Google service account *email*: what a pod gets from GKE's metadata
@@ -119,6 +144,10 @@ class GoogleCloudState:
         if not m:
             raise LookupError(f"invalid service account name {name!r}")
         return m[2]
+
+
+def _public(account: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in account.items() if not k.startswith("_")}
 
 
 def _abort(context, code, message):
@@ -172,12 +201,13 @@ class IAMAdminServicer:
                 "etag": b"MDEwMjE5MjA=",
             }
             state.accounts[email] = account
-            return types.ServiceAccount(**account)
+            account["_created"] = time.monotonic()
+            return types.ServiceAccount(**_public(account))
 
     def get(self, request: types.GetServiceAccountRequest, context):
         with self.state._lock:
             self.state.calls.append("GetServiceAccount")
-            return types.ServiceAccount(**self._account(request.name, context))
+            return types.ServiceAccount(**_public(self._account(request.name, context)))
 
     def delete(self, request: types.DeleteServiceAccountRequest, context):
         with self.state._lock:
@@ -185,18 +215,25 @@ class IAMAdminServicer:
             account = self._account(request.name, context)
             del self.state.accounts[account["email"]]
             self.state.policies.drop(account["email"])
+            self.state.policies.mark_deleted(f"serviceAccount:{account['email']}", account["unique_id"])
             return empty_pb2.Empty()
+
+    def _visible_account(self, name: str, context) -> dict[str, Any]:
+        account = self._account(name, context)
+        if self.state.not_yet_visible(account["email"]):
+            _abort(context, grpc.StatusCode.NOT_FOUND, f"Service account {name} does not exist.")
+        return account
 
     def get_iam_policy(self, request: iam_policy_pb2.GetIamPolicyRequest, context):
         with self.state._lock:
             self.state.calls.append("GetIamPolicy")
-            account = self._account(request.resource, context)
+            account = self._visible_account(request.resource, context)
             return _to_proto(self.state.policies.get(account["email"]))
 
     def set_iam_policy(self, request: iam_policy_pb2.SetIamPolicyRequest, context):
         with self.state._lock:
             self.state.calls.append("SetIamPolicy")
-            account = self._account(request.resource, context)
+            account = self._visible_account(request.resource, context)
             if self.state.fail_next_set_with_conflict:
                 self.state.fail_next_set_with_conflict -= 1
                 self.state.policies.set(account["email"], self.state.policies.get(account["email"]))  # someone else wrote
@@ -296,6 +333,9 @@ class RestFaces:
                         compile_condition(binding["condition"]["expression"])
                 except ConditionError as e:
                     return self._error(400, "INVALID_ARGUMENT", str(e))
+            missing = self.state.missing_member(policy)
+            if missing:
+                return self._error(400, "INVALID_ARGUMENT", f"Service account {missing} does not exist.")
             if self.state.fail_next_set_with_conflict:
                 self.state.fail_next_set_with_conflict -= 1
                 self.state.policies.set(f"projects/{project}", self.state.policies.get(f"projects/{project}"))

@@ -187,6 +187,9 @@ class StorageFace:
                 compile_condition(condition["expression"])
             except ConditionError as e:
                 return _error(400, "invalid", str(e))
+        missing = self.state.missing_member(policy)
+        if missing:
+            return _error(400, "invalid", f"Service account {missing} does not exist.")
         if self.state.fail_next_set_with_conflict:  # someone else writes between our read and write
             self.state.fail_next_set_with_conflict -= 1
             self.state.policies.set(resource, self.state.policies.get(resource))
