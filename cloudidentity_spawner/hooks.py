@@ -29,6 +29,8 @@ async def pre_spawn_hook(spawner: Any) -> None:
     await refuse_what_the_hook_cannot_enforce(spawner)
     automount = bool(spawner.automount_service_account_token)
     provisioner = IdentityProvisioner(settings, spawner, RetryPolicy(), spawner.k8s_api_request_timeout)
+    if spawner.enable_user_namespaces:
+        await spawner._ensure_namespace()  # KubeSpawner would make it only after this hook
     plan = await provisioner.prepare(spawner.namespace)
     apply_plan(spawner, plan, automount)
     spawner.modify_pod_hook = pinning_hook(spawner.modify_pod_hook, plan, automount, settings.irsa_pod_spec)

@@ -240,9 +240,17 @@ class ServiceAccounts:
             return {k: cached.get("metadata", {}).get(k) or {} for k in ("labels", "annotations")}
         return await self.retry.run(lambda: self._read(sa.name, sa.namespace), f"read ServiceAccount {sa.namespace}/{sa.name}", self.log)
 
-    async def ensure(self, plan: IdentityPlan, existing: Mapping[str, Any] | None) -> str:
+    async def ensure(
+        self,
+        plan: IdentityPlan,
+        existing: Mapping[str, Any] | None,
+        before_change: Callable[[Mapping[str, Any]], Awaitable[None]] | None = None,
+    ) -> str:
         """Make the plan's ServiceAccount right, starting from *existing* (from :meth:`current`);
-        returns ``created``, ``patched`` or ``unchanged``. Only differences are written."""
+        returns ``created``, ``patched`` or ``unchanged``. Only differences are written.
+
+        If a create meets 409, the account found instead is passed to *before_change*
+        before it is patched (the caller revokes what that account pointed at)."""
         sa = plan.service_account
         what = f"ServiceAccount {sa.namespace}/{sa.name}"
         change = service_account_change(existing, plan)
@@ -263,6 +271,8 @@ class ServiceAccounts:
             # if it is gone again by now, create again.
             existing = await self.retry.run(lambda: self._read(sa.name, sa.namespace), f"read {what}", self.log)
             change = service_account_change(existing, plan)
+            if existing is not None and before_change is not None:
+                await before_change(existing)
         if change.action == "create":
             raise IdentityError(
                 "Your cloud identity could not be set up; try again in a minute, or ask your hub admin.",

@@ -129,14 +129,22 @@ class IdentityProvisioner:
             if plan.cloud is not None and plan.cloud.mode == "managed":
                 # The cloud identity first: the ServiceAccount must not point at a role that is not there yet.
                 cloud_outcome = await self.settings.cloud_backend(plan.cloud.provider).ensure(plan)
-            revoked = identity_to_revoke(existing, plan)
-            if revoked:
+            revoked: list[str] = []
+
+            async def revoke_what_it_no_longer_plans(found: Any) -> None:
                 # Before the new pod exists: the account's token must not reach what it no longer plans.
-                await self.revoke(revoked, plan.owner, existing["annotations"])
-            stale = bindings_to_remove(existing, plan)
-            if stale:
-                await self.revoke_bindings(plan.cloud.identity, stale)
-            outcome = await self.accounts.ensure(plan, existing)
+                # Also called with what a create that met 409 found, so a stale cache cannot skip it.
+                old = identity_to_revoke(found, plan)
+                if old:
+                    await self.refuse_while_other_pods_use(plan, old)
+                    await self.revoke(old, plan.owner, found["annotations"])
+                    revoked.append(old)
+                stale = bindings_to_remove(found, plan)
+                if stale:
+                    await self.revoke_bindings(plan.cloud.identity, stale)
+
+            await revoke_what_it_no_longer_plans(existing)
+            outcome = await self.accounts.ensure(plan, existing, before_change=revoke_what_it_no_longer_plans)
         except IdentityError as e:
             self.log.error("cloudidentity: spawn refused for %s: %s", who, e.admin_detail)
             raise SpawnRefused(e.user_message) from None
@@ -165,9 +173,33 @@ class IdentityProvisioner:
         SERVICE_ACCOUNT_CHANGES.labels(outcome).inc()
         record = audit_record(plan, self.spawner.name, outcome, cloud_outcome)
         if revoked:
-            record["revoked_cloud_identity"] = revoked
+            record["revoked_cloud_identity"] = revoked[0]
         self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
         return plan
+
+    async def refuse_while_other_pods_use(self, plan: IdentityPlan, identity: str) -> None:
+        """One ServiceAccount carries one identity: revoking it under a pod that still runs
+        (the user's other named server, another member of a group) would break that pod, and
+        sharing it would leave the old identity reachable. So the spawn waits its turn."""
+        sa = plan.service_account
+        pods = await self.accounts.retry.run(
+            lambda: self.accounts.api.list_namespaced_pod(
+                sa.namespace, field_selector=f"spec.serviceAccountName={sa.name}", _request_timeout=self.accounts.request_timeout
+            ),
+            f"list pods under {sa.namespace}/{sa.name}",
+            self.log,
+        )
+        others = sorted(
+            p.metadata.name for p in pods.items
+            if p.metadata.name != getattr(self.spawner, "pod_name", None) and not p.metadata.deletion_timestamp
+        )
+        if others:
+            raise IdentityError(
+                "Your server cannot start yet: another server runs under the same account with your previous cloud "
+                f"identity ({', '.join(others)}). Stop it first, or ask your hub admin.",
+                f"not revoking {identity} from ServiceAccount {sa.namespace}/{sa.name} for rule {plan.rule!r}: "
+                f"pods {others} still run under it",
+            )
 
     async def revoke(self, identity: str, owner: str, annotations: dict[str, str]) -> bool:
         """Delete the hub-managed identity ``aws:<arn>`` / ``gcp:<email>`` made for *owner*
@@ -286,12 +318,16 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
                 await reflector.start()
             await reflector.first_load_future
         except Exception as e:
-            self.__class__.reflectors.pop(key, None)
+            if reflector is not None and reflector.first_load_future.done():
+                reflector.first_load_future.exception()  # seen here; not "never retrieved" later
+            if reflector is not None and self.__class__.reflectors.get(key) is reflector:
+                self.__class__.reflectors.pop(key)
             self.log.warning("cloudidentity: ServiceAccount watch cache unavailable (%s); reading accounts directly", describe(e))
             return None
         if reflector.watch_task is None or reflector.watch_task.done():
             # Its watch has stopped: what it holds may be stale. Read this time; the next spawn starts a new one.
-            self.__class__.reflectors.pop(self._get_reflector_key("serviceaccounts"), None)
+            if self.__class__.reflectors.get(key) is reflector:
+                self.__class__.reflectors.pop(key)
             self.log.warning("cloudidentity: ServiceAccount watch cache has stopped; reading accounts directly")
             return None
         return reflector.resources
@@ -478,7 +514,7 @@ def pin_irsa(pod: Any, plan: IdentityPlan, role_arn: str) -> None:
     env = {"AWS_ROLE_ARN": role_arn, "AWS_WEB_IDENTITY_TOKEN_FILE": f"{IRSA_MOUNT_PATH}/token"}
     if annotations.get(aws.STS_REGIONAL_ANNOTATION) == "true":
         env["AWS_STS_REGIONAL_ENDPOINTS"] = "regional"
-    for container in pod.spec.containers:
+    for container in [*pod.spec.containers, *(pod.spec.init_containers or [])]:  # the webhook does both
         container.env = [e for e in (container.env or []) if e.name not in env] + [V1EnvVar(name=k, value=v) for k, v in env.items()]
         mounts = [m for m in (container.volume_mounts or []) if m.name != IRSA_VOLUME]
         container.volume_mounts = mounts + [V1VolumeMount(name=IRSA_VOLUME, mount_path=IRSA_MOUNT_PATH, read_only=True)]

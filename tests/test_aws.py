@@ -378,3 +378,62 @@ async def test_a_changed_role_gets_the_propagation_wait_too(namespace, moto_endp
     await spawn(aws_spawner(namespace, moto_endpoint, hub, "ora", rules=managed_rules(hub, inline_policy=changed),
                             cloud_cache_seconds=0))
     assert settled == [f"{hub}-ora"]  # unchanged: no wait
+
+
+async def test_revocation_is_not_skipped_when_the_cache_missed_the_account(namespace, moto_endpoint, hub):
+    """An empty (lagging) cache makes the create meet 409: the account found is revoked from too."""
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "pam", rules=named_rule(hub, "a")))
+    spawner = aws_spawner(namespace, moto_endpoint, hub, "pam", rules=named_rule(hub, "b"))
+    await spawner._provisioner().prepare(namespace, {})  # a synced-looking cache that has not seen it
+    assert not trusts(moto_endpoint, f"{hub}-a-pam", namespace, "jupyter-pam")
+    assert trusts(moto_endpoint, f"{hub}-b-pam", namespace, "jupyter-pam")
+
+
+async def test_a_running_server_under_the_account_blocks_revocation(namespace, moto_endpoint, hub):
+    """One account carries one identity: the user's other server keeps its role until it stops."""
+    first = aws_spawner(namespace, moto_endpoint, hub, "quo", rules=named_rule(hub, "a"))
+    await first.start()
+    try:
+        c = spawner_config(namespace, named_rule(hub, "b"), hub_name=hub, aws_role_propagation_seconds=0,
+                           aws_client_kwargs={"endpoint_url": moto_endpoint, "region_name": "us-east-1"})
+        second = make_spawner(CloudIdentitySpawner, c, SpawnUser("quo", oidc_state(**{"wlcg.groups": ["/escape"]})), "gpu")
+        with pytest.raises(SpawnRefused, match="another server runs under the same account"):
+            await second.start()
+        assert trusts(moto_endpoint, f"{hub}-a-quo", namespace, "jupyter-quo")
+    finally:
+        await first.stop()
+    await spawn(make_spawner(CloudIdentitySpawner, c, SpawnUser("quo", oidc_state(**{"wlcg.groups": ["/escape"]})), "gpu"))
+    assert not trusts(moto_endpoint, f"{hub}-a-quo", namespace, "jupyter-quo")
+
+
+async def test_a_hand_set_marker_cannot_make_the_hub_delete_an_operators_role(namespace, moto_endpoint, hub):
+    client = iam(moto_endpoint)
+    operator_role = client.create_role(
+        RoleName=f"{hub}-ops", Path="/operators/", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
+    )["Role"]["Arn"]
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "rex", rules=named_rule(hub, "a")))
+    from kubernetes_asyncio import client as k8s
+    from kubernetes_asyncio import config as kube_config
+    import os
+
+    async with (await kube_config.new_client_from_config(config_file=os.environ["KUBECONFIG"])) as api_client:
+        await k8s.CoreV1Api(api_client).patch_namespaced_service_account("jupyter-rex", namespace, {"metadata": {
+            "annotations": {"cloudidentity-spawner/managed-identity": f"aws:{operator_role}"}}})
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "rex", rules=named_rule(hub, "b"), service_account_cache=False))
+    assert client.get_role(RoleName=f"{hub}-ops")["Role"]["Arn"] == operator_role  # untagged: never deleted
+
+
+async def test_a_shared_trust_past_iams_length_limit_is_a_clear_error(namespace, moto_endpoint, hub, caplog):
+    group_rule = [{"name": "crowd", "match": {"groups": ["/escape"]}, "scope": "group",
+                   "aws": {"managed": {"oidc_provider_arn": PROVIDER_ARN, "role_path": f"/jupyterhub/{hub}/",
+                                       "permissions_boundary": BOUNDARY}}}]
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "sue", rules=group_rule, cloud_cache_seconds=0))
+    [role] = iam(moto_endpoint).list_roles(PathPrefix=f"/jupyterhub/{hub}/")["Roles"]
+    doc = role["AssumeRolePolicyDocument"]
+    key = f"{ISSUER}:sub"
+    account = doc["Statement"][0]["Condition"]["StringEquals"][key].rsplit(":", 1)[1]
+    doc["Statement"][0]["Condition"]["StringEquals"][key] = [f"system:serviceaccount:ns-{i:03d}:{account}" for i in range(40)]
+    iam(moto_endpoint).update_assume_role_policy(RoleName=role["RoleName"], PolicyDocument=json.dumps(doc))
+    with pytest.raises(SpawnRefused, match="cannot trust one more namespace"):
+        await aws_spawner(namespace, moto_endpoint, hub, "sue", rules=group_rule, cloud_cache_seconds=0).start()
+    assert any("Role trust policy length" in r.getMessage() for r in caplog.records)

@@ -543,18 +543,15 @@ async def test_user_namespaces_first_spawn_makes_the_namespace_then_the_account(
             await api.delete_namespace(user_ns)
 
 
-async def test_a_watch_that_cannot_start_degrades_to_reads_instead_of_halting_the_hub(namespace, caplog):
+@pytest.mark.emulator_only
+async def test_a_watch_that_cannot_start_degrades_to_reads_instead_of_halting_the_hub(namespace, emulator, caplog):
     """KubeSpawner's own cluster-wide reflectors call sys.exit when they cannot start."""
-    from cloudidentity_spawner.kube import ServiceAccountReflector
-
     spawner = spawner_for(namespace, "vic", ["/escape"], KubeSpawner__enable_user_namespaces=True,
                           KubeSpawner__user_namespace_template=f"{namespace}-{{username}}")
-    original = ServiceAccountReflector.list_method_name
-    ServiceAccountReflector.list_method_name = "list_nothing_that_exists"  # e.g. no list permission
+    emulator.fail("GET", "^/api/v1/serviceaccounts$", 403, reason="Forbidden")  # e.g. no cluster-wide list
     try:
         assert await spawner._service_account_cache() is None
     finally:
-        ServiceAccountReflector.list_method_name = original
         KubeSpawner.reflectors.pop(("serviceaccounts", None), None)
     assert any("watch cache unavailable" in r.getMessage() for r in caplog.records)
 
@@ -618,3 +615,19 @@ async def test_a_409_whose_account_is_gone_by_the_re_read_creates_it_again(names
     assert pod["spec"]["serviceAccountName"] == "jupyter-abe"
     assert await read("serviceaccount", namespace, "jupyter-abe") is not None
     assert emulator.count("POST", f"/namespaces/{namespace}/serviceaccounts$") == 2
+
+
+async def test_the_hook_with_user_namespaces_makes_the_namespace_first(namespace):
+    user = SpawnUser("wil", oidc_state(**{"wlcg.groups": ["/escape"]}))
+    c = spawner_config(namespace, [])
+    c.CloudIdentity.identity_rules = RULES
+    c.KubeSpawner.enable_user_namespaces = True
+    c.KubeSpawner.user_namespace_template = f"{namespace}-{{username}}"
+    spawner = make_spawner(KubeSpawner, c, user)
+    try:
+        await pre_spawn_hook(spawner)
+        assert (await read("serviceaccount", f"{namespace}-wil", "jupyter-wil")) is not None
+    finally:
+        api_client, api = await cluster_api()
+        async with api_client:
+            await api.delete_namespace(f"{namespace}-wil")

@@ -29,6 +29,8 @@ from ..plan import IdentityPlan, thaw
 from .aws import TAG_HUB, TAG_MANAGED_BY, TAG_OWNER, parse_role_arn, tag_value
 
 INLINE_POLICY_NAME = "cloudidentity-spawner"
+TRUST_POLICY_LIMIT = 2048
+"""IAM's default quota for the length of a role's trust policy (adjustable with AWS)."""
 MANAGED_BY = "cloudidentity-spawner"
 
 
@@ -196,6 +198,15 @@ class ManagedRoles:
         trust = thaw(role["trust_policy"])
         if shared:
             trust = trust_for_every_namespace(trust, current.get("AssumeRolePolicyDocument"))
+            size = len(json.dumps(trust, separators=(",", ":")))
+            if size > TRUST_POLICY_LIMIT:
+                raise IdentityError(
+                    "Your group's cloud identity cannot trust one more namespace; ask your hub admin.",
+                    f"the trust policy of shared role {name} would be {size} characters for "
+                    f"{len(trust['Statement'][0]['Condition']['StringEquals'])} keys, over IAM's default "
+                    f"{TRUST_POLICY_LIMIT}: raise the 'Role trust policy length' quota, or remove namespaces that "
+                    "no longer run members' servers from its trust",
+                )
         # botocore decodes IAM's URL-encoded policy documents into dicts.
         if current.get("AssumeRolePolicyDocument") != trust:
             await self._call("UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=json.dumps(trust))
