@@ -139,6 +139,30 @@ class CloudIdentity(LoggingConfigurable):
         spawn carries on. Only accounts this hub just created are retried.
         """,
     )
+    gcp_activation_seconds = Float(
+        60.0,
+        config=True,
+        help="""
+        After a spawn grants a Kubernetes ServiceAccount its Google account
+        (roles/iam.workloadIdentityUser: a first spawn, or a new namespace or name), wait up to
+        this long (0-900 s) before the pod starts, showing "Your new Google identity is being
+        activated" on the spawn page: Google documents that IAM changes can take minutes to
+        take effect, and until then the pod's token exchange is refused (403). Without
+        gcp_activation_check the whole time is waited; with it, only until the check passes.
+        0 starts the pod at once.
+        """,
+    )
+    gcp_activation_check = AnyTrait(
+        None,
+        allow_none=True,
+        config=True,
+        help="""
+        Optional callable `(plan) -> bool` (may be async): True once the plan's Google account
+        is usable from its Kubernetes ServiceAccount (e.g. a token exchange your platform can
+        try). Polled every second during the activation wait; still False after
+        gcp_activation_seconds fails the spawn with "try again in a few minutes".
+        """,
+    )
     gcp_client_factory = AnyTrait(
         None,
         allow_none=True,

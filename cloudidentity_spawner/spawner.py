@@ -6,6 +6,7 @@ The spawner stays thin: it asks the pure core for the user's plan, asks
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import time
@@ -129,6 +130,8 @@ class IdentityProvisioner:
             if plan.cloud is not None and plan.cloud.mode == "managed":
                 # The cloud identity first: the ServiceAccount must not point at a role that is not there yet.
                 cloud_outcome = await self.settings.cloud_backend(plan.cloud.provider).ensure(plan)
+                if plan.cloud.provider == "gcp":
+                    await self.await_activation(plan)
             revoked: list[str] = []
 
             async def revoke_what_it_no_longer_plans(found: Any) -> None:
@@ -176,6 +179,36 @@ class IdentityProvisioner:
             record["revoked_cloud_identity"] = revoked[0]
         self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
         return plan
+
+    async def await_activation(self, plan: IdentityPlan) -> None:
+        """Wait (bounded) until a just-granted Workload Identity binding can be used by the pod."""
+        since = self.settings.cloud_backend("gcp").activation_pending.pop(plan.cloud.identity, None)
+        bound = max(0.0, min(self.settings.gcp_activation_seconds, 900.0))
+        if since is None or bound <= 0:
+            return
+        progress = getattr(self.spawner, "_identity_progress", None)
+        if progress is not None:
+            progress.append("Your new Google identity is being activated (this can take a few minutes).")
+        check = self.settings.gcp_activation_check
+        deadline = since + bound
+        while True:
+            if check is not None:
+                ready = check(plan)
+                if inspect.isawaitable(ready):
+                    ready = await ready
+                if ready:
+                    break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if check is None:
+                    break
+                raise IdentityError(
+                    "Google has not activated your new cloud identity yet; try again in a few minutes.",
+                    f"{plan.cloud.identity} not usable from {plan.service_account.namespace}/{plan.service_account.name} "
+                    f"{bound:.0f} s after its Workload Identity grant (gcp_activation_seconds); the next spawn starts at once",
+                )
+            await asyncio.sleep(min(1.0 if check is not None else remaining, remaining))
+        self.log.info("cloudidentity: %s active for %s after %.1f s", plan.cloud.identity, plan.user, time.monotonic() - since)
 
     async def refuse_while_other_pods_use(self, plan: IdentityPlan, identity: str) -> None:
         """One ServiceAccount carries one identity: revoking it under a pod that still runs
@@ -286,8 +319,28 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         # What the operator configured, before any profile override can touch it.
         self._configured_automount = bool(self.automount_service_account_token)
         self._identity_plan: IdentityPlan | None = None
+        self._identity_progress: list[str] = []
+        self._identity_step_done = asyncio.Event()
         # Fail on a bad rule set now, naming the rule and key, not at the first spawn.
         self.compiled_rules  # noqa: B018
+
+    async def progress(self):
+        """The identity step's messages (a new Google identity activating) first, then KubeSpawner's."""
+        sent = 0
+        while True:
+            for message in self._identity_progress[sent:]:
+                yield {"progress": 5, "message": message}
+            sent = len(self._identity_progress)
+            if self._identity_step_done.is_set():
+                break
+            try:
+                await asyncio.wait_for(self._identity_step_done.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+        for message in self._identity_progress[sent:]:
+            yield {"progress": 5, "message": message}
+        async for event in super().progress():
+            yield event
 
     def _provisioner(self) -> IdentityProvisioner:
         retry = RetryPolicy(self.identity_api_retries, self.identity_api_backoff, self.identity_api_backoff_max)
@@ -385,6 +438,12 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
             raise SpawnRefused(e.user_message) from None
 
     async def load_user_options(self) -> None:
+        try:
+            await self._load_identity()
+        finally:
+            self._identity_step_done.set()  # progress() moves on to KubeSpawner's events
+
+    async def _load_identity(self) -> None:
         claims = await self._claims_for_profiles()
         profile = await self._selected_profile()
         await super().load_user_options()

@@ -43,6 +43,7 @@ def rules(hub, **managed):
 
 
 def gcp_spawner(namespace, gcp_server, hub, name, rule_list=None, **extra):
+    extra.setdefault("gcp_activation_seconds", 0)  # the activation tests set it
     c = spawner_config(namespace, rule_list or rules(hub), hub_name=hub, gcp_client_factory=gcp_server.client_factory(), **extra)
     return make_spawner(CloudIdentitySpawner, c, SpawnUser(name, oidc_state(groups=["/staff"])))
 
@@ -255,3 +256,60 @@ def test_the_local_server_hides_a_new_account_from_policy_writes(gcp_server):
             projects.set_iam_policy(request={"resource": f"projects/{PROJECT}", "policy": current})
     finally:
         gcp_server.state.visibility_delay = 0.0
+
+
+# -- activation: a new Workload Identity grant takes time to take effect ---------------------------
+
+
+def ksa_member(namespace, name):
+    return f"serviceAccount:{PROJECT}.svc.id.goog[{namespace}/jupyter-{name}]"
+
+
+def can_exchange(gcp_server, namespace, name):
+    try:
+        gcp_server.state.exchange_token(ksa_member(namespace, name))
+        return True
+    except PermissionError:
+        return False
+
+
+async def test_first_spawn_goes_through_both_windows_and_says_so(namespace, gcp_server, hub):
+    """IAM first says the new account does not exist, then refuses the pod's token exchange for a
+    while; the spawn waits through both, tells the user, and the pod's first call works."""
+    gcp_server.state.visibility_delay, gcp_server.state.activation_delay = 1.0, 1.5
+    spawner = gcp_spawner(namespace, gcp_server, hub, "ova", gcp_activation_seconds=10,
+                          gcp_activation_check=lambda plan: can_exchange(gcp_server, namespace, "ova"))
+    try:
+        await spawner.start()
+        assert can_exchange(gcp_server, namespace, "ova")  # the pod's first cell gets its token
+        events = [e async for e in spawner.progress()]
+        assert events[0]["message"].startswith("Your new Google identity is being activated")
+        await spawner.stop()
+        # A warm spawn does not wait again.
+        warm = gcp_spawner(namespace, gcp_server, hub, "ova", gcp_activation_seconds=10,
+                           gcp_activation_check=lambda plan: False)
+        await spawn(warm)
+        assert warm._identity_progress == []
+    finally:
+        gcp_server.state.visibility_delay = gcp_server.state.activation_delay = 0.0
+
+
+async def test_an_activation_longer_than_the_bound_fails_clearly(namespace, gcp_server, hub, caplog):
+    gcp_server.state.activation_delay = 30.0
+    try:
+        with pytest.raises(SpawnRefused, match="not activated your new cloud identity yet"):
+            await gcp_spawner(namespace, gcp_server, hub, "pax", gcp_activation_seconds=1.0,
+                              gcp_activation_check=lambda plan: can_exchange(gcp_server, namespace, "pax")).start()
+    finally:
+        gcp_server.state.activation_delay = 0.0
+    [line] = [r.getMessage() for r in caplog.records if "spawn refused for pax" in r.getMessage()]
+    assert "gcp_activation_seconds" in line
+
+
+async def test_without_a_check_the_whole_bound_is_waited(namespace, gcp_server, hub):
+    gcp_server.state.activation_delay = 0.5
+    try:
+        await spawn(gcp_spawner(namespace, gcp_server, hub, "rue", gcp_activation_seconds=1.0))
+        assert can_exchange(gcp_server, namespace, "rue")
+    finally:
+        gcp_server.state.activation_delay = 0.0

@@ -25,7 +25,7 @@ from google.api_core import exceptions as gexc
 
 from ..errors import IdentityError
 from ..plan import IdentityPlan, thaw
-from .gcp import ownership_marker
+from .gcp import WORKLOAD_IDENTITY_USER, ownership_marker
 
 CONFLICTS = (gexc.Aborted, gexc.Conflict, gexc.PreconditionFailed)
 
@@ -62,6 +62,9 @@ class ManagedServiceAccounts:
         self.cache_seconds = cache_seconds
         self.policy_retries = policy_retries
         self.propagation_seconds = max(0.0, min(propagation_seconds, 600.0))
+        self.activation_pending: dict[str, float] = {}
+        """Accounts whose Workload Identity grant was just added (``time.monotonic()``): the
+        spawn waits for them to be usable from the pod (see the spawner's activation step)."""
         self._created: dict[str, float] = {}
         """When this process created each account (``time.monotonic()``): only those get
         their "does not exist" answers retried."""
@@ -91,7 +94,10 @@ class ManagedServiceAccounts:
                 created = await self._ensure_account(plan, resources["service_account"])
                 changed = False
                 for binding in resources["bindings"]:
-                    changed |= await self._settled(email, lambda b=binding: self._edit(b["resource"], add=b))
+                    added = await self._settled(email, lambda b=binding: self._edit(b["resource"], add=b))
+                    if added and binding["role"] == WORKLOAD_IDENTITY_USER:
+                        self.activation_pending[email] = time.monotonic()
+                    changed |= added
             except gexc.GoogleAPICallError as e:
                 raise self._error(plan, e) from None
             self._known[email] = (fingerprint, time.monotonic())

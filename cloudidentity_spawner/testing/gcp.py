@@ -54,6 +54,8 @@ class _Policies:
         self._policies: dict[str, dict[str, Any]] = {}
         self._counter = itertools.count(1)
         self.writes: list[str] = []
+        self.added_at: dict[tuple[str, str, str], float] = {}
+        """When each (resource, role, member) grant appeared (``time.monotonic()``)."""
 
     def get(self, resource: str) -> dict[str, Any]:
         policy = self._policies.get(resource)
@@ -70,6 +72,11 @@ class _Policies:
         if policy.get("etag") and policy["etag"] != current["etag"]:
             return None
         stored = {"version": policy.get("version", 1), "bindings": policy.get("bindings", []), "etag": self._etag()}
+        before = {(b["role"], m) for b in current["bindings"] for m in b["members"]}
+        for binding in stored["bindings"]:
+            for member in binding["members"]:
+                if (binding["role"], member) not in before:
+                    self.added_at[(resource, binding["role"], member)] = time.monotonic()
         self._policies[resource] = stored
         self.writes.append(resource)
         return copy.deepcopy(stored)
@@ -99,6 +106,10 @@ class GoogleCloudState:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.managed_folders: dict[tuple[str, str], dict[str, Any]] = {}
         self.tokens: dict[str, str] = {}
+        self.activation_delay = 0.0
+        """Seconds before a new ``roles/iam.workloadIdentityUser`` grant lets its Kubernetes
+        ServiceAccount exchange its token for the Google account's (IAM policy changes take
+        time to take effect); see :meth:`exchange_token`."""
         self.visibility_delay = 0.0
         """Seconds a new service account stays invisible to IAM policy writes, as Google's
         eventually consistent IAM shows it: ``setIamPolicy`` on it answers NOT_FOUND, and a
@@ -128,6 +139,21 @@ class GoogleCloudState:
                     if project in self.projects and (email not in self.accounts or self.not_yet_visible(email)):
                         return email
         return None
+
+    def exchange_token(self, member: str) -> str:
+        """What GKE's metadata server gets for a pod whose Kubernetes ServiceAccount is *member*
+        (``serviceAccount:<pool>[<ns>/<ksa>]``): a token for the Google account that grants it
+        ``roles/iam.workloadIdentityUser``, once that grant is ``activation_delay`` old;
+        otherwise PermissionError, as IAM's 403 on iam.serviceAccounts.getAccessToken."""
+        with self._lock:
+            now = time.monotonic()
+            for email in self.accounts:
+                for binding in self.policies.get(email)["bindings"]:
+                    if binding["role"] == "roles/iam.workloadIdentityUser" and member in binding["members"]:
+                        added = self.policies.added_at.get((email, binding["role"], member), 0.0)
+                        if now >= added + self.activation_delay:
+                            return self.access_token(email)
+        raise PermissionError("Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).")
 
     def access_token(self, email: str) -> str:
         """A token acting as Google service account *email*: what a pod gets from GKE's metadata
