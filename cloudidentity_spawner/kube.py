@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -112,14 +112,20 @@ def service_account_change(existing: Mapping[str, Any] | None, plan: IdentityPla
     return Change("patch", {"metadata": metadata})
 
 
-def identity_to_revoke(existing: Mapping[str, Any] | None, plan: IdentityPlan) -> str | None:
+def identity_to_revoke(
+    existing: Mapping[str, Any] | None, plan: IdentityPlan, managed_places: Collection[str] = ()
+) -> str | None:
     """The hub-managed identity (``aws:<arn>`` / ``gcp:<email>``) that *existing* - this plan's
     ServiceAccount as it is now - still points at and the plan no longer uses, or None.
 
     Managed trust names the account by name, so whatever identity the account pointed at
     stays assumable with its token until it is revoked. Only an account that is ours and
-    already belongs to the plan's owner qualifies; an operator's existing role or GSA never
-    carries the marker, so it is never revoked.
+    already belongs to the plan's owner qualifies. The identity is the one recorded in the
+    account's ``managed-identity`` annotation; an account made before that annotation
+    existed counts its role or Google account as managed when it lies in one of
+    *managed_places* (the ARN prefix ``arn:...:role/<role_path>`` or the ``@<project>.iam...``
+    e-mail suffix of a managed rule) - the backend still checks the identity's own marker
+    before deleting, so an operator's role or GSA is never revoked.
     """
     if existing is None:
         return None
@@ -128,7 +134,17 @@ def identity_to_revoke(existing: Mapping[str, Any] | None, plan: IdentityPlan) -
     if labels.get(MANAGED_BY_LABEL) != MANAGED_BY or annotations.get(OWNER_ANNOTATION) != plan.owner:
         return None
     old = annotations.get(MANAGED_IDENTITY_ANNOTATION)
-    return old if old and old != plan.service_account.annotations.get(MANAGED_IDENTITY_ANNOTATION) else None
+    if old is None:
+        role, email = annotations.get(aws.ROLE_ARN_ANNOTATION), annotations.get(gcp.GSA_ANNOTATION)
+        if role and any(role.startswith(p) for p in managed_places):
+            old = f"aws:{role}"
+        elif email and any(email.endswith(p) for p in managed_places):
+            old = f"gcp:{email}"
+    if not old or old == plan.service_account.annotations.get(MANAGED_IDENTITY_ANNOTATION):
+        return None
+    if plan.cloud is not None and old == f"{plan.cloud.provider}:{plan.cloud.identity}":
+        return None  # the same identity, now planned as an existing one: nothing moved
+    return old
 
 
 def bindings_to_remove(existing: Mapping[str, Any] | None, plan: IdentityPlan) -> list[list[str]]:

@@ -137,7 +137,7 @@ class IdentityProvisioner:
             async def revoke_what_it_no_longer_plans(found: Any) -> None:
                 # Before the new pod exists: the account's token must not reach what it no longer plans.
                 # Also called with what a create that met 409 found, so a stale cache cannot skip it.
-                old = identity_to_revoke(found, plan)
+                old = identity_to_revoke(found, plan, self.managed_places())
                 if old:
                     await self.refuse_while_other_pods_use(plan, old)
                     await self.revoke(old, plan.owner, found["annotations"])
@@ -179,6 +179,17 @@ class IdentityProvisioner:
             record["revoked_cloud_identity"] = revoked[0]
         self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
         return plan
+
+    def managed_places(self) -> list[str]:
+        """Where this hub's rules make identities: role ARN prefixes and GSA e-mail suffixes."""
+        places = []
+        for rule in self.settings.compiled_rules.rules:
+            if rule.aws is not None and rule.aws.managed is not None:
+                partition, account, _ = aws.parse_oidc_provider_arn(rule.aws.managed["oidc_provider_arn"])
+                places.append(f"arn:{partition}:iam::{account}:role{rule.aws.managed['role_path']}")
+            if rule.gcp is not None and rule.gcp.managed is not None:
+                places.append(f"@{rule.gcp.managed['project']}.iam.gserviceaccount.com")
+        return places
 
     async def await_activation(self, plan: IdentityPlan) -> None:
         """Wait (bounded) until a just-granted Workload Identity binding can be used by the pod."""

@@ -437,3 +437,18 @@ async def test_a_shared_trust_past_iams_length_limit_is_a_clear_error(namespace,
     with pytest.raises(SpawnRefused, match="cannot trust one more namespace"):
         await aws_spawner(namespace, moto_endpoint, hub, "sue", rules=group_rule, cloud_cache_seconds=0).start()
     assert any("Role trust policy length" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_account_from_before_the_marker_still_has_its_old_role_revoked(namespace, moto_endpoint, hub):
+    """Accounts made by 0.1.0 carry no managed-identity annotation: a role under a managed rule's
+    path counts as managed (the role's own tags still decide whether it is deleted)."""
+    from kubernetes_asyncio import client as k8s
+    from kubernetes_asyncio import config as kube_config
+    import os
+
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "sol", rules=named_rule(hub, "a")))
+    async with (await kube_config.new_client_from_config(config_file=os.environ["KUBECONFIG"])) as api_client:
+        await k8s.CoreV1Api(api_client).patch_namespaced_service_account("jupyter-sol", namespace, {"metadata": {
+            "annotations": {"cloudidentity-spawner/managed-identity": None}}})
+    await spawn(aws_spawner(namespace, moto_endpoint, hub, "sol", rules=named_rule(hub, "b"), service_account_cache=False))
+    assert not trusts(moto_endpoint, f"{hub}-a-sol", namespace, "jupyter-sol")
