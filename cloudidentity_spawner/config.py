@@ -152,6 +152,17 @@ class CloudIdentity(LoggingConfigurable):
         0 starts the pod at once.
         """,
     )
+    gcp_annotation_settle_seconds = Float(
+        10.0,
+        config=True,
+        help="""
+        After a spawn sets or changes a ServiceAccount's iam.gke.io/gcp-service-account
+        annotation (a first spawn, or a changed Google account, existing ones included), wait
+        this long (0-300 s) before the pod starts: GKE's metadata server learns annotations
+        from its own watch, and a pod that asks first gets no (or the old) Google identity.
+        Ends early when gcp_activation_check passes. 0 starts the pod at once.
+        """,
+    )
     gcp_activation_check = AnyTrait(
         None,
         allow_none=True,

@@ -130,8 +130,6 @@ class IdentityProvisioner:
             if plan.cloud is not None and plan.cloud.mode == "managed":
                 # The cloud identity first: the ServiceAccount must not point at a role that is not there yet.
                 cloud_outcome = await self.settings.cloud_backend(plan.cloud.provider).ensure(plan)
-                if plan.cloud.provider == "gcp":
-                    await self.await_activation(plan)
             revoked: list[str] = []
 
             async def revoke_what_it_no_longer_plans(found: Any) -> None:
@@ -148,6 +146,8 @@ class IdentityProvisioner:
 
             await revoke_what_it_no_longer_plans(existing)
             outcome = await self.accounts.ensure(plan, existing, before_change=revoke_what_it_no_longer_plans)
+            if plan.cloud is not None and plan.cloud.provider == "gcp":
+                await self.await_activation(plan, existing)
         except IdentityError as e:
             self.log.error("cloudidentity: spawn refused for %s: %s", who, e.admin_detail)
             raise SpawnRefused(e.user_message) from None
@@ -191,17 +191,26 @@ class IdentityProvisioner:
                 places.append(f"@{rule.gcp.managed['project']}.iam.gserviceaccount.com")
         return places
 
-    async def await_activation(self, plan: IdentityPlan) -> None:
-        """Wait (bounded) until a just-granted Workload Identity binding can be used by the pod."""
-        since = self.settings.cloud_backend("gcp").activation_pending.pop(plan.cloud.identity, None)
-        bound = max(0.0, min(self.settings.gcp_activation_seconds, 900.0))
-        if since is None or bound <= 0:
+    async def await_activation(self, plan: IdentityPlan, before: Any) -> None:
+        """Wait (bounded) until the pod can use its Google account: after a new Workload
+        Identity grant (``gcp_activation_seconds``; Google: IAM changes take minutes), and after
+        the account's ``iam.gke.io/gcp-service-account`` annotation was just set or changed
+        (``gcp_annotation_settle_seconds``; GKE's metadata server learns it from its own watch)."""
+        deadlines = []
+        if plan.cloud.mode == "managed":
+            since = self.settings.cloud_backend("gcp").activation_pending.pop(plan.cloud.identity, None)
+            if since is not None:
+                deadlines.append(since + max(0.0, min(self.settings.gcp_activation_seconds, 900.0)))
+        annotations = (before or {}).get("annotations") or {}
+        if annotations.get(gcp.GSA_ANNOTATION) != plan.cloud.identity:
+            deadlines.append(time.monotonic() + max(0.0, min(self.settings.gcp_annotation_settle_seconds, 300.0)))
+        if not deadlines or max(deadlines) <= time.monotonic():
             return
+        deadline, started = max(deadlines), time.monotonic()
         progress = getattr(self.spawner, "_identity_progress", None)
         if progress is not None:
             progress.append("Your new Google identity is being activated (this can take a few minutes).")
         check = self.settings.gcp_activation_check
-        deadline = since + bound
         while True:
             if check is not None:
                 ready = check(plan)
@@ -216,10 +225,11 @@ class IdentityProvisioner:
                 raise IdentityError(
                     "Google has not activated your new cloud identity yet; try again in a few minutes.",
                     f"{plan.cloud.identity} not usable from {plan.service_account.namespace}/{plan.service_account.name} "
-                    f"{bound:.0f} s after its Workload Identity grant (gcp_activation_seconds); the next spawn starts at once",
+                    f"{time.monotonic() - started:.0f} s into the wait (gcp_activation_seconds, "
+                    "gcp_annotation_settle_seconds); the next spawn starts at once",
                 )
             await asyncio.sleep(min(1.0 if check is not None else remaining, remaining))
-        self.log.info("cloudidentity: %s active for %s after %.1f s", plan.cloud.identity, plan.user, time.monotonic() - since)
+        self.log.info("cloudidentity: %s active for %s after waiting %.1f s", plan.cloud.identity, plan.user, time.monotonic() - started)
 
     async def refuse_while_other_pods_use(self, plan: IdentityPlan, identity: str) -> None:
         """One ServiceAccount carries one identity: revoking it under a pod that still runs

@@ -43,7 +43,8 @@ def rules(hub, **managed):
 
 
 def gcp_spawner(namespace, gcp_server, hub, name, rule_list=None, **extra):
-    extra.setdefault("gcp_activation_seconds", 0)  # the activation tests set it
+    extra.setdefault("gcp_activation_seconds", 0)  # the activation tests set these
+    extra.setdefault("gcp_annotation_settle_seconds", 0)
     c = spawner_config(namespace, rule_list or rules(hub), hub_name=hub, gcp_client_factory=gcp_server.client_factory(), **extra)
     return make_spawner(CloudIdentitySpawner, c, SpawnUser(name, oidc_state(groups=["/staff"])))
 
@@ -313,3 +314,24 @@ async def test_without_a_check_the_whole_bound_is_waited(namespace, gcp_server, 
         assert can_exchange(gcp_server, namespace, "rue")
     finally:
         gcp_server.state.activation_delay = 0.0
+
+
+async def test_a_new_annotation_on_an_existing_google_account_waits_for_gke_too(namespace, gcp_server, hub):
+    """Existing accounts need no grant, but GKE's metadata server must see the new annotation."""
+    checks = []
+    rule = [{"name": "lab", "match": {"groups": ["/staff"]},
+             "gcp": {"service_account": f"lab-notebooks@{PROJECT}.iam.gserviceaccount.com"}}]
+
+    def check(plan):
+        checks.append(plan.cloud.identity)
+        return len(checks) >= 2  # usable on the second look
+
+    first = gcp_spawner(namespace, gcp_server, hub, "tom", rule_list=rule, gcp_annotation_settle_seconds=5,
+                        gcp_activation_check=check)
+    await spawn(first)
+    assert checks == [f"lab-notebooks@{PROJECT}.iam.gserviceaccount.com"] * 2
+    assert first._identity_progress and "being activated" in first._identity_progress[0]
+    warm = gcp_spawner(namespace, gcp_server, hub, "tom", rule_list=rule, gcp_annotation_settle_seconds=5,
+                       gcp_activation_check=check)
+    await spawn(warm)
+    assert len(checks) == 2 and warm._identity_progress == []  # annotation unchanged: no wait
