@@ -373,6 +373,15 @@ def _check_hub(app: Any) -> None:
             "set blockWithIptables: false and networkPolicy.egressAllowRules.cloudMetadataServer: true "
             "(examples/z2jh/values-gke.yaml)"
         )
+    settings = identity_settings(app.config)
+    timeout = app.config.KubeSpawner.get("start_timeout", 60) if "KubeSpawner" in app.config else 60
+    longest = max(settings.gcp_activation_seconds, settings.gcp_annotation_settle_seconds) + settings.gcp_propagation_seconds
+    if settings.manages("gcp") and longest + 30 > timeout:
+        app.log.warning(
+            "cloudidentity-spawner: a first spawn may wait up to %.0f s for Google IAM (gcp_propagation_seconds + "
+            "gcp_activation_seconds) before its pod starts, but KubeSpawner.start_timeout is %s s: raise start_timeout "
+            "(zero-to-jupyterhub's default is 300) or lower the waits", longest, timeout,
+        )
     if not _auth_state_enabled(app.config):
         app.log.warning(
             "cloudidentity-spawner: auth_state is not enabled (c.Authenticator.enable_auth_state = True, and "

@@ -138,8 +138,8 @@ class IdentityProvisioner:
                 old = identity_to_revoke(found, plan, self.managed_places())
                 if old:
                     await self.refuse_while_other_pods_use(plan, old)
-                    await self.revoke(old, plan.owner, found["annotations"])
-                    revoked.append(old)
+                    if await self.revoke(old, plan.owner, found["annotations"]):
+                        revoked.append(old)
                 stale = bindings_to_remove(found, plan)
                 if stale:
                     await self.revoke_bindings(plan.cloud.identity, stale)
@@ -198,7 +198,7 @@ class IdentityProvisioner:
         (``gcp_annotation_settle_seconds``; GKE's metadata server learns it from its own watch)."""
         deadlines = []
         if plan.cloud.mode == "managed":
-            since = self.settings.cloud_backend("gcp").activation_pending.pop(plan.cloud.identity, None)
+            since = self.settings.cloud_backend("gcp").activation_pending.get(plan.cloud.identity)
             if since is not None:
                 deadlines.append(since + max(0.0, min(self.settings.gcp_activation_seconds, 900.0)))
         annotations = (before or {}).get("annotations") or {}
@@ -209,15 +209,15 @@ class IdentityProvisioner:
         deadline, started = max(deadlines), time.monotonic()
         progress = getattr(self.spawner, "_identity_progress", None)
         if progress is not None:
-            progress.append("Your new Google identity is being activated (this can take a few minutes).")
+            long_wait = len(deadlines) > 1 or plan.cloud.mode == "managed"
+            progress.append(
+                "Your new Google identity is being activated (this can take a few minutes)." if long_wait
+                else "Your server is being connected to its Google identity."
+            )
         check = self.settings.gcp_activation_check
         while True:
-            if check is not None:
-                ready = check(plan)
-                if inspect.isawaitable(ready):
-                    ready = await ready
-                if ready:
-                    break
+            if check is not None and await self._check_passes(check, plan, deadline):
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 if check is None:
@@ -229,7 +229,23 @@ class IdentityProvisioner:
                     "gcp_annotation_settle_seconds); the next spawn starts at once",
                 )
             await asyncio.sleep(min(1.0 if check is not None else remaining, remaining))
-        self.log.info("cloudidentity: %s active for %s after waiting %.1f s", plan.cloud.identity, plan.user, time.monotonic() - started)
+        self.log.info("cloudidentity: waited %.1f s for %s to become usable for %s%s", time.monotonic() - started,
+                      plan.cloud.identity, plan.user, "" if check is None else " (check passed)")
+        if plan.cloud.mode == "managed":
+            pending = self.settings.cloud_backend("gcp").activation_pending
+            if pending.get(plan.cloud.identity, float("inf")) <= started:
+                pending.pop(plan.cloud.identity, None)  # waited for; a grant added since keeps its own entry
+
+    async def _check_passes(self, check: Any, plan: IdentityPlan, deadline: float) -> bool:
+        """Run the operator's check without blocking the hub or outliving the wait; an error is "not yet"."""
+        try:
+            result = await asyncio.wait_for(asyncio.to_thread(check, plan), max(0.1, deadline - time.monotonic()))
+            if inspect.isawaitable(result):
+                result = await asyncio.wait_for(result, max(0.1, deadline - time.monotonic()))
+            return bool(result)
+        except Exception as e:
+            self.log.debug("cloudidentity: gcp_activation_check for %s: %s", plan.cloud.identity, describe(e))
+            return False
 
     async def refuse_while_other_pods_use(self, plan: IdentityPlan, identity: str) -> None:
         """One ServiceAccount carries one identity: revoking it under a pod that still runs
@@ -344,6 +360,12 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         self._identity_step_done = asyncio.Event()
         # Fail on a bad rule set now, naming the rule and key, not at the first spawn.
         self.compiled_rules  # noqa: B018
+
+    def start(self):
+        # A fresh identity step per start: progress() waits for this one, not an earlier one.
+        self._identity_progress = []
+        self._identity_step_done = asyncio.Event()
+        return super().start()
 
     async def progress(self):
         """The identity step's messages (a new Google identity activating) first, then KubeSpawner's."""

@@ -163,3 +163,23 @@ def test_cluster_role_for_user_namespaces_covers_every_call():
     assert kubernetes_verbs_the_spawner_uses() <= granted
     assert any("namespaces" in r["resources"] and "create" in r["verbs"] for r in role["rules"])
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]}
+
+
+def test_gcp_waits_longer_than_the_start_timeout_warn_at_start_up(caplog):
+    import logging
+
+    from cloudidentity_spawner.config import _check_hub
+
+    class App:
+        config = cli.load_config(str(EXAMPLES / "gcp/jupyterhub_config.py"))
+        log = logging.getLogger("test-hub")
+
+        def exit(self, code):
+            raise AssertionError(f"the hub would have exited {code}")
+
+    _check_hub(App())  # JupyterHub's default start_timeout (60 s) < 60 s + 60 s of waits
+    assert any("KubeSpawner.start_timeout is 60 s" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    App.config.KubeSpawner.start_timeout = 300  # zero-to-jupyterhub's
+    _check_hub(App())
+    assert not any("start_timeout" in r.getMessage() for r in caplog.records)

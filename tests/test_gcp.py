@@ -330,8 +330,26 @@ async def test_a_new_annotation_on_an_existing_google_account_waits_for_gke_too(
                         gcp_activation_check=check)
     await spawn(first)
     assert checks == [f"lab-notebooks@{PROJECT}.iam.gserviceaccount.com"] * 2
-    assert first._identity_progress and "being activated" in first._identity_progress[0]
+    assert first._identity_progress == ["Your server is being connected to its Google identity."]
     warm = gcp_spawner(namespace, gcp_server, hub, "tom", rule_list=rule, gcp_annotation_settle_seconds=5,
                        gcp_activation_check=check)
     await spawn(warm)
     assert len(checks) == 2 and warm._identity_progress == []  # annotation unchanged: no wait
+
+
+async def test_a_missing_bucket_is_not_mistaken_for_propagation(namespace, gcp_server, hub, caplog):
+    """Only "does not exist" about the new account itself is waited for."""
+    rule = rules(hub, bucket_roles=[{"bucket": "no-such-bucket", "role": "roles/storage.objectUser", "prefix": "{username}"}])
+    with pytest.raises(SpawnRefused) as refused:
+        await gcp_spawner(namespace, gcp_server, hub, "uli", rule_list=rule, gcp_propagation_seconds=30).start()
+    assert "still setting up" not in refused.value.jupyterhub_message
+    [line] = [r.getMessage() for r in caplog.records if "spawn refused for uli" in r.getMessage()]
+    assert "bucket does not exist" in line
+
+
+async def test_a_failing_or_slow_check_never_breaks_the_spawn(namespace, gcp_server, hub):
+    def broken(plan):
+        raise ConnectionError("the probe itself is down")
+
+    with pytest.raises(SpawnRefused, match="not activated your new cloud identity yet"):
+        await gcp_spawner(namespace, gcp_server, hub, "val", gcp_activation_seconds=0.5, gcp_activation_check=broken).start()

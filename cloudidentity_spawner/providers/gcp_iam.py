@@ -150,10 +150,14 @@ class ManagedServiceAccounts:
                 result = await edit()
             except (gexc.NotFound, gexc.BadRequest) as e:
                 created = self._created.get(email)
-                if "does not exist" not in str(e.message) or created is None:
+                # Only IAM not yet knowing *this* account; a missing bucket or pool is a real error.
+                if created is None or "does not exist" not in str(e.message) or email not in str(e.message):
                     raise
                 remaining = created + self.propagation_seconds - time.monotonic()
                 if remaining <= 0:
+                    self._created.pop(email, None)  # later spawns get IAM's own answer
+                    if attempt == 0:
+                        raise
                     raise PropagationTimeout(email, self.propagation_seconds) from None
                 delay = min(remaining, random.uniform(0.5, 1.0) * min(8.0, 0.25 * 2**attempt))
                 attempt += 1
