@@ -218,6 +218,21 @@ class CloudIdentity(LoggingConfigurable):
         """The validated rules (ConfigError names the rule and key when they are wrong)."""
         return IdentityRules.from_config(self.identity_rules, self.hub_name, self.trusted_claims)
 
+    @cached_property
+    def managed_places(self) -> tuple[str, ...]:
+        """Where the rules make identities: role ARN prefixes (``arn:...:role/<path>``) and
+        Google account e-mail suffixes (``@<project>.iam.gserviceaccount.com``)."""
+        from .providers.aws import parse_oidc_provider_arn
+
+        places = []
+        for rule in self.compiled_rules.rules:
+            if rule.aws is not None and rule.aws.managed is not None:
+                partition, account, _ = parse_oidc_provider_arn(rule.aws.managed["oidc_provider_arn"])
+                places.append(f"arn:{partition}:iam::{account}:role{rule.aws.managed['role_path']}")
+            if rule.gcp is not None and rule.gcp.managed is not None:
+                places.append(f"@{rule.gcp.managed['project']}.iam.gserviceaccount.com")
+        return tuple(places)
+
     def manages(self, provider: str) -> bool:
         """Whether any rule has the hub manage *provider* identities."""
         return any(

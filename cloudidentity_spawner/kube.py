@@ -112,6 +112,16 @@ def service_account_change(existing: Mapping[str, Any] | None, plan: IdentityPla
     return Change("patch", {"metadata": metadata})
 
 
+def _owned_for(existing: Mapping[str, Any] | None, plan: IdentityPlan) -> Mapping[str, str] | None:
+    """*existing*'s annotations if the account is ours and already belongs to the plan's owner."""
+    if existing is None:
+        return None
+    annotations = existing.get("annotations") or {}
+    if (existing.get("labels") or {}).get(MANAGED_BY_LABEL) != MANAGED_BY or annotations.get(OWNER_ANNOTATION) != plan.owner:
+        return None
+    return annotations
+
+
 def identity_to_revoke(
     existing: Mapping[str, Any] | None, plan: IdentityPlan, managed_places: Collection[str] = ()
 ) -> str | None:
@@ -127,11 +137,8 @@ def identity_to_revoke(
     e-mail suffix of a managed rule) - the backend still checks the identity's own marker
     before deleting, so an operator's role or GSA is never revoked.
     """
-    if existing is None:
-        return None
-    labels = existing.get("labels") or {}
-    annotations = existing.get("annotations") or {}
-    if labels.get(MANAGED_BY_LABEL) != MANAGED_BY or annotations.get(OWNER_ANNOTATION) != plan.owner:
+    annotations = _owned_for(existing, plan)
+    if annotations is None:
         return None
     old = annotations.get(MANAGED_IDENTITY_ANNOTATION)
     if old is None:
@@ -151,14 +158,12 @@ def bindings_to_remove(existing: Mapping[str, Any] | None, plan: IdentityPlan) -
     """Google bindings the account's managed GSA was given and the plan no longer wants
     (``[resource, role, condition title]``), when the plan keeps the same GSA: a dropped
     bucket role, or a bucket binding an older version made, must not stay granted."""
-    if existing is None or identity_to_revoke(existing, plan) is not None:
-        return []
-    annotations = existing.get("annotations") or {}
-    if (existing.get("labels") or {}).get(MANAGED_BY_LABEL) != MANAGED_BY or annotations.get(OWNER_ANNOTATION) != plan.owner:
-        return []
+    annotations = _owned_for(existing, plan)
     cloud = plan.cloud
-    if cloud is None or cloud.provider != "gcp" or cloud.mode != "managed" or annotations.get(gcp.GSA_ANNOTATION) != cloud.identity:
+    if annotations is None or cloud is None or cloud.provider != "gcp" or cloud.mode != "managed":
         return []
+    if annotations.get(gcp.GSA_ANNOTATION) != cloud.identity:
+        return []  # another account: revoked whole, if it was ours
     old = json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
     new = json.loads(plan.service_account.annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
     return [b for b in old if b not in new]

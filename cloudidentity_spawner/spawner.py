@@ -135,7 +135,7 @@ class IdentityProvisioner:
             async def revoke_what_it_no_longer_plans(found: Any) -> None:
                 # Before the new pod exists: the account's token must not reach what it no longer plans.
                 # Also called with what a create that met 409 found, so a stale cache cannot skip it.
-                old = identity_to_revoke(found, plan, self.managed_places())
+                old = identity_to_revoke(found, plan, self.settings.managed_places)
                 if old:
                     await self.refuse_while_other_pods_use(plan, old)
                     if await self.revoke(old, plan.owner, found["annotations"]):
@@ -179,17 +179,6 @@ class IdentityProvisioner:
             record["revoked_cloud_identity"] = revoked[0]
         self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
         return plan
-
-    def managed_places(self) -> list[str]:
-        """Where this hub's rules make identities: role ARN prefixes and GSA e-mail suffixes."""
-        places = []
-        for rule in self.settings.compiled_rules.rules:
-            if rule.aws is not None and rule.aws.managed is not None:
-                partition, account, _ = aws.parse_oidc_provider_arn(rule.aws.managed["oidc_provider_arn"])
-                places.append(f"arn:{partition}:iam::{account}:role{rule.aws.managed['role_path']}")
-            if rule.gcp is not None and rule.gcp.managed is not None:
-                places.append(f"@{rule.gcp.managed['project']}.iam.gserviceaccount.com")
-        return places
 
     async def await_activation(self, plan: IdentityPlan, before: Any) -> None:
         """Wait (bounded) until the pod can use its Google account: after a new Workload
@@ -325,7 +314,8 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
     Before the pod is created (after profiles and ``kubespawner_override`` are
     applied), the user's plan is resolved, the ServiceAccount is created or
     patched, and the pod is pinned to it. Nothing the user submits can choose
-    another account: the pod manifest's ServiceAccount is set last, from the plan.
+    another account: a pinning ``modify_pod_hook``, which KubeSpawner runs after every
+    manifest change, sets the pod's ServiceAccount from the plan.
     """
 
     identity_api_retries = Integer(
@@ -527,12 +517,6 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
                 self.log.error("cloudidentity: spawn refused for %s: %s", self.user.name, refused.admin_detail)
                 raise SpawnRefused(refused.user_message) from None
             return False
-
-    async def get_pod_manifest(self):
-        pod = await super().get_pod_manifest()
-        if self._identity_plan is not None:
-            pin_pod(pod, self._identity_plan, self._configured_automount, self.irsa_pod_spec)
-        return pod
 
     async def delete_forever(self) -> None:
         """Delete the user's own ServiceAccount when the user is deleted.

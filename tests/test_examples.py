@@ -135,22 +135,27 @@ def test_gcp_rules_with_the_charts_metadata_block_warn_at_start_up():
     assert not blocks_metadata_server(Config())
 
 
-def test_the_warning_is_logged_by_the_start_up_check(caplog):
-    import logging
+class GcpHub:
+    """What the start-up check sees of a JupyterHub loading the GCP example config."""
 
+    def __init__(self):
+        import logging
+
+        self.config = cli.load_config(str(EXAMPLES / "gcp/jupyterhub_config.py"))
+        self.log = logging.getLogger("test-hub")
+
+    def exit(self, code):
+        raise AssertionError(f"the hub would have exited {code}")
+
+
+def test_the_warning_is_logged_by_the_start_up_check(caplog):
     from kubernetes_asyncio.client.models import V1Container
 
     from cloudidentity_spawner.config import _check_hub
 
-    class App:
-        config = cli.load_config(str(EXAMPLES / "gcp/jupyterhub_config.py"))
-        log = logging.getLogger("test-hub")
-
-        def exit(self, code):
-            raise AssertionError(f"the hub would have exited {code}")
-
-    App.config.KubeSpawner.init_containers = [V1Container(name="block-cloud-metadata")]
-    _check_hub(App())
+    hub = GcpHub()
+    hub.config.KubeSpawner.init_containers = [V1Container(name="block-cloud-metadata")]
+    _check_hub(hub)
     assert any("block the cloud metadata server" in r.getMessage() and "values-gke.yaml" in r.getMessage()
                for r in caplog.records)
 
@@ -166,20 +171,12 @@ def test_cluster_role_for_user_namespaces_covers_every_call():
 
 
 def test_gcp_waits_longer_than_the_start_timeout_warn_at_start_up(caplog):
-    import logging
-
     from cloudidentity_spawner.config import _check_hub
 
-    class App:
-        config = cli.load_config(str(EXAMPLES / "gcp/jupyterhub_config.py"))
-        log = logging.getLogger("test-hub")
-
-        def exit(self, code):
-            raise AssertionError(f"the hub would have exited {code}")
-
-    _check_hub(App())  # JupyterHub's default start_timeout (60 s) < 60 s + 60 s of waits
+    hub = GcpHub()
+    _check_hub(hub)  # JupyterHub's default start_timeout (60 s) < 60 s + 60 s of waits
     assert any("KubeSpawner.start_timeout is 60 s" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    App.config.KubeSpawner.start_timeout = 300  # zero-to-jupyterhub's
-    _check_hub(App())
+    hub.config.KubeSpawner.start_timeout = 300  # zero-to-jupyterhub's
+    _check_hub(hub)
     assert not any("start_timeout" in r.getMessage() for r in caplog.records)
