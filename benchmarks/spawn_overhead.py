@@ -88,10 +88,10 @@ async def run(args) -> dict:
 
     # Time the identity step itself too: end-to-end times are quantised by
     # KubeSpawner's polling for the pod, the identity step is not.
-    from cloudidentity_spawner import spawner as spawner_module
+    from cloudidentity_spawner import provisioner as provisioner_module
 
     identity_times: list[float] = []
-    prepare = spawner_module.IdentityProvisioner.prepare
+    prepare = provisioner_module.IdentityProvisioner.prepare
 
     async def timed_prepare(self, namespace, *args):
         t0 = time.perf_counter()
@@ -100,7 +100,7 @@ async def run(args) -> dict:
         finally:
             identity_times.append(time.perf_counter() - t0)
 
-    spawner_module.IdentityProvisioner.prepare = timed_prepare
+    provisioner_module.IdentityProvisioner.prepare = timed_prepare
 
     async def timed(cls, name):
         s = spawner(cls, name)

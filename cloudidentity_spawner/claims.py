@@ -14,7 +14,8 @@ membership into one ordered, de-duplicated list of group names:
 * GitHub teams stored by ``populate_teams_in_auth_state`` (``org:team``);
 * JupyterHub's own groups for the user (when the authenticator manages groups).
 
-Everything here is pure: no I/O, easy to test with recorded samples.
+Everything here but :func:`user_claims` (which reads the stored login) is pure: no I/O,
+easy to test with recorded samples.
 """
 
 from __future__ import annotations
@@ -218,3 +219,21 @@ def claims_from_auth_state(
     groups += github_team_groups(auth_state or {})
     groups += _string_list(list(hub_groups), "JupyterHub groups")
     return Claims(username=username, groups=unique(groups), values=values)
+
+
+def hub_groups(user: Any) -> list[str]:
+    """The names of a JupyterHub user's JupyterHub groups."""
+    return [getattr(g, "name", g) for g in (getattr(user, "groups", None) or [])]
+
+
+async def user_claims(settings: Any, user: Any) -> Claims:
+    """Claims of a JupyterHub user: their stored login (``auth_state``) plus their
+    JupyterHub groups, read the way *settings* (a ``CloudIdentity``) say."""
+    auth_state = await user.get_auth_state()
+    return claims_from_auth_state(
+        user.name,
+        auth_state,
+        hub_groups(user),
+        claims_key=settings.auth_state_claims_key,
+        group_claims=settings.claim_groups_keys,
+    )

@@ -20,9 +20,11 @@ from typing import Any
 
 from traitlets.config.loader import ConfigFileNotFound, PyFileConfigLoader
 
-from .config import identity_settings, user_claims
+from .claims import user_claims
+from .config import identity_settings
 from .errors import ConfigError, IdentityError
 from .providers import gcp
+from .provisioner import plan_for
 
 
 class _PlanUser:
@@ -91,7 +93,7 @@ async def plan_command(args: argparse.Namespace) -> dict[str, Any]:
     namespace = args.namespace or _configured_namespace(config)
     user = _PlanUser(args.user, args.group, _read_claims(args.claims, args.user))
     claims = await user_claims(settings, user)
-    plan = await settings.plan_for(_PlanSpawner(user, namespace), claims, namespace)
+    plan = await plan_for(settings, _PlanSpawner(user, namespace), claims, namespace)
     return plan.to_dict()
 
 

@@ -1,20 +1,19 @@
-"""The operator's identity settings, shared by CloudIdentitySpawner and the plain pre_spawn_hook."""
+"""The operator's identity settings (traitlets), shared by CloudIdentitySpawner and the plain pre_spawn_hook.
+
+Only the settings and the validated rules they compile to: what a spawn does with
+them is in :mod:`.provisioner`, the start-up check in :mod:`.startup`.
+"""
 
 from __future__ import annotations
 
-import inspect
-import json
 from functools import cached_property
-from typing import Any
 
 from traitlets import Any as AnyTrait
 from traitlets import Bool, Dict, Float, Integer, List, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
-from .claims import DEFAULT_GROUP_CLAIMS, Claims, claims_from_auth_state
-from .errors import ConfigError, IdentityError
-from .plan import IdentityPlan
-from .rules import IdentityRules, ownership_markers
+from .claims import DEFAULT_GROUP_CLAIMS
+from .rules import IdentityRules
 
 
 class CloudIdentity(LoggingConfigurable):
@@ -218,66 +217,9 @@ class CloudIdentity(LoggingConfigurable):
         """The validated rules (ConfigError names the rule and key when they are wrong)."""
         return IdentityRules.from_config(self.identity_rules, self.hub_name, self.trusted_claims)
 
-    @cached_property
-    def managed_places(self) -> tuple[str, ...]:
-        """Where the rules make identities: role ARN prefixes (``arn:...:role/<path>``) and
-        Google account e-mail suffixes (``@<project>.iam.gserviceaccount.com``)."""
-        from .providers.aws import parse_oidc_provider_arn
-
-        places = []
-        for rule in self.compiled_rules.rules:
-            if rule.aws is not None and rule.aws.managed is not None:
-                partition, account, _ = parse_oidc_provider_arn(rule.aws.managed["oidc_provider_arn"])
-                places.append(f"arn:{partition}:iam::{account}:role{rule.aws.managed['role_path']}")
-            if rule.gcp is not None and rule.gcp.managed is not None:
-                places.append(f"@{rule.gcp.managed['project']}.iam.gserviceaccount.com")
-        return tuple(places)
-
-    def manages(self, provider: str) -> bool:
-        """Whether any rule has the hub manage *provider* identities."""
-        return any(
-            getattr(rule, provider) is not None and getattr(rule, provider).managed is not None
-            for rule in self.compiled_rules.rules
-        )
-
-    def cloud_backend(self, provider: str) -> Any:
-        """The process-wide backend that manages *provider* identities (its SDK loaded on first use)."""
-        return backend_for(self, provider)
-
-    def claims_for(self, username: str, auth_state: Any, hub_groups: list[str]) -> Claims:
-        return claims_from_auth_state(
-            username,
-            auth_state,
-            hub_groups,
-            claims_key=self.auth_state_claims_key,
-            group_claims=self.claim_groups_keys,
-        )
-
-    async def plan_for(self, spawner: Any, claims: Claims, namespace: str, rule_name: str | None = None) -> IdentityPlan:
-        """The plan for one spawn: the resolver if it answers, else the rules."""
-        rules = self.compiled_rules
-        if self.identity_resolver is not None:
-            plan = self.identity_resolver(spawner, claims)
-            if inspect.isawaitable(plan):
-                plan = await plan
-            if plan is not None:
-                if not isinstance(plan, IdentityPlan):
-                    raise IdentityError(
-                        "Your cloud identity could not be chosen; ask your hub admin.",
-                        f"identity_resolver returned {type(plan).__name__}, expected an IdentityPlan or None",
-                    )
-                return ownership_markers(plan)
-        return rules.resolve(claims, namespace, rule_name)
-
-
-async def user_claims(config: CloudIdentity, user: Any) -> Claims:
-    """Claims of a JupyterHub user: their auth_state plus their JupyterHub groups."""
-    auth_state = await user.get_auth_state()
-    hub_groups = [getattr(g, "name", g) for g in (getattr(user, "groups", None) or [])]
-    return config.claims_for(user.name, auth_state, hub_groups)
-
 
 SECTIONS = ("CloudIdentity", "CloudIdentitySpawner")
+"""Where the identity settings may be given (``c.CloudIdentitySpawner.*`` wins)."""
 
 
 def identity_settings(config: Config) -> CloudIdentity:
@@ -288,156 +230,3 @@ def identity_settings(config: Config) -> CloudIdentity:
         if section in config:
             merged.CloudIdentity.merge(config[section])
     return CloudIdentity(config=merged)
-
-
-def check_config(config: Config) -> None:
-    """Raise ConfigError (naming the rule and key) if the identity settings are wrong."""
-    settings = identity_settings(config)
-    for rule in settings.compiled_rules.rules:
-        for provider, block, module in (("aws", rule.aws, "boto3"), ("gcp", rule.gcp, "google.cloud.iam_admin_v1")):
-            if block is not None and block.managed is not None:
-                try:
-                    __import__(module)
-                except ImportError:
-                    raise ConfigError(
-                        f"{rule.label}.{provider}.managed: needs the {provider} extra "
-                        f"(pip install 'cloudidentity-spawner[{provider}]')"
-                    ) from None
-
-
-_backends: dict[tuple, Any] = {}
-
-
-def backend_for(settings: CloudIdentity, provider: str) -> Any:
-    """One backend per provider and client settings per process, so caches,
-    locks and the IAM call limit are shared by all spawns."""
-    if provider == "aws":
-        kwargs = dict(settings.aws_client_kwargs)
-        key = ("aws", json.dumps(kwargs, sort_keys=True, default=str))
-        if key not in _backends:
-            from .providers.aws_iam import ManagedRoles
-
-            _backends[key] = ManagedRoles(
-                kwargs,
-                max_concurrent_calls=settings.aws_max_concurrent_calls,
-                cache_seconds=settings.cloud_cache_seconds,
-                propagation_seconds=settings.aws_role_propagation_seconds,
-                log=settings.log,
-            )
-        return _backends[key]
-    if provider == "gcp":
-        factory = settings.gcp_client_factory
-        key = ("gcp", id(factory))
-        if key not in _backends:
-            from .providers.gcp_iam import ManagedServiceAccounts
-
-            _backends[key] = ManagedServiceAccounts(
-                factory,
-                max_concurrent_calls=settings.gcp_max_concurrent_calls,
-                cache_seconds=settings.cloud_cache_seconds,
-                propagation_seconds=settings.gcp_propagation_seconds,
-                log=settings.log,
-            )
-        return _backends[key]
-    raise ConfigError(f"no backend manages {provider!r} identities")
-
-
-def check_hook_profiles(config: Config) -> None:
-    """With the plain pre_spawn_hook on another spawner, a static profile_list may not use
-    what only CloudIdentitySpawner enforces (ConfigError naming the profile and key)."""
-    from .hooks import pre_spawn_hook
-    from .profiles import unenforceable_profile_setting
-
-    for section in ("KubeSpawner", "Spawner"):
-        if section in config and config[section].get("pre_spawn_hook") is pre_spawn_hook:
-            break
-    else:
-        return
-    spawner_class = config.JupyterHub.get("spawner_class", "") if "JupyterHub" in config else ""
-    if spawner_class == "cloudidentity" or getattr(spawner_class, "__name__", "") == "CloudIdentitySpawner":
-        return
-    profiles = config.KubeSpawner.get("profile_list") if "KubeSpawner" in config else None
-    problem = None if callable(profiles) or not profiles else unenforceable_profile_setting(profiles)
-    if problem:
-        raise ConfigError(f"KubeSpawner.profile_list: {problem}")
-
-
-def blocks_metadata_server(config: Config) -> bool:
-    """Whether user pods get zero-to-jupyterhub's ``block-cloud-metadata`` init container
-    (``singleuser.cloudMetadata.blockWithIptables``, on by default in the chart)."""
-    containers = config.KubeSpawner.get("init_containers", []) if "KubeSpawner" in config else []
-    return any(
-        (c.get("name") if isinstance(c, dict) else getattr(c, "name", None)) == "block-cloud-metadata"
-        for c in containers or []
-    )
-
-
-def _check_hub(app: Any) -> None:
-    if not any(section in app.config for section in SECTIONS):
-        return
-    try:
-        check_config(app.config)
-        check_hook_profiles(app.config)
-    except ConfigError as e:
-        app.log.critical("cloudidentity-spawner: configuration error: %s", " ".join(str(e).split()))
-        app.exit(1)
-    if blocks_metadata_server(app.config) and any(r.gcp is not None for r in identity_settings(app.config).compiled_rules.rules):
-        app.log.warning(
-            "cloudidentity-spawner: user pods block the cloud metadata server (zero-to-jupyterhub's "
-            "singleuser.cloudMetadata.blockWithIptables), so GKE Workload Identity cannot give them credentials; "
-            "set blockWithIptables: false and networkPolicy.egressAllowRules.cloudMetadataServer: true "
-            "(examples/z2jh/values-gke.yaml)"
-        )
-    settings = identity_settings(app.config)
-    timeout = app.config.KubeSpawner.get("start_timeout", 60) if "KubeSpawner" in app.config else 60
-    longest = max(settings.gcp_activation_seconds, settings.gcp_annotation_settle_seconds) + settings.gcp_propagation_seconds
-    if settings.manages("gcp") and longest + 30 > timeout:
-        app.log.warning(
-            "cloudidentity-spawner: a first spawn may wait up to %.0f s for Google IAM (gcp_propagation_seconds + "
-            "gcp_activation_seconds) before its pod starts, but KubeSpawner.start_timeout is %s s: raise start_timeout "
-            "(zero-to-jupyterhub's default is 300) or lower the waits", longest, timeout,
-        )
-    if not _auth_state_enabled(app.config):
-        app.log.warning(
-            "cloudidentity-spawner: auth_state is not enabled (c.Authenticator.enable_auth_state = True, and "
-            "JUPYTERHUB_CRYPT_KEY): identity rules can only see JupyterHub groups, and spawns of users "
-            "without a stored login fail with 'log in again'"
-        )
-
-
-def _auth_state_enabled(config: Config) -> bool:
-    for section, values in config.items():
-        if section.endswith("Authenticator") and "enable_auth_state" in values:
-            return bool(values["enable_auth_state"])
-    return False
-
-
-def guard_jupyterhub_startup() -> None:
-    """Make JupyterHub refuse to start when the identity rules are wrong, with one message.
-
-    Called when this package is imported. JupyterHub imports it while starting:
-    while building its list of configurable classes (inside ``JupyterHub()``,
-    before the config file is read), from jupyterhub_config.py itself, or when
-    it resolves ``spawner_class`` (after the config is read). So the config is
-    checked now if a hub is already configured, and after every config load
-    from then on; a bad rule stops the hub at start-up instead of failing spawns.
-    """
-    try:
-        from jupyterhub.app import JupyterHub
-    except ImportError:
-        return
-    if not getattr(JupyterHub, "_cloudidentity_guarded", False):
-        load = JupyterHub.update_config
-
-        def update_config(self: Any, config: Config) -> None:
-            load(self, config)
-            _check_hub(self)
-
-        update_config.__doc__ = load.__doc__
-        JupyterHub.update_config = update_config
-        JupyterHub._cloudidentity_guarded = True
-    # Not JupyterHub.initialized(): in a Jupyter server (another Application
-    # singleton) that is also true, and JupyterHub.instance() would raise.
-    app = getattr(JupyterHub, "_instance", None)
-    if isinstance(app, JupyterHub):
-        _check_hub(app)

@@ -18,9 +18,11 @@ from typing import Any
 from jupyterhub.utils import maybe_future
 
 from .config import CloudIdentity
-from .kube import RetryPolicy
+from .pinning import apply_plan, pinning_hook
 from .profiles import unenforceable_profile_setting
-from .spawner import IdentityProvisioner, SpawnRefused, apply_plan, pinning_hook
+from .provisioner import IdentityProvisioner, SpawnRefused
+from .retry import Backoff
+from .startup import guard_jupyterhub_startup
 
 
 async def pre_spawn_hook(spawner: Any) -> None:
@@ -28,7 +30,7 @@ async def pre_spawn_hook(spawner: Any) -> None:
     settings = CloudIdentity(config=spawner.config, parent=None)
     await refuse_what_the_hook_cannot_enforce(spawner)
     automount = bool(spawner.automount_service_account_token)
-    provisioner = IdentityProvisioner(settings, spawner, RetryPolicy(), spawner.k8s_api_request_timeout)
+    provisioner = IdentityProvisioner(settings, spawner, Backoff(), spawner.k8s_api_request_timeout)
     if spawner.enable_user_namespaces:
         await spawner._ensure_namespace()  # KubeSpawner would make it only after this hook
     plan = await provisioner.prepare(spawner.namespace)
@@ -48,3 +50,7 @@ async def refuse_what_the_hook_cannot_enforce(spawner: Any) -> None:
     if problem:
         spawner.log.error("cloudidentity: spawn refused for %s: %s", spawner.user.name, problem)
         raise SpawnRefused("This hub's server profiles need a setting the hub cannot enforce; ask your hub admin.")
+
+
+# Last, so a check that runs at once (a hub already configured) finds this module complete.
+guard_jupyterhub_startup()

@@ -2,14 +2,13 @@
 
 ``service_account_change`` is the pure decision (create, patch or nothing, or
 refuse); :class:`ServiceAccounts` does the I/O with kubernetes_asyncio, with
-bounded, jittered retries on 5xx, 429 and timeouts.
+retries on 5xx, 429 and timeouts (:mod:`.retry`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,6 +30,7 @@ from .plan import (
     IdentityPlan,
 )
 from .providers import aws, gcp
+from .retry import Backoff
 
 ADOPTED_ANNOTATION = PREFIX + "adopted"
 """Marks a ServiceAccount we took over (``adopt: true``): we update it but never delete it."""
@@ -170,40 +170,10 @@ def bindings_to_remove(existing: Mapping[str, Any] | None, plan: IdentityPlan) -
 
 
 def is_retryable(error: BaseException) -> bool:
+    """5xx, 429 and timeouts: worth another try (after a backoff)."""
     if isinstance(error, ApiException):
         return error.status in (429, 500, 502, 503, 504) or error.status == 0
     return isinstance(error, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError))
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded exponential backoff with full jitter."""
-
-    attempts: int = 5
-    base_delay: float = 0.2
-    max_delay: float = 5.0
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
-
-    async def run(self, call: Callable[[], Awaitable[T]], what: str, log: Any = None) -> T:
-        for attempt in range(self.attempts):
-            try:
-                return await call()
-            except Exception as e:
-                if not is_retryable(e) or attempt == self.attempts - 1:
-                    raise
-                delay = self.delay(attempt)
-                if log is not None:
-                    log.warning("cloudidentity: %s failed (%s); retry %d/%d in %.2fs", what, describe(e), attempt + 1, self.attempts - 1, delay)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
-
-
-def describe(error: BaseException) -> str:
-    if isinstance(error, ApiException):
-        return f"Kubernetes API {error.status} {error.reason}"
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 class ServiceAccountReflector(ResourceReflector):
@@ -230,11 +200,15 @@ def _metadata(sa: Any) -> dict[str, Any]:
 class ServiceAccounts:
     """Kubernetes ServiceAccount I/O for identity plans."""
 
-    def __init__(self, core_api: Any, retry: RetryPolicy | None = None, request_timeout: float = 10.0, log: Any = None):
+    def __init__(self, core_api: Any, backoff: Backoff | None = None, request_timeout: float = 10.0, log: Any = None):
         self.api = core_api
-        self.retry = retry or RetryPolicy()
+        self.backoff = backoff or Backoff()
         self.request_timeout = request_timeout
         self.log = log
+
+    async def call(self, request: Callable[[], Awaitable[T]], what: str) -> T:
+        """One Kubernetes request, tried again (with backoff) on 5xx, 429 and timeouts."""
+        return await self.backoff.run(request, is_retryable, what, self.log)
 
     async def _read(self, name: str, namespace: str) -> dict[str, Any] | None:
         try:
@@ -259,7 +233,7 @@ class ServiceAccounts:
             if cached is None:
                 return None
             return {k: cached.get("metadata", {}).get(k) or {} for k in ("labels", "annotations")}
-        return await self.retry.run(lambda: self._read(sa.name, sa.namespace), f"read ServiceAccount {sa.namespace}/{sa.name}", self.log)
+        return await self.call(lambda: self._read(sa.name, sa.namespace), f"read ServiceAccount {sa.namespace}/{sa.name}")
 
     async def ensure(
         self,
@@ -279,10 +253,9 @@ class ServiceAccounts:
             if change.action != "create":
                 break
             try:
-                await self.retry.run(
+                await self.call(
                     lambda: self.api.create_namespaced_service_account(sa.namespace, change.body, _request_timeout=self.request_timeout),
                     f"create {what}",
-                    self.log,
                 )
                 return "created"
             except ApiException as e:
@@ -290,7 +263,7 @@ class ServiceAccounts:
                     raise
             # It exists after all (another spawn, or a stale cache): compare against what is there;
             # if it is gone again by now, create again.
-            existing = await self.retry.run(lambda: self._read(sa.name, sa.namespace), f"read {what}", self.log)
+            existing = await self.call(lambda: self._read(sa.name, sa.namespace), f"read {what}")
             change = service_account_change(existing, plan)
             if existing is not None and before_change is not None:
                 await before_change(existing)
@@ -300,13 +273,12 @@ class ServiceAccounts:
                 f"{what} kept appearing and disappearing while it was being created; something else deletes it",
             )
         if change.action == "patch":
-            await self.retry.run(
+            await self.call(
                 lambda: self.api.patch_namespaced_service_account(
                     sa.name, sa.namespace, change.body,
                     _content_type="application/merge-patch+json", _request_timeout=self.request_timeout,
                 ),
                 f"patch {what}",
-                self.log,
             )
             return "patched"
         return "unchanged"
@@ -318,10 +290,9 @@ class ServiceAccounts:
         values are hashed); adopted and group/hub accounts are never deleted.
         """
         selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{SCOPE_LABEL}=user,{USER_LABEL}={names.label_value(username)}"
-        listing = await self.retry.run(
+        listing = await self.call(
             lambda: self.api.list_namespaced_service_account(namespace, label_selector=selector, _request_timeout=self.request_timeout),
             f"list ServiceAccounts of {username!r}",
-            self.log,
         )
         deleted = []
         for sa in listing.items:
@@ -330,12 +301,11 @@ class ServiceAccounts:
                 continue
             name = sa.metadata.name
             try:
-                await self.retry.run(
+                await self.call(
                     lambda: self.api.delete_namespaced_service_account(
                         name, namespace, body={"preconditions": {"uid": sa.metadata.uid}}, _request_timeout=self.request_timeout
                     ),
                     f"delete ServiceAccount {namespace}/{name}",
-                    self.log,
                 )
             except ApiException as e:
                 if e.status != 404:

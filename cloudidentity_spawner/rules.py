@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
+from functools import cached_property
 from typing import Any
 
 from . import names
@@ -207,6 +208,23 @@ class IdentityRules:
         if not isinstance(hub, str) or not names.is_valid_ksa_name(hub):
             raise ConfigError(f"hub_name: expected a short DNS-style name like 'jupyterhub', got {hub!r}")
         return cls(parse_rules(raw_rules, trusted_claims), hub)
+
+    def manages(self, provider: str) -> bool:
+        """Whether any rule has the hub manage *provider* (``aws``, ``gcp``) identities."""
+        return any(getattr(rule, provider) is not None and getattr(rule, provider).managed is not None for rule in self.rules)
+
+    @cached_property
+    def managed_places(self) -> tuple[str, ...]:
+        """Where the rules make identities: role ARN prefixes (``arn:...:role/<path>``) and
+        Google account e-mail suffixes (``@<project>.iam.gserviceaccount.com``)."""
+        places = []
+        for rule in self.rules:
+            if rule.aws is not None and rule.aws.managed is not None:
+                partition, account, _ = aws.parse_oidc_provider_arn(rule.aws.managed["oidc_provider_arn"])
+                places.append(f"arn:{partition}:iam::{account}:role{rule.aws.managed['role_path']}")
+            if rule.gcp is not None and rule.gcp.managed is not None:
+                places.append(f"@{rule.gcp.managed['project']}.iam.gserviceaccount.com")
+        return tuple(places)
 
     def find(self, claims: Claims) -> tuple[Rule, str | None]:
         for rule in self.rules:

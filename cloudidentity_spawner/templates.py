@@ -86,3 +86,36 @@ def render(template: str, context: Mapping[str, Any], escape: Callable[[str], st
 def raw(value: str) -> str:
     """The escape for targets that validate the whole result afterwards."""
     return value
+
+
+class _SampleClaims(Mapping):
+    """Every claim a start-up check asks for has a plausible value."""
+
+    def __getitem__(self, key: str) -> str:
+        return "sample-claim"
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __bool__(self) -> bool:
+        return True
+
+
+SAMPLE_CONTEXT = {
+    "username": "sample-user",
+    "safe_username": "sample-user",
+    "group": "sample-group",
+    "safe_group": "sample-group",
+    "namespace": "jupyterhub",
+    "hub": "jupyterhub",
+    "rule": "sample-rule",
+    "claims": _SampleClaims(),
+}
+"""A plausible context for rendering a template at start-up, to check what it renders
+is valid (an ARN, an e-mail, a prefix) before any user logs in."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 import uuid
 
 import pytest
@@ -13,10 +15,10 @@ boto3 = pytest.importorskip("boto3", reason="the aws extra is not installed")
 from botocore.exceptions import ClientError  # noqa: E402
 
 from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
-from cloudidentity_spawner.config import _backends  # noqa: E402
+from cloudidentity_spawner.providers import _backends, backend_for  # noqa: E402
 from cloudidentity_spawner.providers.aws import scratch_prefix_policy, tag_value  # noqa: E402
 from cloudidentity_spawner.providers.aws_iam import ManagedRoles  # noqa: E402
-from cloudidentity_spawner.spawner import SpawnRefused  # noqa: E402
+from cloudidentity_spawner.provisioner import SpawnRefused  # noqa: E402
 
 from .kubehelpers import SpawnUser, make_spawner, oidc_state, read, spawner_config  # noqa: E402
 
@@ -85,6 +87,11 @@ def backend(moto_endpoint) -> ManagedRoles:
     return b
 
 
+def iam_calls(moto_endpoint) -> list[str]:
+    """The IAM operations the hub's backend made so far (its recent-calls log), oldest first."""
+    return list(backend(moto_endpoint).calls.recent)
+
+
 async def spawn(spawner):
     await spawner.start()
     await spawner.stop()
@@ -123,22 +130,24 @@ WRITES = {"CreateRole", "PutRolePolicy", "AttachRolePolicy", "DetachRolePolicy",
 @pytest.mark.parametrize("cache_seconds,expected_calls", [(3600, []), (0, ["GetRole", "GetRolePolicy", "ListAttachedRolePolicies"])])
 async def test_warm_spawn_makes_no_iam_writes(namespace, moto_endpoint, hub, cache_seconds, expected_calls):
     await spawn(aws_spawner(namespace, moto_endpoint, hub, "bob", cloud_cache_seconds=cache_seconds))
-    calls = backend(moto_endpoint).calls
+    calls = iam_calls(moto_endpoint)
     assert calls[0] == "GetRole" and "CreateRole" in calls
     first = len(calls)
     await spawn(aws_spawner(namespace, moto_endpoint, hub, "bob", cloud_cache_seconds=cache_seconds))
-    assert calls[first:] == expected_calls
-    assert not WRITES & set(calls[first:])
+    later = iam_calls(moto_endpoint)[first:]
+    assert later == expected_calls
+    assert not WRITES & set(later)
 
 
 async def test_template_change_updates_the_policy(namespace, moto_endpoint, hub):
     await spawn(aws_spawner(namespace, moto_endpoint, hub, "carol"))
     changed = json.loads(json.dumps(SCRATCH_POLICY).replace('"s3:DeleteObject", ', ''))
     rules = managed_rules(hub, inline_policy=changed, policy_arns=[EXTRA_POLICY])
-    calls = len(_calls := backend(moto_endpoint).calls)
+    first = len(iam_calls(moto_endpoint))
     await spawn(aws_spawner(namespace, moto_endpoint, hub, "carol", rules=rules))
-    assert {"PutRolePolicy", "AttachRolePolicy"} <= set(_calls[calls:])
-    assert "CreateRole" not in _calls[calls:]
+    later = iam_calls(moto_endpoint)[first:]
+    assert {"PutRolePolicy", "AttachRolePolicy"} <= set(later)
+    assert "CreateRole" not in later
     doc = iam(moto_endpoint).get_role_policy(RoleName=f"{hub}-carol", PolicyName="cloudidentity-spawner")["PolicyDocument"]
     assert "s3:DeleteObject" not in doc["Statement"][0]["Action"]
 
@@ -151,7 +160,7 @@ async def test_foreign_role_is_never_touched(namespace, moto_endpoint, hub):
     role = iam(moto_endpoint).get_role(RoleName=f"{hub}-dave")["Role"]
     assert role["AssumeRolePolicyDocument"] == trust
     assert "PermissionsBoundary" not in role
-    assert set(backend(moto_endpoint).calls) == {"GetRole"}
+    assert set(iam_calls(moto_endpoint)) == {"GetRole"}
     assert await read("serviceaccount", namespace, "jupyter-dave") is None
 
 
@@ -162,7 +171,7 @@ async def test_delete_forever_removes_only_our_user_role(namespace, moto_endpoin
     await spawner.delete_forever()
     with pytest.raises(ClientError, match="NoSuchEntity"):
         iam(moto_endpoint).get_role(RoleName=f"{hub}-erin")
-    calls = backend(moto_endpoint).calls
+    calls = iam_calls(moto_endpoint)
     assert calls.index("DeleteRolePolicy") < calls.index("DeleteRole")
     assert calls.index("DetachRolePolicy") < calls.index("DeleteRole")
     assert await read("serviceaccount", namespace, "jupyter-erin") is None
@@ -201,13 +210,46 @@ async def test_odd_and_long_user_names_get_valid_distinct_roles(namespace, moto_
     assert iam(moto_endpoint).list_roles(PathPrefix=f"/jupyterhub/{hub}/")["Roles"] == []
 
 
+class PeakConcurrency:
+    """Counts how many calls run at once on an SDK client (each call runs in a worker thread)."""
+
+    def __init__(self):
+        self.running = self.highest = 0
+        self._lock = threading.Lock()
+
+    def watch(self, client):
+        peak = self
+
+        class Watched:
+            def __getattr__(self, name):
+                method = getattr(client, name)
+                if not callable(method) or name.startswith("get_waiter"):
+                    return method
+
+                def call(*args, **kwargs):
+                    with peak._lock:
+                        peak.running += 1
+                        peak.highest = max(peak.highest, peak.running)
+                    try:
+                        time.sleep(0.02)  # long enough for calls that could overlap to do so
+                        return method(*args, **kwargs)
+                    finally:
+                        with peak._lock:
+                            peak.running -= 1
+                return call
+
+        return Watched()
+
+
 async def test_surge_of_first_logins_is_bounded_and_creates_each_role_once(namespace, moto_endpoint, hub):
     spawners = [aws_spawner(namespace, moto_endpoint, hub, f"class-{i}", aws_max_concurrent_calls=3) for i in range(12)]
     spawners += [aws_spawner(namespace, moto_endpoint, hub, "class-0", aws_max_concurrent_calls=3)]  # a double click
+    peak = PeakConcurrency()
+    b = backend_for(spawners[0], "aws")  # the one backend every spawn here uses
+    b.iam = peak.watch(b.iam)
     await asyncio.gather(*(s._provisioner().prepare(namespace) for s in spawners))
-    b = backend(moto_endpoint)
-    assert b.max_in_flight <= 3
-    assert b.calls.count("CreateRole") == 12
+    assert 2 <= peak.highest <= 3  # concurrent, and never more than the limit reached the IAM client
+    assert iam_calls(moto_endpoint).count("CreateRole") == 12
     roles = iam(moto_endpoint).list_roles(PathPrefix=f"/jupyterhub/{hub}/")["Roles"]
     assert len(roles) == 12
 

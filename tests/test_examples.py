@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from cloudidentity_spawner import cli, kube
-from cloudidentity_spawner.config import check_config
+from cloudidentity_spawner.startup import check_config
 from cloudidentity_spawner.providers import gcp_iam
 
 ROOT = Path(__file__).parent.parent
@@ -126,7 +126,7 @@ def test_gcp_rules_with_the_charts_metadata_block_warn_at_start_up():
     from kubernetes_asyncio.client.models import V1Container
     from traitlets.config import Config
 
-    from cloudidentity_spawner.config import blocks_metadata_server
+    from cloudidentity_spawner.startup import blocks_metadata_server
 
     c = cli.load_config(str(EXAMPLES / "gcp/jupyterhub_config.py"))
     assert not blocks_metadata_server(c)
@@ -151,11 +151,11 @@ class GcpHub:
 def test_the_warning_is_logged_by_the_start_up_check(caplog):
     from kubernetes_asyncio.client.models import V1Container
 
-    from cloudidentity_spawner.config import _check_hub
+    from cloudidentity_spawner.startup import check_hub
 
     hub = GcpHub()
     hub.config.KubeSpawner.init_containers = [V1Container(name="block-cloud-metadata")]
-    _check_hub(hub)
+    check_hub(hub)
     assert any("block the cloud metadata server" in r.getMessage() and "values-gke.yaml" in r.getMessage()
                for r in caplog.records)
 
@@ -171,12 +171,12 @@ def test_cluster_role_for_user_namespaces_covers_every_call():
 
 
 def test_gcp_waits_longer_than_the_start_timeout_warn_at_start_up(caplog):
-    from cloudidentity_spawner.config import _check_hub
+    from cloudidentity_spawner.startup import check_hub
 
     hub = GcpHub()
-    _check_hub(hub)  # JupyterHub's default start_timeout (60 s) < 60 s + 60 s of waits
+    check_hub(hub)  # JupyterHub's default start_timeout (60 s) < 60 s + 60 s of waits
     assert any("KubeSpawner.start_timeout is 60 s" in r.getMessage() for r in caplog.records)
     caplog.clear()
     hub.config.KubeSpawner.start_timeout = 300  # zero-to-jupyterhub's
-    _check_hub(hub)
+    check_hub(hub)
     assert not any("start_timeout" in r.getMessage() for r in caplog.records)

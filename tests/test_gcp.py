@@ -12,8 +12,8 @@ pytest.importorskip("google.cloud.iam_admin_v1", reason="the gcp extra is not in
 from google.api_core import exceptions as gexc  # noqa: E402
 
 from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
-from cloudidentity_spawner.config import _backends  # noqa: E402
-from cloudidentity_spawner.spawner import SpawnRefused  # noqa: E402
+from cloudidentity_spawner.providers import _backends  # noqa: E402
+from cloudidentity_spawner.provisioner import SpawnRefused  # noqa: E402
 
 from .kubehelpers import SpawnUser, make_spawner, oidc_state, read, spawner_config  # noqa: E402
 
@@ -91,10 +91,9 @@ async def test_account_and_exact_bindings_are_created(namespace, gcp_server, hub
 @pytest.mark.parametrize("cache_seconds", [3600, 0])
 async def test_warm_spawn_makes_no_iam_writes(namespace, gcp_server, hub, cache_seconds):
     await spawn(gcp_spawner(namespace, gcp_server, hub, "bob", cloud_cache_seconds=cache_seconds))
-    calls = backend().calls
-    first = len(calls)
+    first = len(backend().calls.recent)
     await spawn(gcp_spawner(namespace, gcp_server, hub, "bob", cloud_cache_seconds=cache_seconds))
-    later = calls[first:]
+    later = list(backend().calls.recent)[first:]
     assert not [c for c in later if c.endswith("setIamPolicy") or c.startswith("Create") or c.startswith("Delete")]
     assert later == ([] if cache_seconds else ["GetServiceAccount", "service_account.getIamPolicy", "project.getIamPolicy", "managedFolders.getIamPolicy"])
 

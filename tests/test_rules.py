@@ -213,6 +213,7 @@ def test_rules_must_be_a_list():
 async def test_identity_resolver_decides_first_and_can_fall_through():
     from cloudidentity_spawner.config import CloudIdentity
     from cloudidentity_spawner.plan import IdentityPlan, ServiceAccountPlan
+    from cloudidentity_spawner.provisioner import plan_for
 
     async def resolver(spawner, claims):
         if claims.username == "special":
@@ -221,12 +222,12 @@ async def test_identity_resolver_decides_first_and_can_fall_through():
         return None
 
     settings = CloudIdentity(identity_rules=[{"name": "everyone", "match": {}}], identity_resolver=resolver)
-    assert (await settings.plan_for(None, user("special"), "ns")).service_account.name == "sa-special"
-    assert (await settings.plan_for(None, user("other"), "ns")).rule == "everyone"
+    assert (await plan_for(settings, None, user("special"), "ns")).service_account.name == "sa-special"
+    assert (await plan_for(settings, None, user("other"), "ns")).rule == "everyone"
 
     settings = CloudIdentity(identity_rules=[], identity_resolver=lambda spawner, claims: {"not": "a plan"})
     with pytest.raises(IdentityError) as e:
-        await settings.plan_for(None, user("x"), "ns")
+        await plan_for(settings, None, user("x"), "ns")
     assert "expected an IdentityPlan" in e.value.admin_detail
 
 

@@ -17,7 +17,7 @@ from kubernetes_asyncio import config as kube_config
 from kubespawner import KubeSpawner
 
 from cloudidentity_spawner import CloudIdentitySpawner, pre_spawn_hook
-from cloudidentity_spawner.spawner import SpawnRefused
+from cloudidentity_spawner.provisioner import SpawnRefused
 
 from .kubehelpers import SpawnUser, create_service_account, make_spawner, oidc_state, read, spawner_config
 
@@ -461,7 +461,7 @@ async def test_hook_refuses_profiles_it_cannot_enforce(namespace, caplog, profil
     """Fail closed, not open: the hook runs before KubeSpawner applies the profile."""
     from traitlets.config import Config
 
-    from cloudidentity_spawner.config import check_hook_profiles
+    from cloudidentity_spawner.startup import check_hook_profiles
     from cloudidentity_spawner.errors import ConfigError
 
     profiles = [{"display_name": "p", "slug": "p", "default": True, **profile}]

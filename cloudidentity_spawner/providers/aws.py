@@ -17,8 +17,8 @@ from typing import Any
 
 from .. import names
 from ..errors import ConfigError
-from ..plan import CloudPlan
-from ..templates import TemplateError, raw, render
+from ..plan import MANAGED_BY, MANAGED_BY_LABEL, PREFIX, CloudPlan
+from ..templates import SAMPLE_CONTEXT, TemplateError, raw, render
 from ._common import (
     check_keys,
     check_string_list,
@@ -33,9 +33,10 @@ STS_REGIONAL_ANNOTATION = "eks.amazonaws.com/sts-regional-endpoints"
 TOKEN_EXPIRATION_ANNOTATION = "eks.amazonaws.com/token-expiration"
 ANNOTATIONS = (ROLE_ARN_ANNOTATION, STS_REGIONAL_ANNOTATION, TOKEN_EXPIRATION_ANNOTATION)
 
-TAG_MANAGED_BY = "app.kubernetes.io/managed-by"
-TAG_HUB = "cloudidentity-spawner/hub"
-TAG_OWNER = "cloudidentity-spawner/owner"
+# A managed role's tags: the same ownership words as our ServiceAccounts' labels.
+TAG_MANAGED_BY = MANAGED_BY_LABEL
+TAG_HUB = PREFIX + "hub"
+TAG_OWNER = PREFIX + "owner"
 
 _PARTITION = r"aws(?:-cn|-us-gov|-iso|-iso-[a-z]|-eusc)?"
 _ROLE_ARN = re.compile(
@@ -172,37 +173,6 @@ _MANAGED_KEYS = {
 _MANAGED_REQUIRED = {"oidc_provider_arn", "role_path", "permissions_boundary"}
 DEFAULT_ROLE_NAME = {"user": "{hub}-{username}", "group": "{hub}-group-{group}", "hub": "{hub}-{rule}"}
 
-class _SampleClaims(Mapping):
-    """Every claim a start-up check asks for has a plausible value."""
-
-    def __getitem__(self, key: str) -> str:
-        return "sample-claim"
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __iter__(self):
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-    def __bool__(self) -> bool:
-        return True
-
-
-SAMPLE_CONTEXT = {
-    "username": "sample-user",
-    "safe_username": "sample-user",
-    "group": "sample-group",
-    "safe_group": "sample-group",
-    "namespace": "jupyterhub",
-    "hub": "jupyterhub",
-    "rule": "sample-rule",
-    "claims": _SampleClaims(),
-}
-
-
 @dataclass(frozen=True)
 class AwsSettings:
     """A rule's validated ``aws`` block."""
@@ -288,7 +258,7 @@ def plan(settings: AwsSettings, context: Mapping[str, Any], scope: str, owner: s
     parse_role_arn(arn)
     tags = {
         **managed.get("tags", {}),
-        TAG_MANAGED_BY: "cloudidentity-spawner",
+        TAG_MANAGED_BY: MANAGED_BY,
         TAG_HUB: tag_value(context["hub"]),
         TAG_OWNER: tag_value(owner),
     }

@@ -12,7 +12,6 @@ retry mode absorbing IAM throttling.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
 import time
@@ -25,21 +24,17 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import IdentityError
-from ..plan import IdentityPlan, thaw
+from ..plan import MANAGED_BY, IdentityPlan, thaw
 from .aws import TAG_HUB, TAG_MANAGED_BY, TAG_OWNER, parse_role_arn, tag_value
+from .managed import CloudCalls, Converged, failed_operation, fingerprint
 
 INLINE_POLICY_NAME = "cloudidentity-spawner"
 TRUST_POLICY_LIMIT = 2048
 """IAM's default quota for the length of a role's trust policy (adjustable with AWS)."""
-MANAGED_BY = "cloudidentity-spawner"
 
 
 def _code(error: ClientError) -> str:
     return error.response.get("Error", {}).get("Code", "")
-
-
-def _fingerprint(role: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(thaw(role), sort_keys=True).encode()).hexdigest()
 
 
 def _tags(tag_list: list[dict[str, str]]) -> dict[str, str]:
@@ -60,26 +55,13 @@ class ManagedRoles:
     ):
         config = BotoConfig(retries={"mode": "adaptive", "max_attempts": 10})
         self.iam = boto3.client("iam", config=config, **dict(client_kwargs or {}))
-        self._calls = asyncio.Semaphore(max_concurrent_calls)
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._known: dict[str, tuple[str, float]] = {}
-        self.cache_seconds = cache_seconds
+        self.calls = CloudCalls("aws", max_concurrent_calls)
+        self.converged = Converged(cache_seconds)
         self.propagation_seconds = max(0.0, min(propagation_seconds, 60.0))
         self.log = log
-        self.calls: list[str] = []
-        """Names of the IAM operations made, in order (for metrics and tests)."""
-        self.in_flight = 0
-        self.max_in_flight = 0
 
     async def _call(self, operation: str, **kwargs: Any) -> Any:
-        async with self._calls:
-            self.calls.append(operation)
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            try:
-                return await asyncio.to_thread(getattr(self.iam, xform_name(operation)), **kwargs)
-            finally:
-                self.in_flight -= 1
+        return await self.calls(operation, getattr(self.iam, xform_name(operation)), **kwargs)
 
     async def ensure(self, plan: IdentityPlan) -> str:
         """Make the plan's role exist exactly as planned; returns created, updated or unchanged.
@@ -88,13 +70,11 @@ class ManagedRoles:
         """
         role = plan.cloud.resources["role"]
         name = role["name"]
-        fingerprint = _fingerprint(role)
-        known = self._known.get(name)
-        if known and known[0] == fingerprint and time.monotonic() - known[1] < self.cache_seconds:
+        planned = fingerprint(role)
+        if self.converged.fresh(name, planned):
             return "unchanged"
         # One spawn at a time per role: the others then find it made.
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
+        async with self.converged.lock(name):
             try:
                 outcome = await self._ensure(plan, role)
             except ClientError as e:
@@ -105,7 +85,7 @@ class ManagedRoles:
                     "or ask your hub admin.",
                     f"IAM call for role {name} failed: {e}",
                 ) from None
-            self._known[name] = (fingerprint, time.monotonic())
+            self.converged.remember(name, planned)
             return outcome
 
     async def _ensure(self, plan: IdentityPlan, role: Mapping[str, Any]) -> str:
@@ -271,7 +251,7 @@ class ManagedRoles:
         for policy in (await self._call("ListAttachedRolePolicies", RoleName=name))["AttachedPolicies"]:
             await self._call("DetachRolePolicy", RoleName=name, PolicyArn=policy["PolicyArn"])
         await self._call("DeleteRole", RoleName=name)
-        self._known.pop(name, None)
+        self.converged.forget(name)
         return True
 
     def _error(self, plan: IdentityPlan, error: ClientError) -> IdentityError:
@@ -289,7 +269,7 @@ class ManagedRoles:
         if code in ("AccessDenied", "AccessDeniedException"):
             return IdentityError(
                 "Your cloud identity could not be set up (the hub is not allowed to manage it); ask your hub admin.",
-                f"IAM denied {self.calls[-1] if self.calls else 'a call'} for role {name}: {message}. Check the hub's "
+                f"IAM denied {error.operation_name or failed_operation(error)} for role {name}: {message}. Check the hub's "
                 "IAM policy allows the role path and requires the permissions boundary.",
             )
         if code == "MalformedPolicyDocument":

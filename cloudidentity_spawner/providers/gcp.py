@@ -17,13 +17,12 @@ from typing import Any
 
 from .. import names
 from ..errors import ConfigError
-from ..plan import CloudPlan
-from ..templates import TemplateError, raw, render
+from ..plan import MANAGED_BY, PREFIX, CloudPlan
+from ..templates import SAMPLE_CONTEXT, TemplateError, raw, render
 from ._common import check_keys, check_string_list, check_template
-from .aws import SAMPLE_CONTEXT
 
 GSA_ANNOTATION = "iam.gke.io/gcp-service-account"
-BINDINGS_ANNOTATION = "cloudidentity-spawner/gcp-bindings"
+BINDINGS_ANNOTATION = PREFIX + "gcp-bindings"
 """On the ServiceAccount: the project/bucket bindings the hub added for its GSA, so exactly
 those (and no binding someone else added) are removed when the identity is deleted."""
 ANNOTATIONS = (GSA_ANNOTATION,)
@@ -47,11 +46,15 @@ def parse_email(email: str) -> tuple[str, str]:
     return match["id"], match["project"]
 
 
+MARKER_START = f"[{MANAGED_BY} "
+"""Where the ownership marker starts in a managed account's description."""
+
+
 def ownership_marker(hub: str, owner: str) -> str:
     """Google service accounts have no labels or tags: the description carries who made
     the account and for whom, and an account without the right marker is never touched."""
     digest = hashlib.sha256(f"{hub}\xff{owner}".encode()).hexdigest()[:32]
-    return f"[cloudidentity-spawner hub={hub} owner={digest}]"
+    return f"{MARKER_START}hub={hub} owner={digest}]"
 
 
 def workload_identity_member(pool: str, namespace: str, service_account: str) -> str:

@@ -12,10 +12,6 @@ IAM policies are edited read-modify-write with their etag; a concurrent change
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
-import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,9 +21,13 @@ from google.api_core import exceptions as gexc
 
 from ..errors import IdentityError
 from ..plan import IdentityPlan, thaw
-from .gcp import WORKLOAD_IDENTITY_USER, ownership_marker
+from ..retry import Backoff
+from .managed import CloudCalls, Converged, failed_operation, fingerprint
+from .gcp import MARKER_START, WORKLOAD_IDENTITY_USER, ownership_marker
 
 CONFLICTS = (gexc.Aborted, gexc.Conflict, gexc.PreconditionFailed)
+PROPAGATION_BACKOFF = Backoff(attempts=10_000, base_delay=0.25, max_delay=8.0)
+"""Waiting for IAM to know a new account: bounded by time (``propagation_seconds``), not tries."""
 
 
 def default_clients():
@@ -56,28 +56,20 @@ class ManagedServiceAccounts:
         log: Any = None,
     ):
         self.iam, self.projects, self.storage = (clients or default_clients)()
-        self._calls = asyncio.Semaphore(max_concurrent_calls)
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._known: dict[str, tuple[str, float]] = {}
-        self.cache_seconds = cache_seconds
+        self.calls = CloudCalls("gcp", max_concurrent_calls)
+        self.converged = Converged(cache_seconds)
         self.policy_retries = policy_retries
         self.propagation_seconds = max(0.0, min(propagation_seconds, 600.0))
         self.activation_pending: dict[str, float] = {}
         """Accounts whose Workload Identity grant was just added (``time.monotonic()``): the
-        spawn waits for them to be usable from the pod (see the spawner's activation step)."""
+        spawn waits for them to be usable from the pod (see the provisioner's activation step)."""
         self._created: dict[str, float] = {}
-        """When this process created each account (``time.monotonic()``): only those get
-        their "does not exist" answers retried."""
+        """When this process created each account (``time.monotonic()``), while that is less than
+        ``propagation_seconds`` ago: only those get their "does not exist" answers retried."""
         self.log = log
-        self.calls: list[str] = []
 
     async def _call(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        async with self._calls:
-            self.calls.append(name)
-            return await asyncio.to_thread(fn, *args, **kwargs)
-
-    def _lock(self, key: str) -> asyncio.Lock:
-        return self._locks.setdefault(key, asyncio.Lock())
+        return await self.calls(name, fn, *args, **kwargs)
 
     # -- spawn -----------------------------------------------------------------
 
@@ -85,11 +77,10 @@ class ManagedServiceAccounts:
         """Make the planned GSA and bindings exist; returns created, updated or unchanged."""
         resources = thaw(plan.cloud.resources)
         email = resources["service_account"]["email"]
-        fingerprint = hashlib.sha256(json.dumps(resources, sort_keys=True).encode()).hexdigest()
-        known = self._known.get(email)
-        if known and known[0] == fingerprint and time.monotonic() - known[1] < self.cache_seconds:
+        planned = fingerprint(resources)
+        if self.converged.fresh(email, planned):
             return "unchanged"
-        async with self._lock(email):
+        async with self.converged.lock(email):
             try:
                 created = await self._ensure_account(plan, resources["service_account"])
                 changed = False
@@ -100,7 +91,7 @@ class ManagedServiceAccounts:
                     changed |= added
             except gexc.GoogleAPICallError as e:
                 raise self._error(plan, e) from None
-            self._known[email] = (fingerprint, time.monotonic())
+            self.converged.remember(email, planned)
         return "created" if created else "updated" if changed else "unchanged"
 
     async def _ensure_account(self, plan: IdentityPlan, account: Mapping[str, Any]) -> bool:
@@ -120,11 +111,13 @@ class ManagedServiceAccounts:
                         "service_account": {"display_name": account["display_name"], "description": account["description"]},
                     },
                 )
-                self._created[account["email"]] = time.monotonic()
+                now = time.monotonic()
+                self._created = {e: t for e, t in self._created.items() if now - t < self.propagation_seconds}
+                self._created[account["email"]] = now
                 return True
             except gexc.AlreadyExists:
                 current = await self._call("GetServiceAccount", self.iam.get_service_account, request={"name": name})
-        want_marker = account["description"][account["description"].rfind("[cloudidentity-spawner ") :]
+        want_marker = account["description"][account["description"].rfind(MARKER_START) :]
         if not current.description.endswith(want_marker):
             raise IdentityError(
                 "Your cloud identity could not be set up: a Google service account with its name already exists "
@@ -143,64 +136,67 @@ class ManagedServiceAccounts:
         400 "... does not exist". Only accounts this process created within
         ``propagation_seconds`` are waited for, with jittered backoff, the total capped.
         """
-        waited = 0.0
-        attempt = 0
-        while True:
-            try:
-                result = await edit()
-            except (gexc.NotFound, gexc.BadRequest) as e:
-                created = self._created.get(email)
-                # Only IAM not yet knowing *this* account; a missing bucket or pool is a real error.
-                if created is None or "does not exist" not in str(e.message) or email not in str(e.message):
-                    raise
-                remaining = created + self.propagation_seconds - time.monotonic()
-                if remaining <= 0:
-                    self._created.pop(email, None)  # later spawns get IAM's own answer
-                    if attempt == 0:
-                        raise
-                    raise PropagationTimeout(email, self.propagation_seconds) from None
-                delay = min(remaining, random.uniform(0.5, 1.0) * min(8.0, 0.25 * 2**attempt))
-                attempt += 1
-                waited += delay
-                await asyncio.sleep(delay)
-                continue
-            if waited and self.log:
-                self.log.info("cloudidentity: Google IAM knew new service account %s after %.1f s", email, waited)
-            return result
+        created = self._created.get(email)
+        if created is None:
+            return await edit()
+
+        def not_yet_known(error: BaseException) -> bool:
+            # Only IAM not yet knowing *this* account; a missing bucket or pool is a real error.
+            return (isinstance(error, (gexc.NotFound, gexc.BadRequest)) and "does not exist" in str(error.message)
+                    and email in str(error.message))
+
+        started, tries = time.monotonic(), 0
+
+        async def attempt() -> Any:
+            nonlocal tries
+            tries += 1
+            return await edit()
+
+        try:
+            result = await PROPAGATION_BACKOFF.run(attempt, not_yet_known, deadline=created + self.propagation_seconds)
+        except Exception as e:
+            if not not_yet_known(e):
+                raise
+            self._created.pop(email, None)  # later spawns get IAM's own answer
+            if tries == 1:
+                raise  # already past the wait: IAM's own answer
+            raise PropagationTimeout(email, self.propagation_seconds) from None
+        if tries > 1 and self.log:
+            waited = time.monotonic() - started
+            self.log.info("cloudidentity: Google IAM knew new service account %s after %.1f s", email, waited)
+        return result
 
     async def _edit(self, resource: str, *, add: Mapping[str, Any] | None = None, remove: tuple | None = None, member: str = "") -> bool:
         """Read-modify-write one IAM policy, retrying on a concurrent change. True if written."""
-        async with self._lock(resource):
-            for attempt in range(self.policy_retries):
-                policy = await self._read_policy(resource, create_missing=add is not None)
-                bindings = policy["bindings"]
-                if add is not None:
-                    target = next((b for b in bindings if _key(b) == _key(add)), None)
-                    if target is None:
-                        target = {"role": add["role"], "members": []}
-                        if add.get("condition"):
-                            target["condition"] = dict(add["condition"])
-                        bindings.append(target)
-                    if add["member"] in target["members"]:
-                        return False
-                    target["members"].append(add["member"])
-                else:
-                    hits = [b for b in bindings if _key(b)[:2] == remove and member in b["members"]]
-                    if not hits:
-                        return False
-                    for b in hits:
-                        b["members"].remove(member)
-                    policy["bindings"] = [b for b in bindings if b["members"]]
-                if any(b.get("condition") for b in policy["bindings"]):
-                    policy["version"] = 3
-                try:
-                    await self._write_policy(resource, policy)
-                    return True
-                except CONFLICTS:
-                    if attempt == self.policy_retries - 1:
-                        raise
-                    await asyncio.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
-        return False
+        async with self.converged.lock(resource):
+            return await Backoff(self.policy_retries, 0.05, 2.0).run(
+                lambda: self._edit_once(resource, add, remove, member), lambda e: isinstance(e, CONFLICTS)
+            )
+
+    async def _edit_once(self, resource: str, add: Mapping[str, Any] | None, remove: tuple | None, member: str) -> bool:
+        policy = await self._read_policy(resource, create_missing=add is not None)
+        bindings = policy["bindings"]
+        if add is not None:
+            target = next((b for b in bindings if _key(b) == _key(add)), None)
+            if target is None:
+                target = {"role": add["role"], "members": []}
+                if add.get("condition"):
+                    target["condition"] = dict(add["condition"])
+                bindings.append(target)
+            if add["member"] in target["members"]:
+                return False
+            target["members"].append(add["member"])
+        else:
+            hits = [b for b in bindings if _key(b)[:2] == remove and member in b["members"]]
+            if not hits:
+                return False
+            for b in hits:
+                b["members"].remove(member)
+            policy["bindings"] = [b for b in bindings if b["members"]]
+        if any(b.get("condition") for b in policy["bindings"]):
+            policy["version"] = 3
+        await self._write_policy(resource, policy)  # a concurrent change: CONFLICTS, tried again
+        return True
 
     async def _read_policy(self, resource: str, create_missing: bool = False) -> dict[str, Any]:
         kind = _kind(resource)
@@ -295,7 +291,7 @@ class ManagedServiceAccounts:
             return False
         await self.remove_bindings(email, added_bindings)
         await self._call("DeleteServiceAccount", self.iam.delete_service_account, request={"name": name})
-        self._known.pop(email, None)
+        self.converged.forget(email)
         return True
 
     async def remove_bindings(self, email: str, bindings: list[list[str]]) -> None:
@@ -303,7 +299,7 @@ class ManagedServiceAccounts:
         member = f"serviceAccount:{email}"
         for resource, role, title in bindings:
             await self._edit(resource, remove=(role, title), member=member)
-        self._known.pop(email, None)
+        self.converged.forget(email)
 
     def _error(self, plan: IdentityPlan, error: gexc.GoogleAPICallError) -> IdentityError:
         if isinstance(error, PropagationTimeout):
@@ -324,7 +320,7 @@ class ManagedServiceAccounts:
         if isinstance(error, gexc.Forbidden):  # includes PermissionDenied over gRPC
             return IdentityError(
                 "Your cloud identity could not be set up (the hub is not allowed to manage it); ask your hub admin.",
-                f"Google Cloud denied {self.calls[-1] if self.calls else 'a call'} for {email}: {error.message}",
+                f"Google Cloud denied {failed_operation(error)} for {email}: {error.message}",
             )
         return IdentityError(
             "Your cloud identity could not be set up; ask your hub admin.",

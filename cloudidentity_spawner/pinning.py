@@ -1,0 +1,113 @@
+"""Pin the pod to its plan: the ServiceAccount, token mount, environment and IRSA role.
+
+Profiles, ``kubespawner_override`` and the operator's own hooks all run before
+KubeSpawner's ``modify_pod_hook``; the hook made here runs last and sets what the
+plan says, so nothing the user submits can choose another account.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .plan import RULE_LABEL, SCOPE_LABEL, IdentityPlan
+from .provisioner import SpawnRefused
+from .providers import aws
+
+
+def apply_plan(spawner: Any, plan: IdentityPlan, automount: bool) -> None:
+    """Set the spawner's ServiceAccount, token mount, environment and labels from *plan*."""
+    spawner.service_account = plan.service_account.name
+    spawner.automount_service_account_token = automount
+    spawner.environment = {**spawner.environment, **planned_env(plan)}
+    spawner.extra_labels = {
+        **spawner.extra_labels,
+        SCOPE_LABEL: plan.service_account.labels[SCOPE_LABEL],
+        RULE_LABEL: plan.service_account.labels[RULE_LABEL],
+    }
+
+
+def planned_env(plan: IdentityPlan) -> dict[str, str]:
+    """The environment the plan gives the notebook: the rule's env, and where dask clusters
+    started from the notebook find the ServiceAccount (``cloudidentity_spawner.dask``)."""
+    return {
+        **plan.env,
+        "CLOUDIDENTITY_SERVICE_ACCOUNT": plan.service_account.name,
+        "CLOUDIDENTITY_NAMESPACE": plan.service_account.namespace,
+    }
+
+
+IRSA_VOLUME = "aws-iam-token"
+IRSA_MOUNT_PATH = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
+
+
+def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) -> None:
+    """The last word on the pod's ServiceAccount, token mount and the plan's environment,
+    whatever profiles, overrides and hooks said before (and, with *irsa*, the IRSA role)."""
+    from kubernetes_asyncio.client.models import V1EnvVar
+
+    pod.spec.service_account_name = plan.service_account.name
+    pod.spec.service_account = None
+    pod.spec.automount_service_account_token = automount
+    env = planned_env(plan)
+    notebook = pod.spec.containers[0]
+    notebook.env = [e for e in (notebook.env or []) if e.name not in env] + [V1EnvVar(name=k, value=v) for k, v in env.items()]
+    role_arn = plan.service_account.annotations.get(aws.ROLE_ARN_ANNOTATION)
+    if irsa and role_arn:
+        pin_irsa(pod, plan, role_arn)
+
+
+def pin_irsa(pod: Any, plan: IdentityPlan, role_arn: str) -> None:
+    """What EKS's pod-identity webhook adds for the account's role, added by us for the plan's role.
+
+    The webhook looks the ServiceAccount up in its own cache; a pod made right after the
+    account was created or re-annotated can miss it (no credentials) or see the old role.
+    The webhook leaves alone a container that already has AWS_ROLE_ARN or
+    AWS_WEB_IDENTITY_TOKEN_FILE, a mount named ``aws-iam-token`` and a pod volume of that
+    name, so nothing is added twice; and the role is the plan's, whatever its cache says.
+    """
+    from kubernetes_asyncio.client.models import (
+        V1EnvVar,
+        V1ProjectedVolumeSource,
+        V1ServiceAccountTokenProjection,
+        V1Volume,
+        V1VolumeMount,
+        V1VolumeProjection,
+    )
+
+    annotations = plan.service_account.annotations
+    expiration = int(annotations.get(aws.TOKEN_EXPIRATION_ANNOTATION, "86400"))
+    token = V1ServiceAccountTokenProjection(audience="sts.amazonaws.com", expiration_seconds=expiration, path="token")
+    volume = V1Volume(name=IRSA_VOLUME, projected=V1ProjectedVolumeSource(sources=[V1VolumeProjection(service_account_token=token)]))
+    pod.spec.volumes = [v for v in (pod.spec.volumes or []) if v.name != IRSA_VOLUME] + [volume]
+    env = {"AWS_ROLE_ARN": role_arn, "AWS_WEB_IDENTITY_TOKEN_FILE": f"{IRSA_MOUNT_PATH}/token"}
+    if annotations.get(aws.STS_REGIONAL_ANNOTATION) == "true":
+        env["AWS_STS_REGIONAL_ENDPOINTS"] = "regional"
+    for container in [*pod.spec.containers, *(pod.spec.init_containers or [])]:  # the webhook does both
+        container.env = [e for e in (container.env or []) if e.name not in env] + [V1EnvVar(name=k, value=v) for k, v in env.items()]
+        mounts = [m for m in (container.volume_mounts or []) if m.name != IRSA_VOLUME]
+        container.volume_mounts = mounts + [V1VolumeMount(name=IRSA_VOLUME, mount_path=IRSA_MOUNT_PATH, read_only=True)]
+
+
+def pinning_hook(operator_hook: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) -> Any:
+    """A ``modify_pod_hook`` that runs the operator's hook (if any), then pins the pod.
+
+    KubeSpawner calls ``modify_pod_hook`` after ``get_pod_manifest``, so this is the
+    only place whose word is last. Wrapping an already wrapping hook unwraps it first.
+    """
+    if getattr(operator_hook, "_cloudidentity_pin", False):
+        operator_hook = operator_hook._operator_hook
+
+    async def modify_pod_hook(spawner: Any, pod: Any) -> Any:
+        if operator_hook is not None:
+            pod = operator_hook(spawner, pod)
+            if inspect.isawaitable(pod):
+                pod = await pod
+        if spawner.namespace != plan.service_account.namespace:
+            raise SpawnRefused("A profile moved your server to another namespace than your cloud identity's; ask your hub admin.")
+        pin_pod(pod, plan, automount, irsa)
+        return pod
+
+    modify_pod_hook._cloudidentity_pin = True
+    modify_pod_hook._operator_hook = operator_hook
+    return modify_pod_hook

@@ -1,0 +1,309 @@
+"""The identity step of a spawn, shared by CloudIdentitySpawner and the plain pre_spawn_hook.
+
+In order: the user's claims (:mod:`.claims`) → their plan (:mod:`.rules`, or the
+operator's resolver) → the managed cloud identity, if any (:mod:`.providers`) →
+revoke what the account no longer plans → the ServiceAccount (:mod:`.kube`) → wait
+for a new Google identity to be usable. One audit line per decision; anything
+that goes wrong becomes a :class:`SpawnRefused` with a message for the user and
+a log line for the admin. Pinning the pod to the result is :mod:`.pinning`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubespawner.clients import shared_client
+from tornado.web import HTTPError
+
+from .claims import Claims, user_claims
+from .config import CloudIdentity
+from .errors import ConfigError, IdentityError
+from .kube import ServiceAccounts, bindings_to_remove, identity_to_revoke, is_retryable
+from .metrics import IDENTITY_STEP_SECONDS, SERVICE_ACCOUNT_CHANGES, SPAWN_DECISIONS
+from .plan import IdentityPlan
+from .providers import aws, backend_for, gcp
+from .retry import Backoff, describe
+from .rules import ownership_markers
+
+
+class SpawnRefused(HTTPError):
+    """Fails one spawn; JupyterHub shows ``jupyterhub_message`` on the spawn page.
+
+    An HTTPError, because JupyterHub passes those (and their message) through to
+    the spawn form when a spawn fails at once; other exceptions become a generic
+    "Unhandled error starting server".
+    """
+
+    def __init__(self, user_message: str, status_code: int = 403):
+        super().__init__(status_code)
+        self.jupyterhub_message = user_message
+
+    def __str__(self) -> str:
+        return self.jupyterhub_message
+
+
+def api_message(error: ApiException) -> str:
+    """The API server's own message (RBAC's names the verb, resource and namespace)."""
+    try:
+        return json.loads(error.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return f"{error.status} {error.reason}"
+
+
+def audit_record(plan: IdentityPlan, spawner_name: str, outcome: str, cloud_outcome: str | None = None) -> dict[str, Any]:
+    """The one structured line logged per spawn decision (it doubles as the audit trail)."""
+    return {
+        "event": "cloudidentity.spawn",
+        "user": plan.user,
+        "server": spawner_name,
+        "groups": list(plan.groups),
+        "group": plan.group,
+        "rule": plan.rule,
+        "scope": plan.scope,
+        "service_account": f"{plan.service_account.namespace}/{plan.service_account.name}",
+        "service_account_change": outcome,
+        "cloud_provider": plan.cloud.provider if plan.cloud else None,
+        "cloud_identity": plan.cloud.identity if plan.cloud else None,
+        "cloud_identity_change": cloud_outcome,
+    }
+
+
+async def plan_for(
+    settings: Any, spawner: Any, claims: Claims, namespace: str, rule_name: str | None = None
+) -> IdentityPlan:
+    """The plan for one spawn: the operator's ``identity_resolver`` if it answers, else the rules."""
+    rules = settings.compiled_rules
+    if settings.identity_resolver is not None:
+        plan = settings.identity_resolver(spawner, claims)
+        if inspect.isawaitable(plan):
+            plan = await plan
+        if plan is not None:
+            if not isinstance(plan, IdentityPlan):
+                raise IdentityError(
+                    "Your cloud identity could not be chosen; ask your hub admin.",
+                    f"identity_resolver returned {type(plan).__name__}, expected an IdentityPlan or None",
+                )
+            return ownership_markers(plan)
+    return rules.resolve(claims, namespace, rule_name)
+
+
+class IdentityProvisioner:
+    """Plan + ensure + log, shared by the spawner and the plain ``pre_spawn_hook``."""
+
+    def __init__(self, settings: CloudIdentity, spawner: Any, backoff: Backoff, request_timeout: float):
+        self.settings = settings
+        self.spawner = spawner
+        self.log = spawner.log
+        self.accounts = ServiceAccounts(shared_client("CoreV1Api"), backoff, request_timeout, spawner.log)
+
+    async def prepare(
+        self, namespace: str, cache: Any = None, rule_name: str | None = None, claims: Claims | None = None
+    ) -> IdentityPlan:
+        """Resolve and ensure; on failure log one admin line and raise :class:`SpawnRefused`.
+
+        *cache* is a ServiceAccount watch cache (a mapping of ``namespace/name``
+        to the account) or None; *claims*, if the caller has read them already.
+        """
+        started = time.perf_counter()
+        try:
+            plan = await self._prepare(namespace, cache, rule_name, claims)
+        except SpawnRefused:
+            IDENTITY_STEP_SECONDS.labels("refused").observe(time.perf_counter() - started)
+            SPAWN_DECISIONS.labels("refused", "", "").inc()
+            raise
+        IDENTITY_STEP_SECONDS.labels("ok").observe(time.perf_counter() - started)
+        SPAWN_DECISIONS.labels("ok", plan.scope, plan.cloud.provider if plan.cloud else "none").inc()
+        return plan
+
+    async def _prepare(self, namespace: str, cache: Any, rule_name: str | None, claims: Claims | None) -> IdentityPlan:
+        who = self.spawner.user.name + (f"/{self.spawner.name}" if self.spawner.name else "")
+        plan = None
+        try:
+            if claims is None:
+                claims = await user_claims(self.settings, self.spawner.user)
+            plan = await plan_for(self.settings, self.spawner, claims, namespace, rule_name)
+            existing = await self.accounts.current(plan, cache)
+            cloud_outcome = None
+            if plan.cloud is not None and plan.cloud.mode == "managed":
+                # The cloud identity first: the ServiceAccount must not point at a role that is not there yet.
+                cloud_outcome = await backend_for(self.settings, plan.cloud.provider).ensure(plan)
+            revoked: list[str] = []
+
+            async def revoke_what_it_no_longer_plans(found: Any) -> None:
+                # Before the new pod exists: the account's token must not reach what it no longer plans.
+                # Also called with what a create that met 409 found, so a stale cache cannot skip it.
+                old = identity_to_revoke(found, plan, self.settings.compiled_rules.managed_places)
+                if old:
+                    await self.refuse_while_other_pods_use(plan, old)
+                    if await self.revoke(old, plan.owner, found["annotations"]):
+                        revoked.append(old)
+                stale = bindings_to_remove(found, plan)
+                if stale:
+                    await self.revoke_bindings(plan.cloud.identity, stale)
+
+            await revoke_what_it_no_longer_plans(existing)
+            outcome = await self.accounts.ensure(plan, existing, before_change=revoke_what_it_no_longer_plans)
+            if plan.cloud is not None and plan.cloud.provider == "gcp":
+                await self.await_activation(plan, existing)
+        except IdentityError as e:
+            self.log.error("cloudidentity: spawn refused for %s: %s", who, e.admin_detail)
+            raise SpawnRefused(e.user_message) from None
+        except ConfigError as e:
+            self.log.error("cloudidentity: spawn refused for %s: configuration error: %s", who, e)
+            raise SpawnRefused("This hub's cloud identity configuration has an error; ask your hub admin.") from None
+        except Exception as e:
+            if not (isinstance(e, ApiException) or is_retryable(e)):
+                raise
+            # Kubernetes API failures (after retries); cloud failures arrive as IdentityError.
+            rule = plan.rule if plan else "?"
+            if isinstance(e, ApiException) and e.status == 403:
+                self.log.error(
+                    "cloudidentity: spawn refused for %s (rule %s): the hub's Kubernetes permissions do not allow it: "
+                    "%s. Grant the hub what examples/z2jh/rbac.yaml grants.", who, rule, api_message(e),
+                )
+                raise SpawnRefused(
+                    "Your cloud identity could not be set up: the hub is not allowed to manage it; ask your hub admin."
+                ) from None
+            self.log.error("cloudidentity: spawn refused for %s (rule %s): Kubernetes API failed: %s", who, rule, describe(e))
+            raise SpawnRefused(
+                "Your cloud identity could not be set up because the cluster did not answer; "
+                "try again in a minute, or ask your hub admin.",
+                503,
+            ) from None
+        SERVICE_ACCOUNT_CHANGES.labels(outcome).inc()
+        record = audit_record(plan, self.spawner.name, outcome, cloud_outcome)
+        if revoked:
+            record["revoked_cloud_identity"] = revoked[0]
+        self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
+        return plan
+
+    async def await_activation(self, plan: IdentityPlan, before: Any) -> None:
+        """Wait (bounded) until the pod can use its Google account: after a new Workload
+        Identity grant (``gcp_activation_seconds``; Google: IAM changes take minutes), and after
+        the account's ``iam.gke.io/gcp-service-account`` annotation was just set or changed
+        (``gcp_annotation_settle_seconds``; GKE's metadata server learns it from its own watch)."""
+        deadlines = []
+        if plan.cloud.mode == "managed":
+            since = backend_for(self.settings, "gcp").activation_pending.get(plan.cloud.identity)
+            if since is not None:
+                deadlines.append(since + max(0.0, min(self.settings.gcp_activation_seconds, 900.0)))
+        annotations = (before or {}).get("annotations") or {}
+        if annotations.get(gcp.GSA_ANNOTATION) != plan.cloud.identity:
+            deadlines.append(time.monotonic() + max(0.0, min(self.settings.gcp_annotation_settle_seconds, 300.0)))
+        if not deadlines or max(deadlines) <= time.monotonic():
+            return
+        deadline, started = max(deadlines), time.monotonic()
+        progress = getattr(self.spawner, "_identity_progress", None)
+        if progress is not None:
+            long_wait = len(deadlines) > 1 or plan.cloud.mode == "managed"
+            progress.append(
+                "Your new Google identity is being activated (this can take a few minutes)." if long_wait
+                else "Your server is being connected to its Google identity."
+            )
+        check = self.settings.gcp_activation_check
+        while True:
+            if check is not None and await self._check_passes(check, plan, deadline):
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if check is None:
+                    break
+                raise IdentityError(
+                    "Google has not activated your new cloud identity yet; try again in a few minutes.",
+                    f"{plan.cloud.identity} not usable from {plan.service_account.namespace}/{plan.service_account.name} "
+                    f"{time.monotonic() - started:.0f} s into the wait (gcp_activation_seconds, "
+                    "gcp_annotation_settle_seconds); the next spawn starts at once",
+                )
+            await asyncio.sleep(min(1.0 if check is not None else remaining, remaining))
+        self.log.info("cloudidentity: waited %.1f s for %s to become usable for %s%s", time.monotonic() - started,
+                      plan.cloud.identity, plan.user, "" if check is None else " (check passed)")
+        if plan.cloud.mode == "managed":
+            pending = backend_for(self.settings, "gcp").activation_pending
+            if pending.get(plan.cloud.identity, float("inf")) <= started:
+                pending.pop(plan.cloud.identity, None)  # waited for; a grant added since keeps its own entry
+
+    async def _check_passes(self, check: Any, plan: IdentityPlan, deadline: float) -> bool:
+        """Run the operator's check without blocking the hub or outliving the wait; an error is "not yet"."""
+        try:
+            result = await asyncio.wait_for(asyncio.to_thread(check, plan), max(0.1, deadline - time.monotonic()))
+            if inspect.isawaitable(result):
+                result = await asyncio.wait_for(result, max(0.1, deadline - time.monotonic()))
+            return bool(result)
+        except Exception as e:
+            self.log.debug("cloudidentity: gcp_activation_check for %s: %s", plan.cloud.identity, describe(e))
+            return False
+
+    async def refuse_while_other_pods_use(self, plan: IdentityPlan, identity: str) -> None:
+        """One ServiceAccount carries one identity: revoking it under a pod that still runs
+        (the user's other named server, another member of a group) would break that pod, and
+        sharing it would leave the old identity reachable. So the spawn waits its turn."""
+        sa = plan.service_account
+        pods = await self.accounts.call(
+            lambda: self.accounts.api.list_namespaced_pod(
+                sa.namespace, field_selector=f"spec.serviceAccountName={sa.name}", _request_timeout=self.accounts.request_timeout
+            ),
+            f"list pods under {sa.namespace}/{sa.name}",
+        )
+        others = sorted(
+            p.metadata.name for p in pods.items
+            if p.metadata.name != getattr(self.spawner, "pod_name", None) and not p.metadata.deletion_timestamp
+        )
+        if others:
+            raise IdentityError(
+                "Your server cannot start yet: another server runs under the same account with your previous cloud "
+                f"identity ({', '.join(others)}). Stop it first, or ask your hub admin.",
+                f"not revoking {identity} from ServiceAccount {sa.namespace}/{sa.name} for rule {plan.rule!r}: "
+                f"pods {others} still run under it",
+            )
+
+    async def revoke(self, identity: str, owner: str, annotations: dict[str, str]) -> bool:
+        """Delete the hub-managed identity ``aws:<arn>`` / ``gcp:<email>`` made for *owner*
+        (with the bindings recorded in *annotations*); never one without our markers."""
+        provider, _, name = identity.partition(":")
+        try:
+            backend = backend_for(self.settings, provider)
+            if provider == "aws":
+                return await backend.delete(name, owner, self.settings.hub_name)
+            bindings = json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
+            return await backend.delete(name, owner, self.settings.hub_name, bindings)
+        except IdentityError:
+            raise
+        except Exception as e:  # the SDKs' own errors: fail closed, saying what could not be revoked
+            raise IdentityError(
+                "Your server was not started: your previous cloud identity could not be revoked; ask your hub admin.",
+                f"revoking {identity} (no longer planned for {owner}) failed: {type(e).__name__}: {e}",
+            ) from None
+
+    async def revoke_bindings(self, email: str, bindings: list[list[str]]) -> None:
+        try:
+            await backend_for(self.settings, "gcp").remove_bindings(email, bindings)
+        except Exception as e:
+            raise IdentityError(
+                "Your server was not started: access you no longer have could not be revoked; ask your hub admin.",
+                f"removing bindings {bindings} of {email} (no longer planned) failed: {type(e).__name__}: {e}",
+            ) from None
+
+    async def forget_user(self, username: str, namespace: str) -> None:
+        """Delete the user's own ServiceAccounts and the managed cloud identities they pointed at."""
+        deleted = await self.accounts.delete_user_accounts(username, namespace)
+        owner = f"user:{username}"
+        for name, recorded in deleted:
+            record = {"event": "cloudidentity.delete", "user": username, "service_account": f"{namespace}/{name}"}
+            role_arn = recorded.get(aws.ROLE_ARN_ANNOTATION)
+            if role_arn and self.settings.compiled_rules.manages("aws"):
+                record["cloud_identity"] = role_arn
+                record["cloud_identity_deleted"] = await backend_for(self.settings, "aws").delete(
+                    role_arn, owner, self.settings.hub_name
+                )
+            email = recorded.get(gcp.GSA_ANNOTATION)
+            if email and self.settings.compiled_rules.manages("gcp"):
+                record["cloud_identity"] = email
+                record["cloud_identity_deleted"] = await backend_for(self.settings, "gcp").delete(
+                    email, owner, self.settings.hub_name, json.loads(recorded.get(gcp.BINDINGS_ANNOTATION, "[]"))
+                )
+            self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
