@@ -29,13 +29,13 @@ class CloudIdentity(LoggingConfigurable):
         help="""
         Rules that choose each user's cloud identity; the first rule that matches wins.
 
-        Each rule is a dict with keys `name` (optional), `match` ({"groups": [...]},
-        {"users": [...]}, both, or {} for everyone; shell-style globs such as
-        "/escape/*" allowed), `scope` ("user", "group" or "hub"; default "user"),
+        Each rule is a dict with keys `name` (optional), `match` (``{"groups": [...]}``,
+        ``{"users": [...]}``, both, or ``{}`` for everyone; shell-style globs such as
+        ``"/escape/*"`` allowed), `scope` ("user", "group" or "hub"; default "user"),
         `service_account` (ServiceAccount name template), one of `aws` or `gcp`
         (or neither: ServiceAccount only), `env` (extra environment templates)
         and `adopt` (take over an existing ServiceAccount we did not create).
-        Example:
+        Example::
 
             c.CloudIdentitySpawner.identity_rules = [
                 {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",

@@ -36,11 +36,12 @@ class SpawnRefused(HTTPError):
 
     An HTTPError, because JupyterHub passes those (and their message) through to
     the spawn form when a spawn fails at once; other exceptions become a generic
-    "Unhandled error starting server".
+    "Unhandled error starting server". The message is also the HTTPError's own
+    message: JupyterHub 5's REST API answers with that one (6 reads ``jupyterhub_message``).
     """
 
     def __init__(self, user_message: str, status_code: int = 403):
-        super().__init__(status_code)
+        super().__init__(status_code, user_message.replace("%", "%%"))
         self.jupyterhub_message = user_message
 
     def __str__(self) -> str:

@@ -45,13 +45,25 @@ def test_escape_example_configures_the_authenticator():
     assert config.JupyterHub.authenticator_class == "generic-oauth"
 
 
+SET_FILE = {"cloudidentity-rules": EXAMPLES / "aws/identity_rules.py"}
+"""What the values file's header says to give with ``--set-file hub.extraFiles.<name>.stringData=``."""
+
+
 def z2jh_config_file(tmp_path: Path) -> Path:
-    """A jupyterhub_config.py that does what z2jh's does with hub.config and hub.extraConfig."""
+    """A jupyterhub_config.py that does what z2jh's does with hub.config, the .py files of
+    hub.extraFiles mounted in jupyterhub_config.d (exec'd in name order), then hub.extraConfig."""
     values = yaml.safe_load((EXAMPLES / "z2jh/values.yaml").read_text())
     lines = ["c = get_config()"]
     for section, traits in values["hub"]["config"].items():
         for trait, value in traits.items():
             lines.append(f"c.{section}.{trait} = {value!r}")
+    config_d = {}
+    for name, item in values["hub"].get("extraFiles", {}).items():
+        directory, file_name = item["mountPath"].rsplit("/", 1)
+        if directory == "/usr/local/etc/jupyterhub/jupyterhub_config.d" and file_name.endswith(".py"):
+            config_d[file_name] = item.get("stringData") or SET_FILE[name].read_text()
+    for file_name in sorted(config_d):
+        lines.append(f"exec(compile({config_d[file_name]!r}, {file_name!r}, 'exec'))")
     for key in sorted(values["hub"]["extraConfig"]):  # z2jh runs them in key order
         lines.append(f"exec(compile({values['hub']['extraConfig'][key]!r}, {key!r}, 'exec'))")
     path = tmp_path / "jupyterhub_config.py"

@@ -1,50 +1,12 @@
 # CloudIdentitySpawner on EKS with IRSA: per-group roles for two experiments,
-# and a role of their own (created by the hub) for everyone else.
+# and a role of their own (created by the hub) for everyone else (identity_rules.py).
 #
 # Try it without a cluster:
 #   cloudidentity-spawner plan --config examples/aws/jupyterhub_config.py \
 #       --user alice --claims examples/claims/escape-iam-alice.json
-from cloudidentity_spawner.providers.aws import scratch_prefix_policy
-
 c = get_config()  # noqa: F821
 
 c.JupyterHub.spawner_class = "cloudidentity"
 c.KubeSpawner.namespace = "jupyterhub"
-c.CloudIdentitySpawner.hub_name = "escape-hub"
 
-ACCOUNT = "123456789012"
-OIDC_PROVIDER = f"arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
-
-# The per-user scratch prefix pattern: read/write s3://escape-scratch/<user>/*
-# and list only that prefix (the same document as examples/aws/scratch-prefix-policy.json).
-SCRATCH_POLICY = scratch_prefix_policy("escape-scratch")
-
-c.CloudIdentitySpawner.identity_rules = [
-    {
-        "name": "atlas",
-        "match": {"groups": ["/escape/atlas", "/escape/atlas/*"]},
-        "scope": "group",
-        "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/escape-atlas"},
-        "env": {"SCRATCH_BUCKET": "s3://escape-scratch/{username}"},
-    },
-    {
-        "name": "cms",
-        "match": {"groups": ["/escape/cms"]},
-        "scope": "group",
-        "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/escape-cms"},
-    },
-    {
-        "name": "escape-members",
-        "match": {"groups": ["/escape", "/escape/*"]},
-        "scope": "user",
-        "aws": {
-            "managed": {
-                "oidc_provider_arn": OIDC_PROVIDER,
-                "role_path": "/jupyterhub/escape-hub/",
-                "permissions_boundary": f"arn:aws:iam::{ACCOUNT}:policy/jupyterhub-user-boundary",
-                "inline_policy": SCRATCH_POLICY,
-            }
-        },
-        "env": {"SCRATCH_BUCKET": "s3://escape-scratch/{username}"},
-    },
-]
+load_subconfig("identity_rules.py")  # noqa: F821  (relative to this file)
