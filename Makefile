@@ -9,7 +9,8 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# The oldest supported hub packages (pyproject.toml's lower bounds): the spawn-path tests run there too.
+# The oldest supported JupyterHub and KubeSpawner (their lower bounds in pyproject.toml; other
+# packages as pip resolves them): the spawn-path tests run there too.
 OLDEST_VENV ?= .venv-oldest
 OLDEST_PINS := jupyterhub==5.0.0 jupyterhub-kubespawner==7.0.0
 SPAWN_PATH_TESTS := tests/test_spawner_kube.py tests/test_profiles.py tests/test_startup.py tests/test_package.py \

@@ -18,9 +18,10 @@ from typing import Any
 from jupyterhub.utils import maybe_future
 
 from .config import CloudIdentity
+from .errors import SpawnRefused
 from .pinning import apply_plan, pinning_hook
 from .profiles import unenforceable_profile_setting
-from .provisioner import IdentityProvisioner, SpawnRefused
+from .provisioner import IdentityProvisioner
 from .retry import Backoff
 from .startup import guard_jupyterhub_startup
 

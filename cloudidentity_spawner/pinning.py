@@ -10,8 +10,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from .errors import SpawnRefused
 from .plan import RULE_LABEL, SCOPE_LABEL, IdentityPlan
-from .provisioner import SpawnRefused
 from .providers import aws
 
 

@@ -18,34 +18,16 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner.clients import shared_client
-from tornado.web import HTTPError
 
 from .claims import Claims, user_claims
 from .config import CloudIdentity
-from .errors import ConfigError, IdentityError
+from .errors import ConfigError, IdentityError, SpawnRefused
 from .kube import ServiceAccounts, bindings_to_remove, identity_to_revoke, is_retryable
 from .metrics import IDENTITY_STEP_SECONDS, SERVICE_ACCOUNT_CHANGES, SPAWN_DECISIONS
 from .plan import IdentityPlan
 from .providers import aws, backend_for, gcp
 from .retry import Backoff, describe
 from .rules import ownership_markers
-
-
-class SpawnRefused(HTTPError):
-    """Fails one spawn; JupyterHub shows ``jupyterhub_message`` on the spawn page.
-
-    An HTTPError, because JupyterHub passes those (and their message) through to
-    the spawn form when a spawn fails at once; other exceptions become a generic
-    "Unhandled error starting server". The message is also the HTTPError's own
-    message: JupyterHub 5's REST API answers with that one (6 reads ``jupyterhub_message``).
-    """
-
-    def __init__(self, user_message: str, status_code: int = 403):
-        super().__init__(status_code, user_message.replace("%", "%%"))
-        self.jupyterhub_message = user_message
-
-    def __str__(self) -> str:
-        return self.jupyterhub_message
 
 
 def api_message(error: ApiException) -> str:

@@ -28,9 +28,16 @@ class Backoff:
     attempts: int = 5
     base_delay: float = 0.2
     max_delay: float = 5.0
+    floor: float = 0.0
+    """The shortest wait, as a share of the longest (0.5: between half and all of it)."""
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            object.__setattr__(self, "attempts", 1)  # one try, no retry
 
     def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+        longest = min(self.max_delay, self.base_delay * 2 ** min(attempt, 32))
+        return random.uniform(self.floor * longest, longest)
 
     async def run(
         self,

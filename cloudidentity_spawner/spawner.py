@@ -25,12 +25,12 @@ from traitlets import Bool, Float, Integer, default
 
 from .claims import Claims, hub_groups, user_claims
 from .config import CloudIdentity
-from .errors import IdentityError
+from .errors import IdentityError, SpawnRefused
 from .kube import ServiceAccountReflector
 from .pinning import apply_plan, pinning_hook
 from .plan import IdentityPlan
 from .profiles import ProfileNotAllowed, check_selection, visible_profiles
-from .provisioner import IdentityProvisioner, SpawnRefused, api_message
+from .provisioner import IdentityProvisioner, api_message
 from .retry import Backoff, describe
 from .startup import guard_jupyterhub_startup
 

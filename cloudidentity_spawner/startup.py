@@ -11,6 +11,7 @@ the notebook side (:mod:`.creds`) never imports it, so no Jupyter server is patc
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from traitlets.config import Config
@@ -37,9 +38,14 @@ def check_config(config: Config) -> None:
 def check_hook_profiles(config: Config) -> None:
     """With the plain pre_spawn_hook on another spawner, a static profile_list may not use
     what only CloudIdentitySpawner enforces (ConfigError naming the profile and key)."""
-    from .hooks import pre_spawn_hook
     from .profiles import unenforceable_profile_setting
 
+    # A config can only name the hook by importing its module; if it is not imported, no
+    # section names it (and importing it here would run this check again, nested).
+    hooks = sys.modules.get(f"{__package__}.hooks")
+    pre_spawn_hook = getattr(hooks, "pre_spawn_hook", None)
+    if pre_spawn_hook is None:
+        return
     for section in ("KubeSpawner", "Spawner"):
         if section in config and config[section].get("pre_spawn_hook") is pre_spawn_hook:
             break

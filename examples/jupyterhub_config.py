@@ -22,3 +22,5 @@ c.GenericOAuthenticator.allowed_groups = ["/escape"]
 c.JupyterHub.spawner_class = "cloudidentity"
 c.KubeSpawner.namespace = os.environ.get("POD_NAMESPACE", "jupyterhub")
 load_subconfig("aws/identity_rules.py")  # noqa: F821  (the rules, shared with examples/aws and z2jh)
+if "identity_rules" not in c.CloudIdentitySpawner:  # load_subconfig skips a missing file silently
+    raise FileNotFoundError(f"aws/identity_rules.py is missing next to {__file__}")

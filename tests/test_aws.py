@@ -18,7 +18,7 @@ from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
 from cloudidentity_spawner.providers import _backends, backend_for  # noqa: E402
 from cloudidentity_spawner.providers.aws import scratch_prefix_policy, tag_value  # noqa: E402
 from cloudidentity_spawner.providers.aws_iam import ManagedRoles  # noqa: E402
-from cloudidentity_spawner.provisioner import SpawnRefused  # noqa: E402
+from cloudidentity_spawner.errors import SpawnRefused  # noqa: E402
 
 from .kubehelpers import SpawnUser, make_spawner, oidc_state, read, spawner_config  # noqa: E402
 

@@ -13,7 +13,7 @@ from google.api_core import exceptions as gexc  # noqa: E402
 
 from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
 from cloudidentity_spawner.providers import _backends  # noqa: E402
-from cloudidentity_spawner.provisioner import SpawnRefused  # noqa: E402
+from cloudidentity_spawner.errors import SpawnRefused  # noqa: E402
 
 from .kubehelpers import SpawnUser, make_spawner, oidc_state, read, spawner_config  # noqa: E402
 

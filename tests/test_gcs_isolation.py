@@ -14,7 +14,7 @@ from google.auth.credentials import AnonymousCredentials  # noqa: E402
 from google.cloud import storage  # noqa: E402
 from google.oauth2.credentials import Credentials  # noqa: E402
 
-from cloudidentity_spawner.provisioner import SpawnRefused  # noqa: E402
+from cloudidentity_spawner.errors import SpawnRefused  # noqa: E402
 from cloudidentity_spawner.testing.iam_conditions import condition_holds  # noqa: E402
 
 from .test_gcp import PROJECT, gcp_spawner, hub, rules, spawn  # noqa: E402,F401

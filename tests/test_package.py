@@ -60,3 +60,13 @@ def test_spawner_reads_identity_settings_from_its_own_config_section():
     assert {"identity_rules", "identity_resolver", "hub_name", "auth_state_claims_key", "claim_groups_keys"} <= set(traits)
     for name in ("identity_rules", "identity_resolver", "hub_name", "auth_state_claims_key", "claim_groups_keys"):
         assert traits[name].help.strip(), name
+
+
+def test_a_refusal_message_reads_the_same_through_both_jupyterhub_apis():
+    from cloudidentity_spawner.errors import SpawnRefused
+
+    message = "The server profile '50% GPU' is not available to you."
+    refused = SpawnRefused(message)
+    assert refused.jupyterhub_message == message  # JupyterHub 6's API and every spawn page
+    assert refused.log_message % refused.args == message  # JupyterHub 5's REST API formats this
+    assert refused.status_code == 403

@@ -6,7 +6,7 @@ import pytest
 
 from cloudidentity_spawner import CloudIdentitySpawner
 from cloudidentity_spawner.profiles import ProfileNotAllowed, check_selection, visible_profiles
-from cloudidentity_spawner.provisioner import SpawnRefused
+from cloudidentity_spawner.errors import SpawnRefused
 
 from .kubehelpers import SpawnUser, make_spawner, oidc_state, read, spawner_config
 

@@ -17,7 +17,7 @@ from kubernetes_asyncio import config as kube_config
 from kubespawner import KubeSpawner
 
 from cloudidentity_spawner import CloudIdentitySpawner, pre_spawn_hook
-from cloudidentity_spawner.provisioner import SpawnRefused
+from cloudidentity_spawner.errors import SpawnRefused
 
 from .kubehelpers import SpawnUser, create_service_account, make_spawner, oidc_state, read, spawner_config
 

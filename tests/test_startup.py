@@ -34,3 +34,24 @@ def test_jupyterhub_refuses_to_start_with_a_bad_rule(tmp_path, config):
     assert "identity_rules[0] ('gpu').aws.role_arn" in line
     assert "12 digits" in line
     assert "Traceback" not in out.stderr
+
+
+def test_the_check_runs_once_per_config_load():
+    # The hub has imported the spawner (its entry point) but not the hook module; checking
+    # a config must not import the hook module and so run the check again, nested.
+    code = """
+from jupyterhub.app import JupyterHub
+from traitlets.config import Config
+import cloudidentity_spawner.spawner
+app = JupyterHub.instance()
+warnings = []
+app.log.warning = lambda message, *args: warnings.append(message % args if args else message)
+c = Config()
+c.JupyterHub.spawner_class = "cloudidentity"
+c.CloudIdentitySpawner.identity_rules = [{"match": {}}]
+app.update_config(c)
+print(sum("auth_state is not enabled" in w for w in warnings))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "1"

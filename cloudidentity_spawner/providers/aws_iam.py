@@ -75,6 +75,8 @@ class ManagedRoles:
             return "unchanged"
         # One spawn at a time per role: the others then find it made.
         async with self.converged.lock(name):
+            if self.converged.fresh(name, planned):
+                return "unchanged"  # a concurrent spawn (a double click) just made it right
             try:
                 outcome = await self._ensure(plan, role)
             except ClientError as e:

@@ -26,7 +26,7 @@ from .managed import CloudCalls, Converged, failed_operation, fingerprint
 from .gcp import MARKER_START, WORKLOAD_IDENTITY_USER, ownership_marker
 
 CONFLICTS = (gexc.Aborted, gexc.Conflict, gexc.PreconditionFailed)
-PROPAGATION_BACKOFF = Backoff(attempts=10_000, base_delay=0.25, max_delay=8.0)
+PROPAGATION_BACKOFF = Backoff(attempts=10_000, base_delay=0.25, max_delay=8.0, floor=0.5)
 """Waiting for IAM to know a new account: bounded by time (``propagation_seconds``), not tries."""
 
 
@@ -81,6 +81,8 @@ class ManagedServiceAccounts:
         if self.converged.fresh(email, planned):
             return "unchanged"
         async with self.converged.lock(email):
+            if self.converged.fresh(email, planned):
+                return "unchanged"  # a concurrent spawn (a double click) just made it right
             try:
                 created = await self._ensure_account(plan, resources["service_account"])
                 changed = False

@@ -10,3 +10,5 @@ c.JupyterHub.spawner_class = "cloudidentity"
 c.KubeSpawner.namespace = "jupyterhub"
 
 load_subconfig("identity_rules.py")  # noqa: F821  (relative to this file)
+if "identity_rules" not in c.CloudIdentitySpawner:  # load_subconfig skips a missing file silently
+    raise FileNotFoundError(f"identity_rules.py is missing next to {__file__}")
