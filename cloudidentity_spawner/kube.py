@@ -160,10 +160,12 @@ def bindings_to_remove(existing: Mapping[str, Any] | None, plan: IdentityPlan) -
     bucket role, or a bucket binding an older version made, must not stay granted."""
     annotations = _owned_for(existing, plan)
     cloud = plan.cloud
-    if annotations is None or cloud is None or cloud.provider != "gcp" or cloud.mode != "managed":
+    if annotations is None or cloud is None or cloud.provider != "gcp" or cloud.mode not in ("managed", "principal"):
         return []
-    if annotations.get(gcp.GSA_ANNOTATION) != cloud.identity:
-        return []  # another account: revoked whole, if it was ours
+    same = (annotations.get(MANAGED_IDENTITY_ANNOTATION) == f"gcp:{cloud.identity}" if cloud.mode == "principal"
+            else annotations.get(gcp.GSA_ANNOTATION) == cloud.identity)
+    if not same:
+        return []  # another identity: revoked whole, if it was ours
     old = json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
     new = json.loads(plan.service_account.annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
     return [b for b in old if b not in new]

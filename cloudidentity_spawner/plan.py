@@ -22,6 +22,10 @@ GROUP_LABEL = PREFIX + "group"
 RULE_LABEL = PREFIX + "rule"
 
 SCOPES = ("user", "group", "hub")
+HUB_MADE_MODES = ("managed", "principal", "pod_identity")
+"""Cloud plan modes whose cloud side the hub creates: a managed role or Google account, IAM
+bindings for a Workload Identity Federation principal, or an EKS Pod Identity association.
+The ``existing`` mode only points at what the operator made."""
 
 
 def freeze(value: Any) -> Any:
@@ -63,15 +67,21 @@ class ServiceAccountPlan(_Frozen):
 class CloudPlan(_Frozen):
     """The cloud identity bound to the ServiceAccount.
 
-    ``identity`` is the IAM role ARN or Google service account e-mail.
-    For ``mode == "managed"``, ``resources`` holds what the hub creates
-    (role, trust and inline policies; or account and IAM bindings).
+    ``identity`` is the IAM role ARN, the Google service account e-mail, or (``principal``
+    mode) the ServiceAccount's own Workload Identity Federation principal. For the modes the
+    hub makes (:attr:`hub_made`), ``resources`` holds what it creates (role, trust and
+    inline policies; account and IAM bindings; bindings only; a Pod Identity association).
     """
 
     provider: str
     mode: str
     identity: str
     resources: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def hub_made(self) -> bool:
+        """Whether the hub makes this identity (and so also revokes and deletes it)."""
+        return self.mode in HUB_MADE_MODES
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from .config import CloudIdentity
 from .errors import ConfigError, IdentityError, SpawnRefused
 from .kube import ServiceAccounts, bindings_to_remove, identity_to_revoke, is_retryable
 from .metrics import IDENTITY_STEP_SECONDS, SERVICE_ACCOUNT_CHANGES, SPAWN_DECISIONS
-from .plan import IdentityPlan
+from .plan import MANAGED_IDENTITY_ANNOTATION, IdentityPlan
 from .providers import aws, backend_for, gcp
 from .retry import Backoff, describe
 from .rules import ownership_markers
@@ -112,7 +112,7 @@ class IdentityProvisioner:
             plan = await plan_for(self.settings, self.spawner, claims, namespace, rule_name)
             existing = await self.accounts.current(plan, cache)
             cloud_outcome = None
-            if plan.cloud is not None and plan.cloud.mode == "managed":
+            if plan.cloud is not None and plan.cloud.hub_made:
                 # The cloud identity first: the ServiceAccount must not point at a role that is not there yet.
                 cloud_outcome = await backend_for(self.settings, plan.cloud.provider).ensure(plan)
             revoked: list[str] = []
@@ -171,19 +171,19 @@ class IdentityProvisioner:
         the account's ``iam.gke.io/gcp-service-account`` annotation was just set or changed
         (``gcp_annotation_settle_seconds``; GKE's metadata server learns it from its own watch)."""
         deadlines = []
-        if plan.cloud.mode == "managed":
+        if plan.cloud.hub_made:
             since = backend_for(self.settings, "gcp").activation_pending.get(plan.cloud.identity)
             if since is not None:
                 deadlines.append(since + max(0.0, min(self.settings.gcp_activation_seconds, 900.0)))
         annotations = (before or {}).get("annotations") or {}
-        if annotations.get(gcp.GSA_ANNOTATION) != plan.cloud.identity:
+        if plan.cloud.mode != "principal" and annotations.get(gcp.GSA_ANNOTATION) != plan.cloud.identity:
             deadlines.append(time.monotonic() + max(0.0, min(self.settings.gcp_annotation_settle_seconds, 300.0)))
         if not deadlines or max(deadlines) <= time.monotonic():
             return
         deadline, started = max(deadlines), time.monotonic()
         progress = getattr(self.spawner, "_identity_progress", None)
         if progress is not None:
-            long_wait = len(deadlines) > 1 or plan.cloud.mode == "managed"
+            long_wait = len(deadlines) > 1 or plan.cloud.hub_made
             progress.append(
                 "Your new Google identity is being activated (this can take a few minutes)." if long_wait
                 else "Your server is being connected to its Google identity."
@@ -205,7 +205,7 @@ class IdentityProvisioner:
             await asyncio.sleep(min(1.0 if check is not None else remaining, remaining))
         self.log.info("cloudidentity: waited %.1f s for %s to become usable for %s%s", time.monotonic() - started,
                       plan.cloud.identity, plan.user, "" if check is None else " (check passed)")
-        if plan.cloud.mode == "managed":
+        if plan.cloud.hub_made:
             pending = backend_for(self.settings, "gcp").activation_pending
             if pending.get(plan.cloud.identity, float("inf")) <= started:
                 pending.pop(plan.cloud.identity, None)  # waited for; a grant added since keeps its own entry
@@ -253,6 +253,9 @@ class IdentityProvisioner:
             if provider == "aws":
                 return await backend.delete(name, owner, self.settings.hub_name)
             bindings = json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
+            if name.startswith("principal://"):  # no account: the recorded grants to the principal
+                await backend.remove_bindings(name, bindings)
+                return True
             return await backend.delete(name, owner, self.settings.hub_name, bindings)
         except IdentityError:
             raise
@@ -284,9 +287,13 @@ class IdentityProvisioner:
                     role_arn, owner, self.settings.hub_name
                 )
             email = recorded.get(gcp.GSA_ANNOTATION)
+            hub_made = recorded.get(MANAGED_IDENTITY_ANNOTATION, "")
             if email and self.settings.compiled_rules.manages("gcp"):
                 record["cloud_identity"] = email
                 record["cloud_identity_deleted"] = await backend_for(self.settings, "gcp").delete(
                     email, owner, self.settings.hub_name, json.loads(recorded.get(gcp.BINDINGS_ANNOTATION, "[]"))
                 )
+            elif hub_made.startswith("gcp:principal://"):
+                record["cloud_identity"] = hub_made.removeprefix("gcp:")
+                record["cloud_identity_deleted"] = await self.revoke(hub_made, owner, recorded)
             self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))

@@ -191,7 +191,7 @@ def ownership_markers(plan: IdentityPlan) -> IdentityPlan:
     elif plan.scope == "group" and plan.group:
         labels[GROUP_LABEL] = names.label_value(plan.group)
     annotations = {**sa.annotations, OWNER_ANNOTATION: plan.owner, RULE_ANNOTATION: plan.rule}
-    if plan.cloud is not None and plan.cloud.mode == "managed":
+    if plan.cloud is not None and plan.cloud.hub_made:
         annotations[MANAGED_IDENTITY_ANNOTATION] = f"{plan.cloud.provider}:{plan.cloud.identity}"
     return replace(plan, service_account=replace(sa, labels=labels, annotations=annotations))
 
@@ -211,7 +211,7 @@ class IdentityRules:
 
     def manages(self, provider: str) -> bool:
         """Whether any rule has the hub manage *provider* (``aws``, ``gcp``) identities."""
-        return any(getattr(rule, provider) is not None and getattr(rule, provider).managed is not None for rule in self.rules)
+        return any(getattr(rule, provider) is not None and getattr(rule, provider).hub_made for rule in self.rules)
 
     @cached_property
     def managed_places(self) -> tuple[str, ...]:
@@ -302,7 +302,7 @@ class IdentityRules:
         if provider is not None:
             extra, cloud = provider.plan(rule.aws or rule.gcp, context, rule.scope, owner, namespace, sa_name)
             annotations.update(extra)
-            if cloud.mode == "managed":
+            if cloud.hub_made:
                 annotations[MANAGED_IDENTITY_ANNOTATION] = f"{cloud.provider}:{cloud.identity}"
 
         env = {key: render(value, context, names.resource_part) for key, value in rule.env.items()}

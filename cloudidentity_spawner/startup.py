@@ -25,12 +25,12 @@ def check_config(config: Config) -> None:
     settings = identity_settings(config)
     for rule in settings.compiled_rules.rules:
         for provider, block, module in (("aws", rule.aws, "boto3"), ("gcp", rule.gcp, "google.cloud.iam_admin_v1")):
-            if block is not None and block.managed is not None:
+            if block is not None and block.hub_made:
                 try:
                     __import__(module)
                 except ImportError:
                     raise ConfigError(
-                        f"{rule.label}.{provider}.managed: needs the {provider} extra "
+                        f"{rule.label}.{provider}.{block.mode}: needs the {provider} extra "
                         f"(pip install 'cloudidentity-spawner[{provider}]')"
                     ) from None
 

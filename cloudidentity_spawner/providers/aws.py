@@ -181,6 +181,16 @@ class AwsSettings:
     sts_regional_endpoints: bool | None = None
     token_expiration: int | None = None
     managed: Mapping[str, Any] | None = None
+    pod_identity: Mapping[str, Any] | None = None
+
+    @property
+    def mode(self) -> str:
+        """``existing`` (an operator's role), ``managed`` (a role per identity) or ``pod_identity``."""
+        return "managed" if self.managed is not None else "pod_identity" if self.pod_identity is not None else "existing"
+
+    @property
+    def hub_made(self) -> bool:
+        return self.mode != "existing"
 
 
 def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collection[str] = ()) -> AwsSettings:

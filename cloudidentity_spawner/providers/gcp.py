@@ -4,6 +4,8 @@
   the ServiceAccount with ``iam.gke.io/gcp-service-account``.
 * ``{"managed": {...}}`` - the hub creates the GSA and grants
   ``roles/iam.workloadIdentityUser`` to exactly this ServiceAccount.
+* ``{"principal": {...}}`` - no GSA: the roles are granted to the ServiceAccount's own
+  Workload Identity Federation principal (``principal://.../subject/ns/<ns>/sa/<ksa>``).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ _MANAGED_KEYS = {
     "bucket_roles",
 }
 _BUCKET_ROLE_KEYS = {"bucket", "role", "prefix"}
+_PRINCIPAL_KEYS = {"project", "project_number", "workload_identity_pool", "project_roles", "bucket_roles"}
 DEFAULT_ACCOUNT_ID = {"user": "jh-{username}", "group": "jh-group-{group}", "hub": "jh-{rule}"}
 
 
@@ -82,15 +85,30 @@ class GcpSettings:
 
     service_account: str | None = None
     managed: Mapping[str, Any] | None = None
+    principal: Mapping[str, Any] | None = None
+
+    @property
+    def mode(self) -> str:
+        """``existing`` (an operator's GSA), ``managed`` (a GSA per identity) or ``principal``."""
+        return "managed" if self.managed is not None else "principal" if self.principal is not None else "existing"
+
+    @property
+    def hub_made(self) -> bool:
+        return self.mode != "existing"
 
 
 def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collection[str] = ()) -> GcpSettings:
     """Validate a rule's ``gcp`` block at start-up (ConfigError names *where* and the key).
 
     Claims in the templates that decide an identity must be among *trusted_claims*."""
-    check_keys(block, _EXISTING_KEYS | {"managed"}, where)
-    if ("managed" in block) == ("service_account" in block):
-        raise ConfigError(f"{where}: give exactly one of 'service_account' (an existing GSA) or 'managed' (the hub creates it)")
+    check_keys(block, _EXISTING_KEYS | {"managed", "principal"}, where)
+    if sum(key in block for key in ("service_account", "managed", "principal")) != 1:
+        raise ConfigError(
+            f"{where}: give exactly one of 'service_account' (an existing GSA), 'managed' (the hub creates a GSA) "
+            "or 'principal' (roles for the ServiceAccount itself, no GSA)"
+        )
+    if "principal" in block:
+        return GcpSettings(principal=_parse_principal(block["principal"], f"{where}.principal", forbidden, trusted_claims))
     if "service_account" in block:
         template = check_template(block["service_account"], f"{where}.service_account", forbidden, trusted_claims)
         try:
@@ -101,24 +119,55 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
 
     managed_where = f"{where}.managed"
     managed = dict(check_keys(block["managed"], _MANAGED_KEYS, managed_where, {"project"}))
-    if not isinstance(managed["project"], str) or not re.fullmatch(_PROJECT_ID, managed["project"]):
-        raise ConfigError(f"{managed_where}.project: invalid project id {managed['project']!r} (6-30 of [a-z0-9-], starting with a letter)")
+    _check_project_and_pool(managed, managed_where)
     for key in ("account_id", "display_name", "description"):
         if key in managed:
             check_template(managed[key], f"{managed_where}.{key}", forbidden, trusted_claims if key == "account_id" else None)
-    pool = managed.get("workload_identity_pool", f"{managed['project']}.svc.id.goog")
+    _check_roles(managed, managed_where, forbidden, trusted_claims)
+    return GcpSettings(managed=managed)
+
+
+def _parse_principal(block: Any, where: str, forbidden: set[str], trusted_claims: Collection[str]) -> dict[str, Any]:
+    principal = dict(check_keys(block, _PRINCIPAL_KEYS, where, {"project", "project_number"}))
+    _check_project_and_pool(principal, where)
+    number = principal["project_number"]
+    if not isinstance(number, str) or not re.fullmatch(r"[1-9][0-9]{5,19}", number):
+        raise ConfigError(
+            f"{where}.project_number: expected the cluster project's number as a string of digits "
+            f"(gcloud projects describe <project> --format='value(projectNumber)'), got {number!r}"
+        )
+    _check_roles(principal, where, forbidden, trusted_claims, principal_mode=True)
+    if not principal.get("project_roles") and not principal.get("bucket_roles"):
+        raise ConfigError(f"{where}: grants nothing; give project_roles or bucket_roles")
+    return principal
+
+
+def _check_project_and_pool(block: dict[str, Any], where: str) -> None:
+    """The project id, and the GKE Workload Identity pool (default ``<project>.svc.id.goog``), filled in."""
+    if not isinstance(block["project"], str) or not re.fullmatch(_PROJECT_ID, block["project"]):
+        raise ConfigError(f"{where}.project: invalid project id {block['project']!r} (6-30 of [a-z0-9-], starting with a letter)")
+    pool = block.setdefault("workload_identity_pool", f"{block['project']}.svc.id.goog")
     if not isinstance(pool, str) or not re.fullmatch(rf"{_PROJECT_ID}\.svc\.id\.goog", pool):
-        raise ConfigError(f"{managed_where}.workload_identity_pool: expected '<cluster project>.svc.id.goog', got {pool!r}")
-    managed["workload_identity_pool"] = pool
-    for index, role in enumerate(check_string_list(managed.get("project_roles", []), f"{managed_where}.project_roles")):
+        raise ConfigError(f"{where}.workload_identity_pool: expected '<cluster project>.svc.id.goog', got {pool!r}")
+
+
+def _check_roles(block: dict[str, Any], where: str, forbidden: set[str], trusted_claims: Collection[str],
+                 principal_mode: bool = False) -> None:
+    for index, role in enumerate(check_string_list(block.get("project_roles", []), f"{where}.project_roles")):
         if not _ROLE.fullmatch(role):
-            raise ConfigError(f"{managed_where}.project_roles[{index}]: invalid role {role!r} (expected e.g. roles/serviceusage.serviceUsageConsumer)")
-    bucket_roles = managed.get("bucket_roles", [])
+            raise ConfigError(f"{where}.project_roles[{index}]: invalid role {role!r} (expected e.g. roles/serviceusage.serviceUsageConsumer)")
+    bucket_roles = block.get("bucket_roles", [])
     if not isinstance(bucket_roles, list):
-        raise ConfigError(f"{managed_where}.bucket_roles: expected a list of {{bucket, role, prefix}} mappings")
+        raise ConfigError(f"{where}.bucket_roles: expected a list of {{bucket, role, prefix}} mappings")
     for index, item in enumerate(bucket_roles):
-        item_where = f"{managed_where}.bucket_roles[{index}]"
-        check_keys(item, _BUCKET_ROLE_KEYS, item_where, {"bucket", "role"})
+        item_where = f"{where}.bucket_roles[{index}]"
+        check_keys(item, _BUCKET_ROLE_KEYS | ({"managed_folder"} if principal_mode else set()), item_where, {"bucket", "role"})
+        if item.get("managed_folder", True) is not True:
+            raise ConfigError(
+                f"{item_where}.managed_folder: only true is supported: a prefix is granted on its managed folder, "
+                "because a conditional bucket binding cannot keep listing inside the prefix (Cloud Storage checks "
+                "listing on the bucket, and its list-prefix attribute works only in credential access boundaries)"
+            )
         if not isinstance(item["bucket"], str) or not _BUCKET.fullmatch(item["bucket"]):
             raise ConfigError(f"{item_where}.bucket: invalid bucket name {item['bucket']!r}")
         if not isinstance(item["role"], str) or not _ROLE.fullmatch(item["role"]):
@@ -131,7 +180,6 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
                     f"{item_where}.prefix: {item['prefix']!r} does not make a folder name: no leading, trailing or "
                     "double '/' (the hub adds the final '/'), e.g. '{username}' or 'users/{username}'"
                 )
-    return GcpSettings(managed=managed)
 
 
 def managed_folder(bucket: str, prefix: str) -> str:
@@ -155,6 +203,13 @@ def plan(settings: GcpSettings, context: Mapping[str, Any], scope: str, owner: s
         parse_email(email)
         return {GSA_ANNOTATION: email}, CloudPlan(provider="gcp", mode="existing", identity=email)
 
+    if settings.principal is not None:
+        block = settings.principal
+        member = principal_member(block["project_number"], block["workload_identity_pool"], namespace, service_account)
+        bindings = role_bindings(block, context, member)
+        resources = {"member": member, "bindings": bindings}
+        return recorded_bindings(bindings), CloudPlan(provider="gcp", mode="principal", identity=member, resources=resources)
+
     managed = settings.managed
     project = managed["project"]
     account_id = names.gsa_account_id(render(managed.get("account_id", DEFAULT_ACCOUNT_ID[scope]), context, raw))
@@ -167,13 +222,7 @@ def plan(settings: GcpSettings, context: Mapping[str, Any], scope: str, owner: s
             "member": workload_identity_member(managed["workload_identity_pool"], namespace, service_account),
         }
     ]
-    bindings += [{"resource": f"projects/{project}", "role": role, "member": member} for role in managed.get("project_roles", [])]
-    for item in managed.get("bucket_roles", []):
-        if "prefix" in item:
-            resource = managed_folder(item["bucket"], render(item["prefix"], context, names.resource_part))
-        else:
-            resource = f"projects/_/buckets/{item['bucket']}"
-        bindings.append({"resource": resource, "role": item["role"], "member": member})
+    bindings += role_bindings(managed, context, member)
     display = render(managed.get("display_name", "JupyterHub {hub}: " + owner.replace("{", "{{").replace("}", "}}")), context, raw)
     description = render(managed.get("description", "Notebook identity for " + owner.replace("{", "{{").replace("}", "}}")), context, raw)
     marker = ownership_marker(context["hub"], owner)
@@ -188,15 +237,42 @@ def plan(settings: GcpSettings, context: Mapping[str, Any], scope: str, owner: s
         },
         "bindings": bindings,
     }
-    added = [
-        [b["resource"], b["role"], (b.get("condition") or {}).get("title", "")]
-        for b in bindings
-        if not b["resource"].startswith("projects/" + project + "/serviceAccounts/")
-    ]
-    annotations = {GSA_ANNOTATION: email}
-    if added:
-        annotations[BINDINGS_ANNOTATION] = json.dumps(added, separators=(",", ":"))
+    annotations = {GSA_ANNOTATION: email, **recorded_bindings(
+        [b for b in bindings if not b["resource"].startswith("projects/" + project + "/serviceAccounts/")]
+    )}
     return annotations, CloudPlan(provider="gcp", mode="managed", identity=email, resources=resources)
+
+
+def role_bindings(block: Mapping[str, Any], context: Mapping[str, Any], member: str) -> list[dict[str, str]]:
+    """The project and bucket bindings a ``managed`` or ``principal`` block gives *member*;
+    a bucket role with a prefix lands on that prefix's managed folder."""
+    bindings = [{"resource": f"projects/{block['project']}", "role": role, "member": member} for role in block.get("project_roles", [])]
+    for item in block.get("bucket_roles", []):
+        if "prefix" in item:
+            resource = managed_folder(item["bucket"], render(item["prefix"], context, names.resource_part))
+        else:
+            resource = f"projects/_/buckets/{item['bucket']}"
+        bindings.append({"resource": resource, "role": item["role"], "member": member})
+    return bindings
+
+
+def recorded_bindings(bindings: list[Mapping[str, Any]]) -> dict[str, str]:
+    """The ServiceAccount annotation that records the bindings the hub adds (``[resource, role,
+    condition title]``), so exactly those are removed later."""
+    added = [[b["resource"], b["role"], (b.get("condition") or {}).get("title", "")] for b in bindings]
+    return {BINDINGS_ANNOTATION: json.dumps(added, separators=(",", ":"))} if added else {}
+
+
+def principal_member(project_number: str, pool: str, namespace: str, service_account: str) -> str:
+    """The Workload Identity Federation principal of one Kubernetes ServiceAccount: IAM grants
+    to it reach exactly the pods that run under ``<namespace>/<service_account>``."""
+    return (f"principal://iam.googleapis.com/projects/{project_number}/locations/global/"
+            f"workloadIdentityPools/{pool}/subject/ns/{namespace}/sa/{service_account}")
+
+
+def iam_member(identity: str) -> str:
+    """The IAM member of a planned Google identity: a GSA e-mail, or a principal as it is."""
+    return identity if identity.startswith("principal://") else f"serviceAccount:{identity}"
 
 
 MAX_GRANT_LIMIT_ROLES = 10
@@ -207,10 +283,12 @@ def roles_the_hub_grants(rules: Any) -> list[str]:
     """Every role the hub can grant for these rules (``roles/iam.workloadIdentityUser`` included)."""
     roles = set()
     for rule in rules.rules:
-        if rule.gcp is not None and rule.gcp.managed is not None:
-            roles.add(WORKLOAD_IDENTITY_USER)
-            roles.update(rule.gcp.managed.get("project_roles", []))
-            roles.update(item["role"] for item in rule.gcp.managed.get("bucket_roles", []))
+        block = None if rule.gcp is None else rule.gcp.managed or rule.gcp.principal
+        if block is not None:
+            if rule.gcp.managed is not None:
+                roles.add(WORKLOAD_IDENTITY_USER)
+            roles.update(block.get("project_roles", []))
+            roles.update(item["role"] for item in block.get("bucket_roles", []))
     return sorted(roles)
 
 
@@ -231,7 +309,7 @@ def hub_grant_condition(rules: Any) -> dict[str, str]:
             "nothing (Google advises against it); grant users a narrower role"
         )
     if not roles:
-        raise ConfigError("no rule has gcp.managed: the hub grants no roles, so it needs no role of its own")
+        raise ConfigError("no rule has gcp.managed or gcp.principal: the hub grants no roles, so it needs no role of its own")
     if len(roles) > MAX_GRANT_LIMIT_ROLES:
         raise ConfigError(
             f"the rules grant {len(roles)} roles ({', '.join(roles)}); a modifiedGrantsByRole condition lists at most "

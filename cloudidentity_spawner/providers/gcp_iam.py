@@ -23,7 +23,7 @@ from ..errors import IdentityError
 from ..plan import IdentityPlan, thaw
 from ..retry import Backoff
 from .managed import CloudCalls, Converged, failed_operation, fingerprint
-from .gcp import MARKER_START, WORKLOAD_IDENTITY_USER, ownership_marker
+from .gcp import MARKER_START, WORKLOAD_IDENTITY_USER, iam_member, ownership_marker
 
 CONFLICTS = (gexc.Aborted, gexc.Conflict, gexc.PreconditionFailed)
 PROPAGATION_BACKOFF = Backoff(attempts=10_000, base_delay=0.25, max_delay=8.0, floor=0.5)
@@ -74,9 +74,12 @@ class ManagedServiceAccounts:
     # -- spawn -----------------------------------------------------------------
 
     async def ensure(self, plan: IdentityPlan) -> str:
-        """Make the planned GSA and bindings exist; returns created, updated or unchanged."""
+        """Make the planned GSA (``managed`` mode) and bindings exist; returns created, updated
+        or unchanged. In ``principal`` mode there is no account: only the bindings, whose member
+        is the Kubernetes ServiceAccount's own principal."""
         resources = thaw(plan.cloud.resources)
-        email = resources["service_account"]["email"]
+        email = plan.cloud.identity  # the GSA e-mail, or the principal
+        principal = plan.cloud.mode == "principal"
         planned = fingerprint(resources)
         if self.converged.fresh(email, planned):
             return "unchanged"
@@ -84,11 +87,13 @@ class ManagedServiceAccounts:
             if self.converged.fresh(email, planned):
                 return "unchanged"  # a concurrent spawn (a double click) just made it right
             try:
-                created = await self._ensure_account(plan, resources["service_account"])
+                created = False if principal else await self._ensure_account(plan, resources["service_account"])
                 changed = False
                 for binding in resources["bindings"]:
                     added = await self._settled(email, lambda b=binding: self._edit(b["resource"], add=b))
-                    if added and binding["role"] == WORKLOAD_IDENTITY_USER:
+                    if added and (principal or binding["role"] == WORKLOAD_IDENTITY_USER):
+                        # Until IAM applies the new grant, the pod's token exchange (a GSA) or its
+                        # calls (a principal) are refused: the spawn waits for it.
                         self.activation_pending[email] = time.monotonic()
                     changed |= added
             except gexc.GoogleAPICallError as e:
@@ -297,8 +302,9 @@ class ManagedServiceAccounts:
         return True
 
     async def remove_bindings(self, email: str, bindings: list[list[str]]) -> None:
-        """Take *email* out of each ``[resource, role, condition title]`` binding (others' members stay)."""
-        member = f"serviceAccount:{email}"
+        """Take *email* (a GSA, or a principal) out of each ``[resource, role, condition title]``
+        binding (others' members stay)."""
+        member = iam_member(email)
         for resource, role, title in bindings:
             await self._edit(resource, remove=(role, title), member=member)
         self.converged.forget(email)

@@ -44,6 +44,10 @@ from .gcs import StorageFace
 from .iam_conditions import ConditionError, compile_condition
 
 
+_PRINCIPAL = re.compile(
+    r"principal(?:Set)?://iam\.googleapis\.com/projects/(?P<number>[0-9]+)/locations/global/"
+    r"workloadIdentityPools/(?P<pool>[a-z0-9.-]+)/(?:subject/ns/[a-z0-9]([-a-z0-9]*[a-z0-9])?/sa/[a-z0-9.-]+|[a-z./]+)"
+)
 _ACCOUNT_ID = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
 
 
@@ -94,8 +98,13 @@ class _Policies:
 class GoogleCloudState:
     """Service accounts and policies, shared by the gRPC and REST faces."""
 
-    def __init__(self, projects=("my-project",), quota: int = 100, buckets=()):
+    def __init__(self, projects=("my-project",), quota: int = 100, buckets=(), project_numbers=None):
         self.projects = set(projects)
+        self.project_numbers: dict[str, str] = dict(project_numbers or {})
+        """Project id -> number, for Workload Identity Federation principals (GKE's pool of a
+        project is ``<project>.svc.id.goog``, named by the project's number)."""
+        for index, project in enumerate(sorted(self.projects)):
+            self.project_numbers.setdefault(project, str(123456789012 + index))
         self.quota = quota
         self.accounts: dict[str, dict[str, Any]] = {}
         self.policies = _Policies()
@@ -128,6 +137,23 @@ class GoogleCloudState:
     def not_yet_visible(self, email: str) -> bool:
         account = self.accounts.get(email)
         return account is not None and time.monotonic() < account["_created"] + self.visibility_delay
+
+    def member_problem(self, policy: dict[str, Any]) -> str | None:
+        """Why IAM would refuse the members of *policy* (400), or None: a project service account
+        it does not (yet) know, or a malformed principal or one of a pool that does not exist."""
+        email = self.missing_member(policy)
+        if email:
+            return f"Service account {email} does not exist."
+        for binding in policy.get("bindings", []):
+            for member in binding.get("members", []):
+                if member.startswith(("principal://", "principalSet://")):
+                    match = _PRINCIPAL.fullmatch(member)
+                    if not match:
+                        return f"Invalid principal identifier: {member}"
+                    project = next((p for p, n in self.project_numbers.items() if n == match["number"]), None)
+                    if project is None or match["pool"] != f"{project}.svc.id.goog":
+                        return f"Identity Pool does not exist (projects/{match['number']}/locations/global/workloadIdentityPools/{match['pool']})."
+        return None
 
     def missing_member(self, policy: dict[str, Any]) -> str | None:
         """A project service account a policy names that IAM does not (yet) know, or None."""
@@ -162,7 +188,19 @@ class GoogleCloudState:
             if email not in self.accounts:
                 raise LookupError(f"no such service account: {email}")
             token = "ya29.local-" + secrets.token_urlsafe(24)
-            self.tokens[token] = email
+            self.tokens[token] = f"serviceAccount:{email}"
+            return token
+
+    def federated_token(self, namespace: str, service_account: str, project: str = "my-project") -> str:
+        """What GKE's metadata server gives a pod whose ServiceAccount has no Google account
+        annotation: a federated token for the ServiceAccount's own principal in the project's
+        pool. Storage requests with it are authorised for that principal."""
+        with self._lock:
+            number = self.project_numbers[project]
+            member = (f"principal://iam.googleapis.com/projects/{number}/locations/global/workloadIdentityPools/"
+                      f"{project}.svc.id.goog/subject/ns/{namespace}/sa/{service_account}")
+            token = "ya29.local-federated-" + secrets.token_urlsafe(24)
+            self.tokens[token] = member
             return token
 
     def account_email(self, name: str) -> str:
@@ -359,9 +397,9 @@ class RestFaces:
                         compile_condition(binding["condition"]["expression"])
                 except ConditionError as e:
                     return self._error(400, "INVALID_ARGUMENT", str(e))
-            missing = self.state.missing_member(policy)
-            if missing:
-                return self._error(400, "INVALID_ARGUMENT", f"Service account {missing} does not exist.")
+            problem = self.state.member_problem(policy)
+            if problem:
+                return self._error(400, "INVALID_ARGUMENT", problem)
             if self.state.fail_next_set_with_conflict:
                 self.state.fail_next_set_with_conflict -= 1
                 self.state.policies.set(f"projects/{project}", self.state.policies.get(f"projects/{project}"))

@@ -92,14 +92,15 @@ class StorageFace:
     # -- who is asking, and may they ------------------------------------------------
 
     def _caller(self, request: web.Request) -> str | None | web.Response:
-        """The caller's e-mail, None for the owner (no token), or a 401 response."""
+        """The caller's IAM member (``serviceAccount:...`` or ``principal://...``), None for the
+        owner (no token), or a 401 response."""
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             return None
-        email = self.state.tokens.get(header.removeprefix("Bearer ").strip())
-        if email is None:
+        member = self.state.tokens.get(header.removeprefix("Bearer ").strip())
+        if member is None:
             return _error(401, "authError", "Invalid Credentials")
-        return email
+        return member
 
     def _check(self, caller: str | None, permission: str, bucket: str, resource: dict[str, str],
                folders: list[str] = (), noun: str = "bucket") -> web.Response | None:
@@ -110,9 +111,9 @@ class StorageFace:
         project = state.buckets[bucket]["project"]
         policies = [state.policies.get(f"projects/{project}"), state.policies.get(bucket_resource(bucket))]
         policies += [state.policies.get(managed_folder_resource(bucket, f)) for f in folders]
-        if allows(policies, f"serviceAccount:{caller}", permission, resource):
+        if allows(policies, caller, permission, resource):
             return None
-        return _error(403, "forbidden", f"{caller} does not have {permission} access to the Google Cloud Storage {noun}. "
+        return _error(403, "forbidden", f"{caller.removeprefix('serviceAccount:')} does not have {permission} access to the Google Cloud Storage {noun}. "
                       f"Permission '{permission}' denied on resource (or it may not exist).")
 
     def _begin(self, request: web.Request, call: str) -> tuple[str, str | None, web.Response | None]:
@@ -187,9 +188,9 @@ class StorageFace:
                 compile_condition(condition["expression"])
             except ConditionError as e:
                 return _error(400, "invalid", str(e))
-        missing = self.state.missing_member(policy)
-        if missing:
-            return _error(400, "invalid", f"Service account {missing} does not exist.")
+        problem = self.state.member_problem(policy)
+        if problem:
+            return _error(400, "invalid", problem)
         if self.state.fail_next_set_with_conflict:  # someone else writes between our read and write
             self.state.fail_next_set_with_conflict -= 1
             self.state.policies.set(resource, self.state.policies.get(resource))

@@ -1,0 +1,178 @@
+"""GCP principal mode: roles for the Kubernetes ServiceAccount's own Workload Identity Federation
+principal, no Google service account. Real google-cloud clients against the local server."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+pytest.importorskip("google.cloud.storage", reason="the gcp extra is not installed")
+
+from google.api_core import exceptions as gexc  # noqa: E402
+from google.auth.credentials import AnonymousCredentials  # noqa: E402
+from google.cloud import storage  # noqa: E402
+from google.oauth2.credentials import Credentials  # noqa: E402
+
+from cloudidentity_spawner import ConfigError  # noqa: E402
+from cloudidentity_spawner.claims import Claims  # noqa: E402
+from cloudidentity_spawner.errors import SpawnRefused  # noqa: E402
+from cloudidentity_spawner.providers import _backends  # noqa: E402
+from cloudidentity_spawner.rules import IdentityRules  # noqa: E402
+
+from .kubehelpers import SpawnUser, make_spawner, oidc_state, read, spawner_config  # noqa: E402
+from .test_gcp import PROJECT, members  # noqa: E402
+from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
+
+NUMBER = "123456789012"  # the local server's number for my-project
+ROLE = "roles/storage.objectUser"
+
+
+@pytest.fixture
+def bucket(gcp_server):
+    _backends.clear()
+    name = "wif-" + uuid.uuid4().hex[:8]
+    gcp_server.state.add_bucket(name)
+    return name
+
+
+def principal_rules(bucket, **extra):
+    return [{
+        "name": "staff",
+        "match": {"groups": ["/staff"]},
+        "scope": "user",
+        "gcp": {"principal": {
+            "project": PROJECT, "project_number": NUMBER,
+            "project_roles": ["roles/serviceusage.serviceUsageConsumer"],
+            "bucket_roles": [{"bucket": bucket, "role": ROLE, "prefix": "{username}", "managed_folder": True}],
+            **extra,
+        }},
+    }]
+
+
+def spawner_for(namespace, gcp_server, name, rule_list):
+    c = spawner_config(namespace, rule_list, gcp_client_factory=gcp_server.client_factory(),
+                       gcp_activation_seconds=0, gcp_annotation_settle_seconds=0)
+    return make_spawner(CloudIdentitySpawner, c, SpawnUser(name, oidc_state(groups=["/staff"])))
+
+
+async def spawn(spawner):
+    await spawner.start()
+    await spawner.stop()
+
+
+def member(namespace, name):
+    return (f"principal://iam.googleapis.com/projects/{NUMBER}/locations/global/workloadIdentityPools/"
+            f"{PROJECT}.svc.id.goog/subject/ns/{namespace}/sa/jupyter-{name}")
+
+
+def folder(bucket, prefix):
+    return f"projects/_/buckets/{bucket}/managedFolders/{prefix}/"
+
+
+def storage_as(gcp_server, token=None) -> storage.Client:
+    credentials = Credentials(token=token) if token else AnonymousCredentials()
+    return storage.Client(project=PROJECT, credentials=credentials, client_options={"api_endpoint": gcp_server.rest_url})
+
+
+def test_plan_json_names_the_principal_and_its_bindings():
+    plan = IdentityRules.from_config(principal_rules("lab-scratch")).resolve(Claims("alice", ("/staff",)), "jhub").to_dict()
+    cloud = plan["cloud"]
+    assert cloud["provider"] == "gcp" and cloud["mode"] == "principal"
+    assert cloud["member"] == cloud["identity"] == member("jhub", "alice")
+    assert cloud["bindings"] == [
+        {"resource": f"projects/{PROJECT}", "role": "roles/serviceusage.serviceUsageConsumer", "member": member("jhub", "alice")},
+        {"resource": folder("lab-scratch", "alice"), "role": ROLE, "member": member("jhub", "alice")},
+    ]
+    assert "iam.gke.io/gcp-service-account" not in plan["service_account"]["annotations"]
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"project_number": "my-project"}, "project_number"),
+    ({"bucket_roles": [{"bucket": "b-1", "role": ROLE, "prefix": "{username}", "managed_folder": False}]}, "managed_folder"),
+    ({"project_roles": [], "bucket_roles": []}, "grants nothing"),
+    ({"service_account": "x"}, "unknown key 'service_account'"),
+])
+def test_bad_principal_blocks_are_refused_at_start_up(change, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        IdentityRules.from_config(principal_rules("lab-scratch", **change))
+    assert "identity_rules[0] ('staff').gcp.principal" in str(e.value)
+
+
+async def test_grants_go_to_the_service_account_itself_and_no_google_account_is_made(namespace, gcp_server, bucket):
+    accounts_before = set(gcp_server.state.accounts)
+    await spawn(spawner_for(namespace, gcp_server, "alice", principal_rules(bucket)))
+    assert set(gcp_server.state.accounts) == accounts_before
+    assert members(gcp_server, folder(bucket, "alice"), ROLE) == {member(namespace, "alice")}
+    assert member(namespace, "alice") in members(gcp_server, f"projects/{PROJECT}", "roles/serviceusage.serviceUsageConsumer")
+    sa = await read("serviceaccount", namespace, "jupyter-alice")
+    annotations = sa["metadata"]["annotations"]
+    assert "iam.gke.io/gcp-service-account" not in annotations
+    assert annotations["cloudidentity-spawner/managed-identity"] == "gcp:" + member(namespace, "alice")
+    assert json.loads(annotations["cloudidentity-spawner/gcp-bindings"]) == [
+        [f"projects/{PROJECT}", "roles/serviceusage.serviceUsageConsumer", ""], [folder(bucket, "alice"), ROLE, ""],
+    ]
+
+
+@pytest.fixture
+async def users(namespace, gcp_server, bucket):
+    for name in ("alice", "alice2", "bob"):
+        await spawn(spawner_for(namespace, gcp_server, name, principal_rules(bucket)))
+    owner = storage_as(gcp_server).bucket(bucket)
+    for name in ("alice", "alice2", "bob"):
+        owner.blob(f"{name}/notes.txt").upload_from_string(f"{name}'s notes")
+    # What GKE's metadata server hands alice's pod: a federated token for her ServiceAccount.
+    return storage_as(gcp_server, gcp_server.state.federated_token(namespace, "jupyter-alice", PROJECT))
+
+
+async def test_alice_reaches_her_prefix_and_nothing_else(gcp_server, bucket, users):
+    alice = users.bucket(bucket)
+    assert alice.blob("alice/notes.txt").download_as_bytes() == b"alice's notes"
+    alice.blob("alice/results.csv").upload_from_string("1,2,3")
+    assert sorted(b.name for b in users.list_blobs(bucket, prefix="alice/")) == ["alice/notes.txt", "alice/results.csv"]
+    for key in ("alice2/notes.txt", "bob/notes.txt"):
+        with pytest.raises(gexc.Forbidden, match="storage.objects.get"):
+            alice.blob(key).download_as_bytes()
+        with pytest.raises(gexc.Forbidden, match="storage.objects.create"):
+            alice.blob(key.replace("notes", "planted")).upload_from_string("x")
+    for prefix in ("", "al", "alice", "alice2/", "bob/"):
+        with pytest.raises(gexc.Forbidden, match="storage.objects.list"):
+            list(users.list_blobs(bucket, prefix=prefix))
+    with pytest.raises(gexc.Forbidden, match="storage.buckets.getIamPolicy"):
+        alice.get_iam_policy(requested_policy_version=3)
+
+
+async def test_the_same_name_in_another_namespace_is_another_principal(gcp_server, bucket, users):
+    other = storage_as(gcp_server, gcp_server.state.federated_token("other-namespace", "jupyter-alice", PROJECT))
+    with pytest.raises(gexc.Forbidden):
+        other.bucket(bucket).blob("alice/notes.txt").download_as_bytes()
+
+
+async def test_deleting_the_user_removes_exactly_their_grants(namespace, gcp_server, bucket, users):
+    await spawner_for(namespace, gcp_server, "alice", principal_rules(bucket)).delete_forever()
+    assert members(gcp_server, folder(bucket, "alice"), ROLE) == set()
+    project_members = members(gcp_server, f"projects/{PROJECT}", "roles/serviceusage.serviceUsageConsumer")
+    assert member(namespace, "alice") not in project_members and member(namespace, "bob") in project_members
+    assert members(gcp_server, folder(bucket, "bob"), ROLE) == {member(namespace, "bob")}
+    with pytest.raises(gexc.Forbidden):
+        users.bucket(bucket).blob("alice/notes.txt").download_as_bytes()
+
+
+async def test_a_changed_rule_revokes_what_it_no_longer_grants(namespace, gcp_server, bucket):
+    await spawn(spawner_for(namespace, gcp_server, "carol", principal_rules(bucket)))
+    narrower = principal_rules(bucket)
+    narrower[0]["gcp"]["principal"]["project_roles"] = []
+    await spawn(spawner_for(namespace, gcp_server, "carol", narrower))
+    assert member(namespace, "carol") not in members(gcp_server, f"projects/{PROJECT}", "roles/serviceusage.serviceUsageConsumer")
+    assert members(gcp_server, folder(bucket, "carol"), ROLE) == {member(namespace, "carol")}
+    # and a rule with no cloud identity at all takes every grant back before the pod starts
+    await spawn(spawner_for(namespace, gcp_server, "carol", [{"name": "staff", "match": {"groups": ["/staff"]}}]))
+    assert members(gcp_server, folder(bucket, "carol"), ROLE) == set()
+
+
+async def test_a_pool_that_does_not_exist_fails_the_spawn_clearly(namespace, gcp_server, bucket, caplog):
+    with pytest.raises(SpawnRefused, match="could not be set up"):
+        await spawner_for(namespace, gcp_server, "dan", principal_rules(bucket, project_number="999999999999")).start()
+    [line] = [r.getMessage() for r in caplog.records if "spawn refused for dan" in r.getMessage()]
+    assert "Identity Pool does not exist" in line
