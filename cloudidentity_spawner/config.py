@@ -111,12 +111,21 @@ class CloudIdentity(LoggingConfigurable):
         Only used by rules with aws.managed.
         """,
     )
+    aws_eks_client_kwargs = Dict(
+        config=True,
+        help="""
+        Extra arguments for the boto3 EKS client that manages Pod Identity associations
+        (rules with aws.pod_identity), e.g. {"region_name": "eu-west-1"}: the cluster's region.
+        Unset, aws_client_kwargs is used.
+        """,
+    )
     aws_max_concurrent_calls = Integer(
         4,
         config=True,
         help="""
-        At most this many IAM calls at once from this hub, so a class of first-time
-        logins does not trip IAM throttling (throttled calls are also retried, adaptively).
+        At most this many IAM (and, for Pod Identity, EKS) calls at once from this hub, so a
+        class of first-time logins does not trip throttling (throttled calls are also retried,
+        adaptively).
         """,
     )
     aws_role_propagation_seconds = Float(
@@ -199,7 +208,9 @@ class CloudIdentity(LoggingConfigurable):
         its own cache, so a pod made right after its account was created or re-annotated
         can start without credentials or with the old role; with this, the first notebook
         cell works every time, and the webhook sees the work done and adds nothing twice.
-        Set False to leave it all to the webhook.
+        For EKS Pod Identity (aws.pod_identity) the same holds for what its webhook adds:
+        AWS_CONTAINER_CREDENTIALS_FULL_URI, AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE and the
+        "eks-pod-identity-token" volume. Set False to leave it all to the webhooks.
         """,
     )
     cloud_cache_seconds = Float(

@@ -149,7 +149,7 @@ def identity_to_revoke(
             old = f"gcp:{email}"
     if not old or old == plan.service_account.annotations.get(MANAGED_IDENTITY_ANNOTATION):
         return None
-    if plan.cloud is not None and old == f"{plan.cloud.provider}:{plan.cloud.identity}":
+    if plan.cloud is not None and old == plan.cloud.recorded:
         return None  # the same identity, now planned as an existing one: nothing moved
     return old
 

@@ -55,6 +55,8 @@ def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) ->
     role_arn = plan.service_account.annotations.get(aws.ROLE_ARN_ANNOTATION)
     if irsa and role_arn:
         pin_irsa(pod, plan, role_arn)
+    if irsa and plan.cloud is not None and plan.cloud.mode == "pod_identity":
+        pin_pod_identity(pod)
 
 
 def pin_irsa(pod: Any, plan: IdentityPlan, role_arn: str) -> None:
@@ -66,6 +68,37 @@ def pin_irsa(pod: Any, plan: IdentityPlan, role_arn: str) -> None:
     AWS_WEB_IDENTITY_TOKEN_FILE, a mount named ``aws-iam-token`` and a pod volume of that
     name, so nothing is added twice; and the role is the plan's, whatever its cache says.
     """
+    annotations = plan.service_account.annotations
+    expiration = int(annotations.get(aws.TOKEN_EXPIRATION_ANNOTATION, "86400"))
+    env = {"AWS_ROLE_ARN": role_arn, "AWS_WEB_IDENTITY_TOKEN_FILE": f"{IRSA_MOUNT_PATH}/token"}
+    if annotations.get(aws.STS_REGIONAL_ANNOTATION) == "true":
+        env["AWS_STS_REGIONAL_ENDPOINTS"] = "regional"
+    _project_token(pod, IRSA_VOLUME, IRSA_MOUNT_PATH, "sts.amazonaws.com", expiration, env)
+
+
+POD_IDENTITY_VOLUME = "eks-pod-identity-token"
+POD_IDENTITY_MOUNT_PATH = "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount"
+POD_IDENTITY_AGENT_URI = "http://169.254.170.23/v1/credentials"
+
+
+def pin_pod_identity(pod: Any) -> None:
+    """What EKS's Pod Identity webhook adds to a pod whose ServiceAccount has an association:
+    the container-credentials endpoint of the node's Pod Identity agent and a projected token
+    for it. The webhook checks associations when the pod is created; one made a moment before
+    can be missed, and the pod would start without AWS credentials. Adding them ourselves makes
+    the first notebook cell work; the webhook leaves containers that have them alone."""
+    _project_token(
+        pod, POD_IDENTITY_VOLUME, POD_IDENTITY_MOUNT_PATH, "pods.eks.amazonaws.com", 86400,
+        {"AWS_CONTAINER_CREDENTIALS_FULL_URI": POD_IDENTITY_AGENT_URI,
+         "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": f"{POD_IDENTITY_MOUNT_PATH}/{POD_IDENTITY_VOLUME}"},
+        token_path=POD_IDENTITY_VOLUME,
+    )
+
+
+def _project_token(pod: Any, volume_name: str, mount_path: str, audience: str, expiration: int,
+                   env: dict[str, str], token_path: str = "token") -> None:
+    """Add a projected ServiceAccount token volume, its mount and *env* to every container
+    (init containers too, as the EKS webhooks do), replacing what was there under those names."""
     from kubernetes_asyncio.client.models import (
         V1EnvVar,
         V1ProjectedVolumeSource,
@@ -75,18 +108,13 @@ def pin_irsa(pod: Any, plan: IdentityPlan, role_arn: str) -> None:
         V1VolumeProjection,
     )
 
-    annotations = plan.service_account.annotations
-    expiration = int(annotations.get(aws.TOKEN_EXPIRATION_ANNOTATION, "86400"))
-    token = V1ServiceAccountTokenProjection(audience="sts.amazonaws.com", expiration_seconds=expiration, path="token")
-    volume = V1Volume(name=IRSA_VOLUME, projected=V1ProjectedVolumeSource(sources=[V1VolumeProjection(service_account_token=token)]))
-    pod.spec.volumes = [v for v in (pod.spec.volumes or []) if v.name != IRSA_VOLUME] + [volume]
-    env = {"AWS_ROLE_ARN": role_arn, "AWS_WEB_IDENTITY_TOKEN_FILE": f"{IRSA_MOUNT_PATH}/token"}
-    if annotations.get(aws.STS_REGIONAL_ANNOTATION) == "true":
-        env["AWS_STS_REGIONAL_ENDPOINTS"] = "regional"
-    for container in [*pod.spec.containers, *(pod.spec.init_containers or [])]:  # the webhook does both
+    token = V1ServiceAccountTokenProjection(audience=audience, expiration_seconds=expiration, path=token_path)
+    volume = V1Volume(name=volume_name, projected=V1ProjectedVolumeSource(sources=[V1VolumeProjection(service_account_token=token)]))
+    pod.spec.volumes = [v for v in (pod.spec.volumes or []) if v.name != volume_name] + [volume]
+    for container in [*pod.spec.containers, *(pod.spec.init_containers or [])]:
         container.env = [e for e in (container.env or []) if e.name not in env] + [V1EnvVar(name=k, value=v) for k, v in env.items()]
-        mounts = [m for m in (container.volume_mounts or []) if m.name != IRSA_VOLUME]
-        container.volume_mounts = mounts + [V1VolumeMount(name=IRSA_VOLUME, mount_path=IRSA_MOUNT_PATH, read_only=True)]
+        mounts = [m for m in (container.volume_mounts or []) if m.name != volume_name]
+        container.volume_mounts = mounts + [V1VolumeMount(name=volume_name, mount_path=mount_path, read_only=True)]
 
 
 def pinning_hook(operator_hook: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) -> Any:

@@ -83,6 +83,16 @@ class CloudPlan(_Frozen):
         """Whether the hub makes this identity (and so also revokes and deletes it)."""
         return self.mode in HUB_MADE_MODES
 
+    @property
+    def recorded(self) -> str:
+        """How a ServiceAccount records the hub-made identity it uses (its ``managed-identity``
+        annotation): ``aws:<role ARN>``, ``gcp:<e-mail or principal>``, or for a Pod Identity
+        association ``eks:<cluster>/<namespace>/<service account>`` (the shared role is not ours)."""
+        if self.mode == "pod_identity":
+            a = self.resources["association"]
+            return f"eks:{a['clusterName']}/{a['namespace']}/{a['serviceAccount']}"
+        return f"{self.provider}:{self.identity}"
+
 
 @dataclass(frozen=True)
 class IdentityPlan(_Frozen):

@@ -25,7 +25,7 @@ from .errors import ConfigError, IdentityError, SpawnRefused
 from .kube import ServiceAccounts, bindings_to_remove, identity_to_revoke, is_retryable
 from .metrics import IDENTITY_STEP_SECONDS, SERVICE_ACCOUNT_CHANGES, SPAWN_DECISIONS
 from .plan import MANAGED_IDENTITY_ANNOTATION, IdentityPlan
-from .providers import aws, backend_for, gcp
+from .providers import aws, backend_for, backend_for_plan, gcp
 from .retry import Backoff, describe
 from .rules import ownership_markers
 
@@ -114,7 +114,7 @@ class IdentityProvisioner:
             cloud_outcome = None
             if plan.cloud is not None and plan.cloud.hub_made:
                 # The cloud identity first: the ServiceAccount must not point at a role that is not there yet.
-                cloud_outcome = await backend_for(self.settings, plan.cloud.provider).ensure(plan)
+                cloud_outcome = await backend_for_plan(self.settings, plan.cloud).ensure(plan)
             revoked: list[str] = []
 
             async def revoke_what_it_no_longer_plans(found: Any) -> None:
@@ -245,12 +245,13 @@ class IdentityProvisioner:
             )
 
     async def revoke(self, identity: str, owner: str, annotations: dict[str, str]) -> bool:
-        """Delete the hub-managed identity ``aws:<arn>`` / ``gcp:<email>`` made for *owner*
+        """Delete the hub-made identity ``aws:<arn>`` / ``gcp:<email>`` / ``gcp:<principal>``'s grants /
+        ``eks:<cluster>/<namespace>/<service account>`` (an association) made for *owner*
         (with the bindings recorded in *annotations*); never one without our markers."""
         provider, _, name = identity.partition(":")
         try:
             backend = backend_for(self.settings, provider)
-            if provider == "aws":
+            if provider in ("aws", "eks"):
                 return await backend.delete(name, owner, self.settings.hub_name)
             bindings = json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
             if name.startswith("principal://"):  # no account: the recorded grants to the principal
@@ -293,7 +294,7 @@ class IdentityProvisioner:
                 record["cloud_identity_deleted"] = await backend_for(self.settings, "gcp").delete(
                     email, owner, self.settings.hub_name, json.loads(recorded.get(gcp.BINDINGS_ANNOTATION, "[]"))
                 )
-            elif hub_made.startswith("gcp:principal://"):
-                record["cloud_identity"] = hub_made.removeprefix("gcp:")
+            elif hub_made.startswith(("gcp:principal://", "eks:")):
+                record["cloud_identity"] = hub_made.split(":", 1)[1]
                 record["cloud_identity_deleted"] = await self.revoke(hub_made, owner, recorded)
             self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))

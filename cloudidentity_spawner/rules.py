@@ -192,7 +192,7 @@ def ownership_markers(plan: IdentityPlan) -> IdentityPlan:
         labels[GROUP_LABEL] = names.label_value(plan.group)
     annotations = {**sa.annotations, OWNER_ANNOTATION: plan.owner, RULE_ANNOTATION: plan.rule}
     if plan.cloud is not None and plan.cloud.hub_made:
-        annotations[MANAGED_IDENTITY_ANNOTATION] = f"{plan.cloud.provider}:{plan.cloud.identity}"
+        annotations[MANAGED_IDENTITY_ANNOTATION] = plan.cloud.recorded
     return replace(plan, service_account=replace(sa, labels=labels, annotations=annotations))
 
 
@@ -303,7 +303,7 @@ class IdentityRules:
             extra, cloud = provider.plan(rule.aws or rule.gcp, context, rule.scope, owner, namespace, sa_name)
             annotations.update(extra)
             if cloud.hub_made:
-                annotations[MANAGED_IDENTITY_ANNOTATION] = f"{cloud.provider}:{cloud.identity}"
+                annotations[MANAGED_IDENTITY_ANNOTATION] = cloud.recorded
 
         env = {key: render(value, context, names.resource_part) for key, value in rule.env.items()}
         return IdentityPlan(

@@ -15,6 +15,11 @@ from ..errors import ConfigError
 _backends: dict[tuple, Any] = {}
 
 
+def backend_for_plan(settings: Any, cloud: Any) -> Any:
+    """The backend that makes a plan's hub-made identity (Pod Identity associations are EKS's)."""
+    return backend_for(settings, "eks" if cloud.mode == "pod_identity" else cloud.provider)
+
+
 def backend_for(settings: Any, provider: str) -> Any:
     """The backend that manages *provider* identities for *settings* (a ``CloudIdentity``).
 
@@ -32,6 +37,19 @@ def backend_for(settings: Any, provider: str) -> Any:
                 max_concurrent_calls=settings.aws_max_concurrent_calls,
                 cache_seconds=settings.cloud_cache_seconds,
                 propagation_seconds=settings.aws_role_propagation_seconds,
+                log=settings.log,
+            )
+        return _backends[key]
+    if provider == "eks":
+        kwargs = dict(settings.aws_eks_client_kwargs or settings.aws_client_kwargs)
+        key = ("eks", json.dumps(kwargs, sort_keys=True, default=str))
+        if key not in _backends:
+            from .eks_pod_identity import PodIdentityAssociations
+
+            _backends[key] = PodIdentityAssociations(
+                kwargs,
+                max_concurrent_calls=settings.aws_max_concurrent_calls,
+                cache_seconds=settings.cloud_cache_seconds,
                 log=settings.log,
             )
         return _backends[key]

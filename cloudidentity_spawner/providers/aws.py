@@ -10,6 +10,7 @@ Two modes, chosen by the rule's ``aws`` block:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -171,6 +172,13 @@ _MANAGED_KEYS = {
     "description",
 }
 _MANAGED_REQUIRED = {"oidc_provider_arn", "role_path", "permissions_boundary"}
+_POD_IDENTITY_KEYS = {"cluster", "role_arn", "session_policy", "tags"}
+_CLUSTER_NAME = re.compile(r"[0-9A-Za-z][A-Za-z0-9_-]{0,99}")
+SESSION_POLICY_LIMIT = 2048
+"""EKS Pod Identity's limit on an association's session policy, in characters."""
+HOSTILE_USERNAME = "ü" * 40 + "*/?${}" * 20 + "x" * 80
+"""A long user name full of characters that escaping expands: the start-up check renders
+session policies with it, so no real user's policy can be longer."""
 DEFAULT_ROLE_NAME = {"user": "{hub}-{username}", "group": "{hub}-group-{group}", "hub": "{hub}-{rule}"}
 
 @dataclass(frozen=True)
@@ -197,9 +205,16 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
     """Validate a rule's ``aws`` block at start-up (ConfigError names *where* and the key).
 
     Claims in its templates must be among *trusted_claims*: every one of them decides an identity."""
-    check_keys(block, _EXISTING_KEYS | {"managed"}, where)
+    check_keys(block, _EXISTING_KEYS | {"managed", "pod_identity"}, where)
+    if "pod_identity" in block:
+        if set(block) != {"pod_identity"}:
+            raise ConfigError(f"{where}: 'pod_identity' takes no other aws key (no IRSA annotation is set)")
+        return AwsSettings(pod_identity=_parse_pod_identity(block["pod_identity"], f"{where}.pod_identity", forbidden, trusted_claims))
     if ("managed" in block) == ("role_arn" in block):
-        raise ConfigError(f"{where}: give exactly one of 'role_arn' (an existing role) or 'managed' (the hub creates it)")
+        raise ConfigError(
+            f"{where}: give exactly one of 'role_arn' (an existing role), 'managed' (the hub creates it) "
+            "or 'pod_identity' (an EKS Pod Identity association)"
+        )
     sts = block.get("sts_regional_endpoints")
     if sts is not None and not isinstance(sts, bool):
         raise ConfigError(f"{where}.sts_regional_endpoints: expected true or false, got {sts!r}")
@@ -246,9 +261,99 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
     return AwsSettings(sts_regional_endpoints=sts, token_expiration=expiration, managed=managed)
 
 
+def _parse_pod_identity(block: Any, where: str, forbidden: set[str], trusted_claims: Collection[str]) -> dict[str, Any]:
+    settings = dict(check_keys(block, _POD_IDENTITY_KEYS, where, {"cluster", "role_arn"}))
+    if not isinstance(settings["cluster"], str) or not _CLUSTER_NAME.fullmatch(settings["cluster"]):
+        raise ConfigError(f"{where}.cluster: expected an EKS cluster name (1-100 of [A-Za-z0-9_-]), got {settings['cluster']!r}")
+    template = check_template(settings["role_arn"], f"{where}.role_arn", forbidden, trusted_claims)
+    try:
+        parse_role_arn(render(template, SAMPLE_CONTEXT, names.resource_part))
+    except (ValueError, TemplateError) as e:
+        raise ConfigError(f"{where}.role_arn: {e}") from None
+    if "session_policy" in settings:
+        policy = settings["session_policy"] = load_json_template(settings["session_policy"], f"{where}.session_policy")
+        json_template_fields(policy, f"{where}.session_policy", forbidden, trusted_claims)
+        hostile = {**SAMPLE_CONTEXT, "username": HOSTILE_USERNAME, "safe_username": names.ksa_name(HOSTILE_USERNAME),
+                   "group": HOSTILE_USERNAME, "safe_group": names.ksa_name(HOSTILE_USERNAME)}
+        longest = session_policy_text(render_json_template(policy, hostile, names.resource_part))
+        if len(longest) > SESSION_POLICY_LIMIT:
+            raise ConfigError(
+                f"{where}.session_policy: rendered for a long user name it has {len(longest)} characters; EKS allows "
+                f"{SESSION_POLICY_LIMIT} in a Pod Identity session policy. Shorten it, or leave it out and scope users "
+                "in the role's own policy with pod_identity_tag_policy()"
+            )
+    tags = settings.get("tags", {})
+    if not isinstance(tags, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+        raise ConfigError(f"{where}.tags: expected a mapping of strings to strings")
+    return settings
+
+
+def session_policy_text(policy: Any) -> str:
+    """A session policy as EKS stores it: compact JSON (its length is what the limit counts)."""
+    return json.dumps(policy, separators=(",", ":"))
+
+
+def pod_identity_tag_policy(bucket: str) -> dict[str, Any]:
+    """The role policy for the shared Pod Identity role *without* session policies: EKS tags
+    each session with the pod's ``kubernetes-namespace`` and ``kubernetes-service-account``,
+    and this policy lets a session reach only ``s3://<bucket>/<namespace>/<service account>/``
+    (and list only inside it). Attach it to the role yourself; the hub does not edit the role.
+
+    Choose this (session tags) when one role policy should scope everyone and the prefix may be
+    the ServiceAccount's name; choose ``session_policy`` when the scope needs the user name, a
+    group or claims, or other services than S3 (it is limited to 2,048 characters and turns
+    session tags off).
+    """
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise ValueError(f"invalid S3 bucket name {bucket!r}")
+    own = "${aws:PrincipalTag/kubernetes-namespace}/${aws:PrincipalTag/kubernetes-service-account}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "OwnPrefixObjects",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                "Resource": f"arn:aws:s3:::{bucket}/{own}/*",
+            },
+            {
+                "Sid": "ListOwnPrefix",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": f"arn:aws:s3:::{bucket}",
+                "Condition": {"StringLike": {"s3:prefix": [f"{own}/", f"{own}/*"]}},
+            },
+        ],
+    }
+
+
+def association_key(cluster: str, namespace: str, service_account: str) -> str:
+    """How a ServiceAccount records the association the hub made for it (``eks:`` + this)."""
+    return f"{cluster}/{namespace}/{service_account}"
+
+
 def plan(settings: AwsSettings, context: Mapping[str, Any], scope: str, owner: str, namespace: str, service_account: str):
     """Return ``(annotations, CloudPlan)`` for one identity. Raises TemplateError/ValueError on bad input."""
     annotations: dict[str, str] = {}
+    if settings.pod_identity is not None:
+        block = settings.pod_identity
+        arn = render(block["role_arn"], context, names.resource_part)
+        parse_role_arn(arn)
+        association = {
+            "clusterName": block["cluster"],
+            "namespace": namespace,
+            "serviceAccount": service_account,
+            "roleArn": arn,
+            "disableSessionTags": "session_policy" in block,
+            "policy": None,
+            "tags": {**block.get("tags", {}), TAG_MANAGED_BY: MANAGED_BY, TAG_HUB: tag_value(context["hub"]),
+                     TAG_OWNER: tag_value(owner)},
+        }
+        if "session_policy" in block:
+            association["policy"] = session_policy_text(render_json_template(block["session_policy"], context, names.resource_part))
+            if len(association["policy"]) > SESSION_POLICY_LIMIT:
+                raise ValueError(f"the session policy has {len(association['policy'])} characters; EKS allows {SESSION_POLICY_LIMIT}")
+        return annotations, CloudPlan(provider="aws", mode="pod_identity", identity=arn, resources={"association": association})
     if settings.sts_regional_endpoints is not None:
         annotations[STS_REGIONAL_ANNOTATION] = "true" if settings.sts_regional_endpoints else "false"
     if settings.token_expiration is not None:
