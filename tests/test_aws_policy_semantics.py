@@ -67,7 +67,8 @@ def test_a_trust_policy_key_of_another_provider_or_an_unknown_claim_is_reported(
 # -- every shipped and planned document ------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["hub-iam-policy.json", "boundary-policy.json", "scratch-prefix-policy.json"])
+@pytest.mark.parametrize("name", ["hub-iam-policy.json", "boundary-policy.json", "scratch-prefix-policy.json",
+                                  "hub-eks-pod-identity-policy.json"])
 def test_shipped_policies_use_only_keys_their_actions_carry(name):
     document = json.loads((AWS_EXAMPLES / name).read_text().replace("{username}", "alice"))
     assert problems(document) == []

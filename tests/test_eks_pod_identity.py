@@ -251,3 +251,30 @@ def test_the_pod_identity_documents_use_only_keys_their_actions_carry():
     # parliament reads a resource ARN's ':'s literally, so the variables are resolved first, as IAM does
     assert problems(with_session_tags(pod_identity_tag_policy("escape-scratch"), "jhub", "jupyter-alice")) == []
     assert "${aws:PrincipalTag/kubernetes-service-account}" in json.dumps(pod_identity_tag_policy("escape-scratch"))
+
+
+def test_the_hubs_eks_policy_allows_every_call_it_makes_and_only_with_its_tags():
+    import re
+    from pathlib import Path
+
+    from cloudidentity_spawner.providers import eks_pod_identity
+
+    source = Path(eks_pod_identity.__file__).read_text()
+    made = set(re.findall(r'_call\(\s*"(\w+)"', source))
+    assert made == {"ListPodIdentityAssociations", "DescribePodIdentityAssociation", "CreatePodIdentityAssociation",
+                    "UpdatePodIdentityAssociation", "DeletePodIdentityAssociation"}
+    policy = json.loads((Path(__file__).parent.parent / "examples/aws/hub-eks-pod-identity-policy.json").read_text())
+    allowed = {}
+    for statement in policy["Statement"]:
+        for action in [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]:
+            allowed[action] = statement
+    for operation in made:
+        assert f"eks:{operation}" in allowed, operation
+    plan_tags = IdentityRules.from_config(rules(), "escape-hub").resolve(Claims("alice", ()), "jhub").cloud.resources["association"]["tags"]
+    create = allowed["eks:CreatePodIdentityAssociation"]["Condition"]["StringEquals"]
+    change = allowed["eks:DeletePodIdentityAssociation"]["Condition"]["StringEquals"]
+    for key, value in create.items():
+        assert plan_tags[key.removeprefix("aws:RequestTag/")] == value
+    for key, value in change.items():
+        assert plan_tags[key.removeprefix("aws:ResourceTag/")] == value
+    assert allowed["iam:PassRole"]["Condition"]["StringEquals"]["iam:PassedToService"] == "pods.eks.amazonaws.com"
