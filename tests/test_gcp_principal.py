@@ -176,3 +176,14 @@ async def test_a_pool_that_does_not_exist_fails_the_spawn_clearly(namespace, gcp
         await spawner_for(namespace, gcp_server, "dan", principal_rules(bucket, project_number="999999999999")).start()
     [line] = [r.getMessage() for r in caplog.records if "spawn refused for dan" in r.getMessage()]
     assert "Identity Pool does not exist" in line
+
+
+async def test_rate_limited_calls_are_tried_again(namespace, gcp_server, bucket):
+    # Managed-folder calls get no retry from the storage client; the hub tries 429s again itself.
+    gcp_server.state.throttle_share, gcp_server.state.throttled_count = 0.5, 0
+    try:
+        await spawn(spawner_for(namespace, gcp_server, "hana", principal_rules(bucket)))
+    finally:
+        gcp_server.state.throttle_share = 0.0
+    assert gcp_server.state.throttled_count > 0
+    assert members(gcp_server, folder(bucket, "hana"), ROLE) == {member(namespace, "hana")}

@@ -5,7 +5,7 @@ optionally narrowed by a session policy - no IAM role per user, no IRSA trust po
 :class:`PodIdentityAssociations` creates and converges the association a plan describes and
 deletes it with its user; it only ever changes an association tagged as ours, for the same owner
 and hub. Calls go through :class:`.managed.CloudCalls` (a bounded number at once, counted) with
-botocore's adaptive retries absorbing EKS throttling.
+botocore's standard retries absorbing EKS throttling.
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ class PodIdentityAssociations:
         cache_seconds: float = 3600.0,
         log: Any = None,
     ):
-        config = BotoConfig(retries={"mode": "adaptive", "max_attempts": 10})
+        # Standard retries (jittered backoff on throttling): adaptive mode's client-side rate
+        # limiter slows every later call after a few throttled ones, which a class's surge of
+        # first logins turns into minutes (benchmarks/surge.py).
+        config = BotoConfig(retries={"mode": "standard", "max_attempts": 10})
         self.eks = boto3.client("eks", config=config, **dict(client_kwargs or {}))
         self.calls = CloudCalls("eks", max_concurrent_calls)
         self.converged = Converged(cache_seconds)

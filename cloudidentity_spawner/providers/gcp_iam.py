@@ -28,6 +28,14 @@ from .gcp import MARKER_START, WORKLOAD_IDENTITY_USER, iam_member, ownership_mar
 CONFLICTS = (gexc.Aborted, gexc.Conflict, gexc.PreconditionFailed)
 PROPAGATION_BACKOFF = Backoff(attempts=10_000, base_delay=0.25, max_delay=8.0, floor=0.5)
 """Waiting for IAM to know a new account: bounded by time (``propagation_seconds``), not tries."""
+RATE_LIMIT_BACKOFF = Backoff(attempts=8, base_delay=0.25, max_delay=8.0, floor=0.5)
+
+
+def _rate_limited(error: BaseException) -> bool:
+    """429 and 503: Google asks to slow down and try again (quota exhaustion of a project is 429
+    too over REST, but a create that hit the service-account quota answers RESOURCE_EXHAUSTED
+    over gRPC, which is not retried)."""
+    return isinstance(error, (gexc.TooManyRequests, gexc.ServiceUnavailable))
 
 
 def default_clients():
@@ -69,7 +77,9 @@ class ManagedServiceAccounts:
         self.log = log
 
     async def _call(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await self.calls(name, fn, *args, **kwargs)
+        # Some calls (managed folders, through the storage connection) get no retry from the
+        # client library: a rate-limited or unavailable answer is tried again here.
+        return await RATE_LIMIT_BACKOFF.run(lambda: self.calls(name, fn, *args, **kwargs), _rate_limited)
 
     # -- spawn -----------------------------------------------------------------
 

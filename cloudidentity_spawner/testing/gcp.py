@@ -26,6 +26,7 @@ import base64
 import copy
 import itertools
 import json
+import random
 import re
 import secrets
 import threading
@@ -123,10 +124,20 @@ class GoogleCloudState:
         """Seconds a new service account stays invisible to IAM policy writes, as Google's
         eventually consistent IAM shows it: ``setIamPolicy`` on it answers NOT_FOUND, and a
         policy naming it as a member answers 400 "... does not exist"."""
+        self.throttle_share = 0.0
+        """Answer this share of Cloud Storage and Resource Manager requests with 429."""
+        self.throttled_count = 0
         self._lock = threading.RLock()
         self._ids = itertools.count(100000000000000000000)
         for bucket in buckets:
             self.add_bucket(bucket)
+
+    def throttled(self) -> bool:
+        """Whether to answer this REST request with 429 (a ``throttle_share`` of them)."""
+        if self.throttle_share and random.random() < self.throttle_share:
+            self.throttled_count += 1
+            return True
+        return False
 
     def add_bucket(self, name: str, project: str = "my-project", uniform_access: bool = True) -> None:
         """A bucket as an administrator made it (uniform bucket-level access on, by default)."""
@@ -377,6 +388,8 @@ class RestFaces:
         project = request.match_info["project"]
         with self.state._lock:
             self.state.calls.append("projects.getIamPolicy")
+            if self.state.throttled():
+                return self._error(429, "RESOURCE_EXHAUSTED", "Quota exceeded for quota metric 'Read requests'.")
             if project not in self.state.projects:
                 return self._error(403, "PERMISSION_DENIED", f"The caller does not have permission on projects/{project}")
             return web.json_response(_json_policy(self.state.policies.get(f"projects/{project}")))
@@ -386,6 +399,8 @@ class RestFaces:
         body = await request.json()
         with self.state._lock:
             self.state.calls.append("projects.setIamPolicy")
+            if self.state.throttled():
+                return self._error(429, "RESOURCE_EXHAUSTED", "Quota exceeded for quota metric 'Write requests'.")
             if project not in self.state.projects:
                 return self._error(403, "PERMISSION_DENIED", f"The caller does not have permission on projects/{project}")
             policy = _from_json(body.get("policy", {}))

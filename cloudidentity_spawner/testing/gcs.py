@@ -120,6 +120,8 @@ class StorageFace:
         """Log *call*; then ``(bucket, caller, None)``, or an error answer (no bucket, bad token)."""
         self.state.calls.append(call)
         bucket = request.match_info["bucket"]
+        if self.state.throttled():
+            return bucket, None, _error(429, "rateLimitExceeded", "The rate of change requests to the resource is too high.")
         if bucket not in self.state.buckets:
             return bucket, None, _error(404, "notFound", "The specified bucket does not exist.")
         caller = self._caller(request)

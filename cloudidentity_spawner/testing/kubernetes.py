@@ -62,6 +62,7 @@ import copy
 import datetime
 import itertools
 import json
+import random
 import re
 import threading
 import time
@@ -333,6 +334,10 @@ class KubernetesAPI:
         self.watch_delays: dict[str, float] = {}
         """Per resource, seconds by which watches hear of changes late (a lagging watch cache)."""
         self.faults: list[Fault] = []
+        self.throttle_share = 0.0
+        """Answer this share of the requests whose path matches ``throttle_paths`` with 429
+        TooManyRequests, as an overloaded API server's priority and fairness does."""
+        self.throttle_paths = re.compile(r"/serviceaccounts")
         self.requests: list[tuple[str, str, str]] = []
         self.request_times: list[float] = []
         """``time.perf_counter()`` at arrival of each request in ``requests``."""
@@ -446,6 +451,9 @@ class KubernetesAPI:
         self.requests.append((request.method, request.path, request.query_string))
         if self.latency:
             await asyncio.sleep(self.latency)
+        if self.throttle_share and self.throttle_paths.search(request.path) and random.random() < self.throttle_share:
+            error = APIError(429, "TooManyRequests", "the server has received too many requests and has asked us to try again later")
+            return web.json_response(error.status(), status=429, headers={"Retry-After": "1"})
         for fault in list(self.faults):
             if fault.count > 0 and fault.method in (request.method, "*") and fault.path.search(request.path):
                 fault.count -= 1
