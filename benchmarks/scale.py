@@ -84,9 +84,8 @@ async def measure(mode: str, size: int, spawns: int) -> dict:
         # The hub makes its cloud client on first use: once, not per spawn, so not measured.
         await stack.spawner("warm-up")._provisioner().prepare(NAMESPACE, cache)
         results = {}
-        kinds = (("cold", [f"new-{i}" for i in range(spawns)]),
-                 ("warm, first", [f"user-{i * max(1, size // spawns) % size}" for i in range(spawns)]),
-                 ("warm", [f"user-{i * max(1, size // spawns) % size}" for i in range(spawns)]))
+        existing = [f"user-{i * size // min(spawns, size)}" for i in range(min(spawns, size))]  # spread, distinct
+        kinds = (("cold", [f"new-{i}" for i in range(spawns)]), ("warm, first", existing), ("warm", existing))
         for kind, users in kinds:
             kube, cloud, times = [], [], []
             for name in users:

@@ -124,8 +124,8 @@ class CloudIdentity(LoggingConfigurable):
         config=True,
         help="""
         At most this many IAM (and, for Pod Identity, EKS) calls at once from this hub, so a
-        class of first-time logins does not trip throttling (throttled calls are also retried,
-        adaptively).
+        class of first-time logins does not trip throttling. Throttled calls are tried again
+        with jittered backoff, without holding one of these places while they wait.
         """,
     )
     aws_role_propagation_seconds = Float(

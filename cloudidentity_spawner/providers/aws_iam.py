@@ -5,8 +5,8 @@ deletes it when its user is deleted - only ever a role that carries our
 ``app.kubernetes.io/managed-by`` tag and names the same owner and hub.
 
 boto3 is synchronous; calls run in worker threads, at most
-``max_concurrent_calls`` at a time per hub process, with botocore's adaptive
-retry mode absorbing IAM throttling.
+``max_concurrent_calls`` at a time per hub process; throttled calls are tried
+again outside that bound (:mod:`._botocore`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import boto3
 from botocore import xform_name
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import IdentityError
 from ..plan import MANAGED_BY, IdentityPlan, thaw
+from ._botocore import RETRIES, client, worth_retrying
 from .aws import TAG_HUB, TAG_MANAGED_BY, TAG_OWNER, parse_role_arn, tag_value
 from .managed import CloudCalls, Converged, failed_operation, fingerprint
 
@@ -53,15 +52,15 @@ class ManagedRoles:
         propagation_seconds: float = 10.0,
         log: Any = None,
     ):
-        config = BotoConfig(retries={"mode": "adaptive", "max_attempts": 10})
-        self.iam = boto3.client("iam", config=config, **dict(client_kwargs or {}))
+        self.iam = client("iam", client_kwargs)
         self.calls = CloudCalls("aws", max_concurrent_calls)
         self.converged = Converged(cache_seconds)
         self.propagation_seconds = max(0.0, min(propagation_seconds, 60.0))
         self.log = log
 
     async def _call(self, operation: str, **kwargs: Any) -> Any:
-        return await self.calls(operation, getattr(self.iam, xform_name(operation)), **kwargs)
+        method = getattr(self.iam, xform_name(operation))
+        return await RETRIES.run(lambda: self.calls(operation, method, **kwargs), worth_retrying)
 
     async def ensure(self, plan: IdentityPlan) -> str:
         """Make the plan's role exist exactly as planned; returns created, updated or unchanged.

@@ -4,8 +4,8 @@ An association lets pods under one ``namespace/serviceAccount`` of one cluster a
 optionally narrowed by a session policy - no IAM role per user, no IRSA trust policy to grow.
 :class:`PodIdentityAssociations` creates and converges the association a plan describes and
 deletes it with its user; it only ever changes an association tagged as ours, for the same owner
-and hub. Calls go through :class:`.managed.CloudCalls` (a bounded number at once, counted) with
-botocore's standard retries absorbing EKS throttling.
+and hub. Calls go through :class:`.managed.CloudCalls` (a bounded number at once, counted);
+throttled and failed calls are tried again with jittered backoff *outside* that bound.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import boto3
 from botocore import xform_name
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import IdentityError
 from ..plan import MANAGED_BY, IdentityPlan, thaw
+from ._botocore import RETRIES, client, worth_retrying
 from .aws import TAG_HUB, TAG_MANAGED_BY, TAG_OWNER, tag_value
 from .managed import CloudCalls, Converged, failed_operation, fingerprint
 
@@ -42,17 +41,14 @@ class PodIdentityAssociations:
         cache_seconds: float = 3600.0,
         log: Any = None,
     ):
-        # Standard retries (jittered backoff on throttling): adaptive mode's client-side rate
-        # limiter slows every later call after a few throttled ones, which a class's surge of
-        # first logins turns into minutes (benchmarks/surge.py).
-        config = BotoConfig(retries={"mode": "standard", "max_attempts": 10})
-        self.eks = boto3.client("eks", config=config, **dict(client_kwargs or {}))
+        self.eks = client("eks", client_kwargs)
         self.calls = CloudCalls("eks", max_concurrent_calls)
         self.converged = Converged(cache_seconds)
         self.log = log
 
     async def _call(self, operation: str, **kwargs: Any) -> Any:
-        return await self.calls(operation, getattr(self.eks, xform_name(operation)), **kwargs)
+        method = getattr(self.eks, xform_name(operation))
+        return await RETRIES.run(lambda: self.calls(operation, method, **kwargs), worth_retrying)
 
     async def _find(self, cluster: str, namespace: str, service_account: str) -> dict[str, Any] | None:
         """The association of exactly this ServiceAccount, described, or None."""

@@ -67,6 +67,7 @@ class EKSPodIdentity:
         self.association_limit = association_limit
         self.associations: dict[str, dict[str, Any]] = {}
         self._by_account: dict[tuple[str, str, str], str] = {}
+        self._per_cluster: collections.Counter[str] = collections.Counter()
         self._tokens: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
         self.throttle_share = 0.0
@@ -188,7 +189,7 @@ class EKSPodIdentity:
         existing = self._by_account.get((cluster, namespace, account))
         if existing:
             raise EKSError("ResourceInUseException", f"Association already exists: {existing}")
-        if sum(1 for a in self.associations.values() if a["clusterName"] == cluster) >= self.association_limit:
+        if self._per_cluster[cluster] >= self.association_limit:
             raise EKSError("ResourceLimitExceededException",
                            f"Pod Identity associations for cluster {cluster} have reached the limit of {self.association_limit}.")
         association_id = "a-" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(17))
@@ -209,6 +210,7 @@ class EKSPodIdentity:
             association["policy"] = params["policy"]
         self.associations[association_id] = association
         self._by_account[(cluster, namespace, account)] = association_id
+        self._per_cluster[cluster] += 1
         if token:
             self._tokens[token] = (association_id, json.dumps(params, sort_keys=True))
         return {"association": association}
@@ -242,12 +244,17 @@ class EKSPodIdentity:
         association = self._found(params)
         del self.associations[association["associationId"]]
         del self._by_account[(association["clusterName"], association["namespace"], association["serviceAccount"])]
+        self._per_cluster[association["clusterName"]] -= 1
         return {"association": association}
 
     def _ListPodIdentityAssociations(self, params: dict[str, Any]) -> dict[str, Any]:
-        found = [a for a in self.associations.values() if a["clusterName"] == params["clusterName"]
-                 and params.get("namespace") in (None, a["namespace"])
-                 and params.get("serviceAccount") in (None, a["serviceAccount"])]
+        if params.get("namespace") and params.get("serviceAccount"):  # one account: indexed, as EKS would
+            key = self._by_account.get((params["clusterName"], params["namespace"], params["serviceAccount"]))
+            found = [] if key is None else [self.associations[key]]
+        else:
+            found = [a for a in self.associations.values() if a["clusterName"] == params["clusterName"]
+                     and params.get("namespace") in (None, a["namespace"])
+                     and params.get("serviceAccount") in (None, a["serviceAccount"])]
         found.sort(key=lambda a: a["associationId"])
         start = int(params.get("nextToken") or 0)
         size = params.get("maxResults", 100)
