@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     condition.add_argument("--config", required=True, help="path to jupyterhub_config.py")
     demo = commands.add_parser("demo", help="run JupyterHub, a Kubernetes emulator, moto and an OIDC provider on 127.0.0.1")
     demo.add_argument("--port", type=int, default=8000, help="JupyterHub's port on 127.0.0.1 (default 8000)")
+    demo.add_argument("--pod-identity", action="store_true",
+                      help="ESCAPE members get EKS Pod Identity associations (one shared role, a session policy each) "
+                           "instead of a role each; a local Pod Identity agent hands out their credentials")
     return parser
 
 
@@ -149,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import main as demo_main
 
-        return demo_main(args.port)
+        return demo_main(args.port, args.pod_identity)
     try:
         if args.command == "gcp-hub-condition":
             rules = identity_settings(load_config(args.config)).compiled_rules

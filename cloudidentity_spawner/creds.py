@@ -3,7 +3,8 @@
 In the user's server (enabled by default when the package is installed):
 
 * ``GET /api/cloudcreds/aws`` - ``sts:AssumeRoleWithWebIdentity`` with the pod's IRSA role
-  and projected token; JSON with the credentials and expiry.
+  and projected token (or, with EKS Pod Identity, the node agent's credentials for the pod's
+  association); JSON with the credentials and expiry.
   ``?format=credential_process`` gives AWS CLI ``credential_process`` JSON (Version 1),
   ``?format=env`` gives ``export`` lines.
 * ``GET /api/cloudcreds/gcp`` - an access token for the pod's Google identity (GKE
@@ -54,14 +55,45 @@ def sts_endpoint(env: dict[str, str]) -> str:
     return "https://sts.amazonaws.com/"
 
 
+async def container_credentials(env: dict[str, str]) -> dict[str, Any]:
+    """EKS Pod Identity: the node's agent hands out the association's role credentials for the
+    pod's projected token (``AWS_CONTAINER_CREDENTIALS_FULL_URI``)."""
+    url = env["AWS_CONTAINER_CREDENTIALS_FULL_URI"]
+    headers = {}
+    token_file = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                headers["Authorization"] = f.read().strip()
+        except OSError as e:
+            raise CredentialsError(409, f"The Pod Identity token file cannot be read: {e.strerror}") from None
+    try:
+        response = await AsyncHTTPClient().fetch(url, headers=headers, request_timeout=20)
+    except HTTPClientError as e:
+        raise CredentialsError(502, f"the Pod Identity agent refused the request ({e.code})") from None
+    except OSError as e:
+        raise CredentialsError(502, f"the Pod Identity agent is not reachable: {e}") from None
+    data = json.loads(response.body)
+    return {
+        "AccessKeyId": data["AccessKeyId"],
+        "SecretAccessKey": data["SecretAccessKey"],
+        "SessionToken": data.get("Token", ""),
+        "Expiration": data.get("Expiration", ""),
+        "AssumedRoleArn": None,
+        "RoleArn": None,
+    }
+
+
 async def aws_credentials(user: str, env: dict[str, str], duration: int = 3600) -> dict[str, Any]:
+    if env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI") and not env.get("AWS_ROLE_ARN"):
+        return await container_credentials(env)
     role_arn = env.get("AWS_ROLE_ARN")
     token_file = env.get("AWS_WEB_IDENTITY_TOKEN_FILE")
     if not role_arn or not token_file:
         raise CredentialsError(
             404,
             "This server has no AWS identity: AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE are not set "
-            "(no IRSA role on this server's ServiceAccount).",
+            "(no IRSA role on this server's ServiceAccount), nor AWS_CONTAINER_CREDENTIALS_FULL_URI (no EKS Pod Identity).",
         )
     try:
         with open(token_file, encoding="utf-8") as f:

@@ -13,6 +13,7 @@ Needs the ``demo`` extra (``pip install 'cloudidentity-spawner[demo]'``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -49,10 +50,20 @@ DEMO_PROFILES = [
 ISSUER_PATH = "oidc.eks.us-east-1.amazonaws.com/id/DEMO0CLUSTER0OIDC"
 
 
-def demo_rules() -> list[dict[str, Any]]:
+CLUSTER = "demo-eks"
+NOTEBOOK_ROLE = f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/notebooks"
+
+
+def demo_rules(pod_identity: bool = False) -> list[dict[str, Any]]:
+    atlas = {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
+             "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/escape-atlas"}}
+    if pod_identity:  # one shared role; each member's association narrows it to their prefix
+        return [atlas, {"name": "escape-members", "match": {"groups": ["/escape"]}, "scope": "user",
+                        "aws": {"pod_identity": {"cluster": CLUSTER, "role_arn": NOTEBOOK_ROLE,
+                                                 "session_policy": _scratch_policy()}},
+                        "env": {"SCRATCH_BUCKET": "s3://demo-scratch/{username}"}}]
     return [
-        {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
-         "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/escape-atlas"}},
+        atlas,
         {"name": "escape-members", "match": {"groups": ["/escape"]}, "scope": "user",
          "aws": {"managed": {
              "oidc_provider_arn": f"arn:aws:iam::{ACCOUNT}:oidc-provider/{ISSUER_PATH}",
@@ -104,12 +115,23 @@ def _wait_for_hub(url: str, timeout: float) -> bool:
     return False
 
 
-def pod_environment(pod: dict[str, Any], service_account: dict[str, Any] | None, moto_url: str, token_dir: str) -> dict[str, str]:
+def pod_environment(pod: dict[str, Any], service_account: dict[str, Any] | None, moto_url: str, token_dir: str,
+                    agent: PodIdentityAgent | None = None) -> dict[str, str]:
     """What a pod's process sees: its container env plus what EKS's IRSA webhook injects
-    for a ServiceAccount annotated with a role (pointed at moto instead of AWS)."""
+    for a ServiceAccount annotated with a role (pointed at moto instead of AWS), or what the
+    Pod Identity webhook injects for an associated ServiceAccount (pointed at the local agent)."""
     container = pod["spec"]["containers"][0]
     env = {e["name"]: e.get("value", "") for e in container.get("env", []) if "value" in e}
     annotations = ((service_account or {}).get("metadata") or {}).get("annotations") or {}
+    meta = pod["metadata"]
+    account = pod["spec"].get("serviceAccountName", "")
+    if agent is not None and (env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+                              or agent.eks.association_for(agent.cluster, meta["namespace"], account)):
+        token = Path(token_dir) / f"{meta['namespace']}-{meta['name']}.pod-identity-token"
+        token.write_text(agent.register(meta["namespace"], account, meta["name"]))
+        env.update(AWS_CONTAINER_CREDENTIALS_FULL_URI=agent.url, AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=str(token),
+                   AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=moto_url)
+        return env
     role_arn = annotations.get("eks.amazonaws.com/role-arn")
     if role_arn:
         token = Path(token_dir) / f"{pod['metadata']['namespace']}-{pod['metadata']['name']}.token"
@@ -126,11 +148,61 @@ def pod_environment(pod: dict[str, Any], service_account: dict[str, Any] | None,
     return env
 
 
+class PodIdentityAgent:
+    """The node's EKS Pod Identity agent, on 127.0.0.1: for a pod's projected token it looks up
+    the pod's association (in the local EKS API) and hands out credentials for the associated
+    role from moto's STS - with the association's session policy, or with session tags."""
+
+    def __init__(self, eks: Any, moto_url: str, cluster: str = CLUSTER):
+        self.eks, self.moto_url, self.cluster = eks, moto_url, cluster
+        self._tokens: dict[str, tuple[str, str, str]] = {}
+        self.url = ""
+
+    def register(self, namespace: str, service_account: str, pod: str) -> str:
+        """A projected token for one pod (what the kubelet writes into the pod)."""
+        token = "demo-pod-identity-" + secrets.token_urlsafe(24)
+        self._tokens[token] = (namespace, service_account, pod)
+        return token
+
+    def app(self):
+        from aiohttp import web
+
+        async def credentials(request):
+            pod = self._tokens.get(request.headers.get("Authorization", ""))
+            if pod is None:
+                return web.json_response({"message": "invalid token"}, status=401)
+            association = self.eks.association_for(self.cluster, pod[0], pod[1])
+            if association is None:
+                return web.json_response({"message": f"no Pod Identity association for {pod[0]}/{pod[1]}"}, status=400)
+            return web.json_response(await asyncio.to_thread(self._assume, association, pod))
+
+        app = web.Application()
+        app.router.add_get("/v1/credentials", credentials)
+        return app
+
+    def _assume(self, association: dict[str, Any], pod: tuple[str, str, str]) -> dict[str, Any]:
+        import boto3
+
+        sts = boto3.client("sts", endpoint_url=self.moto_url, region_name="us-east-1")
+        request: dict[str, Any] = {"RoleArn": association["roleArn"], "RoleSessionName": f"eks-{self.cluster}-{pod[2]}"[:64]}
+        if association.get("policy"):
+            request["Policy"] = association["policy"]
+        if not association.get("disableSessionTags"):
+            request["Tags"] = [{"Key": "kubernetes-namespace", "Value": pod[0]},
+                               {"Key": "kubernetes-service-account", "Value": pod[1]},
+                               {"Key": "eks-cluster-name", "Value": self.cluster}]
+        creds = sts.assume_role(**request)["Credentials"]
+        return {"AccessKeyId": creds["AccessKeyId"], "SecretAccessKey": creds["SecretAccessKey"],
+                "Token": creds["SessionToken"], "Expiration": creds["Expiration"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "AccountId": ACCOUNT}
+
+
 class LocalKubelet:
     """Runs ``jupyterhub-singleuser`` for each pod on 127.0.0.N:8888, N per pod."""
 
-    def __init__(self, api: Any, moto_url: str, workdir: str):
+    def __init__(self, api: Any, moto_url: str, workdir: str, agent: PodIdentityAgent | None = None):
         self.api = api
+        self.agent = agent
         self.moto_url = moto_url
         self.workdir = workdir
         self.processes: dict[str, subprocess.Popen] = {}
@@ -144,7 +216,7 @@ class LocalKubelet:
         meta = pod["metadata"]
         sa = self.api.get("serviceaccounts", meta["namespace"], pod["spec"].get("serviceAccountName", ""))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "AWS_"))}
-        env.update(pod_environment(pod, sa, self.moto_url, self.workdir))
+        env.update(pod_environment(pod, sa, self.moto_url, self.workdir, self.agent))
         service_url = env.get("JUPYTERHUB_SERVICE_URL", "http://0.0.0.0:8888/")
         env["JUPYTERHUB_SERVICE_URL"] = service_url.replace("0.0.0.0", ip)
         home = Path(self.workdir) / "home" / meta["name"]
@@ -175,9 +247,9 @@ class LocalKubelet:
                 process.kill()
 
 
-def hub_config(*, moto_url: str, oidc_url: str, port: int, hub_port: int) -> str:
+def hub_config(*, moto_url: str, oidc_url: str, port: int, hub_port: int, eks_url: str = "") -> str:
     """The demo's jupyterhub_config.py (the hub finds the emulator through $KUBECONFIG)."""
-    rules = demo_rules()
+    rules = demo_rules(pod_identity=bool(eks_url))
     return f"""
 from cloudidentity_spawner.auth import auth_state_groups
 c = get_config()
@@ -212,6 +284,7 @@ c.CloudIdentitySpawner.hub_name = "demo"
 c.CloudIdentitySpawner.aws_client_kwargs = {{"endpoint_url": "{moto_url}", "region_name": "us-east-1"}}
 c.CloudIdentitySpawner.aws_role_propagation_seconds = 0
 c.CloudIdentitySpawner.identity_rules = {rules!r}
+c.CloudIdentitySpawner.aws_eks_client_kwargs = {{"endpoint_url": "{eks_url or moto_url}", "region_name": "us-east-1"}}
 """
 
 
@@ -226,9 +299,15 @@ def _prepare_aws(moto_url: str) -> None:
     trust = {"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Principal": {"Federated": f"arn:aws:iam::{ACCOUNT}:oidc-provider/{ISSUER_PATH}"},
         "Action": "sts:AssumeRoleWithWebIdentity"}]}
+    pod_identity_trust = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"}, "Action": ["sts:AssumeRole", "sts:TagSession"]}]}
     steps = [
         lambda: iam.create_policy(PolicyName="jupyterhub-user-boundary", PolicyDocument=allow),
         lambda: iam.create_role(RoleName="escape-atlas", Path="/jupyterhub/", AssumeRolePolicyDocument=json.dumps(trust)),
+        lambda: iam.create_role(RoleName="notebooks", Path="/jupyterhub/", AssumeRolePolicyDocument=json.dumps(pod_identity_trust)),
+        lambda: iam.put_role_policy(RoleName="notebooks", PolicyName="scratch", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*",
+                                                     "Resource": ["arn:aws:s3:::demo-scratch", "arn:aws:s3:::demo-scratch/*"]}]})),
         lambda: boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1").create_bucket(Bucket="demo-scratch"),
     ]
     for step in steps:
@@ -239,10 +318,20 @@ def _prepare_aws(moto_url: str) -> None:
                 raise
 
 
+@contextlib.contextmanager
+def _running(server: Any):
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 class Demo:
     """Everything the demo runs; ``start()`` then ``stop()`` (or use it as a context manager)."""
 
-    def __init__(self, port: int = 8000, extra_config: str = ""):
+    def __init__(self, port: int = 8000, extra_config: str = "", pod_identity: bool = False):
+        self.pod_identity = pod_identity
         self.port = port
         self.extra_config = extra_config
         self.workdir = tempfile.mkdtemp(prefix="cloudidentity-demo-")
@@ -271,7 +360,15 @@ class Demo:
         _prepare_aws(self.moto_url)
 
         api = KubernetesAPI(namespaces=("default", NAMESPACE))
-        self.kubelet = LocalKubelet(api, self.moto_url, self.workdir)
+        self.eks_url, self.agent = "", None
+        if self.pod_identity:
+            from .testing.eks import EKSPodIdentity
+
+            eks = self._stack.enter_context(_running(KubernetesAPIServer(EKSPodIdentity(clusters=(CLUSTER,)))))
+            self.eks, self.eks_url = eks.api, eks.url
+            self.agent = PodIdentityAgent(eks.api, self.moto_url)
+            self.agent.url = self._stack.enter_context(_running(KubernetesAPIServer(self.agent))).url + "/v1/credentials"
+        self.kubelet = LocalKubelet(api, self.moto_url, self.workdir, self.agent)
         api.pod_runner = self.kubelet.run
         api.pod_stopper = self.kubelet.stop
         self.kube = KubernetesAPIServer(api).start()
@@ -284,8 +381,8 @@ class Demo:
         self.oidc_url = f"http://localhost:{oidc.server_port}"
 
         config = Path(self.workdir) / "jupyterhub_config.py"
-        config.write_text(hub_config(moto_url=self.moto_url, oidc_url=self.oidc_url,
-                                     port=self.port, hub_port=_free_port()) + self.extra_config)
+        config.write_text(hub_config(moto_url=self.moto_url, oidc_url=self.oidc_url, port=self.port,
+                                     hub_port=_free_port(), eks_url=self.eks_url) + self.extra_config)
         env = dict(os.environ)
         env.update(
             KUBECONFIG=kubeconfig,
@@ -325,22 +422,25 @@ class Demo:
         from .errors import IdentityError
         from .rules import IdentityRules
 
-        rules = IdentityRules.from_config(demo_rules(), "demo")
+        rules = IdentityRules.from_config(demo_rules(self.pod_identity), "demo")
         lines = []
         for name, claims in DEMO_USERS.items():
             try:
                 plan = rules.resolve(Claims(name, tuple(claims["wlcg.groups"]), claims), NAMESPACE)
+                how = " through a Pod Identity association" if plan.cloud.mode == "pod_identity" else ""
                 lines.append(f"  {name:6} {claims['name']:24} -> ServiceAccount {plan.service_account.name}, "
-                             f"role {plan.cloud.identity} ({plan.rule}, {plan.scope} scope)")
+                             f"role {plan.cloud.identity}{how} ({plan.rule}, {plan.scope} scope)")
             except IdentityError as e:
                 lines.append(f"  {name:6} {claims['name']:24} -> no identity: {e.user_message}")
         return lines
 
 
-def main(port: int = 8000) -> int:
-    demo = Demo(port).start()
+def main(port: int = 8000, pod_identity: bool = False) -> int:
+    demo = Demo(port, pod_identity=pod_identity).start()
     print(f"JupyterHub with CloudIdentitySpawner: {demo.url}")
     print(f"  Kubernetes API emulator: {demo.kube.url}   moto (AWS): {demo.moto_url}   OIDC: {demo.oidc_url}")
+    if pod_identity:
+        print(f"  EKS Pod Identity API: {demo.eks_url}   Pod Identity agent: {demo.agent.url}")
     print("Log in as any of these (pick the name on the identity provider's page):")
     print("\n".join(demo.mapping()))
     print("In a notebook: import boto3; boto3.client('sts').get_caller_identity()  # you, as your role")
