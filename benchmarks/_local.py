@@ -72,7 +72,8 @@ class LocalStack:
         c.CloudIdentitySpawner.cloud_cache_seconds = self.cache_seconds
         c.CloudIdentitySpawner.aws_eks_client_kwargs = {"endpoint_url": self.eks_server.url, "region_name": "eu-west-1"}
         c.CloudIdentitySpawner.gcp_client_factory = self.gcp_server.client_factory()
-        c.CloudIdentitySpawner.gcp_activation_seconds = 0
+        c.CloudIdentitySpawner.gcp_activation_seconds = 0  # the hub's own cost: no propagation waits
+        c.CloudIdentitySpawner.aws_pod_identity_propagation_seconds = 0
         c.CloudIdentitySpawner.gcp_annotation_settle_seconds = 0
         return c
 

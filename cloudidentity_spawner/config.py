@@ -137,6 +137,16 @@ class CloudIdentity(LoggingConfigurable):
         spawn instead of AccessDenied in their first notebook cell. 0 disables the wait.
         """,
     )
+    aws_pod_identity_propagation_seconds = Float(
+        5.0,
+        config=True,
+        help="""
+        After creating or changing an EKS Pod Identity association, wait this long (0-60 s)
+        before the pod starts: AWS documents that associations take a few seconds to take
+        effect, and a pod that asks the Pod Identity agent first gets no (or the old)
+        credentials. Warm spawns do not wait. 0 disables the wait.
+        """,
+    )
     gcp_propagation_seconds = Float(
         60.0,
         config=True,

@@ -283,6 +283,7 @@ c.KubeSpawner.profile_list = {DEMO_PROFILES!r}
 c.CloudIdentitySpawner.hub_name = "demo"
 c.CloudIdentitySpawner.aws_client_kwargs = {{"endpoint_url": "{moto_url}", "region_name": "us-east-1"}}
 c.CloudIdentitySpawner.aws_role_propagation_seconds = 0
+c.CloudIdentitySpawner.aws_pod_identity_propagation_seconds = 0
 c.CloudIdentitySpawner.identity_rules = {rules!r}
 c.CloudIdentitySpawner.aws_eks_client_kwargs = {{"endpoint_url": "{eks_url or moto_url}", "region_name": "us-east-1"}}
 """

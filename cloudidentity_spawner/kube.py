@@ -122,6 +122,22 @@ def _owned_for(existing: Mapping[str, Any] | None, plan: IdentityPlan) -> Mappin
     return annotations
 
 
+def hub_made_identity(annotations: Mapping[str, str], managed_places: Collection[str] = ()) -> str | None:
+    """The hub-made cloud identity a ServiceAccount of ours records (its ``managed-identity``
+    annotation: ``aws:<arn>``, ``gcp:<e-mail or principal>``, ``eks:<cluster>/<ns>/<sa>``), or for
+    an account made before that annotation existed, its role or Google account when that lies in
+    one of *managed_places*; None for an operator's identity."""
+    recorded = annotations.get(MANAGED_IDENTITY_ANNOTATION)
+    if recorded:
+        return recorded
+    role, email = annotations.get(aws.ROLE_ARN_ANNOTATION), annotations.get(gcp.GSA_ANNOTATION)
+    if role and any(role.startswith(p) for p in managed_places):
+        return f"aws:{role}"
+    if email and any(email.endswith(p) for p in managed_places):
+        return f"gcp:{email}"
+    return None
+
+
 def identity_to_revoke(
     existing: Mapping[str, Any] | None, plan: IdentityPlan, managed_places: Collection[str] = ()
 ) -> str | None:
@@ -140,13 +156,7 @@ def identity_to_revoke(
     annotations = _owned_for(existing, plan)
     if annotations is None:
         return None
-    old = annotations.get(MANAGED_IDENTITY_ANNOTATION)
-    if old is None:
-        role, email = annotations.get(aws.ROLE_ARN_ANNOTATION), annotations.get(gcp.GSA_ANNOTATION)
-        if role and any(role.startswith(p) for p in managed_places):
-            old = f"aws:{role}"
-        elif email and any(email.endswith(p) for p in managed_places):
-            old = f"gcp:{email}"
+    old = hub_made_identity(annotations, managed_places)
     if not old or old == plan.service_account.annotations.get(MANAGED_IDENTITY_ANNOTATION):
         return None
     if plan.cloud is not None and old == plan.cloud.recorded:
@@ -285,32 +295,33 @@ class ServiceAccounts:
             return "patched"
         return "unchanged"
 
-    async def delete_user_accounts(self, username: str, namespace: str) -> list[tuple[str, dict[str, str]]]:
-        """Delete the user-scope ServiceAccounts we created for *username* in *namespace*.
+    async def user_accounts(self, username: str, namespace: str) -> list[Any]:
+        """The user-scope ServiceAccounts we created for *username* in *namespace*.
 
         Selected by our labels, then checked by the exact owner annotation (label
-        values are hashed); adopted and group/hub accounts are never deleted.
+        values are hashed); adopted and group/hub accounts never qualify.
         """
         selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{SCOPE_LABEL}=user,{USER_LABEL}={names.label_value(username)}"
         listing = await self.call(
             lambda: self.api.list_namespaced_service_account(namespace, label_selector=selector, _request_timeout=self.request_timeout),
             f"list ServiceAccounts of {username!r}",
         )
-        deleted = []
-        for sa in listing.items:
-            annotations = sa.metadata.annotations or {}
-            if annotations.get(OWNER_ANNOTATION) != f"user:{username}" or annotations.get(ADOPTED_ANNOTATION):
-                continue
-            name = sa.metadata.name
-            try:
-                await self.call(
-                    lambda: self.api.delete_namespaced_service_account(
-                        name, namespace, body={"preconditions": {"uid": sa.metadata.uid}}, _request_timeout=self.request_timeout
-                    ),
-                    f"delete ServiceAccount {namespace}/{name}",
-                )
-            except ApiException as e:
-                if e.status != 404:
-                    raise
-            deleted.append((name, dict(annotations)))
-        return deleted
+        return [
+            sa for sa in listing.items
+            if (sa.metadata.annotations or {}).get(OWNER_ANNOTATION) == f"user:{username}"
+            and not (sa.metadata.annotations or {}).get(ADOPTED_ANNOTATION)
+        ]
+
+    async def delete_account(self, sa: Any) -> None:
+        """Delete exactly this ServiceAccount object (its uid), if it is still there."""
+        name, namespace = sa.metadata.name, sa.metadata.namespace
+        try:
+            await self.call(
+                lambda: self.api.delete_namespaced_service_account(
+                    name, namespace, body={"preconditions": {"uid": sa.metadata.uid}}, _request_timeout=self.request_timeout
+                ),
+                f"delete ServiceAccount {namespace}/{name}",
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise

@@ -22,10 +22,10 @@ from kubespawner.clients import shared_client
 from .claims import Claims, user_claims
 from .config import CloudIdentity
 from .errors import ConfigError, IdentityError, SpawnRefused
-from .kube import ServiceAccounts, bindings_to_remove, identity_to_revoke, is_retryable
+from .kube import ServiceAccounts, bindings_to_remove, hub_made_identity, identity_to_revoke, is_retryable, service_account_change
 from .metrics import IDENTITY_STEP_SECONDS, SERVICE_ACCOUNT_CHANGES, SPAWN_DECISIONS
-from .plan import MANAGED_IDENTITY_ANNOTATION, IdentityPlan
-from .providers import aws, backend_for, backend_for_plan, gcp
+from .plan import IdentityPlan
+from .providers import backend_for, backend_for_plan, gcp
 from .retry import Backoff, describe
 from .rules import ownership_markers
 
@@ -111,6 +111,9 @@ class IdentityProvisioner:
                 claims = await user_claims(self.settings, self.spawner.user)
             plan = await plan_for(self.settings, self.spawner, claims, namespace, rule_name)
             existing = await self.accounts.current(plan, cache)
+            # The account must be this plan's to take (ours, this owner's) before anything is
+            # granted to it: a name two rules both produce must not collect grants (pure; no call).
+            service_account_change(existing, plan)
             cloud_outcome = None
             if plan.cloud is not None and plan.cloud.hub_made:
                 # The cloud identity first: the ServiceAccount must not point at a role that is not there yet.
@@ -276,25 +279,26 @@ class IdentityProvisioner:
             ) from None
 
     async def forget_user(self, username: str, namespace: str) -> None:
-        """Delete the user's own ServiceAccounts and the managed cloud identities they pointed at."""
-        deleted = await self.accounts.delete_user_accounts(username, namespace)
+        """Delete the user's own ServiceAccounts and the hub-made cloud identities they record.
+
+        The cloud side goes first: if it cannot be removed, the account (and its record of what
+        to remove) stays for a later attempt, and the admin log says so. Only identities the
+        account records as hub-made are touched, never an operator's role or Google account.
+        """
         owner = f"user:{username}"
-        for name, recorded in deleted:
-            record = {"event": "cloudidentity.delete", "user": username, "service_account": f"{namespace}/{name}"}
-            role_arn = recorded.get(aws.ROLE_ARN_ANNOTATION)
-            if role_arn and self.settings.compiled_rules.manages("aws"):
-                record["cloud_identity"] = role_arn
-                record["cloud_identity_deleted"] = await backend_for(self.settings, "aws").delete(
-                    role_arn, owner, self.settings.hub_name
-                )
-            email = recorded.get(gcp.GSA_ANNOTATION)
-            hub_made = recorded.get(MANAGED_IDENTITY_ANNOTATION, "")
-            if email and self.settings.compiled_rules.manages("gcp"):
-                record["cloud_identity"] = email
-                record["cloud_identity_deleted"] = await backend_for(self.settings, "gcp").delete(
-                    email, owner, self.settings.hub_name, json.loads(recorded.get(gcp.BINDINGS_ANNOTATION, "[]"))
-                )
-            elif hub_made.startswith(("gcp:principal://", "eks:")):
-                record["cloud_identity"] = hub_made.split(":", 1)[1]
-                record["cloud_identity_deleted"] = await self.revoke(hub_made, owner, recorded)
+        for sa in await self.accounts.user_accounts(username, namespace):
+            recorded = dict(sa.metadata.annotations or {})
+            where = f"{namespace}/{sa.metadata.name}"
+            record: dict[str, Any] = {"event": "cloudidentity.delete", "user": username, "service_account": where}
+            identity = hub_made_identity(recorded, self.settings.compiled_rules.managed_places)
+            if identity:
+                record["cloud_identity"] = identity.split(":", 1)[1]
+                try:
+                    record["cloud_identity_deleted"] = await self.revoke(identity, owner, recorded)
+                except IdentityError as e:
+                    self.log.error("cloudidentity: user %s deleted, but %s could not be removed (%s); keeping "
+                                   "ServiceAccount %s, which records it, for a later deletion", username,
+                                   record["cloud_identity"], e.admin_detail, where)
+                    continue
+            await self.accounts.delete_account(sa)
             self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))

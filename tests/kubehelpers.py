@@ -42,6 +42,7 @@ def spawner_config(namespace: str, rules: list[dict], **extra: Any) -> Config:
     c.CloudIdentitySpawner.identity_api_backoff = 0.01
     # Waits for cloud propagation are tested where they are the subject (test_gcp).
     c.CloudIdentitySpawner.gcp_annotation_settle_seconds = 0
+    c.CloudIdentitySpawner.aws_pod_identity_propagation_seconds = 0
     for key, value in extra.items():
         section, _, trait = key.rpartition("__")
         c[section or "CloudIdentitySpawner"][trait] = value

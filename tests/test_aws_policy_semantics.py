@@ -122,7 +122,7 @@ def iam_calls_made_by_the_hub() -> set[str]:
     calls = {
         node.args[0].value
         for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "_call"
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("_call", "_gone_is_done")
         and node.args and isinstance(node.args[0], ast.Constant)
     }
     assert "CreateRole" in calls and "DeleteRole" in calls

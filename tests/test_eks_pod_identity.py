@@ -278,3 +278,24 @@ def test_the_hubs_eks_policy_allows_every_call_it_makes_and_only_with_its_tags()
     for key, value in change.items():
         assert plan_tags[key.removeprefix("aws:ResourceTag/")] == value
     assert allowed["iam:PassRole"]["Condition"]["StringEquals"]["iam:PassedToService"] == "pods.eks.amazonaws.com"
+
+
+async def test_a_new_association_gets_time_to_take_effect(namespace, eks):
+    import time
+
+    timings = []
+    for _ in range(2):
+        s = spawner(namespace, eks, "ivy", aws_pod_identity_propagation_seconds=0.6)
+        t0 = time.perf_counter()
+        await s._provisioner().prepare(namespace)
+        timings.append(time.perf_counter() - t0)
+    assert timings[0] >= 0.6 > timings[1]  # created: waited; unchanged: not
+
+
+async def test_removing_a_session_policy_makes_the_association_again(namespace, eks):
+    await spawn(spawner(namespace, eks, "jon", cloud_cache_seconds=0))
+    before = association(eks, namespace, "jupyter-jon")
+    await spawn(spawner(namespace, eks, "jon", rule_list=rules(session_policy=False), cloud_cache_seconds=0))
+    after = association(eks, namespace, "jupyter-jon")
+    assert "policy" not in after and after["disableSessionTags"] is False
+    assert after["associationId"] != before["associationId"] and after["tags"] == before["tags"]

@@ -187,3 +187,32 @@ async def test_rate_limited_calls_are_tried_again(namespace, gcp_server, bucket)
         gcp_server.state.throttle_share = 0.0
     assert gcp_server.state.throttled_count > 0
     assert members(gcp_server, folder(bucket, "hana"), ROLE) == {member(namespace, "hana")}
+
+
+async def test_a_name_two_rules_share_gets_no_grant_before_the_owner_check(namespace, gcp_server, bucket):
+    """A group rule whose account name is a user's own must not grant the group's roles to that
+    user's principal before the spawn is refused for the name clash."""
+    await spawn(spawner_for(namespace, gcp_server, "alice", principal_rules(bucket)))
+    group_rule = principal_rules(bucket)
+    group_rule[0].update(scope="group", service_account="jupyter-{group}", match={"groups": ["alice"]})
+    group_rule[0]["gcp"]["principal"]["bucket_roles"] = [{"bucket": bucket, "role": "roles/storage.objectViewer", "prefix": "shared"}]
+    c = spawner_config(namespace, group_rule, gcp_client_factory=gcp_server.client_factory(), gcp_activation_seconds=0)
+    mallory = make_spawner(CloudIdentitySpawner, c, SpawnUser("mallory", oidc_state(groups=["alice"])))
+    with pytest.raises(SpawnRefused):
+        await mallory.start()
+    assert gcp_server.state.managed_folders.get((bucket, "shared/")) is None
+    assert members(gcp_server, folder(bucket, "shared"), "roles/storage.objectViewer") == set()
+
+
+async def test_a_user_whose_grants_cannot_be_removed_keeps_the_record(namespace, gcp_server, bucket, caplog):
+    await spawn(spawner_for(namespace, gcp_server, "kim", principal_rules(bucket)))
+    gcp_server.state.throttle_share = 1.0  # Google refuses every call, past every retry
+    try:
+        await spawner_for(namespace, gcp_server, "kim", principal_rules(bucket)).delete_forever()
+    finally:
+        gcp_server.state.throttle_share = 0.0
+    assert await read("serviceaccount", namespace, "jupyter-kim") is not None  # still records what to remove
+    assert any("could not be removed" in r.getMessage() for r in caplog.records)
+    await spawner_for(namespace, gcp_server, "kim", principal_rules(bucket)).delete_forever()
+    assert members(gcp_server, folder(bucket, "kim"), ROLE) == set()
+    assert await read("serviceaccount", namespace, "jupyter-kim") is None

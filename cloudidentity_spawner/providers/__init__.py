@@ -50,6 +50,7 @@ def backend_for(settings: Any, provider: str) -> Any:
                 kwargs,
                 max_concurrent_calls=settings.aws_max_concurrent_calls,
                 cache_seconds=settings.cloud_cache_seconds,
+                propagation_seconds=settings.aws_pod_identity_propagation_seconds,
                 log=settings.log,
             )
         return _backends[key]

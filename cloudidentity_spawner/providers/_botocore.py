@@ -25,7 +25,7 @@ _RETRY_CODES = {"Throttling", "ThrottlingException", "TooManyRequestsException",
 
 def client(service: str, client_kwargs: Mapping[str, Any] | None = None) -> Any:
     """A boto3 client that tries each call once (see the module docstring)."""
-    config = BotoConfig(retries={"mode": "standard", "total_max_attempts": 1})
+    config = BotoConfig(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=5, read_timeout=20)
     return boto3.client(service, config=config, **dict(client_kwargs or {}))
 
 

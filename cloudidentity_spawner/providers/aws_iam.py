@@ -248,12 +248,21 @@ class ManagedRoles:
                 self.log.info("cloudidentity: not deleting IAM role %s: not managed by this hub for %s", name, owner)
             return False
         for policy in (await self._call("ListRolePolicies", RoleName=name))["PolicyNames"]:
-            await self._call("DeleteRolePolicy", RoleName=name, PolicyName=policy)
+            await self._gone_is_done("DeleteRolePolicy", RoleName=name, PolicyName=policy)
         for policy in (await self._call("ListAttachedRolePolicies", RoleName=name))["AttachedPolicies"]:
-            await self._call("DetachRolePolicy", RoleName=name, PolicyArn=policy["PolicyArn"])
-        await self._call("DeleteRole", RoleName=name)
+            await self._gone_is_done("DetachRolePolicy", RoleName=name, PolicyArn=policy["PolicyArn"])
+        await self._gone_is_done("DeleteRole", RoleName=name)
         self.converged.forget(name)
         return True
+
+    async def _gone_is_done(self, operation: str, **kwargs: Any) -> None:
+        """A removal whose object is already gone is done: a retried call whose first try
+        succeeded answers NoSuchEntity."""
+        try:
+            await self._call(operation, **kwargs)
+        except ClientError as e:
+            if _code(e) != "NoSuchEntity":
+                raise
 
     def _error(self, plan: IdentityPlan, error: ClientError) -> IdentityError:
         code = _code(error)

@@ -10,6 +10,7 @@ throttled and failed calls are tried again with jittered backoff *outside* that 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,11 +40,13 @@ class PodIdentityAssociations:
         *,
         max_concurrent_calls: int = 4,
         cache_seconds: float = 3600.0,
+        propagation_seconds: float = 5.0,
         log: Any = None,
     ):
         self.eks = client("eks", client_kwargs)
         self.calls = CloudCalls("eks", max_concurrent_calls)
         self.converged = Converged(cache_seconds)
+        self.propagation_seconds = max(0.0, min(propagation_seconds, 60.0))
         self.log = log
 
     async def _call(self, operation: str, **kwargs: Any) -> Any:
@@ -84,6 +87,10 @@ class PodIdentityAssociations:
                     "or ask your hub admin.",
                     f"EKS call for the Pod Identity association of {key} failed: {e}",
                 ) from None
+            if outcome != "unchanged" and self.propagation_seconds:
+                # AWS documents that a new or changed association takes a few seconds to take
+                # effect; a pod asking the agent before then gets no (or the old) credentials.
+                await asyncio.sleep(self.propagation_seconds)
             self.converged.remember(key, planned)
             return outcome
 
@@ -106,10 +113,15 @@ class PodIdentityAssociations:
                     raise
         self._check_ours(plan, current)
         if (current.get("roleArn") == want["roleArn"] and bool(current.get("disableSessionTags")) == want["disableSessionTags"]
-                and (current.get("policy") or None) == want["policy"]):
+                and (current.get("policy") or None) == want["policy"] and not current.get("targetRoleArn")):
             return "unchanged"
-        if want["policy"] is None and current.get("policy"):
-            settings["policy"] = ""  # EKS removes a session policy when it is set to the empty string
+        if (current.get("policy") and want["policy"] is None) or current.get("targetRoleArn"):
+            # Something to take away (a session policy, a chained target role): the association is
+            # ours, so it is made again rather than relying on an update to remove a field.
+            await self._call("DeletePodIdentityAssociation", clusterName=cluster, associationId=current["associationId"])
+            await self._call("CreatePodIdentityAssociation", clusterName=cluster, namespace=namespace,
+                             serviceAccount=account, tags=want["tags"], **settings)
+            return "updated"
         await self._call("UpdatePodIdentityAssociation", clusterName=cluster, associationId=current["associationId"], **settings)
         return "updated"
 
