@@ -8,7 +8,9 @@ retries on 5xx, 429 and timeouts (:mod:`.retry`).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
+import secrets
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,7 +32,7 @@ from .plan import (
     IdentityPlan,
 )
 from .providers import aws, gcp
-from .retry import Backoff
+from .retry import Backoff, describe
 
 ADOPTED_ANNOTATION = PREFIX + "adopted"
 """Marks a ServiceAccount we took over (``adopt: true``): we update it but never delete it."""
@@ -209,6 +211,10 @@ def _metadata(sa: Any) -> dict[str, Any]:
     return {"labels": meta.labels or {}, "annotations": meta.annotations or {}, "name": meta.name}
 
 
+_EVENT_TASKS: set[asyncio.Future] = set()
+"""Events being written (a reference each, so none is collected before it is sent)."""
+
+
 class ServiceAccounts:
     """Kubernetes ServiceAccount I/O for identity plans."""
 
@@ -294,6 +300,40 @@ class ServiceAccounts:
             )
             return "patched"
         return "unchanged"
+
+    def record_event(self, plan: IdentityPlan, reason: str, message: str) -> None:
+        """A Kubernetes Event on the plan's ServiceAccount, so ``kubectl describe sa`` tells what
+        the hub did to it and why. Sent in the background and best effort: it never delays or
+        fails a spawn; one that cannot be written (no ``create`` on ``events``) is logged."""
+        task = asyncio.ensure_future(self._write_event(plan, reason, message))
+        _EVENT_TASKS.add(task)
+        task.add_done_callback(_EVENT_TASKS.discard)
+
+    async def _write_event(self, plan: IdentityPlan, reason: str, message: str) -> None:
+        sa = plan.service_account
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{sa.name}.{secrets.token_hex(8)}", "namespace": sa.namespace,
+                         "labels": {MANAGED_BY_LABEL: MANAGED_BY}},
+            "involvedObject": {"apiVersion": "v1", "kind": "ServiceAccount", "name": sa.name, "namespace": sa.namespace},
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Normal",
+            "source": {"component": MANAGED_BY},
+            "reportingComponent": MANAGED_BY,
+            "reportingInstance": "jupyterhub",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.api.create_namespaced_event(sa.namespace, body, _request_timeout=self.request_timeout)
+        except Exception as e:
+            if self.log is not None:
+                self.log.warning("cloudidentity: could not record event %s on ServiceAccount %s/%s: %s",
+                                 reason, sa.namespace, sa.name, describe(e))
 
     async def user_accounts(self, username: str, namespace: str) -> list[Any]:
         """The user-scope ServiceAccounts we created for *username* in *namespace*.

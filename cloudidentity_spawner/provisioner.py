@@ -26,6 +26,7 @@ from .kube import ServiceAccounts, bindings_to_remove, hub_made_identity, identi
 from .metrics import IDENTITY_STEP_SECONDS, SERVICE_ACCOUNT_CHANGES, SPAWN_DECISIONS
 from .plan import IdentityPlan
 from .providers import backend_for, backend_for_plan, gcp
+from .providers.managed import PROGRESS
 from .retry import Backoff, describe
 from .rules import ownership_markers
 
@@ -75,6 +76,16 @@ async def plan_for(
     return rules.resolve(claims, namespace, rule_name)
 
 
+EVENT_REASONS = {"created": "CloudIdentityCreated", "patched": "CloudIdentityUpdated", "unchanged": "CloudIdentityUpdated"}
+
+
+def event_message(plan: IdentityPlan, outcome: str, cloud_outcome: str | None) -> str:
+    """What a ServiceAccount's Event says: who it is for, by which rule, and which identity."""
+    cloud = "no cloud identity" if plan.cloud is None else f"{plan.cloud.provider} {plan.cloud.mode} {plan.cloud.identity}"
+    made = f" ({cloud_outcome})" if cloud_outcome in ("created", "updated") else ""
+    return f"ServiceAccount {outcome} for {plan.owner} by rule {plan.rule!r}: {cloud}{made}"
+
+
 class IdentityProvisioner:
     """Plan + ensure + log, shared by the spawner and the plain ``pre_spawn_hook``."""
 
@@ -93,15 +104,24 @@ class IdentityProvisioner:
         to the account) or None; *claims*, if the caller has read them already.
         """
         started = time.perf_counter()
+        shown = PROGRESS.set(self.show_progress)
         try:
             plan = await self._prepare(namespace, cache, rule_name, claims)
         except SpawnRefused:
             IDENTITY_STEP_SECONDS.labels("refused").observe(time.perf_counter() - started)
             SPAWN_DECISIONS.labels("refused", "", "").inc()
             raise
+        finally:
+            PROGRESS.reset(shown)
         IDENTITY_STEP_SECONDS.labels("ok").observe(time.perf_counter() - started)
         SPAWN_DECISIONS.labels("ok", plan.scope, plan.cloud.provider if plan.cloud else "none").inc()
         return plan
+
+    def show_progress(self, message: str) -> None:
+        """A message on the spawn page (CloudIdentitySpawner's progress events; the plain hook has none)."""
+        progress = getattr(self.spawner, "_identity_progress", None)
+        if progress is not None:
+            progress.append(message)
 
     async def _prepare(self, namespace: str, cache: Any, rule_name: str | None, claims: Claims | None) -> IdentityPlan:
         who = self.spawner.user.name + (f"/{self.spawner.name}" if self.spawner.name else "")
@@ -128,12 +148,17 @@ class IdentityProvisioner:
                     await self.refuse_while_other_pods_use(plan, old)
                     if await self.revoke(old, plan.owner, found["annotations"]):
                         revoked.append(old)
+                        self.accounts.record_event(
+                            plan, "CloudIdentityRevoked",
+                            f"Revoked {old.split(':', 1)[1]} (no longer planned for {plan.owner}; rule {plan.rule!r})")
                 stale = bindings_to_remove(found, plan)
                 if stale:
                     await self.revoke_bindings(plan.cloud.identity, stale)
 
             await revoke_what_it_no_longer_plans(existing)
             outcome = await self.accounts.ensure(plan, existing, before_change=revoke_what_it_no_longer_plans)
+            if outcome != "unchanged" or cloud_outcome in ("created", "updated"):
+                self.accounts.record_event(plan, EVENT_REASONS[outcome], event_message(plan, outcome, cloud_outcome))
             if plan.cloud is not None and plan.cloud.provider == "gcp":
                 await self.await_activation(plan, existing)
         except IdentityError as e:
@@ -184,13 +209,11 @@ class IdentityProvisioner:
         if not deadlines or max(deadlines) <= time.monotonic():
             return
         deadline, started = max(deadlines), time.monotonic()
-        progress = getattr(self.spawner, "_identity_progress", None)
-        if progress is not None:
-            long_wait = len(deadlines) > 1 or plan.cloud.hub_made
-            progress.append(
-                "Your new Google identity is being activated (this can take a few minutes)." if long_wait
-                else "Your server is being connected to its Google identity."
-            )
+        long_wait = len(deadlines) > 1 or plan.cloud.hub_made
+        self.show_progress(
+            "Your new Google identity is being activated (this can take a few minutes)." if long_wait
+            else "Your server is being connected to its Google identity."
+        )
         check = self.settings.gcp_activation_check
         while True:
             if check is not None and await self._check_passes(check, plan, deadline):

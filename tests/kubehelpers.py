@@ -94,3 +94,11 @@ async def create_service_account(namespace: str, body: dict) -> None:
 
 def oidc_state(**claims) -> dict:
     return {"access_token": "token", "oauth_user": {"sub": claims.pop("sub", "s"), **claims}}
+
+
+async def list_events(namespace: str) -> list[dict]:
+    """The namespace's Events as the cluster has them now (plain JSON)."""
+    api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    async with api_client:
+        events = await client.CoreV1Api(api_client).list_namespaced_event(namespace)
+        return api_client.sanitize_for_serialization(events)["items"]

@@ -299,3 +299,16 @@ async def test_removing_a_session_policy_makes_the_association_again(namespace, 
     after = association(eks, namespace, "jupyter-jon")
     assert "policy" not in after and after["disableSessionTags"] is False
     assert after["associationId"] != before["associationId"] and after["tags"] == before["tags"]
+
+
+async def test_the_spawn_page_says_what_the_long_steps_are_doing(namespace, eks):
+    s = spawner(namespace, eks, "lea", aws_pod_identity_propagation_seconds=0.2)
+    await s.start()
+    events = []
+    async for event in s.progress():
+        events.append(event["message"])
+        if len(events) >= 2:
+            break
+    await s.stop()
+    assert events[:2] == ["Creating your cloud identity (an EKS Pod Identity association).",
+                          "Waiting 0.2 s for EKS to apply your cloud identity."]

@@ -98,6 +98,8 @@ def test_rbac_covers_every_call_the_spawner_makes():
     needed = kubernetes_verbs_the_spawner_uses()
     assert {"get", "create", "patch", "delete"} <= needed
     assert needed <= granted
+    events = {verb for rule in role["rules"] if "events" in rule["resources"] for verb in rule["verbs"]}
+    assert "create_namespaced_event" in Path(kube.__file__).read_text() and events == {"create"}
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub"}]  # z2jh's hub account
     # The per-user accounts themselves are never bound to any role.

@@ -283,7 +283,8 @@ async def test_first_spawn_goes_through_both_windows_and_says_so(namespace, gcp_
         await spawner.start()
         assert can_exchange(gcp_server, namespace, "ova")  # the pod's first cell gets its token
         events = [e async for e in spawner.progress()]
-        assert events[0]["message"].startswith("Your new Google identity is being activated")
+        assert events[0]["message"] == "Creating your cloud identity (a Google service account)."
+        assert events[1]["message"].startswith("Your new Google identity is being activated")
         await spawner.stop()
         # A warm spawn does not wait again.
         warm = gcp_spawner(namespace, gcp_server, hub, "ova", gcp_activation_seconds=10,

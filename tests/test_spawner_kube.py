@@ -19,7 +19,7 @@ from kubespawner import KubeSpawner
 from cloudidentity_spawner import CloudIdentitySpawner, pre_spawn_hook
 from cloudidentity_spawner.errors import SpawnRefused
 
-from .kubehelpers import SpawnUser, create_service_account, make_spawner, oidc_state, read, spawner_config
+from .kubehelpers import SpawnUser, create_service_account, list_events, make_spawner, oidc_state, read, spawner_config
 
 ROLE = "arn:aws:iam::123456789012:role/jupyterhub/{username}"
 RULES = [
@@ -631,3 +631,26 @@ async def test_the_hook_with_user_namespaces_makes_the_namespace_first(namespace
         api_client, api = await cluster_api()
         async with api_client:
             await api.delete_namespace(f"{namespace}-wil")
+
+
+async def test_kubectl_describe_sa_tells_what_the_hub_did(namespace):
+    """An Event on the ServiceAccount for each create, change and revocation (background, best effort)."""
+    rules = [{"name": "everyone", "match": {}, "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/{username}"}}]
+    s = make_spawner(CloudIdentitySpawner, spawner_config(namespace, rules), SpawnUser("olga", oidc_state()))
+    await s.start()
+    await s.stop()
+    moved = [{"name": "moved", "match": {}, "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/other"}}]
+    s = make_spawner(CloudIdentitySpawner, spawner_config(namespace, moved), SpawnUser("olga", oidc_state()))
+    await s.start()
+    await s.stop()
+    events = []
+    for _ in range(50):
+        events = [e for e in (await list_events(namespace))
+                  if e["involvedObject"].get("kind") == "ServiceAccount" and e["involvedObject"]["name"] == "jupyter-olga"]
+        if len(events) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    by_reason = {e["reason"]: e["message"] for e in events}
+    assert "rule 'everyone'" in by_reason["CloudIdentityCreated"] and "role/jupyterhub/olga" in by_reason["CloudIdentityCreated"]
+    assert "rule 'moved'" in by_reason["CloudIdentityUpdated"] and "role/jupyterhub/other" in by_reason["CloudIdentityUpdated"]
+    assert all(e["source"]["component"] == "cloudidentity-spawner" and e["type"] == "Normal" for e in events)

@@ -25,7 +25,7 @@ from ..errors import IdentityError
 from ..plan import MANAGED_BY, IdentityPlan, thaw
 from ._botocore import RETRIES, client, worth_retrying
 from .aws import TAG_HUB, TAG_MANAGED_BY, TAG_OWNER, parse_role_arn, tag_value
-from .managed import CloudCalls, Converged, failed_operation, fingerprint
+from .managed import CloudCalls, Converged, failed_operation, fingerprint, report_progress, seconds_text
 
 INLINE_POLICY_NAME = "cloudidentity-spawner"
 TRUST_POLICY_LIMIT = 2048
@@ -99,6 +99,7 @@ class ManagedRoles:
             current = None
         if current is None:
             try:
+                report_progress("Creating your cloud identity (an AWS IAM role).")
                 await self._create(role)
                 await self._settle(name)
                 return "created"
@@ -139,6 +140,7 @@ class ManagedRoles:
         AWS call does not fail."""
         if self.propagation_seconds <= 0:
             return
+        report_progress(f"Waiting up to {seconds_text(self.propagation_seconds)} s for AWS IAM to accept your role.")
         waiter = self.iam.get_waiter("role_exists")
         delay = min(1, self.propagation_seconds)
         attempts = max(1, int(self.propagation_seconds / delay))

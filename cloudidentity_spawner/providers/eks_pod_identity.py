@@ -21,7 +21,7 @@ from ..errors import IdentityError
 from ..plan import MANAGED_BY, IdentityPlan, thaw
 from ._botocore import RETRIES, client, worth_retrying
 from .aws import TAG_HUB, TAG_MANAGED_BY, TAG_OWNER, tag_value
-from .managed import CloudCalls, Converged, failed_operation, fingerprint
+from .managed import CloudCalls, Converged, failed_operation, fingerprint, report_progress, seconds_text
 
 ASSOCIATION_QUOTA = 5000
 """EKS's default number of Pod Identity associations per cluster."""
@@ -88,6 +88,7 @@ class PodIdentityAssociations:
                     f"EKS call for the Pod Identity association of {key} failed: {e}",
                 ) from None
             if outcome != "unchanged" and self.propagation_seconds:
+                report_progress(f"Waiting {seconds_text(self.propagation_seconds)} s for EKS to apply your cloud identity.")
                 # AWS documents that a new or changed association takes a few seconds to take
                 # effect; a pod asking the agent before then gets no (or the old) credentials.
                 await asyncio.sleep(self.propagation_seconds)
@@ -101,6 +102,7 @@ class PodIdentityAssociations:
         if want["policy"] is not None:
             settings["policy"] = want["policy"]
         if current is None:
+            report_progress("Creating your cloud identity (an EKS Pod Identity association).")
             try:
                 await self._call("CreatePodIdentityAssociation", clusterName=cluster, namespace=namespace,
                                  serviceAccount=account, tags=want["tags"], **settings)

@@ -22,7 +22,7 @@ from google.api_core import exceptions as gexc
 from ..errors import IdentityError
 from ..plan import IdentityPlan, thaw
 from ..retry import Backoff
-from .managed import CloudCalls, Converged, failed_operation, fingerprint
+from .managed import CloudCalls, Converged, failed_operation, fingerprint, report_progress
 from .gcp import MARKER_START, WORKLOAD_IDENTITY_USER, iam_member, ownership_marker
 
 CONFLICTS = (gexc.Aborted, gexc.Conflict, gexc.PreconditionFailed)
@@ -118,6 +118,7 @@ class ManagedServiceAccounts:
         except gexc.NotFound:
             current = None
         if current is None:
+            report_progress("Creating your cloud identity (a Google service account).")
             try:
                 await self._call(
                     "CreateServiceAccount",

@@ -21,10 +21,27 @@ import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from ..metrics import CLOUD_CALLS, CLOUD_CALLS_IN_FLIGHT
 from ..plan import thaw
+
+PROGRESS: ContextVar[Callable[[str], None] | None] = ContextVar("cloudidentity_progress", default=None)
+"""Where this spawn's progress messages go (the spawn page); set by the provisioner per spawn."""
+
+
+def report_progress(message: str) -> None:
+    """Tell the user waiting on the spawn page what a long step is doing."""
+    show = PROGRESS.get()
+    if show is not None:
+        show(message)
+
+
+def seconds_text(seconds: float) -> str:
+    """``10`` or ``0.5``: a wait as people read it."""
+    return f"{seconds:.1f}".rstrip("0").rstrip(".")
+
 
 RECENT_CALLS = 256
 """How many call names :attr:`CloudCalls.recent` keeps (for the hub log and tests)."""
