@@ -76,6 +76,21 @@ async def plan_for(
     return rules.resolve(claims, namespace, rule_name)
 
 
+def identity_sentence(plan: IdentityPlan) -> str:
+    """What the user is told their server will run as (spawn form and progress page)."""
+    why = {"user": "your own", "group": f"shared with group {plan.group}", "hub": "shared by everyone it matches"}[plan.scope]
+    cloud = plan.cloud
+    if cloud is None:
+        return f"Your server will run with no cloud identity (rule {plan.rule}, ServiceAccount {plan.service_account.name})."
+    if cloud.mode == "principal":
+        what = f"its own Google principal (ServiceAccount {plan.service_account.namespace}/{plan.service_account.name})"
+    elif cloud.mode == "pod_identity":
+        what = f"{cloud.identity} through an EKS Pod Identity association"
+    else:
+        what = cloud.identity
+    return f"Your server will run as {what} (rule {plan.rule}, {why})."
+
+
 EVENT_REASONS = {"created": "CloudIdentityCreated", "patched": "CloudIdentityUpdated", "unchanged": "CloudIdentityUpdated"}
 
 

@@ -16,6 +16,7 @@ deleted behind the cache), ``_ensure_namespace`` and ``_get_reflector_key`` /
 from __future__ import annotations
 
 import asyncio
+import html
 from typing import Any
 
 from jupyterhub.utils import maybe_future
@@ -25,12 +26,12 @@ from traitlets import Bool, Float, Integer, default
 
 from .claims import Claims, hub_groups, user_claims
 from .config import CloudIdentity
-from .errors import IdentityError, SpawnRefused
+from .errors import ConfigError, IdentityError, SpawnRefused
 from .kube import ServiceAccountReflector
 from .pinning import apply_plan, pinning_hook
 from .plan import IdentityPlan
 from .profiles import ProfileNotAllowed, check_selection, visible_profiles
-from .provisioner import IdentityProvisioner, api_message
+from .provisioner import IdentityProvisioner, api_message, identity_sentence, plan_for
 from .retry import Backoff, describe
 from .startup import guard_jupyterhub_startup
 
@@ -172,12 +173,28 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
 
     async def _render_form_for_user(self, spawner: Any) -> str:
         """Render the profile form with only what this user's groups allow (every time:
-        group membership can change between visits)."""
-        await self._claims_for_profiles()
+        group membership can change between visits), under a line saying which cloud identity
+        the server will run as - or, when the user has none, why, and no Start button."""
+        claims = await self._claims_for_profiles()
         profile_list = self.profile_list
         if callable(profile_list):
             profile_list = await maybe_future(profile_list(spawner))
-        return self._render_options_form(self._sorted_dict_values(profile_list))
+        return await self._identity_line(claims) + self._render_options_form(self._sorted_dict_values(profile_list))
+
+    async def _identity_line(self, claims: Claims | None) -> str:
+        """HTML: the identity the default profile gives (no I/O beyond the user's stored login)."""
+        try:
+            if claims is None:
+                claims = await user_claims(self, self.user)
+            plan = await plan_for(self, self, claims, self.namespace)
+        except (IdentityError, ConfigError) as e:
+            message = e.user_message if isinstance(e, IdentityError) else "This hub's cloud identity configuration has an error."
+            # No Start button: the spawn would be refused for the same reason.
+            return (f'<div class="alert alert-warning cloudidentity-identity" role="alert">{html.escape(message)}</div>'
+                    '<script>document.addEventListener("DOMContentLoaded", function () {'
+                    ' document.querySelectorAll(\'#spawn_form [type="submit"]\').forEach(function (b) { b.remove(); }); });'
+                    '</script>')
+        return f'<div class="alert alert-info cloudidentity-identity" role="status">{html.escape(identity_sentence(plan))}</div>'
 
     async def _selected_profile(self) -> Any:
         """Check the submitted profile, choices and values against what the user may see
@@ -214,6 +231,7 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         cache = await self._service_account_cache()
         plan = await self._provisioner().prepare(self.namespace, cache, rule_name, claims)
         self._identity_plan = plan
+        self._identity_progress.append(identity_sentence(plan))
         apply_plan(self, plan, self._configured_automount)
         # After the profile's kubespawner_override, which may set its own modify_pod_hook.
         self.modify_pod_hook = pinning_hook(self.modify_pod_hook, plan, self._configured_automount, self.irsa_pod_spec)

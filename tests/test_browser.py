@@ -62,6 +62,9 @@ def test_alice_sees_her_profiles_and_her_server_starts_under_her_account(browser
     page.screenshot(path=str(ARTIFACTS / "profile-form-alice.png"), full_page=True)
     text = page.content()
     assert "ATLAS analysis with the project role" in text and "ROOT analysis" in text
+    line = page.locator(".cloudidentity-identity").inner_text()
+    assert line == ("Your server will run as arn:aws:iam::123456789012:role/jupyterhub/escape-atlas "
+                    "(rule atlas, shared with group /escape/atlas).")
     page.get_by_text("ATLAS analysis with the project role").click()
     page.get_by_role("button", name="Start").click()
     page.wait_for_url("**/user/alice/**", timeout=90_000)
@@ -78,14 +81,23 @@ def test_carol_does_not_see_atlas_profiles(browser, demo):
     text = page.content()
     assert "Standard notebook" in text
     assert "ATLAS analysis with the project role" not in text and "ROOT analysis" not in text
+    assert page.locator(".cloudidentity-identity").inner_text() == (
+        "Your server will run as arn:aws:iam::123456789012:role/jupyterhub/demo/demo-carol (rule escape-members, your own).")
 
 
-def test_bob_sees_the_no_identity_message(browser, demo):
+def test_bob_sees_why_before_pressing_start_and_has_no_start_button(browser, demo):
     page = log_in(browser, demo, "bob")
-    page.get_by_role("button", name="Start").click()
-    page.get_by_text("No cloud identity is configured for user 'bob'").wait_for(timeout=60_000)
-    page.screenshot(path=str(ARTIFACTS / "spawn-failed-bob.png"), full_page=True)
+    assert page.locator(".cloudidentity-identity").inner_text().startswith("No cloud identity is configured for user 'bob'")
+    assert page.locator('#spawn_form [type="submit"]').count() == 0
+    page.screenshot(path=str(ARTIFACTS / "spawn-form-bob.png"), full_page=True)
+    # Submitted anyway (the form posted by hand), the spawn is refused with the same message.
+    with page.expect_navigation(timeout=60_000):
+        page.evaluate("document.getElementById('spawn_form').submit()")
+    error = page.locator(".spawn-error-msg")  # JupyterHub's own error line on the spawn page
+    error.wait_for(timeout=60_000)
+    assert "No cloud identity is configured for user 'bob'" in error.inner_text()
     assert "Traceback" not in page.content()
+    page.screenshot(path=str(ARTIFACTS / "spawn-failed-bob.png"), full_page=True)
 
 
 def test_posting_a_hidden_profile_is_refused(demo):

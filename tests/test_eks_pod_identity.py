@@ -307,8 +307,9 @@ async def test_the_spawn_page_says_what_the_long_steps_are_doing(namespace, eks)
     events = []
     async for event in s.progress():
         events.append(event["message"])
-        if len(events) >= 2:
+        if len(events) >= 3:
             break
     await s.stop()
-    assert events[:2] == ["Creating your cloud identity (an EKS Pod Identity association).",
-                          "Waiting 0.2 s for EKS to apply your cloud identity."]
+    assert events[:3] == ["Creating your cloud identity (an EKS Pod Identity association).",
+                          "Waiting 0.2 s for EKS to apply your cloud identity.",
+                          f"Your server will run as {ROLE} through an EKS Pod Identity association (rule everyone, your own)."]
