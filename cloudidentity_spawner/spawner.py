@@ -194,6 +194,9 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
                     '<script>document.addEventListener("DOMContentLoaded", function () {'
                     ' document.querySelectorAll(\'#spawn_form [type="submit"]\').forEach(function (b) { b.remove(); }); });'
                     '</script>')
+        except Exception as e:  # e.g. an identity_resolver that fails: the form still shows; the spawn will say
+            self.log.warning("cloudidentity: cannot preview the identity of %s: %s", self.user.name, describe(e))
+            return ""
         return f'<div class="alert alert-info cloudidentity-identity" role="status">{html.escape(identity_sentence(plan))}</div>'
 
     async def _selected_profile(self) -> Any:

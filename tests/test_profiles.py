@@ -137,3 +137,18 @@ async def test_removed_from_a_group_loses_its_identity_at_next_spawn(namespace):
     await second.stop()
     assert atlas_account != "jupyter-dora"
     assert pod["spec"]["serviceAccountName"] == "jupyter-dora"
+
+
+async def test_a_failing_resolver_leaves_the_form_without_an_identity_line(caplog):
+    from cloudidentity_spawner.claims import Claims
+
+    def broken(spawner, claims):
+        raise RuntimeError("directory down")
+
+    c = spawner_config("ns", [{"name": "everyone", "match": {}}], identity_resolver=broken)
+    s = make_spawner(CloudIdentitySpawner, c, SpawnUser("ann", oidc_state()))
+    assert await s._identity_line(Claims("ann", ())) == ""
+    assert any("cannot preview the identity of ann" in r.getMessage() for r in caplog.records)
+    c = spawner_config("ns", [{"name": "everyone", "match": {}}])
+    s = make_spawner(CloudIdentitySpawner, c, SpawnUser("ann", oidc_state()))
+    assert "Your server will run with no cloud identity (rule everyone" in await s._identity_line(Claims("ann", ()))
