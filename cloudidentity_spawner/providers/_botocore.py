@@ -13,10 +13,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import boto3
+from botocore import xform_name
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
 from ..retry import Backoff
+from .managed import CloudCalls, Converged
 
 RETRIES = Backoff(attempts=10, base_delay=0.25, max_delay=8.0, floor=0.5)
 _RETRY_CODES = {"Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded",
@@ -35,3 +37,20 @@ def worth_retrying(error: BaseException) -> bool:
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return error.response.get("Error", {}).get("Code", "") in _RETRY_CODES or status in (429, 500, 502, 503, 504)
     return isinstance(error, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError))
+
+
+class BotoBackend:
+    """What the AWS backends share: a one-attempt client, the hub's concurrent-call limit and
+    call log, the converged-identity cache, and calls retried outside the limit."""
+
+    def __init__(self, service: str, provider: str, client_kwargs: Mapping[str, Any] | None, *,
+                 max_concurrent_calls: int, cache_seconds: float, propagation_seconds: float, log: Any):
+        self.client = client(service, client_kwargs)
+        self.calls = CloudCalls(provider, max_concurrent_calls)
+        self.converged = Converged(cache_seconds)
+        self.propagation_seconds = max(0.0, min(propagation_seconds, 60.0))
+        self.log = log
+
+    async def _call(self, operation: str, **kwargs: Any) -> Any:
+        method = getattr(self.client, xform_name(operation))
+        return await RETRIES.run(lambda: self.calls(operation, method, **kwargs), worth_retrying)

@@ -304,27 +304,8 @@ def pod_identity_tag_policy(bucket: str) -> dict[str, Any]:
     group or claims, or other services than S3 (it is limited to 2,048 characters and turns
     session tags off).
     """
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
-        raise ValueError(f"invalid S3 bucket name {bucket!r}")
     own = "${aws:PrincipalTag/kubernetes-namespace}/${aws:PrincipalTag/kubernetes-service-account}"
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "OwnPrefixObjects",
-                "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
-                "Resource": f"arn:aws:s3:::{bucket}/{own}/*",
-            },
-            {
-                "Sid": "ListOwnPrefix",
-                "Effect": "Allow",
-                "Action": "s3:ListBucket",
-                "Resource": f"arn:aws:s3:::{bucket}",
-                "Condition": {"StringLike": {"s3:prefix": [f"{own}/", f"{own}/*"]}},
-            },
-        ],
-    }
+    return scratch_prefix_policy(bucket, prefix=own)
 
 
 def association_key(cluster: str, namespace: str, service_account: str) -> str:

@@ -18,14 +18,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from botocore import xform_name
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import IdentityError
 from ..plan import MANAGED_BY, IdentityPlan, thaw
-from ._botocore import RETRIES, client, worth_retrying
+from ._botocore import BotoBackend
 from .aws import TAG_HUB, TAG_MANAGED_BY, TAG_OWNER, parse_role_arn, tag_value
-from .managed import CloudCalls, Converged, failed_operation, fingerprint, report_progress, seconds_text
+from .managed import failed_operation, fingerprint, report_progress, seconds_text
 
 INLINE_POLICY_NAME = "cloudidentity-spawner"
 TRUST_POLICY_LIMIT = 2048
@@ -40,7 +39,7 @@ def _tags(tag_list: list[dict[str, str]]) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in tag_list or []}
 
 
-class ManagedRoles:
+class ManagedRoles(BotoBackend):
     """Create, converge and delete hub-managed IRSA roles."""
 
     def __init__(
@@ -52,15 +51,17 @@ class ManagedRoles:
         propagation_seconds: float = 10.0,
         log: Any = None,
     ):
-        self.iam = client("iam", client_kwargs)
-        self.calls = CloudCalls("aws", max_concurrent_calls)
-        self.converged = Converged(cache_seconds)
-        self.propagation_seconds = max(0.0, min(propagation_seconds, 60.0))
-        self.log = log
+        super().__init__("iam", "aws", client_kwargs, max_concurrent_calls=max_concurrent_calls,
+                         cache_seconds=cache_seconds, propagation_seconds=propagation_seconds, log=log)
 
-    async def _call(self, operation: str, **kwargs: Any) -> Any:
-        method = getattr(self.iam, xform_name(operation))
-        return await RETRIES.run(lambda: self.calls(operation, method, **kwargs), worth_retrying)
+    @property
+    def iam(self) -> Any:
+        """The boto3 IAM client."""
+        return self.client
+
+    @iam.setter
+    def iam(self, value: Any) -> None:
+        self.client = value
 
     async def ensure(self, plan: IdentityPlan) -> str:
         """Make the plan's role exist exactly as planned; returns created, updated or unchanged.

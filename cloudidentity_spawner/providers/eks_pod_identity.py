@@ -14,14 +14,13 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from botocore import xform_name
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import IdentityError
 from ..plan import MANAGED_BY, IdentityPlan, thaw
-from ._botocore import RETRIES, client, worth_retrying
+from ._botocore import BotoBackend
 from .aws import TAG_HUB, TAG_MANAGED_BY, TAG_OWNER, tag_value
-from .managed import CloudCalls, Converged, failed_operation, fingerprint, report_progress, seconds_text
+from .managed import failed_operation, fingerprint, report_progress, seconds_text
 
 ASSOCIATION_QUOTA = 5000
 """EKS's default number of Pod Identity associations per cluster."""
@@ -31,7 +30,7 @@ def _code(error: ClientError) -> str:
     return error.response.get("Error", {}).get("Code", "")
 
 
-class PodIdentityAssociations:
+class PodIdentityAssociations(BotoBackend):
     """Create, converge and delete hub-made EKS Pod Identity associations."""
 
     def __init__(
@@ -43,15 +42,8 @@ class PodIdentityAssociations:
         propagation_seconds: float = 5.0,
         log: Any = None,
     ):
-        self.eks = client("eks", client_kwargs)
-        self.calls = CloudCalls("eks", max_concurrent_calls)
-        self.converged = Converged(cache_seconds)
-        self.propagation_seconds = max(0.0, min(propagation_seconds, 60.0))
-        self.log = log
-
-    async def _call(self, operation: str, **kwargs: Any) -> Any:
-        method = getattr(self.eks, xform_name(operation))
-        return await RETRIES.run(lambda: self.calls(operation, method, **kwargs), worth_retrying)
+        super().__init__("eks", "eks", client_kwargs, max_concurrent_calls=max_concurrent_calls,
+                         cache_seconds=cache_seconds, propagation_seconds=propagation_seconds, log=log)
 
     async def _find(self, cluster: str, namespace: str, service_account: str) -> dict[str, Any] | None:
         """The association of exactly this ServiceAccount, described, or None."""
