@@ -3,7 +3,8 @@
 ``plan`` loads a ``jupyterhub_config.py`` the way JupyterHub does, resolves one
 user's identity with the same code the spawner runs, and prints the plan, so an
 operator can review names, annotations, trust policies and bindings before
-anything exists. ``gcp-hub-condition`` prints the IAM condition that bounds
+anything exists. ``status`` lists what the hub has made and how it differs from what the
+rules plan now; ``gc`` removes what nobody plans any more. ``gcp-hub-condition`` prints the IAM condition that bounds
 which roles the hub's own Google Cloud role may grant, for those rules.
 """
 
@@ -120,6 +121,114 @@ def _print_plan(plan: dict[str, Any]) -> None:
         print("  " + json.dumps(extra, indent=2, sort_keys=True).replace("\n", "\n  "))
 
 
+class Progress:
+    """A one-line progress bar on a terminal (stderr), nothing otherwise: the caller prints its
+    plain result lines either way."""
+
+    def __init__(self, stream: Any = None):
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        if not self.live or total < 1:
+            return
+        width = 30
+        filled = width * done // total
+        end = "\n" if done >= total else ""
+        self.stream.write(f"\r{step}: [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{end}")
+        self.stream.flush()
+
+
+async def _operations(args: argparse.Namespace, run: Any) -> Any:
+    """Load the config, connect to Kubernetes and the hub's users, and run *run* with them."""
+    from kubernetes_asyncio import client as kube_client
+    from kubespawner.clients import load_config as load_kube_config
+
+    from .hubusers import hub_users
+    from .kube import ServiceAccounts
+
+    config = load_config(args.config)
+    settings = identity_settings(config)
+    namespace = args.namespace or _configured_namespace(config)
+    spawner = config.KubeSpawner if "KubeSpawner" in config else {}
+    load_kube_config(spawner.get("k8s_api_host"), spawner.get("k8s_api_ssl_ca_cert"), spawner.get("k8s_api_verify_ssl"))
+    hub = config.JupyterHub if "JupyterHub" in config else {}
+    users = hub_users(args.hub_url, hub.get("db_url"))
+    async with kube_client.ApiClient() as api:
+        accounts = ServiceAccounts(kube_client.CoreV1Api(api), request_timeout=30.0)
+        return await run(settings, config, accounts, users, namespace)
+
+
+async def status_command(args: argparse.Namespace) -> dict[str, Any]:
+    from .inventory import survey
+
+    async def run(settings, config, accounts, users, namespace):
+        found = await survey(settings, config, accounts, users, namespace, check_cloud=not args.no_cloud,
+                             progress=None if args.json else Progress())
+        return found.to_dict()
+
+    return await _operations(args, run)
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    counts = ", ".join(f"{n} {state}" for state, n in report["counts"].items())
+    print(f"{len(report['accounts'])} ServiceAccounts of this hub ({report['searched']}): {counts}")
+    for a in report["accounts"]:
+        identity = (a["identity"] or "no cloud identity").split(":", 1)[-1]
+        print(f"{a['state']:9} {a['service_account']:40} {a['owner']:24} rule {a['rule']:12} {identity}")
+        for problem in a["problems"]:
+            print(f"{'':10}- {problem}")
+        if a["pods"]:
+            print(f"{'':10}  pods: {', '.join(a['pods'])}")
+
+
+async def gc_command(args: argparse.Namespace) -> dict[str, Any]:
+    from . import cleanup
+    from .inventory import survey
+
+    async def run(settings, config, accounts, users, namespace):
+        progress = None if args.json else Progress()
+        found = await survey(settings, config, accounts, users, namespace, check_cloud=False, progress=progress)
+        actions = cleanup.cleanup_actions(found, await cleanup.cloud_made(settings), args.min_age)
+        if args.apply:
+            await cleanup.apply(actions, settings, accounts, users, namespace, progress)
+        return {"applied": args.apply, "searched": found.searched, "actions": [a.to_dict() for a in actions],
+                "lines": [_gc_line(a, args.apply) for a in actions]}
+
+    return await _operations(args, run)
+
+
+def _gc_line(action: Any, applied: bool) -> str:
+    verb = {"delete-account": "delete", "revoke": "revoke", "delete-identity": "delete"}[action.kind]
+    if action.skipped:
+        return f"skipped: {verb} {action.describe()} - {action.skipped}"
+    if applied:
+        return f"{'deleted' if verb == 'delete' else 'revoked'}: {action.describe()}"
+    return f"would {verb}: {action.describe()}"
+
+
+def _print_gc(report: dict[str, Any]) -> None:
+    for line in report["lines"]:
+        print(line)
+    todo = [a for a in report["actions"] if not a["skipped"]]
+    if not report["actions"]:
+        print(f"nothing to clean up ({report['searched']})")
+    elif report["applied"]:
+        print(f"{sum(a['done'] for a in report['actions'])} done, {sum(bool(a['skipped']) for a in report['actions'])} skipped")
+    else:
+        print(f"{len(todo)} to clean up; nothing was changed (dry run): run again with --apply")
+
+
+def _add_hub_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--config", required=True, help="path to the hub's jupyterhub_config.py")
+    command.add_argument("--namespace", help="the hub's namespace (default: the spawner's); all namespaces are "
+                                             "searched when the Kubernetes permissions allow")
+    command.add_argument("--hub-url", help="the hub's REST API, e.g. http://hub:8081/hub/api (token in "
+                                           "$JUPYTERHUB_API_TOKEN: list:users, read:users, admin:auth_state); default "
+                                           "$JUPYTERHUB_API_URL, else the hub database (JupyterHub.db_url)")
+    command.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cloudidentity-spawner", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--claims", help="JSON file with the provider claims (or a whole auth_state)")
     plan.add_argument("--namespace", help="Kubernetes namespace (default: the spawner's)")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
+    status = commands.add_parser("status", help="list this hub's ServiceAccounts: owner, rule, cloud identity, and "
+                                                "drift against what the rules plan now (reads only)")
+    _add_hub_options(status)
+    status.add_argument("--no-cloud", action="store_true", help="do not ask the clouds whether hub-made identities exist")
+    gc = commands.add_parser("gc", help="find (and with --apply, delete) what this hub made and nobody plans any more")
+    _add_hub_options(gc)
+    gc.add_argument("--apply", action="store_true", help="delete what was found (default: a dry run)")
+    gc.add_argument("--min-age", type=float, default=600.0,
+                    help="leave cloud identities no account records alone until they are this many seconds old "
+                         "(a spawn makes the identity before its account; default 600)")
     condition = commands.add_parser(
         "gcp-hub-condition",
         help="print the IAM condition that limits the hub's own GCP role to the roles its rules grant",
@@ -157,6 +276,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "gcp-hub-condition":
             rules = identity_settings(load_config(args.config)).compiled_rules
             print(json.dumps(gcp.hub_grant_condition(rules), indent=2))
+            return 0
+        if args.command in ("status", "gc"):
+            command, show = (status_command, _print_status) if args.command == "status" else (gc_command, _print_gc)
+            report = asyncio.run(command(args))
+            if args.json:
+                report.pop("lines", None)
+                print(json.dumps(report, sort_keys=True, default=str))
+            else:
+                show(report)
             return 0
         plan = asyncio.run(plan_command(args))
     except ConfigError as e:

@@ -20,6 +20,8 @@ SCOPE_LABEL = PREFIX + "scope"
 USER_LABEL = PREFIX + "user"
 GROUP_LABEL = PREFIX + "group"
 RULE_LABEL = PREFIX + "rule"
+HUB_LABEL = PREFIX + "hub"
+"""Which hub (``hub_name``) made the account: ``status`` and ``gc`` look only at their own hub's."""
 
 SCOPES = ("user", "group", "hub")
 HUB_MADE_MODES = ("managed", "principal", "pod_identity")

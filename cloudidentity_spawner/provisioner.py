@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -72,7 +73,7 @@ async def plan_for(
                     "Your cloud identity could not be chosen; ask your hub admin.",
                     f"identity_resolver returned {type(plan).__name__}, expected an IdentityPlan or None",
                 )
-            return ownership_markers(plan)
+            return ownership_markers(plan, settings.hub_name)
     return rules.resolve(claims, namespace, rule_name)
 
 
@@ -99,6 +100,30 @@ def event_message(plan: IdentityPlan, outcome: str, cloud_outcome: str | None) -
     cloud = "no cloud identity" if plan.cloud is None else f"{plan.cloud.provider} {plan.cloud.mode} {plan.cloud.identity}"
     made = f" ({cloud_outcome})" if cloud_outcome in ("created", "updated") else ""
     return f"ServiceAccount {outcome} for {plan.owner} by rule {plan.rule!r}: {cloud}{made}"
+
+
+async def revoke_identity(settings: Any, identity: str, owner: str | None, annotations: Mapping[str, str]) -> bool:
+    """Delete the hub-made identity ``aws:<arn>`` / ``gcp:<email>`` / ``gcp:<principal>``'s grants /
+    ``eks:<cluster>/<namespace>/<service account>`` (an association) made for *owner* (None: for
+    any owner on this hub - ``gc``'s identities no account records), with the bindings recorded in
+    *annotations*; never one without our markers. An SDK error becomes an IdentityError."""
+    provider, _, name = identity.partition(":")
+    try:
+        backend = backend_for(settings, provider)
+        if provider in ("aws", "eks"):
+            return await backend.delete(name, owner, settings.hub_name)
+        bindings = json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
+        if name.startswith("principal://"):  # no account: the recorded grants to the principal
+            await backend.remove_bindings(name, bindings)
+            return True
+        return await backend.delete(name, owner, settings.hub_name, bindings)
+    except IdentityError:
+        raise
+    except Exception as e:  # the SDKs' own errors: fail closed, saying what could not be revoked
+        raise IdentityError(
+            "Your server was not started: your previous cloud identity could not be revoked; ask your hub admin.",
+            f"revoking {identity} (no longer planned for {owner or 'anyone'}) failed: {type(e).__name__}: {e}",
+        ) from None
 
 
 class IdentityProvisioner:
@@ -286,26 +311,7 @@ class IdentityProvisioner:
             )
 
     async def revoke(self, identity: str, owner: str, annotations: dict[str, str]) -> bool:
-        """Delete the hub-made identity ``aws:<arn>`` / ``gcp:<email>`` / ``gcp:<principal>``'s grants /
-        ``eks:<cluster>/<namespace>/<service account>`` (an association) made for *owner*
-        (with the bindings recorded in *annotations*); never one without our markers."""
-        provider, _, name = identity.partition(":")
-        try:
-            backend = backend_for(self.settings, provider)
-            if provider in ("aws", "eks"):
-                return await backend.delete(name, owner, self.settings.hub_name)
-            bindings = json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
-            if name.startswith("principal://"):  # no account: the recorded grants to the principal
-                await backend.remove_bindings(name, bindings)
-                return True
-            return await backend.delete(name, owner, self.settings.hub_name, bindings)
-        except IdentityError:
-            raise
-        except Exception as e:  # the SDKs' own errors: fail closed, saying what could not be revoked
-            raise IdentityError(
-                "Your server was not started: your previous cloud identity could not be revoked; ask your hub admin.",
-                f"revoking {identity} (no longer planned for {owner}) failed: {type(e).__name__}: {e}",
-            ) from None
+        return await revoke_identity(self.settings, identity, owner, annotations)
 
     async def revoke_bindings(self, email: str, bindings: list[list[str]]) -> None:
         try:

@@ -22,6 +22,7 @@ from .claims import Claims
 from .errors import ConfigError, IdentityError, NoMatchingRule
 from .plan import (
     GROUP_LABEL,
+    HUB_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     MANAGED_IDENTITY_ANNOTATION,
@@ -172,7 +173,7 @@ def parse_rules(raw_rules: Any, trusted_claims: Collection[str] = ()) -> tuple[R
     return rules
 
 
-def ownership_markers(plan: IdentityPlan) -> IdentityPlan:
+def ownership_markers(plan: IdentityPlan, hub: str) -> IdentityPlan:
     """*plan* with the labels and annotations every account the hub manages carries.
 
     Plans from the rules have them already; an ``identity_resolver`` may build its
@@ -185,7 +186,8 @@ def ownership_markers(plan: IdentityPlan) -> IdentityPlan:
             "Your cloud identity could not be chosen; ask your hub admin.",
             f"identity_resolver returned scope {plan.scope!r}; expected one of {', '.join(SCOPES)}",
         )
-    labels = {**sa.labels, MANAGED_BY_LABEL: MANAGED_BY, SCOPE_LABEL: plan.scope, RULE_LABEL: names.label_value(plan.rule)}
+    labels = {**sa.labels, MANAGED_BY_LABEL: MANAGED_BY, HUB_LABEL: names.label_value(hub), SCOPE_LABEL: plan.scope,
+              RULE_LABEL: names.label_value(plan.rule)}
     if plan.scope == "user":
         labels[USER_LABEL] = names.label_value(plan.user)
     elif plan.scope == "group" and plan.group:
@@ -267,6 +269,28 @@ class IdentityRules:
                 f"{rule.label}: cannot plan an identity for user {claims.username!r}: {e}",
             ) from None
 
+    def shared_plan(self, owner: str, rule_name: str, namespace: str) -> IdentityPlan:
+        """What rule *rule_name* plans now for a shared account's *owner* (``group:<group>`` or
+        ``hub:<rule>``) in *namespace*: the same plan every member's spawn makes. NoMatchingRule
+        (admin detail: why) if the rule is gone, has another scope, or no longer covers the group."""
+        rule = next((r for r in self.rules if r.name == rule_name), None)
+        kind, _, who = owner.partition(":")
+        if rule is None:
+            raise NoMatchingRule("", f"rule {rule_name!r} no longer exists")
+        if rule.scope != kind:
+            raise NoMatchingRule("", f"rule {rule_name!r} now gives {rule.scope}-scope accounts")
+        group = None
+        if kind == "group":
+            matched, group = rule.match(Claims("", (who,)))
+            if not matched or group != who:
+                raise NoMatchingRule("", f"rule {rule_name!r} no longer matches group {who}")
+        elif who != rule.name:
+            raise NoMatchingRule("", f"rule {rule_name!r} does not own {owner}")
+        try:
+            return self._plan(rule, group, Claims("", () if group is None else (group,)), namespace)
+        except (TemplateError, ValueError) as e:
+            raise IdentityError("", f"{rule.label}: cannot plan {owner}: {e}") from None
+
     def _plan(self, rule: Rule, group: str | None, claims: Claims, namespace: str) -> IdentityPlan:
         context = {
             "username": claims.username,
@@ -288,6 +312,7 @@ class IdentityRules:
 
         labels = {
             MANAGED_BY_LABEL: MANAGED_BY,
+            HUB_LABEL: names.label_value(self.hub),
             SCOPE_LABEL: rule.scope,
             RULE_LABEL: names.label_value(rule.name),
         }

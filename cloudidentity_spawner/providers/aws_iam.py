@@ -232,8 +232,34 @@ class ManagedRoles(BotoBackend):
             changed = True
         return changed
 
-    async def delete(self, role_arn: str, owner: str, hub: str) -> bool:
-        """Delete the role if it is ours, for *owner* on *hub*; False if it was not ours or not there.
+    async def present(self, role_arn: str) -> bool:
+        """Whether the role exists (``status``)."""
+        try:
+            await self._call("GetRole", RoleName=parse_role_arn(role_arn).name)
+        except ClientError as e:
+            if _code(e) == "NoSuchEntity":
+                return False
+            raise
+        return True
+
+    async def hub_made(self, path_prefix: str, hub: str) -> list[dict[str, Any]]:
+        """The roles under *path_prefix* tagged as made by *hub* (``gc``): ``identity``
+        (``aws:<arn>``), ``owner`` (the owner tag) and ``created`` (a datetime) of each."""
+        found, marker = [], None
+        while True:
+            page = await self._call("ListRoles", PathPrefix=path_prefix, MaxItems=1000, **({"Marker": marker} if marker else {}))
+            for role in page["Roles"]:
+                # ListRoles leaves the tags out.
+                tags = _tags((await self._call("ListRoleTags", RoleName=role["RoleName"]))["Tags"])
+                if tags.get(TAG_MANAGED_BY) == MANAGED_BY and tags.get(TAG_HUB) == tag_value(hub):
+                    found.append({"identity": f"aws:{role['Arn']}", "owner": tags.get(TAG_OWNER, ""), "created": role["CreateDate"]})
+            if not page.get("IsTruncated"):
+                return found
+            marker = page["Marker"]
+
+    async def delete(self, role_arn: str, owner: str | None, hub: str) -> bool:
+        """Delete the role if it is ours, for *owner* on *hub* (any owner: None, for ``gc``'s
+        roles no account records); False if it was not ours or not there.
 
         Inline policies are deleted and managed policies detached first, as IAM
         requires; the data the role could reach is never touched.
@@ -246,9 +272,11 @@ class ManagedRoles(BotoBackend):
                 return False
             raise
         tags = _tags(current.get("Tags", []))
-        if tags.get(TAG_MANAGED_BY) != MANAGED_BY or tags.get(TAG_OWNER) != tag_value(owner) or tags.get(TAG_HUB) != tag_value(hub):
+        if tags.get(TAG_MANAGED_BY) != MANAGED_BY or tags.get(TAG_HUB) != tag_value(hub) or (
+            owner is not None and tags.get(TAG_OWNER) != tag_value(owner)
+        ):
             if self.log:
-                self.log.info("cloudidentity: not deleting IAM role %s: not managed by this hub for %s", name, owner)
+                self.log.info("cloudidentity: not deleting IAM role %s: not managed by this hub for %s", name, owner or "anyone")
             return False
         for policy in (await self._call("ListRolePolicies", RoleName=name))["PolicyNames"]:
             await self._gone_is_done("DeleteRolePolicy", RoleName=name, PolicyName=policy)

@@ -131,19 +131,43 @@ class PodIdentityAssociations(BotoBackend):
                 "refusing to change it. Delete it, or use another ServiceAccount name for the rule.",
             )
 
-    async def delete(self, key: str, owner: str, hub: str) -> bool:
+    async def present(self, key: str) -> bool:
+        """Whether the association recorded as ``<cluster>/<namespace>/<service account>`` exists."""
+        return await self._find(*key.split("/", 2)) is not None
+
+    async def hub_made(self, cluster: str, hub: str) -> list[dict[str, Any]]:
+        """The associations in *cluster* tagged as made by *hub* (``gc``): ``identity``
+        (``eks:<cluster>/<namespace>/<service account>``), ``owner`` and ``created``."""
+        found, token = [], None
+        while True:
+            page = await self._call("ListPodIdentityAssociations", clusterName=cluster, maxResults=100,
+                                    **({"nextToken": token} if token else {}))
+            for summary in page.get("associations", []):
+                described = (await self._call("DescribePodIdentityAssociation", clusterName=cluster,
+                                              associationId=summary["associationId"]))["association"]
+                tags = described.get("tags") or {}
+                if tags.get(TAG_MANAGED_BY) == MANAGED_BY and tags.get(TAG_HUB) == tag_value(hub):
+                    found.append({"identity": f"eks:{cluster}/{described['namespace']}/{described['serviceAccount']}",
+                                  "owner": tags.get(TAG_OWNER, ""), "created": described.get("createdAt")})
+            token = page.get("nextToken")
+            if not token:
+                return found
+
+    async def delete(self, key: str, owner: str | None, hub: str) -> bool:
         """Delete the association recorded as ``<cluster>/<namespace>/<service account>`` - only
-        if it carries our tags for *owner* and *hub*. True if deleted."""
+        if it carries our tags for *owner* (any owner: None, for ``gc``) and *hub*. True if deleted."""
         cluster, namespace, account = key.split("/", 2)
         current = await self._find(cluster, namespace, account)
         if current is None:
             self.converged.forget(f"eks:{key}")
             return False
         tags = current.get("tags") or {}
-        if tags.get(TAG_MANAGED_BY) != MANAGED_BY or tags.get(TAG_OWNER) != tag_value(owner) or tags.get(TAG_HUB) != tag_value(hub):
+        if tags.get(TAG_MANAGED_BY) != MANAGED_BY or tags.get(TAG_HUB) != tag_value(hub) or (
+            owner is not None and tags.get(TAG_OWNER) != tag_value(owner)
+        ):
             if self.log:
                 self.log.info("cloudidentity: not deleting Pod Identity association %s of %s: not made by this hub for %s",
-                              current.get("associationId"), key, owner)
+                              current.get("associationId"), key, owner or "anyone")
             return False
         try:
             await self._call("DeletePodIdentityAssociation", clusterName=cluster, associationId=current["associationId"])

@@ -12,6 +12,7 @@ IAM policies are edited read-modify-write with their etag; a concurrent change
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -295,17 +296,45 @@ class ManagedServiceAccounts:
 
     # -- deletion --------------------------------------------------------------
 
-    async def delete(self, email: str, owner: str, hub: str, added_bindings: list[list[str]]) -> bool:
-        """Remove the bindings we added, then the GSA - only if its description carries our marker."""
+    async def present(self, email: str) -> bool:
+        """Whether the account exists (``status``)."""
+        project = email.split("@", 1)[1].split(".", 1)[0]
+        try:
+            await self._call("GetServiceAccount", self.iam.get_service_account,
+                             request={"name": f"projects/{project}/serviceAccounts/{email}"})
+        except gexc.NotFound:
+            return False
+        return True
+
+    async def hub_made(self, project: str, hub: str) -> list[dict[str, Any]]:
+        """The accounts in *project* whose description carries *hub*'s marker (``gc``): ``identity``
+        (``gcp:<e-mail>``), ``owner`` (the marker's digest) and ``created`` (None: Google does not say)."""
+        start = f"{MARKER_START}hub={hub} owner="
+        pages = await self._call("ListServiceAccounts", self.iam.list_service_accounts,
+                                 request={"name": f"projects/{project}", "page_size": 100})
+        found = []
+        # Later pages are fetched by the pager as it is iterated (blocking calls): in a thread.
+        for account in await asyncio.to_thread(list, pages):
+            _, marked, rest = account.description.rpartition(start)
+            if marked and rest.endswith("]"):
+                found.append({"identity": f"gcp:{account.email}", "owner": rest[:-1], "created": None})
+        return found
+
+    async def delete(self, email: str, owner: str | None, hub: str, added_bindings: list[list[str]]) -> bool:
+        """Remove the bindings we added, then the GSA - only if its description carries our marker
+        (for *owner*; for any owner of this hub with None, ``gc``'s accounts no ServiceAccount records)."""
         project = email.split("@", 1)[1].split(".", 1)[0]
         name = f"projects/{project}/serviceAccounts/{email}"
         try:
             current = await self._call("GetServiceAccount", self.iam.get_service_account, request={"name": name})
         except gexc.NotFound:
             return False
-        if not current.description.endswith(ownership_marker(hub, owner)):
+        marked = (current.description.endswith(ownership_marker(hub, owner)) if owner is not None
+                  else f"{MARKER_START}hub={hub} owner=" in current.description and current.description.endswith("]"))
+        if not marked:
             if self.log:
-                self.log.info("cloudidentity: not deleting Google service account %s: not managed by this hub for %s", email, owner)
+                self.log.info("cloudidentity: not deleting Google service account %s: not managed by this hub for %s",
+                              email, owner or "anyone")
             return False
         await self.remove_bindings(email, added_bindings)
         await self._call("DeleteServiceAccount", self.iam.delete_service_account, request={"name": name})

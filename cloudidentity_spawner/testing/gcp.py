@@ -293,6 +293,27 @@ class IAMAdminServicer:
             self.state.policies.mark_deleted(f"serviceAccount:{account['email']}", account["unique_id"])
             return empty_pb2.Empty()
 
+    def list(self, request: types.ListServiceAccountsRequest, context):
+        """One page (20 by default, 100 at most, as Google's), ordered by e-mail; the page token
+        is opaque to clients."""
+        with self.state._lock:
+            self.state.calls.append("ListServiceAccounts")
+            project = request.name.removeprefix("projects/")
+            if not request.name.startswith("projects/") or project not in self.state.projects:
+                _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"Permission denied on resource project {project}.")
+            if request.page_size < 0:
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_size must not be negative")
+            size = min(request.page_size or 20, 100)
+            try:
+                start = int(request.page_token or 0)
+            except ValueError:
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "Invalid page token.")
+            accounts = sorted((a for a in self.state.accounts.values() if a["project_id"] == project), key=lambda a: a["email"])
+            page = accounts[start:start + size]
+            token = str(start + size) if start + size < len(accounts) else ""
+            return types.ListServiceAccountsResponse(accounts=[types.ServiceAccount(**_public(a)) for a in page],
+                                                     next_page_token=token)
+
     def _visible_account(self, name: str, context) -> dict[str, Any]:
         account = self._account(name, context)
         if self.state.not_yet_visible(account["email"]):
@@ -327,6 +348,7 @@ class IAMAdminServicer:
             {
                 "CreateServiceAccount": rpc(self.create, types.CreateServiceAccountRequest.deserialize, types.ServiceAccount.serialize),
                 "GetServiceAccount": rpc(self.get, types.GetServiceAccountRequest.deserialize, types.ServiceAccount.serialize),
+                "ListServiceAccounts": rpc(self.list, types.ListServiceAccountsRequest.deserialize, types.ListServiceAccountsResponse.serialize),
                 "DeleteServiceAccount": rpc(self.delete, types.DeleteServiceAccountRequest.deserialize, empty_pb2.Empty.SerializeToString),
                 "GetIamPolicy": rpc(self.get_iam_policy, iam_policy_pb2.GetIamPolicyRequest.FromString, policy_pb2.Policy.SerializeToString),
                 "SetIamPolicy": rpc(self.set_iam_policy, iam_policy_pb2.SetIamPolicyRequest.FromString, policy_pb2.Policy.SerializeToString),

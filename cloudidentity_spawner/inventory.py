@@ -1,0 +1,327 @@
+"""What this hub has made, judged against its rules as they are now: ``status``, ``gc`` and
+the admin page all read it.
+
+An :class:`Account` is one of our ServiceAccounts as the cluster has it. :func:`judge` (pure)
+compares it with what the rules plan for its owner today: ``ok``, ``drift`` (the account or
+its cloud identity differ from the plan; the owner's next spawn repairs it), ``orphaned``
+(nobody plans it: the user is gone, the rule is gone or no longer gives the owner this
+account) or ``unknown`` (it cannot be judged from here, e.g. the plan needs a stored login
+the token may not read). :func:`survey` does the reading: Kubernetes, the hub's users, and for
+hub-made identities whether they still exist in the cloud. It never writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from . import names
+from .claims import claims_from_auth_state
+from .errors import IdentityError, NoMatchingRule
+from .hubusers import HubUser
+from .kube import ADOPTED_ANNOTATION, ServiceAccounts, hub_made_identity, identity_to_revoke, service_account_change
+from .plan import (
+    HUB_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MANAGED_IDENTITY_ANNOTATION,
+    OWNER_ANNOTATION,
+    RULE_ANNOTATION,
+    SCOPE_LABEL,
+    IdentityPlan,
+)
+from .providers import aws, backend_for, gcp
+from .rules import IdentityRules
+
+STATES = ("ok", "drift", "orphaned", "unknown")
+
+
+@dataclass(frozen=True)
+class Account:
+    """One of our ServiceAccounts, as the cluster has it."""
+
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+
+    @classmethod
+    def from_api(cls, sa: Any) -> Account:
+        meta = sa.metadata
+        return cls(meta.namespace, meta.name, meta.uid, meta.resource_version, dict(meta.labels or {}),
+                   dict(meta.annotations or {}))
+
+    @property
+    def owner(self) -> str:
+        return self.annotations.get(OWNER_ANNOTATION, "")
+
+    @property
+    def rule(self) -> str:
+        return self.annotations.get(RULE_ANNOTATION, "")
+
+    @property
+    def scope(self) -> str:
+        return self.labels.get(SCOPE_LABEL, "")
+
+    @property
+    def user(self) -> str | None:
+        """The user a user-scope account belongs to."""
+        return self.owner[len("user:"):] if self.owner.startswith("user:") else None
+
+    @property
+    def adopted(self) -> bool:
+        return bool(self.annotations.get(ADOPTED_ANNOTATION))
+
+    @property
+    def identity(self) -> str | None:
+        """The cloud identity the account gives its pods (``aws:<arn>``, ``gcp:<e-mail or
+        principal>``, ``eks:<cluster>/<namespace>/<account>``), or None."""
+        return account_identity(self.annotations)
+
+    @property
+    def where(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def metadata(self) -> dict[str, Any]:
+        return {"labels": dict(self.labels), "annotations": dict(self.annotations)}
+
+
+def account_identity(annotations: Mapping[str, str]) -> str | None:
+    recorded = annotations.get(MANAGED_IDENTITY_ANNOTATION)
+    if recorded:
+        return recorded
+    if annotations.get(aws.ROLE_ARN_ANNOTATION):
+        return f"aws:{annotations[aws.ROLE_ARN_ANNOTATION]}"
+    if annotations.get(gcp.GSA_ANNOTATION):
+        return f"gcp:{annotations[gcp.GSA_ANNOTATION]}"
+    return None
+
+
+def plan_identity(plan: IdentityPlan) -> str | None:
+    """The plan's cloud identity, written as :func:`account_identity` writes an account's."""
+    cloud = plan.cloud
+    if cloud is None:
+        return None
+    return cloud.recorded if cloud.hub_made else f"{cloud.provider}:{cloud.identity}"
+
+
+@dataclass
+class Entry:
+    """One account, judged. ``problems`` say what differs (drift), why nobody plans the
+    account (orphaned) or why it was not judged (unknown); ``stale_identity`` is a hub-made
+    identity the account records and no plan uses any more (``gc`` revokes it)."""
+
+    account: Account
+    state: str
+    problems: list[str] = field(default_factory=list)
+    planned_identity: str | None = None
+    stale_identity: str | None = None
+    pods: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        a = self.account
+        return {
+            "service_account": a.where, "owner": a.owner, "user": a.user, "rule": a.rule, "scope": a.scope,
+            "identity": a.identity, "planned_identity": self.planned_identity, "state": self.state,
+            "problems": list(self.problems), "stale_identity": self.stale_identity, "adopted": a.adopted,
+            "pods": list(self.pods),
+        }
+
+
+def judge(account: Account, plan: IdentityPlan | None, reason: str | None = None,
+          managed_places: Collection[str] = ()) -> Entry:
+    """Compare *account* with *plan*, what its owner's rule plans now (None: nobody plans the
+    account, for *reason*)."""
+    if plan is None:
+        return Entry(account, "orphaned", [reason or "no rule plans it"], stale_identity=hub_made_identity(
+            account.annotations, managed_places))
+    now, planned = account.identity, plan_identity(plan)
+    problems = []
+    if now != planned:
+        problems.append(f"runs as {_name(now)}; the rules now plan {_name(planned)}")
+    else:
+        try:
+            change = service_account_change(account.metadata(), plan)
+        except IdentityError as e:
+            change = None
+            problems.append(e.admin_detail)
+        if change is not None and change.action == "patch":
+            keys = sorted({*change.body["metadata"].get("labels", {}), *change.body["metadata"].get("annotations", {})})
+            problems.append(f"settings differ from the plan ({', '.join(keys)})")
+    stale = identity_to_revoke({"labels": dict(account.labels), "annotations": dict(account.annotations)}, plan,
+                               managed_places)
+    return Entry(account, "drift" if problems else "ok", problems, planned, stale)
+
+
+def _name(identity: str | None) -> str:
+    return "no cloud identity" if identity is None else identity.split(":", 1)[1]
+
+
+def profile_rules(config: Any) -> set[str] | None:
+    """The rules a static ``profile_list`` names (``identity_rule``); None when any rule may be
+    named (a callable profile_list)."""
+    named: set[str] = set()
+    for section in ("KubeSpawner", "CloudIdentitySpawner"):
+        profiles = config[section].get("profile_list") if section in config else None
+        if callable(profiles):
+            return None
+        named.update(p["identity_rule"] for p in profiles or [] if isinstance(p, Mapping) and p.get("identity_rule"))
+    return named
+
+
+def plan_for_account(settings: Any, account: Account, user: HubUser | None,
+                     named_by_profiles: set[str] | None) -> tuple[IdentityPlan | None, str | None, str | None]:
+    """``(plan, reason, unknown)``: the plan the account's rule makes now for its owner, or
+    None and why nobody plans the account, or why it cannot be judged here."""
+    rules: IdentityRules = settings.compiled_rules
+    if account.user is not None:
+        if user is None:
+            return None, f"user {account.user} is no longer on the hub", None
+        if settings.identity_resolver is not None:
+            return None, None, "the hub plans with an identity_resolver, which only runs in a spawn"
+        claims = claims_from_auth_state(user.name, user.auth_state, user.groups, claims_key=settings.auth_state_claims_key,
+                                        group_claims=settings.claim_groups_keys)
+        plan, reason = None, None
+        if account.rule not in {r.name for r in rules.rules}:
+            reason = f"rule {account.rule!r} no longer exists"
+        else:
+            try:
+                plan = rules.resolve(claims, account.namespace, account.rule)
+            except NoMatchingRule:
+                reason = f"rule {account.rule!r} no longer matches {user.name}"
+            except IdentityError as e:
+                return None, None, e.admin_detail
+        if plan is not None:
+            try:
+                first = rules.find(claims)[0].name
+            except NoMatchingRule:
+                first = None
+            if first != account.rule and named_by_profiles is not None and account.rule not in named_by_profiles:
+                plan, reason = None, f"rule {account.rule!r} no longer applies to {user.name} (rule {first!r} does)"
+    else:
+        try:
+            plan, reason = rules.shared_plan(account.owner, account.rule, account.namespace), None
+        except NoMatchingRule as e:
+            plan, reason = None, e.admin_detail
+        except IdentityError as e:
+            return None, None, e.admin_detail
+    if plan is not None and (plan.service_account.name, plan.service_account.namespace) != (account.name, account.namespace):
+        plan, reason = None, f"rule {account.rule!r} now gives {plan.owner} ServiceAccount {plan.service_account.namespace}/{plan.service_account.name}"
+    return plan, reason, None
+
+
+def hub_selector(hub: str) -> str:
+    return f"{MANAGED_BY_LABEL}={MANAGED_BY},{HUB_LABEL}={names.label_value(hub)}"
+
+
+async def our_accounts(accounts: ServiceAccounts, hub: str, namespace: str) -> tuple[list[Account], str]:
+    """This hub's ServiceAccounts, and where they were looked for. Every namespace if the hub's
+    Kubernetes permissions allow (user namespaces, a changed namespace), else the hub's namespace;
+    accounts made before the hub label are counted in the hub's namespace only."""
+    selector = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+    api, timeout = accounts.api, accounts.request_timeout
+    try:
+        listing = await accounts.call(
+            lambda: api.list_service_account_for_all_namespaces(label_selector=selector, _request_timeout=timeout),
+            "list ServiceAccounts in all namespaces")
+        where = "all namespaces"
+    except ApiException as e:
+        if e.status != 403:
+            raise
+        listing = await accounts.call(
+            lambda: api.list_namespaced_service_account(namespace, label_selector=selector, _request_timeout=timeout),
+            f"list ServiceAccounts in {namespace}")
+        where = f"namespace {namespace} (the hub may not list other namespaces)"
+    mine = names.label_value(hub)
+    found = []
+    for sa in listing.items:
+        account = Account.from_api(sa)
+        label = account.labels.get(HUB_LABEL)
+        if label == mine or (label is None and account.namespace == namespace):
+            found.append(account)
+    found.sort(key=lambda a: (a.namespace, a.name))
+    return found, where
+
+
+async def pods_by_account(accounts: ServiceAccounts, namespaces: Collection[str]) -> dict[tuple[str, str], list[str]]:
+    """Pods that run (not being deleted) under each ServiceAccount of *namespaces*."""
+    running: dict[tuple[str, str], list[str]] = {}
+    for ns in sorted(namespaces):
+        pods = await accounts.call(
+            lambda ns=ns: accounts.api.list_namespaced_pod(ns, _request_timeout=accounts.request_timeout), f"list pods in {ns}")
+        for pod in pods.items:
+            if not pod.metadata.deletion_timestamp:
+                running.setdefault((ns, pod.spec.service_account_name or "default"), []).append(pod.metadata.name)
+    return running
+
+
+async def cloud_presence(settings: Any, identities: Collection[str]) -> dict[str, bool | None]:
+    """Whether each hub-made identity exists (None: not checked - principal grants, or the
+    cloud did not answer)."""
+    async def check(identity: str) -> bool | None:
+        provider, _, name = identity.partition(":")
+        if name.startswith("principal://"):
+            return None
+        try:
+            return await backend_for(settings, provider).present(name)
+        except Exception:
+            return None
+    results = await asyncio.gather(*(check(i) for i in identities))
+    return dict(zip(identities, results))
+
+
+@dataclass
+class Survey:
+    entries: list[Entry]
+    searched: str
+    users_without_logins: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(e.state == s for e in self.entries) for s in STATES}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"searched": self.searched, "counts": self.counts(), "accounts": [e.to_dict() for e in self.entries]}
+
+
+async def survey(settings: Any, config: Any, accounts: ServiceAccounts, hub_users: Any, namespace: str,
+                 check_cloud: bool = True, progress: Callable[[str, int, int], None] | None = None) -> Survey:
+    """Judge every account of this hub (reads only)."""
+    found, searched = await our_accounts(accounts, settings.hub_name, namespace)
+    owners = sorted({a.user for a in found if a.user is not None})
+    users = await hub_users.users(owners) if owners else {}
+    named = profile_rules(config)
+    places = settings.compiled_rules.managed_places
+    entries = []
+    for i, account in enumerate(found, 1):
+        plan, reason, unknown = plan_for_account(settings, account, users.get(account.user), named)
+        if unknown:
+            entry = Entry(account, "unknown", [unknown])
+        else:
+            entry = judge(account, plan, reason, places)
+            user = users.get(account.user)
+            if user is not None and not user.auth_state_known and entry.state in ("drift", "orphaned"):
+                # Planned from the JupyterHub groups alone: the stored login might decide otherwise.
+                entry = Entry(account, "unknown", entry.problems + [
+                    "judged from JupyterHub groups only: the hub's stored login could not be read "
+                    "(the token needs admin:auth_state, or set JUPYTERHUB_CRYPT_KEY to read the database)"])
+        entries.append(entry)
+        if progress:
+            progress("judging accounts", i, len(found))
+    running = await pods_by_account(accounts, {a.namespace for a in found})
+    for entry in entries:
+        entry.pods = sorted(running.get((entry.account.namespace, entry.account.name), []))
+    if check_cloud:
+        recorded = sorted({i for e in entries for i in (hub_made_identity(e.account.annotations, places),) if i})
+        present = await cloud_presence(settings, recorded)
+        for entry in entries:
+            identity = hub_made_identity(entry.account.annotations, places)
+            if identity and present.get(identity) is False and entry.state in ("ok", "drift"):
+                entry.state = "drift"
+                entry.problems.append(f"{_name(identity)} is missing in the cloud (the owner's next spawn re-creates it)")
+    return Survey(entries, searched, sum(1 for u in users.values() if u is not None and not u.auth_state_known))
