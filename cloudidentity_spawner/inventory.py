@@ -185,8 +185,14 @@ def plan_for_account(settings: Any, account: Account, user: HubUser | None,
             return None, f"user {account.user} is no longer on the hub", None
         if settings.identity_resolver is not None:
             return None, None, "the hub plans with an identity_resolver, which only runs in a spawn"
-        claims = claims_from_auth_state(user.name, user.auth_state, user.groups, claims_key=settings.auth_state_claims_key,
-                                        group_claims=settings.claim_groups_keys)
+        try:
+            claims = claims_from_auth_state(user.name, user.auth_state, user.groups, claims_key=settings.auth_state_claims_key,
+                                            group_claims=settings.claim_groups_keys)
+        except IdentityError as e:
+            why = e.admin_detail if user.auth_state_known else (
+                "the hub's stored login could not be read (the token needs admin:auth_state, or set "
+                "JUPYTERHUB_CRYPT_KEY to read the database)")
+            return None, None, f"cannot plan for {user.name}: {why}"
         plan, reason = None, None
         if account.rule not in {r.name for r in rules.rules}:
             reason = f"rule {account.rule!r} no longer exists"

@@ -1,0 +1,257 @@
+"""`status` and `gc` as an operator runs them: the command, a hub database JupyterHub made,
+the Kubernetes emulator and moto. Users spawn through the real spawn path first."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+boto3 = pytest.importorskip("boto3", reason="the aws extra is not installed")
+
+from botocore.exceptions import ClientError  # noqa: E402
+from cryptography.fernet import Fernet  # noqa: E402
+from jupyterhub import orm  # noqa: E402
+from kubernetes_asyncio import client, config  # noqa: E402
+
+from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
+from cloudidentity_spawner.cleanup import Action, apply, cleanup_actions  # noqa: E402
+from cloudidentity_spawner.config import identity_settings  # noqa: E402
+from cloudidentity_spawner.errors import NoMatchingRule  # noqa: E402
+from cloudidentity_spawner.hubusers import HubDatabase  # noqa: E402
+from cloudidentity_spawner.inventory import Account, Entry, Survey, judge, survey  # noqa: E402
+from cloudidentity_spawner.kube import ServiceAccounts  # noqa: E402
+from cloudidentity_spawner.providers import _backends  # noqa: E402
+from cloudidentity_spawner.rules import IdentityRules  # noqa: E402
+
+from .kubehelpers import SpawnUser, make_spawner, oidc_state, read, spawner_config  # noqa: E402
+from .test_aws import BOUNDARY, PROVIDER_ARN, SCRATCH_POLICY, policies  # noqa: E402,F401
+
+ROOT = Path(__file__).parent.parent
+
+
+def members_rule(hub: str) -> dict:
+    return {"name": "members", "match": {"groups": ["/escape"]},
+            "aws": {"managed": {"oidc_provider_arn": PROVIDER_ARN, "role_path": f"/jupyterhub/{hub}/",
+                                "permissions_boundary": BOUNDARY, "inline_policy": SCRATCH_POLICY}}}
+
+
+STAFF_RULE = {"name": "staff", "match": {"groups": ["/escape/staff"]}, "scope": "group",
+              "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/escape-staff"}}
+
+
+def write_config(path: Path, namespace: str, hub: str, moto: str, db: Path, rules: list[dict]) -> Path:
+    path.write_text(
+        f"c.JupyterHub.db_url = {f'sqlite:///{db}'!r}\n"
+        "c.JupyterHub.spawner_class = 'cloudidentity'\n"
+        f"c.KubeSpawner.namespace = {namespace!r}\n"
+        f"c.CloudIdentitySpawner.hub_name = {hub!r}\n"
+        f"c.CloudIdentitySpawner.aws_client_kwargs = {{'endpoint_url': {moto!r}, 'region_name': 'us-east-1'}}\n"
+        f"c.CloudIdentitySpawner.identity_rules = {rules!r}\n"
+    )
+    return path
+
+
+CRYPT_KEY = os.urandom(32).hex()
+
+
+def sealed(auth_state: dict) -> bytes:
+    """auth_state as JupyterHub stores it: JSON, Fernet-encrypted with JUPYTERHUB_CRYPT_KEY."""
+    key = base64.urlsafe_b64encode(bytes.fromhex(CRYPT_KEY))
+    return Fernet(key).encrypt(json.dumps(auth_state).encode())
+
+
+def hub_database(path: Path, members: dict[str, list[str]]) -> None:
+    """A hub database as JupyterHub makes it (its own schema), with these users, their stored
+    logins (the provider's groups) and the same JupyterHub groups."""
+    db = orm.new_session_factory(f"sqlite:///{path}")()
+    groups: dict[str, orm.Group] = {}
+    for name, user_groups in members.items():
+        user = orm.User(name=name, encrypted_auth_state=sealed(oidc_state(**{"wlcg.groups": user_groups})))
+        db.add(user)
+        for g in user_groups:
+            if g not in groups:
+                groups[g] = orm.Group(name=g)
+                db.add(groups[g])
+            groups[g].users.append(user)
+    db.commit()
+    db.close()
+
+
+def drop_user(path: Path, name: str) -> None:
+    db = orm.new_session_factory(f"sqlite:///{path}")()
+    db.delete(db.query(orm.User).filter_by(name=name).one())
+    db.commit()
+    db.close()
+
+
+def command(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("cloudidentity-spawner", path=os.path.dirname(sys.executable))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
+    env["JUPYTERHUB_CRYPT_KEY"] = CRYPT_KEY
+    return subprocess.run([exe, *args], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+
+
+async def spawn(namespace, moto, hub, user, groups, rules):
+    c = spawner_config(namespace, rules, hub_name=hub, aws_role_propagation_seconds=0,
+                       aws_client_kwargs={"endpoint_url": moto, "region_name": "us-east-1"})
+    spawner = make_spawner(CloudIdentitySpawner, c, SpawnUser(user, oidc_state(**{"wlcg.groups": groups})))
+    await spawner.start()
+    await spawner.stop()
+
+
+def role_exists(moto, name: str) -> bool:
+    try:
+        boto3.client("iam", endpoint_url=moto, region_name="us-east-1").get_role(RoleName=name)
+    except ClientError:
+        return False
+    return True
+
+
+@pytest.fixture
+def hub(policies):  # noqa: F811
+    _backends.clear()
+    return "ops" + uuid.uuid4().hex[:6]
+
+
+async def test_status_and_gc_after_a_user_left_while_the_hub_was_down_and_a_rule_change(
+        namespace, moto_endpoint, hub, tmp_path):
+    db = tmp_path / "jupyterhub.sqlite"
+    hub_database(db, {"alice": ["/escape"], "dave": ["/escape"], "erin": ["/escape", "/escape/staff"], "frank": ["/escape"]})
+    rules = [members_rule(hub)]
+    for user in ("alice", "dave", "erin", "frank"):
+        await spawn(namespace, moto_endpoint, hub, user, ["/escape"] + (["/escape/staff"] if user == "erin" else []), rules)
+    # frank's account is deleted by hand (kubectl delete sa): his role stays behind, recorded nowhere.
+    api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    async with api_client:
+        await client.CoreV1Api(api_client).delete_namespaced_service_account("jupyter-frank", namespace)
+    # While the hub was down, dave was removed from its database; then the rules changed:
+    # staff now share a group role, so erin's own account and managed role are no longer planned.
+    drop_user(db, "dave")
+    cfg = write_config(tmp_path / "jupyterhub_config.py", namespace, hub, moto_endpoint, db, [STAFF_RULE, members_rule(hub)])
+
+    out = command("status", "--config", str(cfg), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    by_account = {a["service_account"]: a for a in report["accounts"]}
+    assert set(by_account) == {f"{namespace}/jupyter-{u}" for u in ("alice", "dave", "erin")}
+    alice, dave, erin = (by_account[f"{namespace}/jupyter-{u}"] for u in ("alice", "dave", "erin"))
+    assert (alice["state"], alice["rule"], alice["owner"]) == ("ok", "members", "user:alice")
+    assert alice["identity"] == f"aws:arn:aws:iam::123456789012:role/jupyterhub/{hub}/{hub}-alice"
+    assert dave["state"] == "orphaned" and dave["problems"] == ["user dave is no longer on the hub"]
+    assert erin["state"] == "orphaned" and erin["problems"] == ["rule 'members' no longer applies to erin (rule 'staff' does)"]
+    assert report["counts"] == {"ok": 1, "drift": 0, "orphaned": 2, "unknown": 0}
+
+    human = command("status", "--config", str(cfg))
+    assert human.returncode == 0, human.stderr
+    assert "3 ServiceAccounts of this hub (all namespaces): 1 ok, 0 drift, 2 orphaned, 0 unknown" in human.stdout
+    assert "- user dave is no longer on the hub" in human.stdout
+
+    dry = command("gc", "--config", str(cfg), "--min-age", "0")
+    assert dry.returncode == 0, dry.stderr
+    assert f"would delete: ServiceAccount {namespace}/jupyter-dave and arn:aws:iam::123456789012:role/jupyterhub/{hub}/{hub}-dave: " \
+           "user dave is no longer on the hub" in dry.stdout
+    assert f"would delete: arn:aws:iam::123456789012:role/jupyterhub/{hub}/{hub}-frank (no ServiceAccount records it)" in dry.stdout
+    assert "3 to clean up; nothing was changed (dry run)" in dry.stdout
+    assert all(role_exists(moto_endpoint, f"{hub}-{u}") for u in ("dave", "erin", "frank"))
+    assert await read("serviceaccount", namespace, "jupyter-dave") is not None
+
+    # A role the operator made under the same path, tagged as someone else's: never touched.
+    iam = boto3.client("iam", endpoint_url=moto_endpoint, region_name="us-east-1")
+    iam.create_role(RoleName=f"{hub}-operator", Path=f"/jupyterhub/{hub}/", AssumeRolePolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": []}), Tags=[{"Key": "cloudidentity-spawner/hub", "Value": "another-hub"},
+                                                            {"Key": "app.kubernetes.io/managed-by", "Value": "cloudidentity-spawner"}])
+    done = command("gc", "--config", str(cfg), "--min-age", "0", "--apply", "--json")
+    assert done.returncode == 0, done.stderr
+    actions = json.loads(done.stdout)["actions"]
+    assert sorted((a["action"], a["identity"].rsplit("/", 1)[1], a["done"]) for a in actions) == [
+        ("delete-account", f"{hub}-dave", True), ("delete-account", f"{hub}-erin", True),
+        ("delete-identity", f"{hub}-frank", True)]
+    assert not any(role_exists(moto_endpoint, f"{hub}-{u}") for u in ("dave", "erin", "frank"))
+    assert role_exists(moto_endpoint, f"{hub}-alice") and role_exists(moto_endpoint, f"{hub}-operator")
+    assert await read("serviceaccount", namespace, "jupyter-dave") is None
+    assert await read("serviceaccount", namespace, "jupyter-erin") is None
+    assert await read("serviceaccount", namespace, "jupyter-alice") is not None
+
+    again = command("gc", "--config", str(cfg), "--min-age", "0")
+    assert "nothing to clean up" in again.stdout, again.stdout
+
+
+async def test_a_spawn_between_judging_and_cleaning_wins(namespace, moto_endpoint, hub, tmp_path):
+    """The account changed after gc judged it (a spawn patched it): gc leaves it and its role."""
+    db = tmp_path / "jupyterhub.sqlite"
+    hub_database(db, {"alice": ["/escape"]})
+    rules = [members_rule(hub)]
+    await spawn(namespace, moto_endpoint, hub, "gus", ["/escape"], rules)  # gus is not in the database
+    cfg = write_config(tmp_path / "jupyterhub_config.py", namespace, hub, moto_endpoint, db, rules)
+    from cloudidentity_spawner.cli import load_config
+
+    conf = load_config(str(cfg))
+    settings = identity_settings(conf)
+    api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    async with api_client:
+        accounts = ServiceAccounts(client.CoreV1Api(api_client))
+        users = HubDatabase(f"sqlite:///{db}")
+        found = await survey(settings, conf, accounts, users, namespace)
+        [action] = cleanup_actions(found, [], 600)
+        assert action.kind == "delete-account" and action.reason == "user gus is no longer on the hub"
+        await accounts.api.patch_namespaced_service_account(
+            "jupyter-gus", namespace, {"metadata": {"annotations": {"example.org/touched": "1"}}},
+            _content_type="application/merge-patch+json")
+        await apply([action], settings, accounts, users, namespace)
+    assert not action.done and action.skipped.startswith("changed since it was judged")
+    assert role_exists(moto_endpoint, f"{hub}-gus")
+    assert await read("serviceaccount", namespace, "jupyter-gus") is not None
+
+
+def _account(name="jupyter-alice", owner="user:alice", rule="members", **annotations) -> Account:
+    return Account("jh", name, "uid-1", "7", {"app.kubernetes.io/managed-by": "cloudidentity-spawner",
+                                              "cloudidentity-spawner/scope": "user"},
+                   {"cloudidentity-spawner/owner": owner, "cloudidentity-spawner/rule": rule, **annotations})
+
+
+def test_nothing_is_taken_from_under_a_running_pod_or_from_an_adopted_account():
+    orphan = Entry(_account(), "orphaned", ["user alice is no longer on the hub"], stale_identity="aws:arn:x", pods=["jupyter-alice"])
+    adopted = Entry(_account("shared", "user:bob", **{"cloudidentity-spawner/adopted": "true"}), "orphaned",
+                    ["user bob is no longer on the hub"])
+    actions = cleanup_actions(Survey([orphan, adopted], "x"), [], 600)
+    assert [a.skipped for a in actions] == ["pods still run under it (jupyter-alice)",
+                                            "adopted by the hub (adopt: true): it is the operator's and never deleted"]
+
+
+def test_young_cloud_identities_are_left_for_the_spawn_making_them():
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    made = [{"identity": "aws:arn:young", "created": now - datetime.timedelta(seconds=30)},
+            {"identity": "aws:arn:old", "created": now - datetime.timedelta(hours=2)},
+            {"identity": "gcp:x@p.iam.gserviceaccount.com", "created": None},
+            {"identity": "aws:arn:recorded", "created": now - datetime.timedelta(hours=2)}]
+    recorded = Entry(_account(**{"cloudidentity-spawner/managed-identity": "aws:arn:recorded"}), "ok")
+    actions = cleanup_actions(Survey([recorded], "x"), made, 600, now)
+    assert [(a.identity, bool(a.skipped)) for a in actions] == [
+        ("aws:arn:young", True), ("aws:arn:old", False), ("gcp:x@p.iam.gserviceaccount.com", False)]
+    assert isinstance(actions[0], Action) and "made 30 s ago" in actions[0].skipped
+
+
+def test_drift_names_the_identity_the_rules_plan_now():
+    rules = IdentityRules.from_config([{"name": "atlas", "match": {"groups": ["/atlas"]}, "scope": "group",
+                                        "aws": {"role_arn": "arn:aws:iam::123456789012:role/new"}}], "jh")
+    plan = rules.shared_plan("group:/atlas", "atlas", "jh")
+    sa = plan.service_account
+    account = Account("jh", sa.name, "u", "1", dict(sa.labels),
+                      {**sa.annotations, "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/old"})
+    entry = judge(account, plan)
+    assert entry.state == "drift"
+    assert entry.problems == ["runs as arn:aws:iam::123456789012:role/old; the rules now plan arn:aws:iam::123456789012:role/new"]
+    same = Account("jh", sa.name, "u", "1", dict(sa.labels), dict(sa.annotations))
+    assert judge(same, plan).state == "ok"
+    with pytest.raises(NoMatchingRule) as refused:
+        rules.shared_plan("group:/cms", "atlas", "jh")
+    assert refused.value.admin_detail == "rule 'atlas' no longer matches group /cms"
