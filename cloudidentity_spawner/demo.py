@@ -251,8 +251,12 @@ def hub_config(*, moto_url: str, oidc_url: str, port: int, hub_port: int, eks_ur
     """The demo's jupyterhub_config.py (the hub finds the emulator through $KUBECONFIG)."""
     rules = demo_rules(pod_identity=bool(eks_url))
     return f"""
+from cloudidentity_spawner.admin import admin_roles, admin_service
 from cloudidentity_spawner.auth import auth_state_groups
 c = get_config()
+# The admin page, /services/cloudidentity/ (hub admins: alice).
+c.JupyterHub.services = [admin_service(__file__, port={_free_port()})]
+c.JupyterHub.load_roles = admin_roles()
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {port}
 c.JupyterHub.hub_ip = "127.0.0.1"

@@ -123,6 +123,8 @@ class Entry:
     planned_identity: str | None = None
     stale_identity: str | None = None
     pods: list[str] = field(default_factory=list)
+    last_event: dict[str, str] | None = None
+    """The latest Event the hub recorded on the account (``reason``, ``time``, ``message``)."""
 
     def to_dict(self) -> dict[str, Any]:
         a = self.account
@@ -130,7 +132,7 @@ class Entry:
             "service_account": a.where, "owner": a.owner, "user": a.user, "rule": a.rule, "scope": a.scope,
             "identity": a.identity, "planned_identity": self.planned_identity, "state": self.state,
             "problems": list(self.problems), "stale_identity": self.stale_identity, "adopted": a.adopted,
-            "pods": list(self.pods),
+            "pods": list(self.pods), "last_event": self.last_event,
         }
 
 
@@ -267,6 +269,28 @@ async def pods_by_account(accounts: ServiceAccounts, namespaces: Collection[str]
     return running
 
 
+async def last_events(accounts: ServiceAccounts, namespaces: Collection[str]) -> dict[tuple[str, str], dict[str, str]]:
+    """The latest Event the hub recorded on each of its accounts in *namespaces* (best effort:
+    Events expire after an hour by default, and a hub without ``list`` on events shows none)."""
+    latest: dict[tuple[str, str], dict[str, str]] = {}
+    for ns in sorted(namespaces):
+        try:
+            events = await accounts.api.list_namespaced_event(
+                ns, label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}", _request_timeout=accounts.request_timeout)
+        except ApiException:
+            continue
+        for event in events.items:
+            obj = event.involved_object
+            if obj.kind != "ServiceAccount":
+                continue
+            when = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+            when = when.isoformat() if hasattr(when, "isoformat") else str(when or "")
+            key = (ns, obj.name)
+            if key not in latest or when >= latest[key]["time"]:
+                latest[key] = {"reason": event.reason or "", "time": when, "message": event.message or ""}
+    return latest
+
+
 async def cloud_presence(settings: Any, identities: Collection[str]) -> dict[str, bool | None]:
     """Whether each hub-made identity exists (None: not checked - principal grants, or the
     cloud did not answer)."""
@@ -319,9 +343,13 @@ async def survey(settings: Any, config: Any, accounts: ServiceAccounts, hub_user
         entries.append(entry)
         if progress:
             progress("judging accounts", i, len(found))
-    running = await pods_by_account(accounts, {a.namespace for a in found})
+    namespaces = {a.namespace for a in found}
+    running = await pods_by_account(accounts, namespaces)
+    events = await last_events(accounts, namespaces)
     for entry in entries:
-        entry.pods = sorted(running.get((entry.account.namespace, entry.account.name), []))
+        key = (entry.account.namespace, entry.account.name)
+        entry.pods = sorted(running.get(key, []))
+        entry.last_event = events.get(key)
     if check_cloud:
         recorded = sorted({i for e in entries for i in (hub_made_identity(e.account.annotations, places),) if i})
         present = await cloud_presence(settings, recorded)
@@ -331,3 +359,30 @@ async def survey(settings: Any, config: Any, accounts: ServiceAccounts, hub_user
                 entry.state = "drift"
                 entry.problems.append(f"{_name(identity)} is missing in the cloud (the owner's next spawn re-creates it)")
     return Survey(entries, searched, sum(1 for u in users.values() if u is not None and not u.auth_state_known))
+
+
+async def user_decisions(settings: Any, hub_users: Any, names: list[str], namespace: str) -> list[dict[str, Any]]:
+    """What the rules decide now for each of these hub users (for users without an account yet):
+    rule, scope, ServiceAccount and identity, or why they get none - as their next spawn would."""
+    users = await hub_users.users(names)
+    rules: IdentityRules = settings.compiled_rules
+    decisions = []
+    for name in names:
+        user = users.get(name)
+        if user is None:
+            continue
+        row: dict[str, Any] = {"user": name, "groups": list(user.groups)}
+        if settings.identity_resolver is not None:
+            row["decision"] = "decided by the hub's identity_resolver at spawn time"
+        else:
+            try:
+                claims = claims_from_auth_state(name, user.auth_state, user.groups, claims_key=settings.auth_state_claims_key,
+                                                group_claims=settings.claim_groups_keys)
+                plan = rules.resolve(claims, namespace)
+                row.update(rule=plan.rule, scope=plan.scope, identity=plan_identity(plan),
+                           service_account=f"{plan.service_account.namespace}/{plan.service_account.name}",
+                           decision=f"{_name(plan_identity(plan))} (rule {plan.rule}, {plan.scope} scope)")
+            except IdentityError as e:
+                row["decision"] = f"no identity: {e.admin_detail}"
+        decisions.append(row)
+    return decisions

@@ -20,9 +20,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 TOKEN = secrets.token_hex(16)
 CHECKER = f"""
-c.JupyterHub.services = [{{"name": "checker", "api_token": "{TOKEN}"}}]
-c.JupyterHub.load_roles = [{{"name": "checker", "services": ["checker"],
-    "scopes": ["read:users", "read:servers", "servers", "access:servers"]}}]
+c.JupyterHub.services.append({{"name": "checker", "api_token": "{TOKEN}"}})
+c.JupyterHub.load_roles.append({{"name": "checker", "services": ["checker"],
+    "scopes": ["read:users", "read:servers", "servers", "access:servers"]}})
 """
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (see .ci/run)")
@@ -47,12 +47,12 @@ def browser():
         browser.close()
 
 
-def log_in(browser, demo, user):
+def log_in(browser, demo, user, landing="**/hub/spawn**"):
     page = browser.new_context().new_page()
     page.goto(f"http://127.0.0.1:{demo.port}/hub/login")
     page.get_by_text("Sign in with the demo identity provider").click()
     page.get_by_role("button", name=user, exact=True).click()
-    page.wait_for_url("**/hub/spawn**")
+    page.wait_for_url(landing)
     return page
 
 
@@ -115,3 +115,44 @@ def test_posting_a_hidden_profile_is_refused(demo):
     assert model["servers"] == {}
     assert demo.kube.api.get("pods", NAMESPACE, "jupyter-carol") is None
     assert "refused profile 'atlas-analysis'" in Path(demo.hub_log.name).read_text()
+
+
+def test_admins_see_who_runs_as_what_and_others_are_kept_out(browser, demo):
+    # An account left behind by a user the hub no longer has (deleted while the hub was down).
+    demo.kube.api.put("serviceaccounts", NAMESPACE, {"metadata": {
+        "name": "jupyter-zed", "namespace": NAMESPACE,
+        "labels": {"app.kubernetes.io/managed-by": "cloudidentity-spawner", "cloudidentity-spawner/hub": "demo",
+                   "cloudidentity-spawner/scope": "user", "cloudidentity-spawner/user": "zed"},
+        "annotations": {"cloudidentity-spawner/owner": "user:zed", "cloudidentity-spawner/rule": "escape-members",
+                        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/jupyterhub/demo/demo-zed"}}})
+    # alice is a hub admin; her server runs (first test), so the login lands on it.
+    page = log_in(browser, demo, "alice", landing=lambda url: "/user/alice/" in url or "/hub/spawn" in url)
+    page.goto(f"http://127.0.0.1:{demo.port}/services/cloudidentity/")
+    page.locator("#accounts").wait_for()
+    atlas = page.locator(f"#accounts tr[data-account^='{NAMESPACE}/jupyter-group-escape-atlas']")
+    assert atlas.locator("td").nth(0).inner_text() == "ok"
+    assert atlas.locator("td").nth(2).inner_text() == "group:/escape/atlas"
+    assert "arn:aws:iam::123456789012:role/jupyterhub/escape-atlas" in atlas.inner_text()
+    assert "CloudIdentityCreated" in atlas.inner_text()  # the latest Event on the account
+    zed = page.locator(f"#accounts tr[data-account='{NAMESPACE}/jupyter-zed']")
+    assert zed.locator("td").nth(0).inner_text() == "orphaned"
+    assert "user zed is no longer on the hub" in zed.inner_text()
+    users = page.locator("#users")
+    assert "no identity: no identity rule matches user 'bob'" in users.locator("tr[data-user='bob']").inner_text()
+    assert "demo-carol (rule escape-members, user scope)" in users.locator("tr[data-user='carol']").inner_text()
+    assert "escape-atlas (rule atlas, group scope)" in users.locator("tr[data-user='alice']").inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-page.png"), full_page=True)
+
+    page.get_by_label("search").fill("zed")
+    page.get_by_role("button", name="Search").click()
+    page.wait_for_url("**q=zed**")
+    assert page.locator("#accounts tbody tr").count() == 1
+    assert page.locator("#users tbody tr").count() == 0
+    assert page.locator("#summary").inner_text().startswith("1 ServiceAccounts matching")
+
+    # carol is no admin and was granted nothing: the hub does not let her in.
+    other = log_in(browser, demo, "carol")
+    response = other.goto(f"http://127.0.0.1:{demo.port}/services/cloudidentity/")
+    assert response.status == 403
+    assert "jupyter-zed" not in other.content()

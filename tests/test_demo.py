@@ -19,9 +19,9 @@ from cloudidentity_spawner.demo import NAMESPACE, Demo, _free_port, pod_environm
 
 TOKEN = secrets.token_hex(16)
 CHECKER = f"""
-c.JupyterHub.services = [{{"name": "checker", "api_token": "{TOKEN}"}}]
-c.JupyterHub.load_roles = [{{"name": "checker", "services": ["checker"],
-    "scopes": ["read:users", "read:servers", "access:servers", "read:metrics"]}}]
+c.JupyterHub.services.append({{"name": "checker", "api_token": "{TOKEN}"}})
+c.JupyterHub.load_roles.append({{"name": "checker", "services": ["checker"],
+    "scopes": ["read:users", "read:servers", "access:servers", "read:metrics"]}})
 """
 
 

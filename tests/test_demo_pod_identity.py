@@ -19,9 +19,9 @@ from cloudidentity_spawner.demo import CLUSTER, NAMESPACE, NOTEBOOK_ROLE, Demo, 
 from .test_demo import TOKEN, login, wait_ready  # noqa: E402
 
 ADMIN = f"""
-c.JupyterHub.services = [{{"name": "checker", "api_token": "{TOKEN}"}}]
-c.JupyterHub.load_roles = [{{"name": "checker", "services": ["checker"],
-    "scopes": ["read:users", "read:servers", "access:servers", "servers", "admin:users"]}}]
+c.JupyterHub.services.append({{"name": "checker", "api_token": "{TOKEN}"}})
+c.JupyterHub.load_roles.append({{"name": "checker", "services": ["checker"],
+    "scopes": ["read:users", "read:servers", "access:servers", "servers", "admin:users"]}})
 """
 
 
