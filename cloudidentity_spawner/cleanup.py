@@ -45,7 +45,7 @@ class Action:
         elif self.kind == "revoke":
             what = f"{identity} (still recorded by ServiceAccount {self.account.where})"
         else:
-            what = f"{identity} (no ServiceAccount records it)"
+            what = identity
         return f"{what}: {self.reason}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,7 +76,7 @@ def cleanup_actions(survey: Survey, cloud_made: Iterable[dict[str, Any]], min_ag
     for found in cloud_made:
         if found["identity"] in known:
             continue
-        action = Action("delete-identity", "made by this hub; no ServiceAccount of it records it", identity=found["identity"])
+        action = Action("delete-identity", "made by this hub; no ServiceAccount records it", identity=found["identity"])
         created = found.get("created")
         if created is not None:
             age = (now - created).total_seconds()

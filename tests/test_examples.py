@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloudidentity_spawner import cli, kube
+from cloudidentity_spawner import cli, inventory, kube
 from cloudidentity_spawner.startup import check_config
 from cloudidentity_spawner.providers import gcp_iam
 
@@ -99,7 +99,8 @@ def test_rbac_covers_every_call_the_spawner_makes():
     assert {"get", "create", "patch", "delete"} <= needed
     assert needed <= granted
     events = {verb for rule in role["rules"] if "events" in rule["resources"] for verb in rule["verbs"]}
-    assert "create_namespaced_event" in Path(kube.__file__).read_text() and events == {"create"}
+    assert "create_namespaced_event" in Path(kube.__file__).read_text() and events == {"create", "list"}
+    assert "list_namespaced_event" in Path(inventory.__file__).read_text()  # the admin page's latest Event
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub"}]  # z2jh's hub account
     # The per-user accounts themselves are never bound to any role.

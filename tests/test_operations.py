@@ -159,7 +159,8 @@ async def test_status_and_gc_after_a_user_left_while_the_hub_was_down_and_a_rule
     assert dry.returncode == 0, dry.stderr
     assert f"would delete: ServiceAccount {namespace}/jupyter-dave and arn:aws:iam::123456789012:role/jupyterhub/{hub}/{hub}-dave: " \
            "user dave is no longer on the hub" in dry.stdout
-    assert f"would delete: arn:aws:iam::123456789012:role/jupyterhub/{hub}/{hub}-frank (no ServiceAccount records it)" in dry.stdout
+    assert f"would delete: arn:aws:iam::123456789012:role/jupyterhub/{hub}/{hub}-frank: made by this hub; " \
+           "no ServiceAccount records it" in dry.stdout
     assert "3 to clean up; nothing was changed (dry run)" in dry.stdout
     assert all(role_exists(moto_endpoint, f"{hub}-{u}") for u in ("dave", "erin", "frank"))
     assert await read("serviceaccount", namespace, "jupyter-dave") is not None
