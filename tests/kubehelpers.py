@@ -102,3 +102,44 @@ async def list_events(namespace: str) -> list[dict]:
     async with api_client:
         events = await client.CoreV1Api(api_client).list_namespaced_event(namespace)
         return api_client.sanitize_for_serialization(events)["items"]
+
+
+class HubWith:
+    """The hub's users as ``status``/``gc`` read them (name -> stored login), without a hub."""
+
+    def __init__(self, users: dict[str, Any]):
+        self.known = users
+
+    async def names(self) -> set[str]:
+        return set(self.known)
+
+    async def users(self, names: list[str]) -> dict[str, Any]:
+        from cloudidentity_spawner.hubusers import HubUser
+
+        return {n: HubUser(n, (), self.known[n], True) if n in self.known else None for n in names}
+
+
+async def run_gc(c: Config, namespace: str, users: dict[str, Any], apply: bool = True, min_age: float = 0.0):
+    """``gc`` as the command runs it (survey, the clouds' hub-made identities, cleanup), in process."""
+    from cloudidentity_spawner import cleanup
+    from cloudidentity_spawner.config import identity_settings
+    from cloudidentity_spawner.inventory import survey
+    from cloudidentity_spawner.kube import ServiceAccounts
+
+    settings = identity_settings(c)
+    hub = HubWith(users)
+    api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    async with api_client:
+        accounts = ServiceAccounts(client.CoreV1Api(api_client))
+        found = await survey(settings, c, accounts, hub, namespace)
+        actions = cleanup.cleanup_actions(found, await cleanup.cloud_made(settings), min_age)
+        if apply:
+            await cleanup.apply(actions, settings, accounts, hub, namespace)
+    return found, actions
+
+
+async def delete_service_account(namespace: str, name: str) -> None:
+    """What ``kubectl delete serviceaccount`` does."""
+    api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    async with api_client:
+        await client.CoreV1Api(api_client).delete_namespaced_service_account(name, namespace)

@@ -26,7 +26,7 @@ from cloudidentity_spawner.testing.eks import EKSPodIdentity  # noqa: E402
 from cloudidentity_spawner.testing.kubernetes import KubernetesAPIServer  # noqa: E402
 
 from .aws_policy import problems  # noqa: E402
-from .kubehelpers import SpawnUser, make_spawner, oidc_state, read, spawner_config  # noqa: E402
+from .kubehelpers import SpawnUser, delete_service_account, make_spawner, oidc_state, read, run_gc, spawner_config  # noqa: E402
 from .test_aws_policy_semantics import list_prefixes_allowed, probes, reveals, string_like  # noqa: E402
 
 CLUSTER = "escape-eks"
@@ -313,3 +313,22 @@ async def test_the_spawn_page_says_what_the_long_steps_are_doing(namespace, eks)
     assert events[:3] == ["Creating your cloud identity (an EKS Pod Identity association).",
                           "Waiting 0.2 s for EKS to apply your cloud identity.",
                           f"Your server will run as {ROLE} through an EKS Pod Identity association (rule everyone, your own)."]
+
+
+async def test_gc_removes_associations_of_users_gone_and_of_accounts_deleted_by_hand(namespace, eks):
+    for user in ("alice", "bob", "carol"):
+        await spawn(spawner(namespace, eks, user))
+    await delete_service_account(namespace, "jupyter-bob")
+    client(eks).create_pod_identity_association(clusterName=CLUSTER, namespace=namespace, serviceAccount="operator",
+                                                roleArn="arn:aws:iam::123456789012:role/admin")
+    c = spawner(namespace, eks, "x").config
+    _, young = await run_gc(c, namespace, {"carol": oidc_state(), "bob": oidc_state()}, apply=False, min_age=600)
+    [left] = [a for a in young if a.kind == "delete-identity"]
+    assert left.skipped.startswith("made ") and "a spawn may still be setting it up" in left.skipped
+    found, actions = await run_gc(c, namespace, {"carol": oidc_state(), "bob": oidc_state()})
+    assert sorted((a.kind, a.identity, a.done) for a in actions) == [
+        ("delete-account", f"eks:{CLUSTER}/{namespace}/jupyter-alice", True),
+        ("delete-identity", f"eks:{CLUSTER}/{namespace}/jupyter-bob", True)]
+    assert association(eks, namespace, "jupyter-alice") is None and association(eks, namespace, "jupyter-bob") is None
+    assert association(eks, namespace, "jupyter-carol") is not None
+    assert association(eks, namespace, "operator") is not None  # not ours

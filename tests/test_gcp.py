@@ -15,7 +15,7 @@ from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
 from cloudidentity_spawner.providers import _backends  # noqa: E402
 from cloudidentity_spawner.errors import SpawnRefused  # noqa: E402
 
-from .kubehelpers import SpawnUser, make_spawner, oidc_state, read, spawner_config  # noqa: E402
+from .kubehelpers import SpawnUser, delete_service_account, make_spawner, oidc_state, read, run_gc, spawner_config  # noqa: E402
 
 PROJECT = "my-project"
 
@@ -358,3 +358,28 @@ async def test_a_failing_or_slow_check_never_breaks_the_spawn(namespace, gcp_ser
 
     with pytest.raises(SpawnRefused, match="not activated your new cloud identity yet"):
         await gcp_spawner(namespace, gcp_server, hub, "val", gcp_activation_seconds=0.5, gcp_activation_check=broken).start()
+
+
+async def test_gc_removes_the_accounts_of_users_gone_and_accounts_no_serviceaccount_records(namespace, gcp_server, hub):
+    for user in ("alice", "bob", "carol"):
+        await spawn(gcp_spawner(namespace, gcp_server, hub, user))
+    await delete_service_account(namespace, "jupyter-bob")  # by hand: bob's Google account stays, recorded nowhere
+    iam, _, _ = gcp_server.clients()
+    foreign = iam.create_service_account(request={"name": f"projects/{PROJECT}", "account_id": f"{hub}-operator",
+                                                  "service_account": {"description": f"made by the operator for {hub}"}})
+    c = gcp_spawner(namespace, gcp_server, hub, "x").config
+    # alice left the hub; carol stays.
+    found, actions = await run_gc(c, namespace, {"carol": oidc_state(groups=["/staff"]), "bob": oidc_state(groups=["/staff"])})
+    assert {e.account.name: e.state for e in found.entries} == {"jupyter-alice": "orphaned", "jupyter-carol": "ok"}
+    assert sorted((a.kind, a.identity, a.done) for a in actions) == [
+        ("delete-account", f"gcp:{hub}-alice@{PROJECT}.iam.gserviceaccount.com", True),
+        ("delete-identity", f"gcp:{hub}-bob@{PROJECT}.iam.gserviceaccount.com", True)]
+    emails = {a["email"] for a in gcp_server.state.accounts.values()}
+    assert f"{hub}-alice@{PROJECT}.iam.gserviceaccount.com" not in emails
+    assert f"{hub}-bob@{PROJECT}.iam.gserviceaccount.com" not in emails
+    assert {f"{hub}-carol@{PROJECT}.iam.gserviceaccount.com", foreign.email} <= emails
+    # alice's bindings went with her account; carol's stay.
+    project_members = members(gcp_server, f"projects/{PROJECT}", "roles/serviceusage.serviceUsageConsumer")
+    assert f"serviceAccount:{hub}-carol@{PROJECT}.iam.gserviceaccount.com" in project_members
+    assert f"serviceAccount:{hub}-alice@{PROJECT}.iam.gserviceaccount.com" not in project_members
+    assert await read("serviceaccount", namespace, "jupyter-alice") is None
