@@ -61,8 +61,9 @@ def rules(session_policy=True, **extra):
 
 
 def spawner(namespace, eks, name, rule_list=None, **extra):
-    c = spawner_config(namespace, rule_list or rules(), hub_name="hub1",
-                       aws_eks_client_kwargs={"endpoint_url": eks.url, "region_name": "eu-west-1"}, **extra)
+    extra.setdefault("hub_name", "hub1")
+    c = spawner_config(namespace, rule_list or rules(), aws_eks_client_kwargs={"endpoint_url": eks.url, "region_name": "eu-west-1"},
+                       **extra)
     return make_spawner(CloudIdentitySpawner, c, SpawnUser(name, oidc_state()))
 
 
@@ -316,12 +317,13 @@ async def test_the_spawn_page_says_what_the_long_steps_are_doing(namespace, eks)
 
 
 async def test_gc_removes_associations_of_users_gone_and_of_accounts_deleted_by_hand(namespace, eks):
+    hub = "gc-" + namespace  # the cluster holds other tests' associations, of hub "hub1"
     for user in ("alice", "bob", "carol"):
-        await spawn(spawner(namespace, eks, user))
+        await spawn(spawner(namespace, eks, user, hub_name=hub))
     await delete_service_account(namespace, "jupyter-bob")
     client(eks).create_pod_identity_association(clusterName=CLUSTER, namespace=namespace, serviceAccount="operator",
                                                 roleArn="arn:aws:iam::123456789012:role/admin")
-    c = spawner(namespace, eks, "x").config
+    c = spawner(namespace, eks, "x", hub_name=hub).config
     _, young = await run_gc(c, namespace, {"carol": oidc_state(), "bob": oidc_state()}, apply=False, min_age=600)
     [left] = [a for a in young if a.kind == "delete-identity"]
     assert left.skipped.startswith("made ") and "a spawn may still be setting it up" in left.skipped
