@@ -30,7 +30,7 @@ SERVICE = "cloudidentity"
 SERVICE_SCOPES = ["list:users", "read:users", "admin:auth_state"]
 """What the service's own token needs: the users, their groups, and their stored logins
 (identity rules are planned from the login's claims)."""
-PASSED_ENVIRONMENT = ("KUBERNETES_", "KUBECONFIG", "AWS_", "GOOGLE_", "CLOUDSDK_", "JUPYTERHUB_CRYPT_KEY")
+PASSED_ENVIRONMENT = ("KUBERNETES_", "KUBECONFIG", "AWS_", "GOOGLE_", "CLOUDSDK_")
 """Environment the hub's own cluster and cloud access comes from; JupyterHub starts services
 with a clean environment, so these are handed on explicitly."""
 USERS_SHOWN = 50
@@ -108,6 +108,7 @@ def render_page(report: dict[str, Any], decisions: list[dict[str, Any]], query: 
 <form method="get"><input type="search" name="q" value="{e(query)}" placeholder="user, group, rule, ServiceAccount or identity" aria-label="search">
 <button type="submit">Search</button></form>
 <p id="summary">{len(report['accounts'])} ServiceAccounts{' matching' if query else ''} ({e(report['searched'])}): {e(counts)}</p>
+<p class=muted>Whether hub-made roles and Google accounts still exist in the cloud is not checked here: <code>cloudidentity-spawner status</code> does.</p>
 <table id="accounts"><thead><tr><th>State</th><th>ServiceAccount</th><th>Owner</th><th>Rule</th><th>Cloud identity</th>
 <th>Drift</th><th>Last event</th></tr></thead><tbody>{''.join(rows)}</tbody></table>
 <h2>Hub users without an account of their own: what their next spawn gets</h2>
@@ -125,7 +126,8 @@ def make_app(settings: Any, config: Any, accounts: Any, hub_users: Any, namespac
         @web.authenticated
         async def get(self) -> None:
             query = self.get_argument("q", "").strip().lower()
-            found = await survey(settings, config, accounts, hub_users, namespace)
+            # Cloud existence is not asked on every page view (a call per hub-made identity): `status` does.
+            found = await survey(settings, config, accounts, hub_users, namespace, check_cloud=False)
             report = found.to_dict()
             report["accounts"] = [a for a in report["accounts"] if _matches(a, query)]
             report["counts"] = {s: sum(a["state"] == s for a in report["accounts"]) for s in report["counts"]}
@@ -142,7 +144,7 @@ def make_app(settings: Any, config: Any, accounts: Any, hub_users: Any, namespac
 
         @web.authenticated
         async def get(self) -> None:
-            found = await survey(settings, config, accounts, hub_users, namespace)
+            found = await survey(settings, config, accounts, hub_users, namespace, check_cloud=False)
             self.finish(found.to_dict())
 
     return web.Application(

@@ -22,6 +22,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from .errors import IdentityError
 from .inventory import Account, Survey, hub_made_identity, our_accounts
 from .kube import ServiceAccounts
+from .plan import GC_PENDING_ANNOTATION
 from .providers import backend_for
 from .provisioner import revoke_identity
 
@@ -57,31 +58,48 @@ def cleanup_actions(survey: Survey, cloud_made: Iterable[dict[str, Any]], min_ag
                     now: datetime.datetime | None = None) -> list[Action]:
     """What to remove, from a survey and the hub-made identities found in the clouds."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
+    still_used: dict[str, list[str]] = {}  # identity -> accounts that are planned and record or plan it
+    for entry in survey.entries:
+        if entry.state != "orphaned":
+            for identity in {entry.account.identity, hub_made_identity(entry.account.annotations), entry.planned_identity}:
+                if identity:
+                    still_used.setdefault(identity, []).append(entry.account.where)
     actions = []
     for entry in survey.entries:
         account = entry.account
         if entry.state == "orphaned":
-            action = Action("delete-account", entry.problems[0], account, entry.stale_identity)
+            identity = entry.stale_identity
+            reason = entry.problems[0]
+            if identity in still_used:  # e.g. a renamed account: the same role, now under the new name
+                reason += f"; its {identity.split(':', 1)[1]} stays (used by {', '.join(still_used[identity])})"
+                identity = None
+            action = Action("delete-account", reason, account, identity)
             if account.adopted:
                 action.skipped = "adopted by the hub (adopt: true): it is the operator's and never deleted"
-        elif entry.stale_identity and entry.state in ("ok", "drift"):
+        elif entry.stale_identity and entry.state in ("ok", "drift") and entry.stale_identity not in still_used:
             action = Action("revoke", "its plan no longer uses it", account, entry.stale_identity)
         else:
             continue
-        if entry.pods:
+        if not account.hub_labelled and not action.skipped:
+            action.skipped = ("made before accounts carried the hub label, so it may be another hub's: its owner's "
+                              "next spawn labels it (or label it cloudidentity-spawner/hub=<hub_name> by hand)")
+        if entry.pods and not action.skipped:
             action.skipped = f"pods still run under it ({', '.join(entry.pods)})"
         actions.append(action)
-    known = {i for e in survey.entries for i in (e.account.identity, hub_made_identity(e.account.annotations),
-                                                  e.planned_identity) if i}
+    known = set(still_used) | survey.recorded | {a.identity for a in actions if a.identity}
     for found in cloud_made:
         if found["identity"] in known:
             continue
         action = Action("delete-identity", "made by this hub; no ServiceAccount records it", identity=found["identity"])
         created = found.get("created")
-        if created is not None:
-            age = (now - created).total_seconds()
-            if age < min_age:
-                action.skipped = f"made {age:.0f} s ago: a spawn may still be setting it up (--min-age {min_age:.0f})"
+        if not survey.complete:
+            action.skipped = ("the hub may not list ServiceAccounts in every namespace, so an account elsewhere "
+                              "may record it")
+        elif created is None and min_age > 0:
+            action.skipped = ("the cloud does not say when it was made, so a spawn may still be setting it up: "
+                              "run gc --min-age 0 when no first spawn is under way")
+        elif created is not None and (age := (now - created).total_seconds()) < min_age:
+            action.skipped = f"made {age:.0f} s ago: a spawn may still be setting it up (--min-age {min_age:.0f})"
         actions.append(action)
     return actions
 
@@ -122,55 +140,96 @@ async def apply(actions: list[Action], settings: Any, accounts: ServiceAccounts,
             progress("cleaning up", i, len(todo))
 
 
+async def _running_pods(accounts: ServiceAccounts, namespace: str, name: str) -> list[str]:
+    pods = await accounts.call(
+        lambda: accounts.api.list_namespaced_pod(namespace, field_selector=f"spec.serviceAccountName={name}",
+                                                 _request_timeout=accounts.request_timeout),
+        f"list pods under {namespace}/{name}")
+    return sorted(p.metadata.name for p in pods.items if not p.metadata.deletion_timestamp)
+
+
 async def _act_on_account(action: Action, settings: Any, accounts: ServiceAccounts, hub_users: Any) -> None:
+    """Mark the account (``gc-pending``: a spawn that finds it re-checks its cloud identity and
+    removes the mark), check pods, remove the cloud side, check pods again, delete the account
+    only if nothing changed it since the mark."""
     judged = action.account
-    now = await accounts.call(
-        lambda: accounts.api.read_namespaced_service_account(judged.name, judged.namespace, _request_timeout=accounts.request_timeout),
-        f"read ServiceAccount {judged.where}")
-    if now.metadata.uid != judged.uid or now.metadata.resource_version != judged.resource_version:
-        action.skipped = "changed since it was judged (a spawn used it): run gc again to judge it anew"
-        return
-    if judged.user is not None and action.kind == "delete-account":
-        if (await hub_users.users([judged.user])).get(judged.user) is not None and action.reason.endswith("no longer on the hub"):
+    api, timeout = accounts.api, accounts.request_timeout
+    if judged.user is not None and action.reason.startswith(f"user {judged.user} is no longer on the hub"):
+        if (await hub_users.users([judged.user])).get(judged.user) is not None:
             action.skipped = f"user {judged.user} is on the hub again"
             return
-    pods = await accounts.call(
-        lambda: accounts.api.list_namespaced_pod(judged.namespace, field_selector=f"spec.serviceAccountName={judged.name}",
-                                                 _request_timeout=accounts.request_timeout),
-        f"list pods under {judged.where}")
-    running = sorted(p.metadata.name for p in pods.items if not p.metadata.deletion_timestamp)
+    mark = {"metadata": {"resourceVersion": judged.resource_version, "uid": judged.uid,
+                         "annotations": {GC_PENDING_ANNOTATION: datetime.datetime.now(datetime.timezone.utc).isoformat()}}}
+    try:
+        marked = await accounts.call(
+            lambda: api.patch_namespaced_service_account(judged.name, judged.namespace, mark,
+                                                         _content_type="application/merge-patch+json", _request_timeout=timeout),
+            f"mark ServiceAccount {judged.where}")
+    except ApiException as e:
+        if e.status not in (404, 409):
+            raise
+        action.skipped = ("gone already" if e.status == 404 else
+                          "changed since it was judged (a spawn used it): run gc again to judge it anew")
+        return
+    version = marked.metadata.resource_version
+    running = await _running_pods(accounts, judged.namespace, judged.name)
     if running:
+        await _unmark(accounts, judged, version)
         action.skipped = f"pods started under it meanwhile ({', '.join(running)})"
         return
     if action.identity:
         # The cloud side first: if it cannot be removed, the account keeps the record of it.
         await revoke_identity(settings, action.identity, judged.owner, judged.annotations)
-    if action.kind == "delete-account":
-        try:
-            await accounts.call(
-                lambda: accounts.api.delete_namespaced_service_account(
-                    judged.name, judged.namespace,
-                    body={"preconditions": {"uid": judged.uid, "resourceVersion": judged.resource_version}},
-                    _request_timeout=accounts.request_timeout),
-                f"delete ServiceAccount {judged.where}")
-        except ApiException as e:
-            if e.status == 409:
-                action.skipped = ("a spawn changed the account while its cloud identity was being removed: the account "
-                                  "stays, and that spawn's next start re-creates the identity")
-                return
-            if e.status != 404:
-                raise
+    if action.kind == "revoke":
+        await _unmark(accounts, judged, version)
+        action.done = True
+        return
+    running = await _running_pods(accounts, judged.namespace, judged.name)
+    if running:
+        action.skipped = (f"a server started under it while its cloud identity was being removed ({', '.join(running)}): "
+                          "the account stays, marked, and that server's next start re-creates the identity")
+        return
+    try:
+        await accounts.call(
+            lambda: api.delete_namespaced_service_account(
+                judged.name, judged.namespace, body={"preconditions": {"uid": judged.uid, "resourceVersion": version}},
+                _request_timeout=timeout),
+            f"delete ServiceAccount {judged.where}")
+    except ApiException as e:
+        if e.status == 409:
+            action.skipped = ("a spawn changed the account while its cloud identity was being removed: the account "
+                              "stays, and that spawn re-created the identity or its next one will")
+            return
+        if e.status != 404:
+            raise
     action.done = True
+
+
+async def _unmark(accounts: ServiceAccounts, judged: Account, version: str) -> None:
+    """Take the ``gc-pending`` mark off again (if nothing changed the account since; a spawn removes it anyway)."""
+    body = {"metadata": {"resourceVersion": version, "annotations": {GC_PENDING_ANNOTATION: None}}}
+    try:
+        await accounts.api.patch_namespaced_service_account(
+            judged.name, judged.namespace, body, _content_type="application/merge-patch+json",
+            _request_timeout=accounts.request_timeout)
+    except ApiException:
+        pass
 
 
 async def _delete_unrecorded(action: Action, settings: Any, accounts: ServiceAccounts, namespace: str) -> None:
     # Judged a moment ago: look again, a spawn may have recorded it since.
-    found, _ = await our_accounts(accounts, settings.hub_name, namespace)
-    if any(action.identity in (a.identity, hub_made_identity(a.annotations)) for a in found):
+    listing = await our_accounts(accounts, settings.hub_name, namespace)
+    if action.identity in listing.recorded:
         action.skipped = "a ServiceAccount records it now (a spawn made it meanwhile)"
         return
+    provider, _, key = action.identity.partition(":")
+    if provider == "eks":  # an association names its account: pods may still run under it
+        _, ns, name = key.split("/", 2)
+        running = await _running_pods(accounts, ns, name)
+        if running:
+            action.skipped = f"pods still run under {ns}/{name} ({', '.join(running)})"
+            return
     if await revoke_identity(settings, action.identity, None, {}):
         action.done = True
     else:
         action.skipped = "gone already, or without this hub's markers"
-

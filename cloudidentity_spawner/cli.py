@@ -80,12 +80,20 @@ class _PlanSpawner:
         self.namespace = namespace
 
 
+POD_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
 def _configured_namespace(config: Any) -> str:
-    """The namespace KubeSpawner would use, from the most specific section that sets it."""
+    """The namespace KubeSpawner would use: from the most specific section that sets it, else
+    (as KubeSpawner) the namespace of the pod this runs in, else ``default``."""
     for section in ("CloudIdentitySpawner", "KubeSpawner"):
         if section in config and "namespace" in config[section]:
             return config[section]["namespace"]
-    return "default"
+    try:
+        with open(POD_NAMESPACE_FILE, encoding="utf-8") as f:
+            return f.read().strip() or "default"
+    except OSError:
+        return "default"
 
 
 async def plan_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -266,6 +274,21 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _unreachable(error: Exception) -> str | None:
+    """One line for a Kubernetes API or hub that cannot be reached or refuses (``status``, ``gc``)."""
+    import aiohttp
+    from kubernetes_asyncio.client.exceptions import ApiException
+    from kubernetes_asyncio.config import ConfigException
+
+    if isinstance(error, ApiException):
+        return f"the Kubernetes API refused: {error.status} {error.reason} ({_one_line(str(error.body or ''))[:300]})"
+    if isinstance(error, ConfigException):
+        return f"no Kubernetes configuration (in-cluster or $KUBECONFIG): {_one_line(str(error))}"
+    if isinstance(error, (aiohttp.ClientError, OSError)):
+        return f"cannot reach the Kubernetes API or the hub: {type(error).__name__}: {_one_line(str(error))}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
@@ -292,6 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except IdentityError as e:
         print(f"cloudidentity-spawner: {_one_line(e.admin_detail)}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        what = _unreachable(e)
+        if what is None:
+            raise
+        print(f"cloudidentity-spawner: {what}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(plan, sort_keys=True))

@@ -46,6 +46,7 @@ class HubAPI:
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"token {token}", "Accept": "application/jupyterhub-pagination+json"}
         self._slots = asyncio.Semaphore(concurrency)
+        self._checked = False
 
     async def _get(self, session: aiohttp.ClientSession, path: str) -> Any:
         async with self._slots, session.get(self.url + path, headers=self.headers) as r:
@@ -57,13 +58,31 @@ class HubAPI:
             r.raise_for_status()
             return json.loads(await r.text())
 
+    async def _check(self, session: aiohttp.ClientSession) -> None:
+        """Refuse a URL that is not the hub's REST API, or a token that cannot see every user: the
+        API answers 404 for users a filtered scope hides, which must never read as "deleted"."""
+        if self._checked:
+            return
+        root = await self._get(session, "/")
+        if not isinstance(root, dict) or "version" not in root:
+            raise ConfigError(f"{self.url} is not a JupyterHub REST API (expected e.g. http://hub:8081/hub/api)")
+        scopes = set((await self._get(session, "/user") or {}).get("scopes", []))
+        missing = sorted({"list:users", "read:users"} - scopes)
+        if missing:
+            raise ConfigError(f"the token for {self.url} lacks the scopes {', '.join(missing)} (unfiltered: every "
+                              "user must be visible, or users would look deleted)")
+        self._checked = True
+
     async def names(self) -> set[str]:
         """Every user's name (paginated)."""
         names: set[str] = set()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            await self._check(session)
             offset = 0
             while True:
                 page = await self._get(session, f"/users?offset={offset}&limit={PAGE}")
+                if page is None:
+                    raise ConfigError(f"{self.url}/users was not found: is this the hub's REST API?")
                 items = page["items"] if isinstance(page, dict) else page
                 names.update(u["name"] for u in items)
                 following = page.get("_pagination", {}).get("next") if isinstance(page, dict) else None
@@ -74,6 +93,7 @@ class HubAPI:
     async def users(self, names: list[str]) -> dict[str, HubUser | None]:
         """These users (None for one the hub does not have), with groups and, if the token may, auth_state."""
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            await self._check(session)
             models = await asyncio.gather(*(self._get(session, f"/users/{quote(n, safe='')}") for n in names))
         return {
             name: None if model is None else HubUser(

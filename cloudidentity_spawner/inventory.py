@@ -75,6 +75,11 @@ class Account:
         return self.owner[len("user:"):] if self.owner.startswith("user:") else None
 
     @property
+    def hub_labelled(self) -> bool:
+        """Whether the account carries the hub label (accounts made before it may be another hub's)."""
+        return HUB_LABEL in self.labels
+
+    @property
     def adopted(self) -> bool:
         return bool(self.annotations.get(ADOPTED_ANNOTATION))
 
@@ -173,6 +178,8 @@ def profile_rules(config: Any) -> set[str] | None:
         profiles = config[section].get("profile_list") if section in config else None
         if callable(profiles):
             return None
+        if isinstance(profiles, Mapping):  # KubeSpawner also takes {key: profile}
+            profiles = list(profiles.values())
         named.update(p["identity_rule"] for p in profiles or [] if isinstance(p, Mapping) and p.get("identity_rule"))
     return named
 
@@ -182,11 +189,11 @@ def plan_for_account(settings: Any, account: Account, user: HubUser | None,
     """``(plan, reason, unknown)``: the plan the account's rule makes now for its owner, or
     None and why nobody plans the account, or why it cannot be judged here."""
     rules: IdentityRules = settings.compiled_rules
+    if account.user is not None and user is None:
+        return None, f"user {account.user} is no longer on the hub", None
+    if settings.identity_resolver is not None:
+        return None, None, "the hub plans with an identity_resolver, which only runs in a spawn"
     if account.user is not None:
-        if user is None:
-            return None, f"user {account.user} is no longer on the hub", None
-        if settings.identity_resolver is not None:
-            return None, None, "the hub plans with an identity_resolver, which only runs in a spawn"
         try:
             claims = claims_from_auth_state(user.name, user.auth_state, user.groups, claims_key=settings.auth_state_claims_key,
                                             group_claims=settings.claim_groups_keys)
@@ -228,33 +235,45 @@ def hub_selector(hub: str) -> str:
     return f"{MANAGED_BY_LABEL}={MANAGED_BY},{HUB_LABEL}={names.label_value(hub)}"
 
 
-async def our_accounts(accounts: ServiceAccounts, hub: str, namespace: str) -> tuple[list[Account], str]:
-    """This hub's ServiceAccounts, and where they were looked for. Every namespace if the hub's
-    Kubernetes permissions allow (user namespaces, a changed namespace), else the hub's namespace;
-    accounts made before the hub label are counted in the hub's namespace only."""
+@dataclass
+class Listing:
+    """This hub's accounts, where they were looked for, whether that was every namespace, and
+    the cloud identities any account of this package records (of any hub, labelled or not)."""
+
+    accounts: list[Account]
+    searched: str
+    complete: bool
+    recorded: set[str]
+
+
+async def our_accounts(accounts: ServiceAccounts, hub: str, namespace: str) -> Listing:
+    """This hub's ServiceAccounts. Every namespace if the hub's Kubernetes permissions allow
+    (user namespaces, a changed namespace), else the hub's namespace; accounts made before the
+    hub label are counted in the hub's namespace only."""
     selector = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
     api, timeout = accounts.api, accounts.request_timeout
     try:
         listing = await accounts.call(
             lambda: api.list_service_account_for_all_namespaces(label_selector=selector, _request_timeout=timeout),
             "list ServiceAccounts in all namespaces")
-        where = "all namespaces"
+        where, complete = "all namespaces", True
     except ApiException as e:
         if e.status != 403:
             raise
         listing = await accounts.call(
             lambda: api.list_namespaced_service_account(namespace, label_selector=selector, _request_timeout=timeout),
             f"list ServiceAccounts in {namespace}")
-        where = f"namespace {namespace} (the hub may not list other namespaces)"
+        where, complete = f"namespace {namespace} (the hub may not list other namespaces)", False
     mine = names.label_value(hub)
-    found = []
+    found, recorded = [], set()
     for sa in listing.items:
         account = Account.from_api(sa)
+        recorded.update(i for i in (account.identity, hub_made_identity(account.annotations)) if i)
         label = account.labels.get(HUB_LABEL)
         if label == mine or (label is None and account.namespace == namespace):
             found.append(account)
     found.sort(key=lambda a: (a.namespace, a.name))
-    return found, where
+    return Listing(found, where, complete, recorded)
 
 
 async def pods_by_account(accounts: ServiceAccounts, namespaces: Collection[str]) -> dict[tuple[str, str], list[str]]:
@@ -310,6 +329,10 @@ async def cloud_presence(settings: Any, identities: Collection[str]) -> dict[str
 class Survey:
     entries: list[Entry]
     searched: str
+    complete: bool = True
+    """Whether every namespace was searched (else an identity may be recorded where gc cannot see)."""
+    recorded: set[str] = field(default_factory=set)
+    """Cloud identities recorded by any account of this package, of this hub or not."""
     users_without_logins: int = 0
 
     def counts(self) -> dict[str, int]:
@@ -322,7 +345,8 @@ class Survey:
 async def survey(settings: Any, config: Any, accounts: ServiceAccounts, hub_users: Any, namespace: str,
                  check_cloud: bool = True, progress: Callable[[str, int, int], None] | None = None) -> Survey:
     """Judge every account of this hub (reads only)."""
-    found, searched = await our_accounts(accounts, settings.hub_name, namespace)
+    listing = await our_accounts(accounts, settings.hub_name, namespace)
+    found = listing.accounts
     owners = sorted({a.user for a in found if a.user is not None})
     users = await hub_users.users(owners) if owners else {}
     named = profile_rules(config)
@@ -358,7 +382,8 @@ async def survey(settings: Any, config: Any, accounts: ServiceAccounts, hub_user
             if identity and present.get(identity) is False and entry.state in ("ok", "drift"):
                 entry.state = "drift"
                 entry.problems.append(f"{_name(identity)} is missing in the cloud (the owner's next spawn re-creates it)")
-    return Survey(entries, searched, sum(1 for u in users.values() if u is not None and not u.auth_state_known))
+    return Survey(entries, listing.searched, listing.complete, listing.recorded,
+                  sum(1 for u in users.values() if u is not None and not u.auth_state_known))
 
 
 async def user_decisions(settings: Any, hub_users: Any, names: list[str], namespace: str) -> list[dict[str, Any]]:

@@ -16,6 +16,9 @@ RULE_ANNOTATION = PREFIX + "rule"
 MANAGED_IDENTITY_ANNOTATION = PREFIX + "managed-identity"
 """The hub-managed cloud identity the account's plan uses (``aws:<role ARN>``, ``gcp:<e-mail>``):
 when a later plan for the same account moves away from it, exactly that identity is revoked."""
+GC_PENDING_ANNOTATION = PREFIX + "gc-pending"
+"""Set by ``gc`` on an account it is about to remove; a spawn that finds it re-checks the cloud
+identity instead of trusting its cache, and (like any owned key the plan lacks) removes it."""
 SCOPE_LABEL = PREFIX + "scope"
 USER_LABEL = PREFIX + "user"
 GROUP_LABEL = PREFIX + "group"

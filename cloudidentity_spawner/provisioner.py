@@ -25,7 +25,7 @@ from .config import CloudIdentity
 from .errors import ConfigError, IdentityError, SpawnRefused
 from .kube import ServiceAccounts, bindings_to_remove, hub_made_identity, identity_to_revoke, is_retryable, service_account_change
 from .metrics import IDENTITY_STEP_SECONDS, SERVICE_ACCOUNT_CHANGES, SPAWN_DECISIONS
-from .plan import IdentityPlan
+from .plan import GC_PENDING_ANNOTATION, IdentityPlan
 from .providers import backend_for, backend_for_plan, gcp
 from .providers.managed import PROGRESS
 from .retry import Backoff, describe
@@ -177,7 +177,10 @@ class IdentityProvisioner:
             cloud_outcome = None
             if plan.cloud is not None and plan.cloud.hub_made:
                 # The cloud identity first: the ServiceAccount must not point at a role that is not there yet.
-                cloud_outcome = await backend_for_plan(self.settings, plan.cloud).ensure(plan)
+                # A new account, or one gc is removing: the identity may have been deleted since the
+                # cache last saw it right (gc runs outside the hub), so the cloud is asked.
+                recheck = existing is None or GC_PENDING_ANNOTATION in (existing.get("annotations") or {})
+                cloud_outcome = await backend_for_plan(self.settings, plan.cloud).ensure(plan, recheck=recheck)
             revoked: list[str] = []
 
             async def revoke_what_it_no_longer_plans(found: Any) -> None:

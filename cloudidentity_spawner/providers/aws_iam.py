@@ -63,19 +63,20 @@ class ManagedRoles(BotoBackend):
     def iam(self, value: Any) -> None:
         self.client = value
 
-    async def ensure(self, plan: IdentityPlan) -> str:
+    async def ensure(self, plan: IdentityPlan, recheck: bool = False) -> str:
         """Make the plan's role exist exactly as planned; returns created, updated or unchanged.
 
-        A warm spawn whose role was made right within ``cache_seconds`` makes no IAM call.
+        A warm spawn whose role was made right within ``cache_seconds`` makes no IAM call, unless
+        *recheck* (the account is new, or ``gc`` is removing it: the role may be gone since).
         """
         role = plan.cloud.resources["role"]
         name = role["name"]
         planned = fingerprint(role)
-        if self.converged.fresh(name, planned):
+        if not recheck and self.converged.fresh(name, planned):
             return "unchanged"
         # One spawn at a time per role: the others then find it made.
         async with self.converged.lock(name):
-            if self.converged.fresh(name, planned):
+            if not recheck and self.converged.fresh(name, planned):
                 return "unchanged"  # a concurrent spawn (a double click) just made it right
             try:
                 outcome = await self._ensure(plan, role)

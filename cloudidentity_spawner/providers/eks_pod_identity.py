@@ -58,16 +58,17 @@ class PodIdentityAssociations(BotoBackend):
                 return described["association"]
         return None
 
-    async def ensure(self, plan: IdentityPlan) -> str:
+    async def ensure(self, plan: IdentityPlan, recheck: bool = False) -> str:
         """Make the plan's association exist exactly as planned: created, updated or unchanged.
-        A warm spawn whose association was made right within ``cache_seconds`` makes no call."""
+        A warm spawn whose association was made right within ``cache_seconds`` makes no call, unless
+        *recheck* (the account is new, or ``gc`` is removing it)."""
         want = thaw(plan.cloud.resources["association"])
         key = plan.cloud.recorded
         planned = fingerprint(want)
-        if self.converged.fresh(key, planned):
+        if not recheck and self.converged.fresh(key, planned):
             return "unchanged"
         async with self.converged.lock(key):
-            if self.converged.fresh(key, planned):
+            if not recheck and self.converged.fresh(key, planned):
                 return "unchanged"
             try:
                 outcome = await self._ensure(plan, want)

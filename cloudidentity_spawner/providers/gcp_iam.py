@@ -13,6 +13,7 @@ IAM policies are edited read-modify-write with their etag; a concurrent change
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -84,18 +85,19 @@ class ManagedServiceAccounts:
 
     # -- spawn -----------------------------------------------------------------
 
-    async def ensure(self, plan: IdentityPlan) -> str:
+    async def ensure(self, plan: IdentityPlan, recheck: bool = False) -> str:
         """Make the planned GSA (``managed`` mode) and bindings exist; returns created, updated
         or unchanged. In ``principal`` mode there is no account: only the bindings, whose member
-        is the Kubernetes ServiceAccount's own principal."""
+        is the Kubernetes ServiceAccount's own principal. *recheck*: ask Google even if the cache
+        says it was made right (the account is new, or ``gc`` is removing it)."""
         resources = thaw(plan.cloud.resources)
         email = plan.cloud.identity  # the GSA e-mail, or the principal
         principal = plan.cloud.mode == "principal"
         planned = fingerprint(resources)
-        if self.converged.fresh(email, planned):
+        if not recheck and self.converged.fresh(email, planned):
             return "unchanged"
         async with self.converged.lock(email):
-            if self.converged.fresh(email, planned):
+            if not recheck and self.converged.fresh(email, planned):
                 return "unchanged"  # a concurrent spawn (a double click) just made it right
             try:
                 created = False if principal else await self._ensure_account(plan, resources["service_account"])
@@ -309,15 +311,14 @@ class ManagedServiceAccounts:
     async def hub_made(self, project: str, hub: str) -> list[dict[str, Any]]:
         """The accounts in *project* whose description carries *hub*'s marker (``gc``): ``identity``
         (``gcp:<e-mail>``), ``owner`` (the marker's digest) and ``created`` (None: Google does not say)."""
-        start = f"{MARKER_START}hub={hub} owner="
         pages = await self._call("ListServiceAccounts", self.iam.list_service_accounts,
                                  request={"name": f"projects/{project}", "page_size": 100})
         found = []
         # Later pages are fetched by the pager as it is iterated (blocking calls): in a thread.
         for account in await asyncio.to_thread(list, pages):
-            _, marked, rest = account.description.rpartition(start)
-            if marked and rest.endswith("]"):
-                found.append({"identity": f"gcp:{account.email}", "owner": rest[:-1], "created": None})
+            owner = _marked_owner(account.description, hub)
+            if owner is not None:
+                found.append({"identity": f"gcp:{account.email}", "owner": owner, "created": None})
         return found
 
     async def delete(self, email: str, owner: str | None, hub: str, added_bindings: list[list[str]]) -> bool:
@@ -330,7 +331,7 @@ class ManagedServiceAccounts:
         except gexc.NotFound:
             return False
         marked = (current.description.endswith(ownership_marker(hub, owner)) if owner is not None
-                  else f"{MARKER_START}hub={hub} owner=" in current.description and current.description.endswith("]"))
+                  else _marked_owner(current.description, hub) is not None)
         if not marked:
             if self.log:
                 self.log.info("cloudidentity: not deleting Google service account %s: not managed by this hub for %s",
@@ -384,6 +385,12 @@ class PropagationTimeout(gexc.GoogleAPICallError):
     def __init__(self, email: str, seconds: float):
         super().__init__(f"{email} does not exist after {seconds:.0f} s")
         self.email, self.seconds = email, seconds
+
+
+def _marked_owner(description: str, hub: str) -> str | None:
+    """The owner digest of *hub*'s ownership marker ending *description*, or None."""
+    found = re.search(rf" {re.escape(MARKER_START)}hub={re.escape(hub)} owner=([0-9a-f]{{32}})\]$", description)
+    return found.group(1) if found else None
 
 
 def _kind(resource: str) -> str:
