@@ -18,7 +18,11 @@ pytest.importorskip("oidc_provider_mock", reason="the demo extra is not installe
 from cloudidentity_spawner.demo import NAMESPACE, Demo, _free_port, pod_environment  # noqa: E402
 
 TOKEN = secrets.token_hex(16)
+OPERATOR_TOKEN = secrets.token_hex(16)
 CHECKER = f"""
+c.JupyterHub.services.append({{"name": "operator", "api_token": "{OPERATOR_TOKEN}"}})
+c.JupyterHub.load_roles.append({{"name": "operator", "services": ["operator"],
+    "scopes": ["list:users", "read:users", "admin:auth_state"]}})
 c.JupyterHub.services.append({{"name": "checker", "api_token": "{TOKEN}"}})
 c.JupyterHub.load_roles.append({{"name": "checker", "services": ["checker"],
     "scopes": ["read:users", "read:servers", "access:servers", "read:metrics"]}})
@@ -125,3 +129,24 @@ def test_hub_metrics_show_identity_decisions(demo):
     assert r.status_code == 200
     assert 'cloudidentity_spawn_decisions_total{outcome="ok",provider="aws",scope="user"}' in r.text
     assert 'cloudidentity_spawn_decisions_total{outcome="refused",provider="",scope=""}' in r.text
+
+
+def run_status(demo, token: str) -> subprocess.CompletedProcess:
+    exe = os.path.join(os.path.dirname(sys.executable), "cloudidentity-spawner")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
+    env.update(KUBECONFIG=os.path.join(demo.workdir, "kubeconfig"), JUPYTERHUB_API_TOKEN=token)
+    return subprocess.run([exe, "status", "--config", os.path.join(demo.workdir, "jupyterhub_config.py"), "--json",
+                           "--hub-url", f"http://127.0.0.1:{demo.port}/hub/api"], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_status_asks_the_running_hub_and_refuses_a_token_that_cannot_see_every_user(demo):
+    refused = run_status(demo, TOKEN)  # read:users, but not list:users
+    assert refused.returncode == 1
+    assert "lacks the scopes list:users" in refused.stderr and "Traceback" not in refused.stderr
+    out = run_status(demo, OPERATOR_TOKEN)
+    assert out.returncode == 0, out.stderr
+    accounts = {a["service_account"]: a for a in json.loads(out.stdout)["accounts"]}
+    carol = accounts[f"{NAMESPACE}/jupyter-carol"]  # she spawned in the first test
+    assert (carol["state"], carol["rule"], carol["identity"]) == (
+        "ok", "escape-members", "aws:arn:aws:iam::123456789012:role/jupyterhub/demo/demo-carol")
