@@ -116,6 +116,9 @@ async def cloud_made(settings: Any) -> list[dict[str, Any]]:
             places[("eks", rule.aws.pod_identity["cluster"])] = None
         if rule.gcp is not None and rule.gcp.managed is not None:
             places[("gcp", rule.gcp.managed["project"])] = None
+        if rule.azure is not None and rule.azure.managed is not None:
+            managed = rule.azure.managed
+            places[("azure", f"/subscriptions/{managed['subscription_id']}/resourceGroups/{managed['resource_group']}")] = None
     found: list[dict[str, Any]] = []
     for provider, place in places:
         found += await backend_for(settings, provider).hub_made(place, settings.hub_name)

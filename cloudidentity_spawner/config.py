@@ -203,6 +203,23 @@ class CloudIdentity(LoggingConfigurable):
         own Workload Identity). Only used by rules with gcp.managed.
         """,
     )
+    azure_client_factory = AnyTrait(
+        None,
+        allow_none=True,
+        config=True,
+        help="""
+        Optional callable taking a subscription id and returning
+        (azure.mgmt.msi.ManagedServiceIdentityClient, azure.mgmt.authorization.AuthorizationManagementClient)
+        for hub-managed Azure identities, for custom endpoints or credentials. Unset, the
+        clients use azure.identity.DefaultAzureCredential (the hub pod's own Workload
+        Identity). Only used by rules with azure.managed.
+        """,
+    )
+    azure_max_concurrent_calls = Integer(
+        4,
+        config=True,
+        help="At most this many Azure Resource Manager calls at once from this hub.",
+    )
     gcp_max_concurrent_calls = Integer(
         4,
         config=True,

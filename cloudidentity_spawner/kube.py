@@ -31,13 +31,13 @@ from .plan import (
     USER_LABEL,
     IdentityPlan,
 )
-from .providers import aws, gcp
+from .providers import aws, azure, gcp
 from .retry import Backoff, describe
 
 ADOPTED_ANNOTATION = PREFIX + "adopted"
 """Marks a ServiceAccount we took over (``adopt: true``): we update it but never delete it."""
 
-OWNED_ANNOTATIONS = frozenset(aws.ANNOTATIONS + gcp.ANNOTATIONS)
+OWNED_ANNOTATIONS = frozenset(aws.ANNOTATIONS + gcp.ANNOTATIONS + azure.ANNOTATIONS)
 
 T = TypeVar("T")
 

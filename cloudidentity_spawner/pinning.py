@@ -1,4 +1,4 @@
-"""Pin the pod to its plan: the ServiceAccount, token mount, environment and IRSA role.
+"""Pin the pod to its plan: the ServiceAccount, token mount, environment, IRSA role and Azure label.
 
 Profiles, ``kubespawner_override`` and the operator's own hooks all run before
 KubeSpawner's ``modify_pod_hook``; the hook made here runs last and sets what the
@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import SpawnRefused
 from .plan import RULE_LABEL, SCOPE_LABEL, IdentityPlan
-from .providers import aws
+from .providers import aws, azure
 
 
 def apply_plan(spawner: Any, plan: IdentityPlan, automount: bool) -> None:
@@ -24,7 +24,13 @@ def apply_plan(spawner: Any, plan: IdentityPlan, automount: bool) -> None:
         **spawner.extra_labels,
         SCOPE_LABEL: plan.service_account.labels[SCOPE_LABEL],
         RULE_LABEL: plan.service_account.labels[RULE_LABEL],
+        **azure_pod_labels(plan),
     }
+
+
+def azure_pod_labels(plan: IdentityPlan) -> dict[str, str]:
+    """AKS's Workload Identity webhook only gives labelled pods their Azure token and settings."""
+    return {azure.USE_LABEL: "true"} if plan.cloud is not None and plan.cloud.provider == "azure" else {}
 
 
 def planned_env(plan: IdentityPlan) -> dict[str, str]:
@@ -52,6 +58,8 @@ def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) ->
     env = planned_env(plan)
     notebook = pod.spec.containers[0]
     notebook.env = [e for e in (notebook.env or []) if e.name not in env] + [V1EnvVar(name=k, value=v) for k, v in env.items()]
+    if azure_pod_labels(plan):
+        pod.metadata.labels = {**(pod.metadata.labels or {}), **azure_pod_labels(plan)}
     role_arn = plan.service_account.annotations.get(aws.ROLE_ARN_ANNOTATION)
     if irsa and role_arn:
         pin_irsa(pod, plan, role_arn)

@@ -35,11 +35,11 @@ from .plan import (
     IdentityPlan,
     ServiceAccountPlan,
 )
-from .providers import aws, gcp
+from .providers import aws, azure, gcp
 from .providers._common import check_keys, check_template
 from .templates import TemplateError, raw, render
 
-RULE_KEYS = {"name", "match", "scope", "service_account", "aws", "gcp", "env", "adopt"}
+RULE_KEYS = {"name", "match", "scope", "service_account", "aws", "gcp", "azure", "env", "adopt"}
 MATCH_KEYS = {"groups", "users"}
 DEFAULT_SERVICE_ACCOUNT = {
     "user": "jupyter-{username}",
@@ -63,7 +63,13 @@ class Rule:
     env: Mapping[str, str] = field(default_factory=dict)
     aws: aws.AwsSettings | None = None
     gcp: gcp.GcpSettings | None = None
+    azure: azure.AzureSettings | None = None
     adopt: bool = False
+
+    @property
+    def provider(self) -> Any:
+        """The rule's provider block (``aws``, ``gcp`` or ``azure`` settings), or None."""
+        return self.aws or self.gcp or self.azure
 
     @property
     def matches_everyone(self) -> bool:
@@ -135,10 +141,12 @@ def parse_rule(raw_rule: Any, index: int, trusted_claims: Collection[str] = ()) 
             raise ConfigError(f"{where}.env: invalid environment variable name {key!r}")
         check_template(value, f"{where}.env.{key}", group_fields)
 
-    if "aws" in raw_rule and "gcp" in raw_rule:
-        raise ConfigError(f"{where}: has both 'aws' and 'gcp'; give exactly one provider block per rule (or none)")
+    blocks = [p for p in ("aws", "gcp", "azure") if p in raw_rule]
+    if len(blocks) > 1:
+        raise ConfigError(f"{where}: has both {blocks[0]!r} and {blocks[1]!r}; give exactly one provider block per rule (or none)")
     aws_settings = aws.parse(raw_rule["aws"], f"{where}.aws", forbidden, trusted_claims) if "aws" in raw_rule else None
     gcp_settings = gcp.parse(raw_rule["gcp"], f"{where}.gcp", forbidden, trusted_claims) if "gcp" in raw_rule else None
+    azure_settings = azure.parse(raw_rule["azure"], f"{where}.azure", forbidden, trusted_claims) if "azure" in raw_rule else None
 
     adopt = raw_rule.get("adopt", False)
     if not isinstance(adopt, bool):
@@ -154,6 +162,7 @@ def parse_rule(raw_rule: Any, index: int, trusted_claims: Collection[str] = ()) 
         env=dict(env),
         aws=aws_settings,
         gcp=gcp_settings,
+        azure=azure_settings,
         adopt=adopt,
     )
 
@@ -212,7 +221,7 @@ class IdentityRules:
         return cls(parse_rules(raw_rules, trusted_claims), hub)
 
     def manages(self, provider: str) -> bool:
-        """Whether any rule has the hub manage *provider* (``aws``, ``gcp``) identities."""
+        """Whether any rule has the hub manage *provider* (``aws``, ``gcp``, ``azure``) identities."""
         return any(getattr(rule, provider) is not None and getattr(rule, provider).hub_made for rule in self.rules)
 
     @cached_property
@@ -323,9 +332,9 @@ class IdentityRules:
         annotations = {OWNER_ANNOTATION: owner, RULE_ANNOTATION: rule.name}
 
         cloud = None
-        provider = aws if rule.aws else gcp if rule.gcp else None
+        provider = aws if rule.aws else gcp if rule.gcp else azure if rule.azure else None
         if provider is not None:
-            extra, cloud = provider.plan(rule.aws or rule.gcp, context, rule.scope, owner, namespace, sa_name)
+            extra, cloud = provider.plan(rule.provider, context, rule.scope, owner, namespace, sa_name)
             annotations.update(extra)
             if cloud.hub_made:
                 annotations[MANAGED_IDENTITY_ANNOTATION] = cloud.recorded

@@ -24,7 +24,8 @@ def check_config(config: Config) -> None:
     """Raise ConfigError (naming the rule and key) if the identity settings are wrong."""
     settings = identity_settings(config)
     for rule in settings.compiled_rules.rules:
-        for provider, block, module in (("aws", rule.aws, "boto3"), ("gcp", rule.gcp, "google.cloud.iam_admin_v1")):
+        for provider, block, module in (("aws", rule.aws, "boto3"), ("gcp", rule.gcp, "google.cloud.iam_admin_v1"),
+                                        ("azure", rule.azure, "azure.mgmt.msi")):
             if block is not None and block.hub_made:
                 try:
                     __import__(module)

@@ -68,4 +68,17 @@ def backend_for(settings: Any, provider: str) -> Any:
                 log=settings.log,
             )
         return _backends[key]
+    if provider == "azure":
+        factory = settings.azure_client_factory
+        key = ("azure", id(factory))
+        if key not in _backends:
+            from .azure_msi import ManagedIdentities
+
+            _backends[key] = ManagedIdentities(
+                factory,
+                max_concurrent_calls=settings.azure_max_concurrent_calls,
+                cache_seconds=settings.cloud_cache_seconds,
+                log=settings.log,
+            )
+        return _backends[key]
     raise ConfigError(f"no backend manages {provider!r} identities")
