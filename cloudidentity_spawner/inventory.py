@@ -34,7 +34,7 @@ from .plan import (
     SCOPE_LABEL,
     IdentityPlan,
 )
-from .providers import aws, backend_for, gcp
+from .providers import aws, azure, backend_for, gcp
 from .rules import IdentityRules
 
 STATES = ("ok", "drift", "orphaned", "unknown")
@@ -105,6 +105,8 @@ def account_identity(annotations: Mapping[str, str]) -> str | None:
         return f"aws:{annotations[aws.ROLE_ARN_ANNOTATION]}"
     if annotations.get(gcp.GSA_ANNOTATION):
         return f"gcp:{annotations[gcp.GSA_ANNOTATION]}"
+    if annotations.get(azure.CLIENT_ID_ANNOTATION):
+        return f"azure:{annotations[azure.CLIENT_ID_ANNOTATION]}"
     return None
 
 

@@ -26,7 +26,7 @@ from .errors import ConfigError, IdentityError, SpawnRefused
 from .kube import ServiceAccounts, bindings_to_remove, hub_made_identity, identity_to_revoke, is_retryable, service_account_change
 from .metrics import IDENTITY_STEP_SECONDS, SERVICE_ACCOUNT_CHANGES, SPAWN_DECISIONS
 from .plan import GC_PENDING_ANNOTATION, IdentityPlan
-from .providers import backend_for, backend_for_plan, gcp
+from .providers import azure, backend_for, backend_for_plan, gcp
 from .providers.managed import PROGRESS
 from .retry import Backoff, describe
 from .rules import ownership_markers
@@ -85,6 +85,9 @@ def identity_sentence(plan: IdentityPlan) -> str:
         return f"Your server will run with no cloud identity (rule {plan.rule}, ServiceAccount {plan.service_account.name})."
     if cloud.mode == "principal":
         what = f"its own Google principal (ServiceAccount {plan.service_account.namespace}/{plan.service_account.name})"
+    elif cloud.provider == "azure":
+        what = (f"the Azure managed identity {cloud.resources['identity']['name']}" if cloud.mode == "managed"
+                else f"the Azure managed identity with client id {cloud.identity}")
     elif cloud.mode == "pod_identity":
         what = f"{cloud.identity} through an EKS Pod Identity association"
     else:
@@ -112,6 +115,9 @@ async def revoke_identity(settings: Any, identity: str, owner: str | None, annot
         backend = backend_for(settings, provider)
         if provider in ("aws", "eks"):
             return await backend.delete(name, owner, settings.hub_name)
+        if provider == "azure":
+            assignments = json.loads(annotations.get(azure.ROLE_ASSIGNMENTS_ANNOTATION, "[]"))
+            return await backend.delete(name, owner, settings.hub_name, assignments)
         bindings = json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
         if name.startswith("principal://"):  # no account: the recorded grants to the principal
             await backend.remove_bindings(name, bindings)
@@ -180,7 +186,10 @@ class IdentityProvisioner:
                 # A new account, or one gc is removing: the identity may have been deleted since the
                 # cache last saw it right (gc runs outside the hub), so the cloud is asked.
                 recheck = existing is None or GC_PENDING_ANNOTATION in (existing.get("annotations") or {})
-                cloud_outcome = await backend_for_plan(self.settings, plan.cloud).ensure(plan, recheck=recheck)
+                backend = backend_for_plan(self.settings, plan.cloud)
+                cloud_outcome = await backend.ensure(plan, recheck=recheck)
+                if plan.cloud.provider == "azure":  # Azure chose the identity's client id when it made it
+                    plan = azure.with_identity_ids(plan, *backend.ids[plan.cloud.identity])
             revoked: list[str] = []
 
             async def revoke_what_it_no_longer_plans(found: Any) -> None:
