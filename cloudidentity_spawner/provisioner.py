@@ -86,7 +86,7 @@ def identity_sentence(plan: IdentityPlan) -> str:
     if cloud.mode == "principal":
         what = f"its own Google principal (ServiceAccount {plan.service_account.namespace}/{plan.service_account.name})"
     elif cloud.provider == "azure":
-        what = (f"the Azure managed identity {cloud.resources['identity']['name']}" if cloud.mode == "managed"
+        what = (f"the Azure managed identity {cloud.resources['managed_identity']['name']}" if cloud.mode == "managed"
                 else f"the Azure managed identity with client id {cloud.identity}")
     elif cloud.mode == "pod_identity":
         what = f"{cloud.identity} through an EKS Pod Identity association"

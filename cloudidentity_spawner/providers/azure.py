@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from .. import names
 from ..errors import ConfigError
-from ..plan import MANAGED_BY, MANAGED_BY_LABEL, PREFIX, CloudPlan, IdentityPlan
+from ..plan import MANAGED_BY, PREFIX, CloudPlan, IdentityPlan
 from ..templates import SAMPLE_CONTEXT, TemplateError, raw, render
 from ._common import check_keys, check_template
 
@@ -37,9 +37,11 @@ ROLE_ASSIGNMENTS_ANNOTATION = PREFIX + "azure-role-assignments"
 """On the ServiceAccount: the role assignments the hub made for its managed identity
 (``[scope, assignment name]``), so exactly those are removed with the identity."""
 AUDIENCE = "api://AzureADTokenExchange"
-TAG_MANAGED_BY = MANAGED_BY_LABEL
-TAG_HUB = PREFIX + "hub"
-TAG_OWNER = PREFIX + "owner"
+TAG_MANAGED_BY = "managed-by"
+TAG_HUB = MANAGED_BY + ".hub"
+TAG_OWNER = MANAGED_BY + ".owner"
+"""The ownership tags of a hub-made identity (Azure tag names may not contain '/', so not the
+Kubernetes-style keys the AWS tags use)."""
 MAX_FEDERATED_CREDENTIALS = 20
 """Azure allows 20 federated identity credentials per user-assigned managed identity."""
 
@@ -186,7 +188,7 @@ def plan(settings: AzureSettings, context: Mapping[str, Any], scope: str, owner:
         target = render(item["scope"], context, names.resource_part)
         assignments.append({"scope": target, "role": item["role"], "name": assignment_name(resource_id, target, item["role"])})
     resources = {
-        "identity": {
+        "managed_identity": {
             "subscription_id": managed["subscription_id"],
             "resource_group": managed["resource_group"],
             "name": name,

@@ -96,7 +96,7 @@ class ManagedIdentities:
             return outcome
 
     async def _ensure(self, plan: IdentityPlan, resources: Mapping[str, Any]) -> str:
-        spec = resources["identity"]
+        spec = resources["managed_identity"]
         msi, auth = self.clients(spec["subscription_id"])
         group, name = spec["resource_group"], spec["name"]
         outcome = "unchanged"
@@ -124,7 +124,7 @@ class ManagedIdentities:
         return outcome
 
     def _check_ours(self, plan: IdentityPlan, tags: Mapping[str, str]) -> None:
-        want = plan.cloud.resources["identity"]["tags"]
+        want = plan.cloud.resources["managed_identity"]["tags"]
         if any(tags.get(k) != want[k] for k in (TAG_MANAGED_BY, TAG_HUB, TAG_OWNER)):
             raise IdentityError(
                 "Your cloud identity could not be set up: an Azure identity of that name exists and this hub does not "
@@ -169,6 +169,12 @@ class ManagedIdentities:
     async def _ensure_assignment(self, auth: Any, assignment: Mapping[str, Any], principal_id: str) -> bool:
         """The planned role assignment (its name is derived from identity, scope and role); True if made."""
         role_id = await self._role_definition(auth, assignment["scope"], assignment["role"])
+        try:
+            made = await self._call("GetRoleAssignment", auth.role_assignments.get, assignment["scope"], assignment["name"])
+        except ResourceNotFoundError:
+            made = None
+        if made is not None and made.principal_id == principal_id and made.role_definition_id.lower() == role_id.lower():
+            return False
         body = {"properties": {"roleDefinitionId": role_id, "principalId": principal_id, "principalType": "ServicePrincipal"}}
 
         def not_replicated_yet(error: BaseException) -> bool:
