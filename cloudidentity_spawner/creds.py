@@ -9,11 +9,14 @@ In the user's server (enabled by default when the package is installed):
   ``?format=env`` gives ``export`` lines.
 * ``GET /api/cloudcreds/gcp`` - an access token for the pod's Google identity (GKE
   metadata server), with its expiry.
+* ``GET /api/cloudcreds/azure?resource=https://storage.azure.com`` - an access token for the
+  resource the caller names, for the pod's Azure managed identity: the projected token
+  (AKS Workload Identity) exchanged at Microsoft Entra, with its expiry.
 
 Only the server's own authenticated user can call it (Jupyter server / JupyterHub auth).
 Credentials are never logged. The AWS call is unsigned (web identity needs no keys), so
 boto3 is not needed in the user image; ``AWS_ENDPOINT_URL_STS`` / ``AWS_ENDPOINT_URL`` and
-``GCE_METADATA_HOST`` are honoured like the SDKs honour them.
+``GCE_METADATA_HOST`` and ``AZURE_AUTHORITY_HOST`` are honoured like the SDKs honour them.
 """
 
 from __future__ import annotations
@@ -160,6 +163,57 @@ async def gcp_token(env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+_RESOURCE = re.compile(r"(https://[A-Za-z0-9.-]+(:[0-9]+)?(/[\w./-]*)?|api://[\w.-]+(/[\w.-]*)?)")
+
+
+async def azure_token(env: dict[str, str], resource: str) -> dict[str, Any]:
+    """An access token for *resource* (``https://storage.azure.com``), for the managed identity the
+    Workload Identity webhook configured (client id, tenant, projected token file): the
+    client-credentials grant with the projected token as the client assertion, as azure-identity's
+    WorkloadIdentityCredential makes it."""
+    token_file, client, tenant = (env.get(k) for k in ("AZURE_FEDERATED_TOKEN_FILE", "AZURE_CLIENT_ID", "AZURE_TENANT_ID"))
+    if not (token_file and client and tenant):
+        raise CredentialsError(404, "This server has no Azure identity: AZURE_FEDERATED_TOKEN_FILE, AZURE_CLIENT_ID and "
+                                    "AZURE_TENANT_ID are not set (no AKS Workload Identity for its ServiceAccount).")
+    if not _RESOURCE.fullmatch(resource or ""):
+        raise CredentialsError(400, "give the resource to get a token for, e.g. ?resource=https://storage.azure.com")
+    authority = env.get("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com/").rstrip("/")
+    parsed = urllib.parse.urlparse(authority)
+    if parsed.scheme != "https" and parsed.hostname not in ("127.0.0.1", "localhost"):
+        raise CredentialsError(500, f"AZURE_AUTHORITY_HOST must be https, got {authority!r}")
+    try:
+        with open(token_file, encoding="utf-8") as f:
+            assertion = f.read().strip()
+    except OSError:
+        raise CredentialsError(500, "the projected ServiceAccount token cannot be read") from None
+    body = urllib.parse.urlencode({
+        "client_assertion": assertion,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_id": client,
+        "grant_type": "client_credentials",
+        "scope": resource.rstrip("/") + "/.default",
+    })
+    request = HTTPRequest(f"{authority}/{urllib.parse.quote(tenant)}/oauth2/v2.0/token", method="POST", body=body,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"}, request_timeout=20)
+    try:
+        response = await AsyncHTTPClient().fetch(request)
+    except HTTPClientError as e:
+        detail = ""
+        if e.response is not None and e.response.body:
+            try:
+                detail = json.loads(e.response.body).get("error_description", "").splitlines()[0]
+            except (ValueError, AttributeError, IndexError):
+                detail = ""
+        raise CredentialsError(502, f"Microsoft Entra refused the token request ({e.code}){': ' + detail if detail else ''}") from None
+    except OSError as e:
+        raise CredentialsError(502, f"Microsoft Entra did not answer: {e}") from None
+    data = json.loads(response.body)
+    lifetime = int(data.get("expires_in", 3600))
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=lifetime)
+    return {"access_token": data["access_token"], "token_type": data.get("token_type", "Bearer"), "expires_in": lifetime,
+            "expiry": expires.strftime("%Y-%m-%dT%H:%M:%SZ"), "resource": resource}
+
+
 class _CredentialsHandler(APIHandler):
     def set_default_headers(self) -> None:
         super().set_default_headers()
@@ -207,6 +261,16 @@ class GCPTokenHandler(_CredentialsHandler):
         self.finish(json.dumps(token))
 
 
+class AzureTokenHandler(_CredentialsHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        try:
+            token = await azure_token(dict(os.environ), self.get_argument("resource", ""))
+        except CredentialsError as e:
+            return self._fail(e)
+        self.finish(json.dumps(token))
+
+
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
     return [{"module": "cloudidentity_spawner.creds"}]
 
@@ -220,6 +284,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         [
             (url_path_join(base, "/api/cloudcreds/aws"), AWSCredentialsHandler),
             (url_path_join(base, "/api/cloudcreds/gcp"), GCPTokenHandler),
+            (url_path_join(base, "/api/cloudcreds/azure"), AzureTokenHandler),
         ],
     )
-    serverapp.log.info("cloudidentity-spawner: /api/cloudcreds/aws and /api/cloudcreds/gcp enabled")
+    serverapp.log.info("cloudidentity-spawner: /api/cloudcreds/aws, /gcp and /azure enabled")

@@ -44,6 +44,38 @@ class _Metadata:
         return app
 
 
+class _Entra:
+    """Microsoft Entra's token endpoint for a workload identity: it accepts exactly the
+    client-credentials grant with the projected token as client assertion."""
+
+    def app(self):
+        async def token(request):
+            form = await request.post()
+            want = {"grant_type": "client_credentials", "client_id": AZURE_CLIENT,
+                    "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    "client_assertion": "projected-service-account-token"}
+            if request.match_info["tenant"] != AZURE_TENANT or any(form.get(k) != v for k, v in want.items()):
+                return web.json_response({"error": "invalid_client", "error_description":
+                                          "AADSTS70021: No matching federated identity record found for presented assertion."}, status=400)
+            if form.get("scope") != "https://storage.azure.com/.default":
+                return web.json_response({"error": "invalid_scope", "error_description": "AADSTS1002012: scope not valid."}, status=400)
+            return web.json_response({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": "eyJ.azure"})
+
+        app = web.Application()
+        app.router.add_post("/{tenant}/oauth2/v2.0/token", token)
+        return app
+
+
+AZURE_CLIENT, AZURE_TENANT = "6a1f0c9e-3b8d-4f2a-9e7c-5d4b3a2c1e0f", "72f988bf-86f1-41af-91ab-2d7cd011db47"
+
+
+@pytest.fixture(scope="module")
+def entra():
+    server = KubernetesAPIServer(api=_Entra()).start()
+    yield server.url
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def metadata():
     server = KubernetesAPIServer(api=_Metadata()).start()
@@ -53,7 +85,7 @@ def metadata():
 
 def start_server(tmp_path, env_extra: dict[str, str]):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GCE_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GCE_", "AZURE_"))}
     env.update(env_extra)
     log = open(tmp_path / f"server-{port}.log", "w")
     process = subprocess.Popen(
@@ -73,7 +105,7 @@ def start_server(tmp_path, env_extra: dict[str, str]):
 
 
 @pytest.fixture(scope="module")
-def with_identity(tmp_path_factory, moto_endpoint, metadata):
+def with_identity(tmp_path_factory, moto_endpoint, metadata, entra):
     tmp = tmp_path_factory.mktemp("creds")
     iam = boto3.client("iam", endpoint_url=moto_endpoint, region_name="us-east-1")
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Federated": "x"}, "Action": "sts:AssumeRoleWithWebIdentity"}]}
@@ -86,6 +118,8 @@ def with_identity(tmp_path_factory, moto_endpoint, metadata):
     process, url, log = start_server(tmp, {
         "AWS_ROLE_ARN": arn, "AWS_WEB_IDENTITY_TOKEN_FILE": str(token), "AWS_ENDPOINT_URL": moto_endpoint,
         "AWS_REGION": "us-east-1", "GCE_METADATA_HOST": metadata,
+        "AZURE_CLIENT_ID": AZURE_CLIENT, "AZURE_TENANT_ID": AZURE_TENANT, "AZURE_FEDERATED_TOKEN_FILE": str(token),
+        "AZURE_AUTHORITY_HOST": entra + "/",
     })
     yield url, log, arn
     process.terminate()
@@ -107,7 +141,7 @@ def auth():
 
 def test_unauthenticated_requests_are_refused(with_identity):
     url, _, _ = with_identity
-    for path in ("/api/cloudcreds/aws", "/api/cloudcreds/gcp"):
+    for path in ("/api/cloudcreds/aws", "/api/cloudcreds/gcp", "/api/cloudcreds/azure?resource=https://storage.azure.com"):
         assert requests.get(url + path, timeout=10).status_code == 403
         assert requests.get(url + path, headers={"Authorization": "token wrong"}, timeout=10).status_code == 403
 
@@ -146,6 +180,20 @@ def test_gcp_token_with_expiry(with_identity):
     assert token["expires_in"] == 3599 and token["expiry"].endswith("Z")
 
 
+def test_azure_token_for_the_resource_the_caller_names(with_identity):
+    url, log, _ = with_identity
+    r = requests.get(url + "/api/cloudcreds/azure?resource=https://storage.azure.com/", headers=auth(), timeout=30)
+    assert r.status_code == 200, r.text
+    token = r.json()
+    assert token["access_token"] == "eyJ.azure" and token["expires_in"] == 3599 and token["expiry"].endswith("Z")
+    assert token["resource"] == "https://storage.azure.com/"
+    refused = requests.get(url + "/api/cloudcreds/azure?resource=https://vault.azure.net", headers=auth(), timeout=30)
+    assert refused.status_code == 502 and "AADSTS1002012" in refused.json()["error"]
+    assert requests.get(url + "/api/cloudcreds/azure", headers=auth(), timeout=30).status_code == 400
+    time.sleep(0.2)
+    assert "eyJ.azure" not in log.read_text()
+
+
 def test_missing_identity_is_a_clear_json_error(without_identity):
     aws = requests.get(without_identity + "/api/cloudcreds/aws", headers=auth(), timeout=30)
     assert aws.status_code == 404
@@ -153,6 +201,8 @@ def test_missing_identity_is_a_clear_json_error(without_identity):
     gcp = requests.get(without_identity + "/api/cloudcreds/gcp", headers=auth(), timeout=30)
     assert gcp.status_code == 404
     assert "no Google identity" in gcp.json()["error"]
+    azure = requests.get(without_identity + "/api/cloudcreds/azure?resource=https://storage.azure.com", headers=auth(), timeout=30)
+    assert azure.status_code == 404 and "no Azure identity" in azure.json()["error"]
 
 
 def test_wheel_enables_the_extension_by_default(tmp_path):
