@@ -14,7 +14,7 @@ $(BIN)/activate:
 OLDEST_VENV ?= .venv-oldest
 OLDEST_PINS := jupyterhub==5.0.0 jupyterhub-kubespawner==7.0.0
 SPAWN_PATH_TESTS := tests/test_spawner_kube.py tests/test_profiles.py tests/test_startup.py tests/test_package.py \
-	tests/test_aws.py tests/test_gcp.py tests/test_dask.py tests/test_auth.py tests/test_browser.py
+	tests/test_aws.py tests/test_gcp.py tests/test_azure.py tests/test_dask.py tests/test_auth.py tests/test_browser.py
 
 .PHONY: install install-chromium install-demo install-test install-oldest demo docs plan test test-oldest
 install: $(BIN)/activate

@@ -114,6 +114,8 @@ def _print_plan(plan: dict[str, Any]) -> None:
     print(f"service account: {sa['namespace']}/{sa['name']}")
     for key, value in sa["annotations"].items():
         print(f"  annotation     {key}: {value}")
+    if plan["cloud"] and plan["cloud"]["provider"] == "azure" and plan["cloud"]["mode"] == "managed":
+        print("  annotation     azure.workload.identity/client-id, tenant-id: of the identity, once Azure has made it")
     for key, value in sa["labels"].items():
         print(f"  label          {key}: {value}")
     for key, value in plan["env"].items():

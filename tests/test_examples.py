@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from cloudidentity_spawner import cli, inventory, kube
+from cloudidentity_spawner.config import identity_settings
 from cloudidentity_spawner.startup import check_config
 from cloudidentity_spawner.providers import gcp_iam
 
@@ -22,7 +24,8 @@ def plan_json(config_path: Path, *args: str, capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("path", ["jupyterhub_config.py", "aws/jupyterhub_config.py", "gcp/jupyterhub_config.py"])
+@pytest.mark.parametrize("path", ["jupyterhub_config.py", "aws/jupyterhub_config.py", "gcp/jupyterhub_config.py",
+                                  "azure/jupyterhub_config.py"])
 def test_config_files_pass_the_startup_check(path):
     check_config(cli.load_config(str(EXAMPLES / path)))
 
@@ -128,6 +131,36 @@ def test_gcp_hub_role_covers_every_call():
         assert marker in source, marker
         assert permission in permissions, permission
     assert {"resourcemanager.projects.getIamPolicy", "storage.buckets.getIamPolicy"} <= permissions
+
+
+def test_azure_hub_role_covers_every_call_and_the_condition_every_role_the_example_assigns():
+    from cloudidentity_spawner.providers import azure_msi
+    from cloudidentity_spawner.testing.azure import BUILT_IN_ROLES
+
+    role = json.loads((EXAMPLES / "azure/hub-role.json").read_text())
+    actions = set(role["Actions"])
+    source = Path(azure_msi.__file__).read_text()
+    identity = "Microsoft.ManagedIdentity/userAssignedIdentities"
+    needed = {  # each call the backend makes (its call-log name) and the Azure action it needs
+        '"GetIdentity"': f"{identity}/read", '"CreateIdentity"': f"{identity}/write", '"UpdateIdentity"': f"{identity}/write",
+        '"DeleteIdentity"': f"{identity}/delete", '"ListIdentities"': f"{identity}/read",
+        '"ListFederatedCredentials"': f"{identity}/federatedIdentityCredentials/read",
+        '"PutFederatedCredential"': f"{identity}/federatedIdentityCredentials/write",
+        '"ListRoleDefinitions"': "Microsoft.Authorization/roleDefinitions/read",
+        '"GetRoleAssignment"': "Microsoft.Authorization/roleAssignments/read",
+        '"CreateRoleAssignment"': "Microsoft.Authorization/roleAssignments/write",
+        '"DeleteRoleAssignment"': "Microsoft.Authorization/roleAssignments/delete",
+    }
+    called = set(re.findall(r'self\._call\(\s*("[A-Za-z]+")', source))
+    assert called == set(needed), called ^ set(needed)
+    assert {needed[c] for c in called} <= actions
+    assert not any("*" in a for a in actions)
+    # The condition lets the hub assign only the roles the example's rules name.
+    rules = identity_settings(cli.load_config(str(EXAMPLES / "azure/jupyterhub_config.py"))).compiled_rules
+    roles = {a["role"] for r in rules.rules if r.azure and r.azure.managed for a in r.azure.managed["role_assignments"]}
+    condition = (EXAMPLES / "azure/hub-role-assignment-condition.txt").read_text()
+    guids = set(re.findall(r"GuidEquals \{([0-9a-f-]+)\}", condition))
+    assert guids == {BUILT_IN_ROLES[r] for r in roles} and len(re.findall("GuidEquals", condition)) == 2
 
 
 def test_gke_values_unblock_the_metadata_server_workload_identity_needs():
