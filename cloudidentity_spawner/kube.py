@@ -183,6 +183,20 @@ def bindings_to_remove(existing: Mapping[str, Any] | None, plan: IdentityPlan) -
     return [b for b in old if b not in new]
 
 
+def assignments_to_remove(existing: Mapping[str, Any] | None, plan: IdentityPlan) -> list[list[str]]:
+    """Azure role assignments (``[scope, name]``) the account's managed identity was given and the
+    plan no longer wants, when the plan keeps the same identity: a dropped role must not stay."""
+    annotations = _owned_for(existing, plan)
+    cloud = plan.cloud
+    if annotations is None or cloud is None or cloud.provider != "azure" or cloud.mode != "managed":
+        return []
+    if annotations.get(MANAGED_IDENTITY_ANNOTATION) != cloud.recorded:
+        return []  # another identity: revoked whole, if it was ours
+    old = json.loads(annotations.get(azure.ROLE_ASSIGNMENTS_ANNOTATION, "[]"))
+    new = json.loads(plan.service_account.annotations.get(azure.ROLE_ASSIGNMENTS_ANNOTATION, "[]"))
+    return [a for a in old if a not in new]
+
+
 def is_retryable(error: BaseException) -> bool:
     """5xx, 429 and timeouts: worth another try (after a backoff)."""
     if isinstance(error, ApiException):

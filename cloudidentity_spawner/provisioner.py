@@ -23,7 +23,7 @@ from kubespawner.clients import shared_client
 from .claims import Claims, user_claims
 from .config import CloudIdentity
 from .errors import ConfigError, IdentityError, SpawnRefused
-from .kube import ServiceAccounts, bindings_to_remove, hub_made_identity, identity_to_revoke, is_retryable, service_account_change
+from .kube import ServiceAccounts, assignments_to_remove, bindings_to_remove, hub_made_identity, identity_to_revoke, is_retryable, service_account_change
 from .metrics import IDENTITY_STEP_SECONDS, SERVICE_ACCOUNT_CHANGES, SPAWN_DECISIONS
 from .plan import GC_PENDING_ANNOTATION, IdentityPlan
 from .providers import azure, backend_for, backend_for_plan, gcp
@@ -206,6 +206,9 @@ class IdentityProvisioner:
                 stale = bindings_to_remove(found, plan)
                 if stale:
                     await self.revoke_bindings(plan.cloud.identity, stale)
+                dropped = assignments_to_remove(found, plan)
+                if dropped:
+                    await self.revoke_assignments(plan.cloud.identity, dropped)
 
             await revoke_what_it_no_longer_plans(existing)
             outcome = await self.accounts.ensure(plan, existing, before_change=revoke_what_it_no_longer_plans)
@@ -324,6 +327,15 @@ class IdentityProvisioner:
 
     async def revoke(self, identity: str, owner: str, annotations: dict[str, str]) -> bool:
         return await revoke_identity(self.settings, identity, owner, annotations)
+
+    async def revoke_assignments(self, identity: str, assignments: list[list[str]]) -> None:
+        try:
+            await backend_for(self.settings, "azure").remove_assignments(identity, assignments)
+        except Exception as e:
+            raise IdentityError(
+                "Your server was not started: access you no longer have could not be revoked; ask your hub admin.",
+                f"removing role assignments {assignments} of {identity} (no longer planned) failed: {type(e).__name__}: {e}",
+            ) from None
 
     async def revoke_bindings(self, email: str, bindings: list[list[str]]) -> None:
         try:

@@ -224,3 +224,16 @@ def test_plan_json_shows_the_identity_the_hub_would_make(tmp_path):
     assert cloud["role_assignments"] == [{"scope": SCRATCH, "role": "Storage Blob Data Contributor",
                                           "name": cloud["role_assignments"][0]["name"]}]
     uuid.UUID(cloud["role_assignments"][0]["name"])
+
+
+async def test_a_dropped_role_assignment_is_taken_away_from_the_same_identity(namespace, arm, hub):
+    reader = f"/subscriptions/{SUB}/resourceGroups/data"
+    both = managed_rules(hub)
+    both[0]["azure"]["managed"]["role_assignments"].append({"scope": reader, "role": "Reader"})
+    await spawn(azure_spawner(namespace, arm, hub, "ivy", rules=both))
+    rid = f"/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{hub}-ivy"
+    principal = arm.api.identity(rid)["properties"]["principalId"]
+    assert sorted(a["properties"]["scope"] for a in arm.api.assignments_of(principal)) == sorted([SCRATCH, reader])
+    await spawn(azure_spawner(namespace, arm, hub, "ivy"))  # the rule no longer grants Reader
+    assert [a["properties"]["scope"] for a in arm.api.assignments_of(principal)] == [SCRATCH]
+    assert arm.api.identity(rid) is not None

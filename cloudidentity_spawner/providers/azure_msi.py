@@ -191,6 +191,16 @@ class ManagedIdentities:
             return False  # made before (this name, or the same grant under another name)
         return True
 
+    async def remove_assignments(self, resource_id: str, assignments: list[list[str]]) -> None:
+        """Delete these role assignments (``[scope, name]``) the identity was given (a role the plan dropped)."""
+        auth = self.clients(parse_identity_resource_id(resource_id)[0])[1]
+        for scope, assignment in assignments:
+            try:
+                await self._call("DeleteRoleAssignment", auth.role_assignments.delete, scope, assignment)
+            except ResourceNotFoundError:
+                pass
+        self.converged.forget(resource_id)
+
     # -- status, gc and deletion -----------------------------------------------
 
     async def present(self, resource_id: str) -> bool:
