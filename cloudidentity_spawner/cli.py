@@ -269,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pod-identity", action="store_true",
                       help="ESCAPE members get EKS Pod Identity associations (one shared role, a session policy each) "
                            "instead of a role each; a local Pod Identity agent hands out their credentials")
+    demo.add_argument("--azure", action="store_true",
+                      help="an AKS hub: ESCAPE members get hub-made Azure managed identities (a local Azure Resource "
+                           "Manager), and a local Microsoft Entra token endpoint exchanges their pods' tokens")
     return parser
 
 
@@ -296,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import main as demo_main
 
-        return demo_main(args.port, args.pod_identity)
+        return demo_main(args.port, args.pod_identity, args.azure)
     try:
         if args.command == "gcp-hub-condition":
             rules = identity_settings(load_config(args.config)).compiled_rules

@@ -52,9 +52,23 @@ ISSUER_PATH = "oidc.eks.us-east-1.amazonaws.com/id/DEMO0CLUSTER0OIDC"
 
 CLUSTER = "demo-eks"
 NOTEBOOK_ROLE = f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/notebooks"
+AZURE_SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"
+AZURE_ISSUER = "https://demo.oic.prod-aks.azure.com/72f988bf-86f1-41af-91ab-2d7cd011db47/0d3e5f7a-demo/"
+AZURE_SCRATCH = (f"/subscriptions/{AZURE_SUBSCRIPTION}/resourceGroups/demo-data/providers/Microsoft.Storage/"
+                 "storageAccounts/demoscratch/blobServices/default/containers/scratch")
 
 
-def demo_rules(pod_identity: bool = False) -> list[dict[str, Any]]:
+def demo_rules(pod_identity: bool = False, azure: bool = False) -> list[dict[str, Any]]:
+    if azure:  # AKS: a managed identity for the ATLAS group, and one per other ESCAPE member
+        managed = {"subscription_id": AZURE_SUBSCRIPTION, "resource_group": "jupyterhub-identities",
+                   "location": "westeurope", "oidc_issuer": AZURE_ISSUER}
+        return [
+            {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
+             "azure": {"managed": {**managed, "identity_name": "{hub}-atlas"}}},
+            {"name": "escape-members", "match": {"groups": ["/escape"]}, "scope": "user",
+             "azure": {"managed": {**managed, "role_assignments": [{"scope": AZURE_SCRATCH, "role": "Storage Blob Data Contributor"}]}},
+             "env": {"SCRATCH_CONTAINER": "https://demoscratch.blob.core.windows.net/scratch/{username}"}},
+        ]
     atlas = {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
              "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/escape-atlas"}}
     if pod_identity:  # one shared role; each member's association narrows it to their prefix
@@ -116,15 +130,26 @@ def _wait_for_hub(url: str, timeout: float) -> bool:
 
 
 def pod_environment(pod: dict[str, Any], service_account: dict[str, Any] | None, moto_url: str, token_dir: str,
-                    agent: PodIdentityAgent | None = None) -> dict[str, str]:
+                    agent: PodIdentityAgent | None = None, entra: Any = None) -> dict[str, str]:
     """What a pod's process sees: its container env plus what EKS's IRSA webhook injects
-    for a ServiceAccount annotated with a role (pointed at moto instead of AWS), or what the
-    Pod Identity webhook injects for an associated ServiceAccount (pointed at the local agent)."""
+    for a ServiceAccount annotated with a role (pointed at moto instead of AWS), what the
+    Pod Identity webhook injects for an associated ServiceAccount (pointed at the local agent),
+    or what AKS's Workload Identity webhook injects into a labelled pod (pointed at the local
+    Entra token endpoint)."""
     container = pod["spec"]["containers"][0]
     env = {e["name"]: e.get("value", "") for e in container.get("env", []) if "value" in e}
     annotations = ((service_account or {}).get("metadata") or {}).get("annotations") or {}
     meta = pod["metadata"]
     account = pod["spec"].get("serviceAccountName", "")
+    labels = meta.get("labels") or {}
+    if entra is not None and labels.get("azure.workload.identity/use") == "true" and \
+            annotations.get("azure.workload.identity/client-id"):
+        token = Path(token_dir) / f"{meta['namespace']}-{meta['name']}.azure-identity-token"
+        token.write_text(entra.register(meta["namespace"], account))
+        env.update(AZURE_CLIENT_ID=annotations["azure.workload.identity/client-id"],
+                   AZURE_TENANT_ID=annotations.get("azure.workload.identity/tenant-id", entra.arm.tenant_id),
+                   AZURE_FEDERATED_TOKEN_FILE=str(token), AZURE_AUTHORITY_HOST=entra.url + "/")
+        return env
     if agent is not None and (env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
                               or agent.eks.association_for(agent.cluster, meta["namespace"], account)):
         token = Path(token_dir) / f"{meta['namespace']}-{meta['name']}.pod-identity-token"
@@ -200,9 +225,10 @@ class PodIdentityAgent:
 class LocalKubelet:
     """Runs ``jupyterhub-singleuser`` for each pod on 127.0.0.N:8888, N per pod."""
 
-    def __init__(self, api: Any, moto_url: str, workdir: str, agent: PodIdentityAgent | None = None):
+    def __init__(self, api: Any, moto_url: str, workdir: str, agent: PodIdentityAgent | None = None, entra: Any = None):
         self.api = api
         self.agent = agent
+        self.entra = entra
         self.moto_url = moto_url
         self.workdir = workdir
         self.processes: dict[str, subprocess.Popen] = {}
@@ -215,8 +241,8 @@ class LocalKubelet:
             self._next = self._next + 1 if self._next < 250 else 10
         meta = pod["metadata"]
         sa = self.api.get("serviceaccounts", meta["namespace"], pod["spec"].get("serviceAccountName", ""))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "AWS_"))}
-        env.update(pod_environment(pod, sa, self.moto_url, self.workdir, self.agent))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "AWS_", "AZURE_"))}
+        env.update(pod_environment(pod, sa, self.moto_url, self.workdir, self.agent, self.entra))
         service_url = env.get("JUPYTERHUB_SERVICE_URL", "http://0.0.0.0:8888/")
         env["JUPYTERHUB_SERVICE_URL"] = service_url.replace("0.0.0.0", ip)
         home = Path(self.workdir) / "home" / meta["name"]
@@ -247,9 +273,12 @@ class LocalKubelet:
                 process.kill()
 
 
-def hub_config(*, moto_url: str, oidc_url: str, port: int, hub_port: int, eks_url: str = "") -> str:
+def hub_config(*, moto_url: str, oidc_url: str, port: int, hub_port: int, eks_url: str = "", arm_url: str = "") -> str:
     """The demo's jupyterhub_config.py (the hub finds the emulator through $KUBECONFIG)."""
-    rules = demo_rules(pod_identity=bool(eks_url))
+    rules = demo_rules(pod_identity=bool(eks_url), azure=bool(arm_url))
+    azure_factory = "" if not arm_url else (
+        "from cloudidentity_spawner.testing.azure import AzureResourceManager\n"
+        f"c.CloudIdentitySpawner.azure_client_factory = AzureResourceManager.client_factory({arm_url!r})\n")
     return f"""
 from cloudidentity_spawner.admin import admin_roles, admin_service
 from cloudidentity_spawner.auth import auth_state_groups
@@ -290,7 +319,7 @@ c.CloudIdentitySpawner.aws_role_propagation_seconds = 0
 c.CloudIdentitySpawner.aws_pod_identity_propagation_seconds = 0
 c.CloudIdentitySpawner.identity_rules = {rules!r}
 c.CloudIdentitySpawner.aws_eks_client_kwargs = {{"endpoint_url": "{eks_url or moto_url}", "region_name": "us-east-1"}}
-"""
+{azure_factory}"""
 
 
 def _prepare_aws(moto_url: str) -> None:
@@ -335,8 +364,9 @@ def _running(server: Any):
 class Demo:
     """Everything the demo runs; ``start()`` then ``stop()`` (or use it as a context manager)."""
 
-    def __init__(self, port: int = 8000, extra_config: str = "", pod_identity: bool = False):
+    def __init__(self, port: int = 8000, extra_config: str = "", pod_identity: bool = False, azure: bool = False):
         self.pod_identity = pod_identity
+        self.azure = azure
         self.port = port
         self.extra_config = extra_config
         self.workdir = tempfile.mkdtemp(prefix="cloudidentity-demo-")
@@ -373,7 +403,15 @@ class Demo:
             self.eks, self.eks_url = eks.api, eks.url
             self.agent = PodIdentityAgent(eks.api, self.moto_url)
             self.agent.url = self._stack.enter_context(_running(KubernetesAPIServer(self.agent))).url + "/v1/credentials"
-        self.kubelet = LocalKubelet(api, self.moto_url, self.workdir, self.agent)
+        self.arm_url, self.entra = "", None
+        if self.azure:
+            from .testing.azure import AzureResourceManager, EntraTokenEndpoint
+
+            self.arm = AzureResourceManager({AZURE_SUBSCRIPTION: ("jupyterhub-identities", "demo-data")})
+            self.arm_url = self._stack.enter_context(_running(KubernetesAPIServer(self.arm))).url
+            self.entra = EntraTokenEndpoint(self.arm, AZURE_ISSUER)
+            self.entra.url = self._stack.enter_context(_running(KubernetesAPIServer(self.entra))).url
+        self.kubelet = LocalKubelet(api, self.moto_url, self.workdir, self.agent, self.entra)
         api.pod_runner = self.kubelet.run
         api.pod_stopper = self.kubelet.stop
         self.kube = KubernetesAPIServer(api).start()
@@ -387,7 +425,7 @@ class Demo:
 
         config = Path(self.workdir) / "jupyterhub_config.py"
         config.write_text(hub_config(moto_url=self.moto_url, oidc_url=self.oidc_url, port=self.port,
-                                     hub_port=_free_port(), eks_url=self.eks_url) + self.extra_config)
+                                     hub_port=_free_port(), eks_url=self.eks_url, arm_url=self.arm_url) + self.extra_config)
         env = dict(os.environ)
         env.update(
             KUBECONFIG=kubeconfig,
@@ -427,28 +465,35 @@ class Demo:
         from .errors import IdentityError
         from .rules import IdentityRules
 
-        rules = IdentityRules.from_config(demo_rules(self.pod_identity), "demo")
+        rules = IdentityRules.from_config(demo_rules(self.pod_identity, self.azure), "demo")
         lines = []
         for name, claims in DEMO_USERS.items():
             try:
                 plan = rules.resolve(Claims(name, tuple(claims["wlcg.groups"]), claims), NAMESPACE)
                 how = " through a Pod Identity association" if plan.cloud.mode == "pod_identity" else ""
+                what = (f"managed identity {plan.cloud.resources['managed_identity']['name']}" if plan.cloud.provider == "azure"
+                        else f"role {plan.cloud.identity}")
                 lines.append(f"  {name:6} {claims['name']:24} -> ServiceAccount {plan.service_account.name}, "
-                             f"role {plan.cloud.identity}{how} ({plan.rule}, {plan.scope} scope)")
+                             f"{what}{how} ({plan.rule}, {plan.scope} scope)")
             except IdentityError as e:
                 lines.append(f"  {name:6} {claims['name']:24} -> no identity: {e.user_message}")
         return lines
 
 
-def main(port: int = 8000, pod_identity: bool = False) -> int:
-    demo = Demo(port, pod_identity=pod_identity).start()
+def main(port: int = 8000, pod_identity: bool = False, azure: bool = False) -> int:
+    demo = Demo(port, pod_identity=pod_identity, azure=azure).start()
     print(f"JupyterHub with CloudIdentitySpawner: {demo.url}")
     print(f"  Kubernetes API emulator: {demo.kube.url}   moto (AWS): {demo.moto_url}   OIDC: {demo.oidc_url}")
     if pod_identity:
         print(f"  EKS Pod Identity API: {demo.eks_url}   Pod Identity agent: {demo.agent.url}")
+    if azure:
+        print(f"  Azure Resource Manager: {demo.arm_url}   Microsoft Entra token endpoint: {demo.entra.url}")
     print("Log in as any of these (pick the name on the identity provider's page):")
     print("\n".join(demo.mapping()))
-    print("In a notebook: import boto3; boto3.client('sts').get_caller_identity()  # you, as your role")
+    if azure:
+        print("From a notebook: GET /user/<you>/api/cloudcreds/azure?resource=https://storage.azure.com  # a token for your identity")
+    else:
+        print("In a notebook: import boto3; boto3.client('sts').get_caller_identity()  # you, as your role")
     print("Ctrl-C stops everything.", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

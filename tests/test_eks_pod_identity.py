@@ -175,7 +175,7 @@ async def test_the_association_quota_is_a_clear_message(namespace, eks, caplog):
 
 
 async def test_a_throttled_surge_makes_each_association_once(namespace, eks):
-    eks.api.throttle_share = 0.3
+    eks.api.throttle_share = 0.2
     users = [f"surge-{i}" for i in range(16)] + ["surge-0"]  # and a double click
     await asyncio.gather(*(spawner(namespace, eks, u)._provisioner().prepare(namespace) for u in users))
     made = [a for a in eks.api.associations.values() if a["namespace"] == namespace and a["serviceAccount"].startswith("jupyter-surge-")]

@@ -371,3 +371,48 @@ class AzureResourceManager:
                     AuthorizationManagementClient(NoCredential(), subscription, **options))
 
         return factory
+
+
+class EntraTokenEndpoint:
+    """Microsoft Entra's token endpoint for workload identities, as far as the demo needs it:
+    the client-credentials grant with a projected ServiceAccount token as client assertion.
+
+    A token (what the kubelet projects into a pod: :meth:`register`) names one ServiceAccount;
+    the exchange succeeds only if the managed identity with the requested client id has a
+    federated credential for exactly that account, the demo cluster's issuer and audience
+    ``api://AzureADTokenExchange`` (AADSTS70021 otherwise, as Entra answers)."""
+
+    def __init__(self, arm: AzureResourceManager, issuer: str):
+        self.arm, self.issuer = arm, issuer
+        self._tokens: dict[str, str] = {}
+        self.issued: list[dict[str, str]] = []
+
+    def register(self, namespace: str, service_account: str) -> str:
+        token = "demo-azure-projected-" + uuid.uuid4().hex
+        self._tokens[token] = f"system:serviceaccount:{namespace}:{service_account}"
+        return token
+
+    def app(self) -> web.Application:
+        async def token(request: web.Request) -> web.Response:
+            form = await request.post()
+            subject = self._tokens.get(str(form.get("client_assertion", "")))
+            if form.get("grant_type") != "client_credentials" or form.get("client_assertion_type") != \
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" or subject is None:
+                return web.json_response({"error": "invalid_request", "error_description": "AADSTS50027: Invalid JWT token."}, status=400)
+            identity = next((i for i in self.arm.identities.values() if i["properties"]["clientId"] == form.get("client_id")), None)
+            trusted = identity is not None and any(
+                (c["properties"]["issuer"], c["properties"]["subject"]) == (self.issuer, subject)
+                and "api://AzureADTokenExchange" in c["properties"]["audiences"]
+                for c in self.arm.credentials_of(identity["id"]))
+            if not trusted or request.match_info["tenant"] != self.arm.tenant_id:
+                return web.json_response({"error": "invalid_client", "error_description":
+                                          f"AADSTS70021: No matching federated identity record found for presented assertion "
+                                          f"subject '{subject}'."}, status=400)
+            scope = str(form.get("scope", ""))
+            self.issued.append({"identity": identity["name"], "subject": subject, "scope": scope})
+            return web.json_response({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
+                                      "access_token": f"demo-entra-token.{identity['name']}.{uuid.uuid4().hex}"})
+
+        app = web.Application()
+        app.router.add_post("/{tenant}/oauth2/v2.0/token", token)
+        return app
