@@ -182,7 +182,7 @@ async def _act_on_account(action: Action, settings: Any, accounts: ServiceAccoun
         return
     if action.identity:
         # The cloud side first: if it cannot be removed, the account keeps the record of it.
-        await revoke_identity(settings, action.identity, judged.owner, judged.annotations)
+        await revoke_identity(settings, action.identity, judged.owner, judged.annotations, (judged.namespace, judged.name))
     if action.kind == "revoke":
         await _unmark(accounts, judged, version)
         action.done = True

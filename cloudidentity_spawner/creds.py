@@ -178,6 +178,8 @@ async def azure_token(env: dict[str, str], resource: str) -> dict[str, Any]:
     if not _RESOURCE.fullmatch(resource or ""):
         raise CredentialsError(400, "give the resource to get a token for, e.g. ?resource=https://storage.azure.com")
     authority = env.get("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com/").rstrip("/")
+    if "://" not in authority:  # as azure-identity: a bare host means https
+        authority = "https://" + authority
     parsed = urllib.parse.urlparse(authority)
     if parsed.scheme != "https" and parsed.hostname not in ("127.0.0.1", "localhost"):
         raise CredentialsError(500, f"AZURE_AUTHORITY_HOST must be https, got {authority!r}")

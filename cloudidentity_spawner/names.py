@@ -3,8 +3,9 @@
 Each encoder here keeps two promises, for *any* Unicode input:
 
 1. **Always valid.** The result satisfies the target system's naming rules
-   (Kubernetes object names, IAM role names, Google service account ids,
-   Kubernetes label values, path-like resource parts in policies).
+   (Kubernetes object names, IAM role names, Google service account ids, Azure
+   managed identity and federated credential names, Kubernetes label values,
+   path-like resource parts in policies).
 2. **No collisions.** Two different inputs never produce the same output.
 
 A name that is already valid is returned unchanged, so ``alice`` stays
@@ -41,6 +42,8 @@ _MARKER = "---"
 __all__ = [
     "HASH_LENGTH",
     "SHORT_HASH_LENGTH",
+    "azure_credential_name",
+    "azure_identity_name",
     "gsa_account_id",
     "iam_role_name",
     "is_valid_gsa_account_id",
@@ -125,6 +128,19 @@ _LABEL = _Rules(
     max_length=63,
     min_length=0,
 )
+_AZURE_IDENTITY = _Rules(
+    # Azure resource names compare case-insensitively, so only lower case passes through.
+    valid=re.compile(r"[a-z0-9][a-z0-9_-]*"),
+    unsafe_run=re.compile(r"[^a-z0-9_]+"),
+    max_length=128,
+    min_length=3,
+)
+_AZURE_CREDENTIAL = _Rules(
+    valid=re.compile(r"[a-z0-9][a-z0-9_-]*"),
+    unsafe_run=re.compile(r"[^a-z0-9_]+"),
+    max_length=120,
+    min_length=3,
+)
 _RESOURCE_PART = _Rules(
     # One path segment of a bucket key, an ARN resource or a policy value:
     # no "/", no IAM wildcards ("*", "?") and no policy variables ("${"); never
@@ -168,6 +184,16 @@ def iam_role_name(value: str) -> str:
 def gsa_account_id(value: str) -> str:
     """Encode *value* as a valid, collision-free Google service account id (6-30 characters)."""
     return _GSA_ID.encode(value)
+
+
+def azure_identity_name(value: str) -> str:
+    """Encode *value* as a valid, collision-free Azure managed identity name (3-128 characters)."""
+    return _AZURE_IDENTITY.encode(value)
+
+
+def azure_credential_name(value: str) -> str:
+    """Encode *value* as a valid, collision-free federated identity credential name (3-120 characters)."""
+    return _AZURE_CREDENTIAL.encode(value)
 
 
 def label_value(value: str) -> str:

@@ -105,11 +105,14 @@ def event_message(plan: IdentityPlan, outcome: str, cloud_outcome: str | None) -
     return f"ServiceAccount {outcome} for {plan.owner} by rule {plan.rule!r}: {cloud}{made}"
 
 
-async def revoke_identity(settings: Any, identity: str, owner: str | None, annotations: Mapping[str, str]) -> bool:
+async def revoke_identity(settings: Any, identity: str, owner: str | None, annotations: Mapping[str, str],
+                          account: tuple[str, str] | None = None) -> bool:
     """Delete the hub-made identity ``aws:<arn>`` / ``gcp:<email>`` / ``gcp:<principal>``'s grants /
     ``eks:<cluster>/<namespace>/<service account>`` (an association) made for *owner* (None: for
     any owner on this hub - ``gc``'s identities no account records), with the bindings recorded in
-    *annotations*; never one without our markers. An SDK error becomes an IdentityError."""
+    *annotations*; never one without our markers. *account* (``(namespace, name)``) is the
+    ServiceAccount leaving the identity: a shared Azure identity then loses only that account's
+    federated credential while other accounts still use it. An SDK error becomes an IdentityError."""
     provider, _, name = identity.partition(":")
     try:
         backend = backend_for(settings, provider)
@@ -117,7 +120,8 @@ async def revoke_identity(settings: Any, identity: str, owner: str | None, annot
             return await backend.delete(name, owner, settings.hub_name)
         if provider == "azure":
             assignments = json.loads(annotations.get(azure.ROLE_ASSIGNMENTS_ANNOTATION, "[]"))
-            return await backend.delete(name, owner, settings.hub_name, assignments)
+            credential = None if account is None else azure.credential_name(*account)
+            return await backend.delete(name, owner, settings.hub_name, assignments, credential)
         bindings = json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
         if name.startswith("principal://"):  # no account: the recorded grants to the principal
             await backend.remove_bindings(name, bindings)
@@ -198,7 +202,8 @@ class IdentityProvisioner:
                 old = identity_to_revoke(found, plan, self.settings.compiled_rules.managed_places)
                 if old:
                     await self.refuse_while_other_pods_use(plan, old)
-                    if await self.revoke(old, plan.owner, found["annotations"]):
+                    account = (plan.service_account.namespace, plan.service_account.name)
+                    if await self.revoke(old, plan.owner, found["annotations"], account):
                         revoked.append(old)
                         self.accounts.record_event(
                             plan, "CloudIdentityRevoked",
@@ -325,8 +330,8 @@ class IdentityProvisioner:
                 f"pods {others} still run under it",
             )
 
-    async def revoke(self, identity: str, owner: str, annotations: dict[str, str]) -> bool:
-        return await revoke_identity(self.settings, identity, owner, annotations)
+    async def revoke(self, identity: str, owner: str, annotations: dict[str, str], account: tuple[str, str] | None = None) -> bool:
+        return await revoke_identity(self.settings, identity, owner, annotations, account)
 
     async def revoke_assignments(self, identity: str, assignments: list[list[str]]) -> None:
         try:
@@ -362,7 +367,7 @@ class IdentityProvisioner:
             if identity:
                 record["cloud_identity"] = identity.split(":", 1)[1]
                 try:
-                    record["cloud_identity_deleted"] = await self.revoke(identity, owner, recorded)
+                    record["cloud_identity_deleted"] = await self.revoke(identity, owner, recorded, (namespace, sa.metadata.name))
                 except IdentityError as e:
                     self.log.error("cloudidentity: user %s deleted, but %s could not be removed (%s); keeping "
                                    "ServiceAccount %s, which records it, for a later deletion", username,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 
 import pytest
@@ -179,7 +180,8 @@ async def test_moving_to_an_existing_identity_revokes_the_managed_one(namespace,
     assert "cloudidentity-spawner/managed-identity" not in annotations
 
 
-async def test_gc_removes_the_identity_of_a_user_gone_and_one_no_account_records(namespace, arm, hub):
+async def test_gc_removes_the_identity_of_a_user_gone_and_one_no_account_records_and_a_new_spawn_starts_afresh(
+        namespace, arm, hub):
     for user in ("frank", "gina", "hal"):
         await spawn(azure_spawner(namespace, arm, hub, user))
     await delete_service_account(namespace, "jupyter-gina")
@@ -190,6 +192,57 @@ async def test_gc_removes_the_identity_of_a_user_gone_and_one_no_account_records
         ("delete-account", f"{prefix}{hub}-frank", True), ("delete-identity", f"{prefix}{hub}-gina", True)]
     remaining = {i["name"] for i in arm.api.identities.values() if i["tags"].get("cloudidentity-spawner.hub") == hub}
     assert remaining == {f"{hub}-hal"}
+    # gina's role assignment went with her identity (no account recorded it), and her next spawn
+    # makes a new identity whose assignment replaces nothing stale.
+    assert not [a for a in arm.api.assignments.values() if a["properties"]["principalId"] not in
+                {i["properties"]["principalId"] for i in arm.api.identities.values()}]
+    await spawn(azure_spawner(namespace, arm, hub, "gina"))
+    [gina] = [i for i in arm.api.identities.values() if i["name"] == f"{hub}-gina"]
+    assert len(arm.api.assignments_of(gina["properties"]["principalId"])) == 1
+
+
+async def test_role_assignments_wait_for_a_new_principal_to_replicate(namespace, arm, hub):
+    arm.api.replication_seconds = 1.0
+    try:
+        await spawn(azure_spawner(namespace, arm, hub, "jo"))
+    finally:
+        arm.api.replication_seconds = 0.0
+    [jo] = [i for i in arm.api.identities.values() if i["name"] == f"{hub}-jo"]
+    assert len(arm.api.assignments_of(jo["properties"]["principalId"])) == 1
+    assert arm.api.calls["PUT RoleAssignment"] >= 2  # refused with PrincipalNotFound first
+
+
+async def test_a_shared_identity_loses_one_accounts_credential_and_goes_with_the_last(namespace, arm, hub):
+    from kubernetes_asyncio import client, config
+
+    other = namespace + "-b"
+    api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    async with api_client:
+        await client.CoreV1Api(api_client).create_namespace({"metadata": {"name": other}})
+    try:
+        group = managed_rules(hub, scope="group")
+        for ns, user in ((namespace, "kim"), (other, "lee")):
+            await spawn(azure_spawner(ns, arm, hub, user, rules=group))
+        [shared] = [i for i in arm.api.identities.values() if i["tags"].get("cloudidentity-spawner.hub") == hub]
+        assert len(arm.api.credentials_of(shared["id"])) == 2
+        existing = [{"name": "members", "match": {"groups": ["/escape*"]}, "scope": "group",
+                     "azure": {"client_id": EXISTING}}]
+        await spawn(azure_spawner(namespace, arm, hub, "kim", rules=existing))
+        [left] = arm.api.credentials_of(shared["id"])  # lee's namespace still uses the identity
+        assert left["properties"]["subject"].startswith(f"system:serviceaccount:{other}:")
+        assert arm.api.identity(shared["id"]) is not None
+        assert len(arm.api.assignments_of(shared["properties"]["principalId"])) == 1
+        await spawn(azure_spawner(other, arm, hub, "lee", rules=existing))
+        assert arm.api.identity(shared["id"]) is None
+        assert arm.api.assignments_of(shared["properties"]["principalId"]) == []
+    finally:
+        from kubespawner import KubeSpawner
+
+        for key in [k for k in KubeSpawner.reflectors if k[1] == other]:
+            await KubeSpawner.reflectors.pop(key).stop()
+        api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+        async with api_client:
+            await client.CoreV1Api(api_client).delete_namespace(other)
 
 
 @pytest.mark.parametrize("block, message", [

@@ -146,6 +146,8 @@ def test_azure_hub_role_covers_every_call_and_the_condition_every_role_the_examp
         '"DeleteIdentity"': f"{identity}/delete", '"ListIdentities"': f"{identity}/read",
         '"ListFederatedCredentials"': f"{identity}/federatedIdentityCredentials/read",
         '"PutFederatedCredential"': f"{identity}/federatedIdentityCredentials/write",
+        '"DeleteFederatedCredential"': f"{identity}/federatedIdentityCredentials/delete",
+        '"ListRoleAssignments"': "Microsoft.Authorization/roleAssignments/read",
         '"ListRoleDefinitions"': "Microsoft.Authorization/roleDefinitions/read",
         '"GetRoleAssignment"': "Microsoft.Authorization/roleAssignments/read",
         '"CreateRoleAssignment"': "Microsoft.Authorization/roleAssignments/write",
@@ -161,6 +163,7 @@ def test_azure_hub_role_covers_every_call_and_the_condition_every_role_the_examp
     condition = (EXAMPLES / "azure/hub-role-assignment-condition.txt").read_text()
     guids = set(re.findall(r"GuidEquals \{([0-9a-f-]+)\}", condition))
     assert guids == {BUILT_IN_ROLES[r] for r in roles} and len(re.findall("GuidEquals", condition)) == 2
+    assert condition.count("PrincipalType] ForAnyOfAnyValues:StringEqualsIgnoreCase {'ServicePrincipal'}") == 2
 
 
 def test_gke_values_unblock_the_metadata_server_workload_identity_needs():

@@ -15,7 +15,6 @@ Workload Identity webhook only looks at labelled pods (:mod:`..pinning` sets it)
 
 from __future__ import annotations
 
-import hashlib
 import re
 import uuid
 from collections.abc import Collection, Mapping
@@ -135,13 +134,8 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
 
 
 def identity_name(rendered: str) -> str:
-    """A valid managed identity name (3-128 of [A-Za-z0-9_-], starting alphanumerically); names
-    that had to change get a hash suffix, so two users never share one."""
-    cleaned = re.sub(r"[^A-Za-z0-9_-]", "-", rendered).strip("-_")
-    if cleaned == rendered and 3 <= len(cleaned) <= 128 and cleaned[:1].isalnum():
-        return cleaned
-    digest = hashlib.sha256(rendered.encode()).hexdigest()[:16]
-    return f"{(cleaned or 'id')[:110]}-{digest}"
+    """A valid, collision-free managed identity name (:func:`..names.azure_identity_name`)."""
+    return names.azure_identity_name(rendered)
 
 
 def identity_resource_id(subscription: str, resource_group: str, name: str) -> str:
@@ -159,12 +153,9 @@ def parse_identity_resource_id(resource_id: str) -> tuple[str, str, str]:
 
 
 def credential_name(namespace: str, service_account: str) -> str:
-    """The federated credential's name for one ServiceAccount (3-120 characters)."""
-    rendered = f"{namespace}-{service_account}"
-    if _CREDENTIAL_NAME.fullmatch(rendered):
-        return rendered
-    digest = hashlib.sha256(rendered.encode()).hexdigest()[:16]
-    return f"{re.sub(r'[^A-Za-z0-9_-]', '-', rendered)[:100]}-{digest}"
+    """The federated credential's name for one ServiceAccount: ``<namespace>_<account>`` (``_``
+    cannot occur in either, so two accounts never share a name), made valid and collision-free."""
+    return names.azure_credential_name(f"{namespace}_{service_account}")
 
 
 def assignment_name(identity: str, scope: str, role: str) -> str:

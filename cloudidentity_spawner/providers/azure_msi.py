@@ -22,7 +22,14 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from ..errors import IdentityError
 from ..plan import MANAGED_BY, IdentityPlan, thaw
 from ..retry import Backoff
-from .azure import MAX_FEDERATED_CREDENTIALS, TAG_HUB, TAG_MANAGED_BY, TAG_OWNER, parse_identity_resource_id
+from .azure import (
+    MAX_FEDERATED_CREDENTIALS,
+    TAG_HUB,
+    TAG_MANAGED_BY,
+    TAG_OWNER,
+    identity_resource_id,
+    parse_identity_resource_id,
+)
 from .managed import CloudCalls, Converged, failed_operation, fingerprint, report_progress
 
 RETRIES = Backoff(attempts=8, base_delay=0.25, max_delay=8.0, floor=0.5)
@@ -175,6 +182,11 @@ class ManagedIdentities:
             made = None
         if made is not None and made.principal_id == principal_id and made.role_definition_id.lower() == role_id.lower():
             return False
+        if made is not None:
+            # Our name (derived from this identity, scope and role) for an identity of the same
+            # name that was deleted and made again: that assignment names a principal that no
+            # longer exists, and Azure does not let an assignment change its principal.
+            await self._call("DeleteRoleAssignment", auth.role_assignments.delete, assignment["scope"], assignment["name"])
         body = {"properties": {"roleDefinitionId": role_id, "principalId": principal_id, "principalType": "ServicePrincipal"}}
 
         def not_replicated_yet(error: BaseException) -> bool:
@@ -223,39 +235,61 @@ class ManagedIdentities:
             tags = identity.tags or {}
             if tags.get(TAG_MANAGED_BY) == MANAGED_BY and tags.get(TAG_HUB) == hub:
                 created = getattr(getattr(identity, "system_data", None), "created_at", None)
-                found.append({"identity": f"azure:{identity.id}", "owner": tags.get(TAG_OWNER, ""), "created": created})
+                # ARM answers ids with "resourcegroups" in lower case; accounts record the canonical form.
+                canonical = identity_resource_id(subscription, group, identity.name)
+                found.append({"identity": f"azure:{canonical}", "owner": tags.get(TAG_OWNER, ""), "created": created})
         return found
 
-    async def delete(self, resource_id: str, owner: str | None, hub: str, assignments: list[list[str]]) -> bool:
-        """Remove the recorded role assignments (``[scope, name]``), then the identity (its
-        federated credentials go with it) - only if it carries our tags for *owner* (any owner
-        of this hub: None) and *hub*. False if it was not ours or not there."""
+    async def delete(self, resource_id: str, owner: str | None, hub: str, assignments: list[list[str]],
+                     credential: str | None = None) -> bool:
+        """Take the identity away - only if it carries our tags for *owner* (any owner of this hub:
+        None) and *hub*; False if it was not ours or not there.
+
+        With *credential* (one account leaving the identity), that account's federated credential
+        goes; the identity stays while other accounts' credentials remain (a group's identity
+        serves an account per namespace). Otherwise, or once none remain, the recorded role
+        assignments (``[scope, name]``; all of the identity's in the subscription if none are
+        recorded) go, then the identity with its credentials."""
         subscription, group, name = parse_identity_resource_id(resource_id)
         msi, auth = self.clients(subscription)
-        try:
-            current = await self._call("GetIdentity", msi.user_assigned_identities.get, group, name)
-        except ResourceNotFoundError:
-            self.converged.forget(resource_id)
-            return False
-        tags = current.tags or {}
-        if tags.get(TAG_MANAGED_BY) != MANAGED_BY or tags.get(TAG_HUB) != hub or (
-                owner is not None and tags.get(TAG_OWNER) != owner[:256]):
-            if self.log:
-                self.log.info("cloudidentity: not deleting Azure identity %s: not managed by this hub for %s",
-                              resource_id, owner or "anyone")
-            return False
-        for scope, assignment in assignments:
+        async with self.converged.lock(resource_id):
             try:
-                await self._call("DeleteRoleAssignment", auth.role_assignments.delete, scope, assignment)
+                current = await self._call("GetIdentity", msi.user_assigned_identities.get, group, name)
+            except ResourceNotFoundError:
+                self.converged.forget(resource_id)
+                return False
+            tags = current.tags or {}
+            if tags.get(TAG_MANAGED_BY) != MANAGED_BY or tags.get(TAG_HUB) != hub or (
+                    owner is not None and tags.get(TAG_OWNER) != owner[:256]):
+                if self.log:
+                    self.log.info("cloudidentity: not deleting Azure identity %s: not managed by this hub for %s",
+                                  resource_id, owner or "anyone")
+                return False
+            self.converged.forget(resource_id)
+            if credential is not None:
+                try:
+                    await self._call("DeleteFederatedCredential", msi.federated_identity_credentials.delete, group, name, credential)
+                except ResourceNotFoundError:
+                    pass
+                remaining = await self._call("ListFederatedCredentials",
+                                             lambda: list(msi.federated_identity_credentials.list(group, name)))
+                if remaining:
+                    return True
+            if not assignments:
+                listed = await self._call("ListRoleAssignments", lambda: list(auth.role_assignments.list_for_scope(
+                    f"/subscriptions/{subscription}", filter=f"principalId eq '{current.principal_id}'")))
+                assignments = [[a.scope, a.name] for a in listed]
+            for scope, assignment in assignments:
+                try:
+                    await self._call("DeleteRoleAssignment", auth.role_assignments.delete, scope, assignment)
+                except ResourceNotFoundError:
+                    pass
+            try:
+                await self._call("DeleteIdentity", msi.user_assigned_identities.delete, group, name)
             except ResourceNotFoundError:
                 pass
-        try:
-            await self._call("DeleteIdentity", msi.user_assigned_identities.delete, group, name)
-        except ResourceNotFoundError:
-            pass
-        self.converged.forget(resource_id)
-        self.ids.pop(resource_id, None)
-        return True
+            self.ids.pop(resource_id, None)
+            return True
 
     def _error(self, plan: IdentityPlan, error: HttpResponseError) -> IdentityError:
         code, status = _code(error), error.status_code

@@ -23,6 +23,9 @@ with ARM's error shape ``{"error": {"code", "message"}}``:
 * 429 ``TooManyRequests`` for a ``throttle_share`` of calls, when switched on.
 
 Deleting an identity deletes its credentials and leaves its role assignments (as Azure does).
+Ids in answers spell ``resourcegroups`` in lower case, as ARM does for managed identities.
+``replication_seconds`` makes a new identity's principal unknown to role assignments for a while
+(``PrincipalNotFound``, as while Entra replicates it).
 Not modelled: whether a role assignment's scope exists, RBAC on the caller, other resource
 providers, long-running operations (these calls have none), the token exchange of Microsoft
 Entra (see :meth:`AzureResourceManager.exchange` for the demo).
@@ -36,6 +39,7 @@ import datetime
 import json
 import random
 import re
+import time
 import uuid
 from typing import Any
 from urllib.parse import urlparse
@@ -74,6 +78,9 @@ class AzureResourceManager:
         self.assignments: dict[str, dict[str, Any]] = {}
         self.writing: set[str] = set()
         self.write_seconds = 0.02
+        self.replication_seconds = 0.0
+        """A new identity's principal is unknown to role assignments for this long (Entra replication)."""
+        self._visible_after: dict[str, float] = {}
         self.throttle_share = 0.0
         self.page_size = 100
         self.calls: collections.Counter[str] = collections.Counter()
@@ -139,9 +146,11 @@ class AzureResourceManager:
         return sub, group
 
     def _identity_id(self, request: web.Request) -> tuple[str, dict[str, Any] | None]:
+        """The identity's id as ARM writes it in answers ("resourcegroups" in lower case, as real
+        ARM does for managed identities), and the identity, if it exists."""
         sub, group = self._group(request)
         name = request.match_info["name"]
-        resource_id = MSI_PATH.format(sub=sub, group=group) + "/" + name
+        resource_id = MSI_PATH.format(sub=sub, group=group).replace("/resourceGroups/", "/resourcegroups/") + "/" + name
         return resource_id, self.identities.get(resource_id.lower())
 
     # -- managed identities ----------------------------------------------------------------
@@ -186,12 +195,13 @@ class AzureResourceManager:
             "properties": {"tenantId": self.tenant_id, "principalId": principal, "clientId": str(uuid.uuid4())},
             "systemData": {"createdAt": datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")},
         }
+        self._visible_after[principal] = time.monotonic() + self.replication_seconds
         self.identities[resource_id.lower()] = identity
         return 201, identity
 
     async def _list_identities(self, request: web.Request, body: Any) -> tuple[int, Any]:
         sub, group = self._group(request)
-        prefix = MSI_PATH.format(sub=sub, group=group).lower() + "/"
+        prefix = MSI_PATH.format(sub=sub, group=group).lower().replace("/resourcegroups/", "/resourcegroups/") + "/"
         found = sorted((i for key, i in self.identities.items() if key.startswith(prefix)), key=lambda i: i["id"].lower())
         return 200, self._page(request, found)
 
@@ -295,8 +305,13 @@ class AzureResourceManager:
     async def _list_assignments(self, request: web.Request, body: Any) -> tuple[int, Any]:
         scope = self._scope(request)
         principal = re.fullmatch(r"principalId eq '(.*)'", request.query.get("$filter", ""))
-        found = [a for a in self.assignments.values() if a["properties"]["scope"].lower() == scope.lower()
-                 and (principal is None or a["properties"]["principalId"] == principal[1])]
+        if principal is None:
+            found = [a for a in self.assignments.values() if a["properties"]["scope"].lower() == scope.lower()]
+        else:  # a principal's assignments at, above or below the scope
+            here = scope.lower().rstrip("/") + "/"
+            found = [a for a in self.assignments.values() if a["properties"]["principalId"] == principal[1]
+                     and (here.startswith(a["properties"]["scope"].lower().rstrip("/") + "/")
+                          or (a["properties"]["scope"].lower().rstrip("/") + "/").startswith(here))]
         return 200, {"value": found}
 
     async def _assignment(self, request: web.Request, body: Any) -> tuple[int, Any]:
@@ -320,7 +335,8 @@ class AzureResourceManager:
         known = {self._role_id(scope, guid).lower() for guid in self.roles.values()}
         if role.lower() not in known:
             raise ARMError(400, "RoleDefinitionDoesNotExist", f"The specified role definition with ID '{role.rsplit('/', 1)[-1]}' does not exist.")
-        if not any(i["properties"]["principalId"] == principal for i in self.identities.values()):
+        if not any(i["properties"]["principalId"] == principal for i in self.identities.values()) or \
+                time.monotonic() < self._visible_after.get(principal, 0.0):
             raise ARMError(400, "PrincipalNotFound", f"Principal {principal} does not exist in the directory {self.tenant_id}. "
                                                      "Check that you have the correct principal ID.")
         if current is not None:
