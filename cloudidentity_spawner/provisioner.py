@@ -111,12 +111,15 @@ async def revoke_identity(settings: Any, identity: str, owner: str | None, annot
     ``eks:<cluster>/<namespace>/<service account>`` (an association) made for *owner* (None: for
     any owner on this hub - ``gc``'s identities no account records), with the bindings recorded in
     *annotations*; never one without our markers. *account* (``(namespace, name)``) is the
-    ServiceAccount leaving the identity: a shared Azure identity then loses only that account's
-    federated credential while other accounts still use it. An SDK error becomes an IdentityError."""
+    ServiceAccount leaving the identity: a shared role, Google account or Azure identity then only
+    stops trusting that account while other namespaces' accounts still use it. An SDK error
+    becomes an IdentityError."""
     provider, _, name = identity.partition(":")
     try:
         backend = backend_for(settings, provider)
-        if provider in ("aws", "eks"):
+        if provider == "aws":
+            return await backend.delete(name, owner, settings.hub_name, account)
+        if provider == "eks":
             return await backend.delete(name, owner, settings.hub_name)
         if provider == "azure":
             assignments = json.loads(annotations.get(azure.ROLE_ASSIGNMENTS_ANNOTATION, "[]"))
@@ -126,7 +129,7 @@ async def revoke_identity(settings: Any, identity: str, owner: str | None, annot
         if name.startswith("principal://"):  # no account: the recorded grants to the principal
             await backend.remove_bindings(name, bindings)
             return True
-        return await backend.delete(name, owner, settings.hub_name, bindings)
+        return await backend.delete(name, owner, settings.hub_name, bindings, account)
     except IdentityError:
         raise
     except Exception as e:  # the SDKs' own errors: fail closed, saying what could not be revoked

@@ -143,3 +143,26 @@ async def delete_service_account(namespace: str, name: str) -> None:
     api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
     async with api_client:
         await client.CoreV1Api(api_client).delete_namespaced_service_account(name, namespace)
+
+
+class another_namespace:
+    """``async with another_namespace(name)``: a second namespace for a test (user namespaces),
+    deleted afterwards with KubeSpawner's watches on it."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    async def __aenter__(self) -> str:
+        api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+        async with api_client:
+            await client.CoreV1Api(api_client).create_namespace({"metadata": {"name": self.name}})
+        return self.name
+
+    async def __aexit__(self, *exc: Any) -> None:
+        from kubespawner import KubeSpawner
+
+        for key in [k for k in KubeSpawner.reflectors if k[1] == self.name]:
+            await KubeSpawner.reflectors.pop(key).stop()
+        api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+        async with api_client:
+            await client.CoreV1Api(api_client).delete_namespace(self.name)

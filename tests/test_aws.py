@@ -20,7 +20,7 @@ from cloudidentity_spawner.providers.aws import scratch_prefix_policy, tag_value
 from cloudidentity_spawner.providers.aws_iam import ManagedRoles  # noqa: E402
 from cloudidentity_spawner.errors import SpawnRefused  # noqa: E402
 
-from .kubehelpers import SpawnUser, make_spawner, oidc_state, read, spawner_config  # noqa: E402
+from .kubehelpers import SpawnUser, another_namespace, make_spawner, oidc_state, read, spawner_config  # noqa: E402
 
 ACCOUNT = "123456789012"  # moto's default account
 ISSUER = "oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
@@ -403,6 +403,26 @@ async def test_a_shared_role_trusts_each_members_namespace_without_flapping(name
     subjects = statement["Condition"]["StringEquals"][f"{ISSUER}:sub"]
     account = subjects[0].rsplit(":", 1)[1]
     assert subjects == sorted([f"system:serviceaccount:{namespace}:{account}", f"system:serviceaccount:{other}:{account}"])
+
+
+async def test_a_shared_role_stops_trusting_one_namespace_and_goes_with_the_last(namespace, moto_endpoint, hub):
+    """One namespace's account moving to another role must not take the role from the others' pods."""
+    group_rule = [{"name": "team", "match": {"groups": ["/escape"]}, "scope": "group",
+                   "aws": {"managed": {"oidc_provider_arn": PROVIDER_ARN, "role_path": f"/jupyterhub/{hub}/",
+                                       "permissions_boundary": BOUNDARY}}}]
+    moved = [{"name": "team", "match": {"groups": ["/escape"]}, "scope": "group",
+              "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/operators/team"}}]
+    async with another_namespace(namespace + "-b") as other:
+        await spawn(aws_spawner(namespace, moto_endpoint, hub, "wes", rules=group_rule))
+        await spawn(aws_spawner(other, moto_endpoint, hub, "xia", rules=group_rule))
+        [role] = iam(moto_endpoint).list_roles(PathPrefix=f"/jupyterhub/{hub}/")["Roles"]
+        await spawn(aws_spawner(namespace, moto_endpoint, hub, "wes", rules=moved))
+        trust = iam(moto_endpoint).get_role(RoleName=role["RoleName"])["Role"]["AssumeRolePolicyDocument"]
+        subject = trust["Statement"][0]["Condition"]["StringEquals"][f"{ISSUER}:sub"]
+        assert subject.startswith(f"system:serviceaccount:{other}:")  # the other namespace's pods keep it
+        await spawn(aws_spawner(other, moto_endpoint, hub, "xia", rules=moved))
+        with pytest.raises(ClientError, match="NoSuchEntity"):
+            iam(moto_endpoint).get_role(RoleName=role["RoleName"])
 
 
 async def test_a_changed_role_gets_the_propagation_wait_too(namespace, moto_endpoint, hub, monkeypatch):

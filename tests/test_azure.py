@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 
 import pytest
@@ -22,7 +21,7 @@ from cloudidentity_spawner.rules import IdentityRules  # noqa: E402
 from cloudidentity_spawner.testing.azure import AzureResourceManager  # noqa: E402
 from cloudidentity_spawner.testing.kubernetes import KubernetesAPIServer  # noqa: E402
 
-from .kubehelpers import SpawnUser, delete_service_account, make_spawner, oidc_state, read, run_gc, spawner_config  # noqa: E402
+from .kubehelpers import SpawnUser, another_namespace, delete_service_account, make_spawner, oidc_state, read, run_gc, spawner_config  # noqa: E402
 
 SUB = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"
 GROUP = "jupyterhub-identities"
@@ -213,13 +212,7 @@ async def test_role_assignments_wait_for_a_new_principal_to_replicate(namespace,
 
 
 async def test_a_shared_identity_loses_one_accounts_credential_and_goes_with_the_last(namespace, arm, hub):
-    from kubernetes_asyncio import client, config
-
-    other = namespace + "-b"
-    api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
-    async with api_client:
-        await client.CoreV1Api(api_client).create_namespace({"metadata": {"name": other}})
-    try:
+    async with another_namespace(namespace + "-b") as other:
         group = managed_rules(hub, scope="group")
         for ns, user in ((namespace, "kim"), (other, "lee")):
             await spawn(azure_spawner(ns, arm, hub, user, rules=group))
@@ -235,14 +228,6 @@ async def test_a_shared_identity_loses_one_accounts_credential_and_goes_with_the
         await spawn(azure_spawner(other, arm, hub, "lee", rules=existing))
         assert arm.api.identity(shared["id"]) is None
         assert arm.api.assignments_of(shared["properties"]["principalId"]) == []
-    finally:
-        from kubespawner import KubeSpawner
-
-        for key in [k for k in KubeSpawner.reflectors if k[1] == other]:
-            await KubeSpawner.reflectors.pop(key).stop()
-        api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
-        async with api_client:
-            await client.CoreV1Api(api_client).delete_namespace(other)
 
 
 @pytest.mark.parametrize("block, message", [

@@ -15,7 +15,7 @@ from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
 from cloudidentity_spawner.providers import _backends  # noqa: E402
 from cloudidentity_spawner.errors import SpawnRefused  # noqa: E402
 
-from .kubehelpers import SpawnUser, delete_service_account, make_spawner, oidc_state, read, run_gc, spawner_config  # noqa: E402
+from .kubehelpers import SpawnUser, another_namespace, delete_service_account, make_spawner, oidc_state, read, run_gc, spawner_config  # noqa: E402
 
 PROJECT = "my-project"
 
@@ -383,3 +383,21 @@ async def test_gc_removes_the_accounts_of_users_gone_and_accounts_no_serviceacco
     assert f"serviceAccount:{hub}-carol@{PROJECT}.iam.gserviceaccount.com" in project_members
     assert f"serviceAccount:{hub}-alice@{PROJECT}.iam.gserviceaccount.com" not in project_members
     assert await read("serviceaccount", namespace, "jupyter-alice") is None
+
+
+async def test_a_shared_account_stops_trusting_one_namespace_and_goes_with_the_last(namespace, gcp_server, hub):
+    group = [{"name": "team", "match": {"groups": ["/staff"]}, "scope": "group",
+              "gcp": {"managed": {"project": PROJECT, "account_id": f"{hub}-team"}}}]
+    moved = [{"name": "team", "match": {"groups": ["/staff"]}, "scope": "group",
+              "gcp": {"service_account": f"operators-team@{PROJECT}.iam.gserviceaccount.com"}}]
+    email = f"{hub}-team@{PROJECT}.iam.gserviceaccount.com"
+    resource = f"projects/{PROJECT}/serviceAccounts/{email}"
+    async with another_namespace(namespace + "-b") as other:
+        await spawn(gcp_spawner(namespace, gcp_server, hub, "wes", group))
+        await spawn(gcp_spawner(other, gcp_server, hub, "xia", group))
+        assert len(members(gcp_server, resource, "roles/iam.workloadIdentityUser")) == 2
+        await spawn(gcp_spawner(namespace, gcp_server, hub, "wes", moved))
+        [left] = members(gcp_server, resource, "roles/iam.workloadIdentityUser")
+        assert f"[{other}/" in left and email in {a["email"] for a in gcp_server.state.accounts.values()}
+        await spawn(gcp_spawner(other, gcp_server, hub, "xia", moved))
+        assert email not in {a["email"] for a in gcp_server.state.accounts.values()}

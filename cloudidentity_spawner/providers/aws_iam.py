@@ -258,14 +258,22 @@ class ManagedRoles(BotoBackend):
                 return found
             marker = page["Marker"]
 
-    async def delete(self, role_arn: str, owner: str | None, hub: str) -> bool:
+    async def delete(self, role_arn: str, owner: str | None, hub: str, account: tuple[str, str] | None = None) -> bool:
         """Delete the role if it is ours, for *owner* on *hub* (any owner: None, for ``gc``'s
         roles no account records); False if it was not ours or not there.
+
+        With *account* (``(namespace, name)``, one ServiceAccount leaving the role): a shared role
+        that also trusts the same account name in other namespaces (user namespaces) only stops
+        trusting this one, and stays for the others.
 
         Inline policies are deleted and managed policies detached first, as IAM
         requires; the data the role could reach is never touched.
         """
         name = parse_role_arn(role_arn).name
+        async with self.converged.lock(name):  # not while a spawn of another namespace edits its trust
+            return await self._delete(name, owner, hub, account)
+
+    async def _delete(self, name: str, owner: str | None, hub: str, account: tuple[str, str] | None) -> bool:
         try:
             current = (await self._call("GetRole", RoleName=name))["Role"]
         except ClientError as e:
@@ -279,6 +287,12 @@ class ManagedRoles(BotoBackend):
             if self.log:
                 self.log.info("cloudidentity: not deleting IAM role %s: not managed by this hub for %s", name, owner or "anyone")
             return False
+        self.converged.forget(name)
+        if account is not None:
+            trust = _without_subject(current.get("AssumeRolePolicyDocument"), f"system:serviceaccount:{account[0]}:{account[1]}")
+            if trust is not None:
+                await self._call("UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=json.dumps(trust))
+                return True
         for policy in (await self._call("ListRolePolicies", RoleName=name))["PolicyNames"]:
             await self._gone_is_done("DeleteRolePolicy", RoleName=name, PolicyName=policy)
         for policy in (await self._call("ListAttachedRolePolicies", RoleName=name))["AttachedPolicies"]:
@@ -324,6 +338,25 @@ class ManagedRoles(BotoBackend):
             f"IAM {code or 'error'} for role {name} (rule {plan.rule!r}): {message}",
         )
 
+
+
+def _without_subject(trust: Any, subject: str) -> dict[str, Any] | None:
+    """*trust* without *subject* among the trusted ServiceAccounts, or None if *subject* is the
+    only one (then the role goes) or not trusted at all."""
+    if isinstance(trust, str):
+        trust = json.loads(trust)
+    if not isinstance(trust, Mapping) or len(trust.get("Statement", [])) != 1:
+        return None
+    trust = json.loads(json.dumps(trust))
+    condition = (trust["Statement"][0].get("Condition") or {}).get("StringEquals") or {}
+    key = next((k for k in condition if k.endswith(":sub")), None)
+    values = condition.get(key) if key else None
+    values = [values] if isinstance(values, str) else list(values or [])
+    if subject not in values or len(values) < 2:
+        return None
+    rest = [v for v in values if v != subject]
+    condition[key] = rest[0] if len(rest) == 1 else rest
+    return trust
 
 
 def trust_for_every_namespace(planned: dict[str, Any], current: Mapping[str, Any] | None) -> dict[str, Any]:

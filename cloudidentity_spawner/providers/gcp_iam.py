@@ -321,9 +321,14 @@ class ManagedServiceAccounts:
                 found.append({"identity": f"gcp:{account.email}", "owner": owner, "created": None})
         return found
 
-    async def delete(self, email: str, owner: str | None, hub: str, added_bindings: list[list[str]]) -> bool:
+    async def delete(self, email: str, owner: str | None, hub: str, added_bindings: list[list[str]],
+                     account: tuple[str, str] | None = None) -> bool:
         """Remove the bindings we added, then the GSA - only if its description carries our marker
-        (for *owner*; for any owner of this hub with None, ``gc``'s accounts no ServiceAccount records)."""
+        (for *owner*; for any owner of this hub with None, ``gc``'s accounts no ServiceAccount records).
+
+        With *account* (``(namespace, name)``, one ServiceAccount leaving the GSA): a shared GSA
+        that other namespaces' accounts may also act as (user namespaces) only loses this one's
+        ``workloadIdentityUser`` grant, and stays (with its bindings) while others remain."""
         project = email.split("@", 1)[1].split(".", 1)[0]
         name = f"projects/{project}/serviceAccounts/{email}"
         try:
@@ -337,6 +342,15 @@ class ManagedServiceAccounts:
                 self.log.info("cloudidentity: not deleting Google service account %s: not managed by this hub for %s",
                               email, owner or "anyone")
             return False
+        self.converged.forget(email)
+        if account is not None:
+            suffix = f"[{account[0]}/{account[1]}]"
+            policy = await self._read_policy(name)
+            users = [m for b in policy["bindings"] if b["role"] == WORKLOAD_IDENTITY_USER for m in b["members"]]
+            if any(m.endswith(suffix) for m in users) and any(not m.endswith(suffix) for m in users):
+                for member in [m for m in users if m.endswith(suffix)]:
+                    await self._edit(name, remove=(WORKLOAD_IDENTITY_USER, ""), member=member)
+                return True
         await self.remove_bindings(email, added_bindings)
         await self._call("DeleteServiceAccount", self.iam.delete_service_account, request={"name": name})
         self.converged.forget(email)
