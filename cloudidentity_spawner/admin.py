@@ -155,17 +155,15 @@ def make_app(settings: Any, config: Any, accounts: Any, hub_users: Any, namespac
 
 async def serve(config_file: str) -> None:
     from kubernetes_asyncio import client as kube_client
-    from kubespawner.clients import load_config as load_kube_config
 
-    from .cli import _configured_namespace, load_config
+    from .cli import _configured_namespace, load_config, load_kube_config_of
     from .config import identity_settings
     from .hubusers import HubAPI
     from .kube import ServiceAccounts
 
     config = load_config(config_file)
     settings = identity_settings(config)
-    spawner = config.KubeSpawner if "KubeSpawner" in config else {}
-    load_kube_config(spawner.get("k8s_api_host"), spawner.get("k8s_api_ssl_ca_cert"), spawner.get("k8s_api_verify_ssl"))
+    load_kube_config_of(config)
     hub_users = HubAPI(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE}/")
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))

@@ -149,10 +149,18 @@ class Progress:
         self.stream.flush()
 
 
+def load_kube_config_of(config: Any) -> None:
+    """Point kubernetes_asyncio at the cluster the hub's spawner would use: its k8s_api_*
+    settings, else in-cluster, else $KUBECONFIG (as KubeSpawner does)."""
+    from kubespawner.clients import load_config as load_kube_config
+
+    spawner = config.KubeSpawner if "KubeSpawner" in config else {}
+    load_kube_config(spawner.get("k8s_api_host"), spawner.get("k8s_api_ssl_ca_cert"), spawner.get("k8s_api_verify_ssl"))
+
+
 async def _operations(args: argparse.Namespace, run: Any) -> Any:
     """Load the config, connect to Kubernetes and the hub's users, and run *run* with them."""
     from kubernetes_asyncio import client as kube_client
-    from kubespawner.clients import load_config as load_kube_config
 
     from .hubusers import hub_users
     from .kube import ServiceAccounts
@@ -160,8 +168,7 @@ async def _operations(args: argparse.Namespace, run: Any) -> Any:
     config = load_config(args.config)
     settings = identity_settings(config)
     namespace = args.namespace or _configured_namespace(config)
-    spawner = config.KubeSpawner if "KubeSpawner" in config else {}
-    load_kube_config(spawner.get("k8s_api_host"), spawner.get("k8s_api_ssl_ca_cert"), spawner.get("k8s_api_verify_ssl"))
+    load_kube_config_of(config)
     hub = config.JupyterHub if "JupyterHub" in config else {}
     users = hub_users(args.hub_url, hub.get("db_url"))
     async with kube_client.ApiClient() as api:

@@ -33,9 +33,6 @@ class HubUser:
     auth_state: Any = None
     auth_state_known: bool = False
 
-    async def get_auth_state(self) -> Any:  # what claims.user_claims reads
-        return self.auth_state
-
 
 class HubAPI:
     """The hub's REST API (``/hub/api``) with a token."""

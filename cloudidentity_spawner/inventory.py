@@ -335,7 +335,6 @@ class Survey:
     """Whether every namespace was searched (else an identity may be recorded where gc cannot see)."""
     recorded: set[str] = field(default_factory=set)
     """Cloud identities recorded by any account of this package, of this hub or not."""
-    users_without_logins: int = 0
 
     def counts(self) -> dict[str, int]:
         return {s: sum(e.state == s for e in self.entries) for s in STATES}
@@ -384,8 +383,7 @@ async def survey(settings: Any, config: Any, accounts: ServiceAccounts, hub_user
             if identity and present.get(identity) is False and entry.state in ("ok", "drift"):
                 entry.state = "drift"
                 entry.problems.append(f"{_name(identity)} is missing in the cloud (the owner's next spawn re-creates it)")
-    return Survey(entries, listing.searched, listing.complete, listing.recorded,
-                  sum(1 for u in users.values() if u is not None and not u.auth_state_known))
+    return Survey(entries, listing.searched, listing.complete, listing.recorded)
 
 
 async def user_decisions(settings: Any, hub_users: Any, names: list[str], namespace: str) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 HASH_LENGTH = 26
 """Base32 characters of SHA-256 appended to a changed name (130 bits)."""
@@ -135,12 +135,7 @@ _AZURE_IDENTITY = _Rules(
     max_length=128,
     min_length=3,
 )
-_AZURE_CREDENTIAL = _Rules(
-    valid=re.compile(r"[a-z0-9][a-z0-9_-]*"),
-    unsafe_run=re.compile(r"[^a-z0-9_]+"),
-    max_length=120,
-    min_length=3,
-)
+_AZURE_CREDENTIAL = replace(_AZURE_IDENTITY, max_length=120)
 _RESOURCE_PART = _Rules(
     # One path segment of a bucket key, an ARN resource or a policy value:
     # no "/", no IAM wildcards ("*", "?") and no policy variables ("${"); never

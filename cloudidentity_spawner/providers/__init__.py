@@ -1,12 +1,13 @@
 """Cloud providers: the pure planning half of each, and (loaded lazily) the API-calling half.
 
-``aws`` and ``gcp`` import no cloud SDK; the SDK-backed backends for hub-managed
-identities (``aws_iam``, ``gcp_iam``) are imported only when a rule needs them,
+``aws``, ``gcp`` and ``azure`` import no cloud SDK; the SDK-backed backends for hub-managed
+identities (``aws_iam``, ``eks_pod_identity``, ``gcp_iam``, ``azure_msi``) are imported only when a rule needs them,
 through :func:`backend_for`.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from typing import Any
 
@@ -20,65 +21,38 @@ def backend_for_plan(settings: Any, cloud: Any) -> Any:
     return backend_for(settings, "eks" if cloud.mode == "pod_identity" else cloud.provider)
 
 
+def _shared(key: tuple, module: str, cls: str, *args: Any, **kwargs: Any) -> Any:
+    """The backend registered under *key*; the first time, ``module.cls(*args, **kwargs)``
+    (imported only then: the SDK-backed modules need their extra)."""
+    if key not in _backends:
+        _backends[key] = getattr(importlib.import_module(f"{__name__}.{module}"), cls)(*args, **kwargs)
+    return _backends[key]
+
+
 def backend_for(settings: Any, provider: str) -> Any:
     """The backend that manages *provider* identities for *settings* (a ``CloudIdentity``).
 
     One per provider and client settings per hub process, so the caches, the per-identity
     locks and the concurrent-call limit are shared by all spawns.
     """
+    common = {"cache_seconds": settings.cloud_cache_seconds, "log": settings.log}
     if provider == "aws":
         kwargs = dict(settings.aws_client_kwargs)
-        key = ("aws", json.dumps(kwargs, sort_keys=True, default=str))
-        if key not in _backends:
-            from .aws_iam import ManagedRoles
-
-            _backends[key] = ManagedRoles(
-                kwargs,
-                max_concurrent_calls=settings.aws_max_concurrent_calls,
-                cache_seconds=settings.cloud_cache_seconds,
-                propagation_seconds=settings.aws_role_propagation_seconds,
-                log=settings.log,
-            )
-        return _backends[key]
+        return _shared(("aws", json.dumps(kwargs, sort_keys=True, default=str)), "aws_iam", "ManagedRoles", kwargs,
+                       max_concurrent_calls=settings.aws_max_concurrent_calls,
+                       propagation_seconds=settings.aws_role_propagation_seconds, **common)
     if provider == "eks":
         kwargs = dict(settings.aws_eks_client_kwargs or settings.aws_client_kwargs)
-        key = ("eks", json.dumps(kwargs, sort_keys=True, default=str))
-        if key not in _backends:
-            from .eks_pod_identity import PodIdentityAssociations
-
-            _backends[key] = PodIdentityAssociations(
-                kwargs,
-                max_concurrent_calls=settings.aws_max_concurrent_calls,
-                cache_seconds=settings.cloud_cache_seconds,
-                propagation_seconds=settings.aws_pod_identity_propagation_seconds,
-                log=settings.log,
-            )
-        return _backends[key]
+        return _shared(("eks", json.dumps(kwargs, sort_keys=True, default=str)), "eks_pod_identity", "PodIdentityAssociations",
+                       kwargs, max_concurrent_calls=settings.aws_max_concurrent_calls,
+                       propagation_seconds=settings.aws_pod_identity_propagation_seconds, **common)
     if provider == "gcp":
         factory = settings.gcp_client_factory
-        key = ("gcp", id(factory))
-        if key not in _backends:
-            from .gcp_iam import ManagedServiceAccounts
-
-            _backends[key] = ManagedServiceAccounts(
-                factory,
-                max_concurrent_calls=settings.gcp_max_concurrent_calls,
-                cache_seconds=settings.cloud_cache_seconds,
-                propagation_seconds=settings.gcp_propagation_seconds,
-                log=settings.log,
-            )
-        return _backends[key]
+        return _shared(("gcp", id(factory)), "gcp_iam", "ManagedServiceAccounts", factory,
+                       max_concurrent_calls=settings.gcp_max_concurrent_calls,
+                       propagation_seconds=settings.gcp_propagation_seconds, **common)
     if provider == "azure":
         factory = settings.azure_client_factory
-        key = ("azure", id(factory))
-        if key not in _backends:
-            from .azure_msi import ManagedIdentities
-
-            _backends[key] = ManagedIdentities(
-                factory,
-                max_concurrent_calls=settings.azure_max_concurrent_calls,
-                cache_seconds=settings.cloud_cache_seconds,
-                log=settings.log,
-            )
-        return _backends[key]
+        return _shared(("azure", id(factory)), "azure_msi", "ManagedIdentities", factory,
+                       max_concurrent_calls=settings.azure_max_concurrent_calls, **common)
     raise ConfigError(f"no backend manages {provider!r} identities")

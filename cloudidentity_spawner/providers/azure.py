@@ -15,6 +15,7 @@ Workload Identity webhook only looks at labelled pods (:mod:`..pinning` sets it)
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Collection, Mapping
@@ -47,8 +48,6 @@ MAX_FEDERATED_CREDENTIALS = 20
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _RESOURCE_GROUP = re.compile(r"[-\w._()]{0,89}[-\w_()]", re.ASCII)
 _LOCATION = re.compile(r"[a-z][a-z0-9]{1,49}")
-_IDENTITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{2,127}")
-_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{2,119}")
 _SCOPE = re.compile(r"/subscriptions/[0-9a-fA-F-]{36}(/[^/?#\s]+)*")
 _EXISTING_KEYS = {"client_id", "tenant_id"}
 _MANAGED_KEYS = {"subscription_id", "resource_group", "location", "oidc_issuer", "identity_name", "role_assignments", "tags"}
@@ -105,13 +104,10 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
                           f"oidcIssuerProfile.issuerUrl), https://..., got {issuer!r}")
     template = check_template(managed.get("identity_name", "{hub}-{username}"), f"{managed_where}.identity_name",
                               forbidden, trusted_claims)
-    if "identity_name" in managed:
-        try:
-            sample = identity_name(render(template, SAMPLE_CONTEXT, raw))
-        except TemplateError as e:
-            raise ConfigError(f"{managed_where}.identity_name: {e}") from None
-        if not _IDENTITY_NAME.fullmatch(sample):
-            raise ConfigError(f"{managed_where}.identity_name: {template!r} does not make an identity name")
+    try:  # any rendering becomes a valid name (names.azure_identity_name); only a bad template fails
+        render(template, SAMPLE_CONTEXT, raw)
+    except TemplateError as e:
+        raise ConfigError(f"{managed_where}.identity_name: {e}") from None
     assignments = managed.get("role_assignments", [])
     if not isinstance(assignments, list):
         raise ConfigError(f"{managed_where}.role_assignments: expected a list of {{scope, role}} mappings")
@@ -131,11 +127,6 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
     if not isinstance(tags, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
         raise ConfigError(f"{managed_where}.tags: expected a mapping of strings to strings")
     return AzureSettings(managed=managed)
-
-
-def identity_name(rendered: str) -> str:
-    """A valid, collision-free managed identity name (:func:`..names.azure_identity_name`)."""
-    return names.azure_identity_name(rendered)
 
 
 def identity_resource_id(subscription: str, resource_group: str, name: str) -> str:
@@ -172,7 +163,7 @@ def plan(settings: AzureSettings, context: Mapping[str, Any], scope: str, owner:
             annotations[TENANT_ID_ANNOTATION] = settings.tenant_id
         return annotations, CloudPlan(provider="azure", mode="existing", identity=settings.client_id)
     managed = settings.managed
-    name = identity_name(render(managed.get("identity_name", DEFAULT_IDENTITY_NAME[scope]), context, raw))
+    name = names.azure_identity_name(render(managed.get("identity_name", DEFAULT_IDENTITY_NAME[scope]), context, raw))
     resource_id = identity_resource_id(managed["subscription_id"], managed["resource_group"], name)
     assignments = []
     for item in managed.get("role_assignments", []):
@@ -195,14 +186,8 @@ def plan(settings: AzureSettings, context: Mapping[str, Any], scope: str, owner:
         "role_assignments": assignments,
     }
     recorded = [[a["scope"], a["name"]] for a in assignments]
-    annotations = {ROLE_ASSIGNMENTS_ANNOTATION: _json(recorded)} if recorded else {}
+    annotations = {ROLE_ASSIGNMENTS_ANNOTATION: json.dumps(recorded, separators=(",", ":"))} if recorded else {}
     return annotations, CloudPlan(provider="azure", mode="managed", identity=resource_id, resources=resources)
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, separators=(",", ":"))
 
 
 def with_identity_ids(plan: IdentityPlan, client_id: str, tenant_id: str) -> IdentityPlan:

@@ -91,7 +91,7 @@ class AzureResourceManager:
     def app(self) -> web.Application:
         app = web.Application()
         r = app.router
-        base = MSI_PATH.replace("{sub}", "{sub}").replace("{group}", "{group}")
+        base = MSI_PATH
         r.add_get(base, self._handler("ListIdentities", self._list_identities, MSI_VERSION))
         r.add_route("*", base + "/{name}", self._handler("Identity", self._identity, MSI_VERSION))
         r.add_get(base + "/{name}/federatedIdentityCredentials",
@@ -201,7 +201,7 @@ class AzureResourceManager:
 
     async def _list_identities(self, request: web.Request, body: Any) -> tuple[int, Any]:
         sub, group = self._group(request)
-        prefix = MSI_PATH.format(sub=sub, group=group).lower().replace("/resourcegroups/", "/resourcegroups/") + "/"
+        prefix = MSI_PATH.format(sub=sub, group=group).lower() + "/"
         found = sorted((i for key, i in self.identities.items() if key.startswith(prefix)), key=lambda i: i["id"].lower())
         return 200, self._page(request, found)
 
