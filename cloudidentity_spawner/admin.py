@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tornado import web
-from tornado.escape import url_escape, xhtml_escape
+from tornado.escape import xhtml_escape
 
 SERVICE = "cloudidentity"
 SERVICE_SCOPES = ["list:users", "read:users", "admin:auth_state"]

@@ -41,12 +41,19 @@ def worth_retrying(error: BaseException) -> bool:
 
 class BotoBackend:
     """What the AWS backends share: a one-attempt client, the hub's concurrent-call limit and
-    call log, the converged-identity cache, and calls retried outside the limit."""
+    call log, the converged-identity cache, and calls retried outside the limit. A subclass
+    names its boto3 ``service``, its ``provider`` (for metrics) and its default propagation wait."""
 
-    def __init__(self, service: str, provider: str, client_kwargs: Mapping[str, Any] | None, *,
-                 max_concurrent_calls: int, cache_seconds: float, propagation_seconds: float, log: Any):
-        self.client = client(service, client_kwargs)
-        self.calls = CloudCalls(provider, max_concurrent_calls)
+    service = ""
+    provider = ""
+    default_propagation_seconds = 0.0
+
+    def __init__(self, client_kwargs: Mapping[str, Any] | None = None, *, max_concurrent_calls: int = 4,
+                 cache_seconds: float = 3600.0, propagation_seconds: float | None = None, log: Any = None):
+        if propagation_seconds is None:
+            propagation_seconds = self.default_propagation_seconds
+        self.client = client(self.service, client_kwargs)
+        self.calls = CloudCalls(self.provider, max_concurrent_calls)
         self.converged = Converged(cache_seconds)
         self.propagation_seconds = max(0.0, min(propagation_seconds, 60.0))
         self.log = log

@@ -42,17 +42,8 @@ def _tags(tag_list: list[dict[str, str]]) -> dict[str, str]:
 class ManagedRoles(BotoBackend):
     """Create, converge and delete hub-managed IRSA roles."""
 
-    def __init__(
-        self,
-        client_kwargs: Mapping[str, Any] | None = None,
-        *,
-        max_concurrent_calls: int = 4,
-        cache_seconds: float = 3600.0,
-        propagation_seconds: float = 10.0,
-        log: Any = None,
-    ):
-        super().__init__("iam", "aws", client_kwargs, max_concurrent_calls=max_concurrent_calls,
-                         cache_seconds=cache_seconds, propagation_seconds=propagation_seconds, log=log)
+    service, provider = "iam", "aws"
+    default_propagation_seconds = 10.0
 
     @property
     def iam(self) -> Any:

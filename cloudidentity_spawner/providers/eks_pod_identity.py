@@ -33,17 +33,8 @@ def _code(error: ClientError) -> str:
 class PodIdentityAssociations(BotoBackend):
     """Create, converge and delete hub-made EKS Pod Identity associations."""
 
-    def __init__(
-        self,
-        client_kwargs: Mapping[str, Any] | None = None,
-        *,
-        max_concurrent_calls: int = 4,
-        cache_seconds: float = 3600.0,
-        propagation_seconds: float = 5.0,
-        log: Any = None,
-    ):
-        super().__init__("eks", "eks", client_kwargs, max_concurrent_calls=max_concurrent_calls,
-                         cache_seconds=cache_seconds, propagation_seconds=propagation_seconds, log=log)
+    service = provider = "eks"
+    default_propagation_seconds = 5.0
 
     async def _find(self, cluster: str, namespace: str, service_account: str) -> dict[str, Any] | None:
         """The association of exactly this ServiceAccount, described, or None."""
