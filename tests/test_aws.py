@@ -20,6 +20,7 @@ from cloudidentity_spawner.providers.aws import scratch_prefix_policy, tag_value
 from cloudidentity_spawner.providers.aws_iam import ManagedRoles  # noqa: E402
 from cloudidentity_spawner.errors import SpawnRefused  # noqa: E402
 
+from .aws_policy import problems  # noqa: E402
 from .kubehelpers import SpawnUser, another_namespace, make_spawner, oidc_state, read, spawner_config  # noqa: E402
 
 ACCOUNT = "123456789012"  # moto's default account
@@ -420,6 +421,7 @@ async def test_a_shared_role_stops_trusting_one_namespace_and_goes_with_the_last
         trust = iam(moto_endpoint).get_role(RoleName=role["RoleName"])["Role"]["AssumeRolePolicyDocument"]
         subject = trust["Statement"][0]["Condition"]["StringEquals"][f"{ISSUER}:sub"]
         assert subject.startswith(f"system:serviceaccount:{other}:")  # the other namespace's pods keep it
+        assert problems(trust) == []  # still keys STS really sends for web identity (parliament's data)
         await spawn(aws_spawner(other, moto_endpoint, hub, "xia", rules=moved))
         with pytest.raises(ClientError, match="NoSuchEntity"):
             iam(moto_endpoint).get_role(RoleName=role["RoleName"])

@@ -396,8 +396,14 @@ async def test_a_shared_account_stops_trusting_one_namespace_and_goes_with_the_l
         await spawn(gcp_spawner(namespace, gcp_server, hub, "wes", group))
         await spawn(gcp_spawner(other, gcp_server, hub, "xia", group))
         assert len(members(gcp_server, resource, "roles/iam.workloadIdentityUser")) == 2
+        [first, second] = sorted(members(gcp_server, resource, "roles/iam.workloadIdentityUser"))
         await spawn(gcp_spawner(namespace, gcp_server, hub, "wes", moved))
         [left] = members(gcp_server, resource, "roles/iam.workloadIdentityUser")
         assert f"[{other}/" in left and email in {a["email"] for a in gcp_server.state.accounts.values()}
+        # As GKE's metadata server would answer each namespace's pods: only the other one still gets a token.
+        gone = first if first != left else second
+        assert gcp_server.state.exchange_token(left).startswith("ya29.")
+        with pytest.raises(PermissionError):
+            gcp_server.state.exchange_token(gone)
         await spawn(gcp_spawner(other, gcp_server, hub, "xia", moved))
         assert email not in {a["email"] for a in gcp_server.state.accounts.values()}
