@@ -13,7 +13,11 @@ In the user's server (enabled by default when the package is installed):
   resource the caller names, for the pod's Azure managed identity: the projected token
   (AKS Workload Identity) exchanged at Microsoft Entra, with its expiry.
 
-Only the server's own authenticated user can call it (Jupyter server / JupyterHub auth).
+Each route is authenticated *and authorized* like the server's own APIs: the caller needs
+``execute`` on ``kernels`` from the server's Authorizer (with JupyterHub's granular scopes,
+``custom:jupyter_server:execute:*``). Whoever may run code in this server already acts as its
+cloud identity; whoever may only read it (a viewer given ``access:servers`` and read scopes) gets
+403 here as on ``POST /api/kernels``.
 Credentials are never logged. The AWS call is unsigned (web identity needs no keys), so
 boto3 is not needed in the user image; ``AWS_ENDPOINT_URL_STS`` / ``AWS_ENDPOINT_URL`` and
 ``GCE_METADATA_HOST`` and ``AZURE_AUTHORITY_HOST`` are honoured like the SDKs honour them.
@@ -29,6 +33,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -216,7 +221,15 @@ async def azure_token(env: dict[str, str], resource: str) -> dict[str, Any]:
             "expiry": expires.strftime("%Y-%m-%dT%H:%M:%SZ"), "resource": resource}
 
 
+#: Credentials are worth exactly what running code in the server is worth: code in a kernel can
+#: read the projected token and exchange it itself. So the routes ask the Authorizer for the
+#: action and resource that gate kernels, and any authorizer that limits execution limits these.
+CREDENTIALS_ACTION, CREDENTIALS_RESOURCE = "execute", "kernels"
+
+
 class _CredentialsHandler(APIHandler):
+    auth_resource = CREDENTIALS_RESOURCE
+
     def set_default_headers(self) -> None:
         super().set_default_headers()
         self.set_header("Cache-Control", "no-store")
@@ -233,6 +246,7 @@ class _CredentialsHandler(APIHandler):
 
 class AWSCredentialsHandler(_CredentialsHandler):
     @web.authenticated
+    @authorized(CREDENTIALS_ACTION)
     async def get(self) -> None:
         fmt = self.get_argument("format", "json")
         if fmt not in ("json", "credential_process", "env"):
@@ -255,6 +269,7 @@ class AWSCredentialsHandler(_CredentialsHandler):
 
 class GCPTokenHandler(_CredentialsHandler):
     @web.authenticated
+    @authorized(CREDENTIALS_ACTION)
     async def get(self) -> None:
         try:
             token = await gcp_token(dict(os.environ))
@@ -265,6 +280,7 @@ class GCPTokenHandler(_CredentialsHandler):
 
 class AzureTokenHandler(_CredentialsHandler):
     @web.authenticated
+    @authorized(CREDENTIALS_ACTION)
     async def get(self) -> None:
         try:
             token = await azure_token(dict(os.environ), self.get_argument("resource", ""))

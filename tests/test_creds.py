@@ -214,3 +214,129 @@ def test_wheel_enables_the_extension_by_default(tmp_path):
     [config] = [n for n in names if n.endswith("etc/jupyter/jupyter_server_config.d/cloudidentity_spawner.json")]
     data = json.loads(zipfile.ZipFile(wheel).read(config))
     assert data == {"ServerApp": {"jpserver_extensions": {"cloudidentity_spawner.creds": True}}}
+
+
+# A real JupyterHub with JupyterHub's own "read-only" setup: custom scopes checked by a granular
+# Authorizer in the single-user server, a viewer with `access:servers` and read scopes on the
+# owner's server, the owner with execute on their own.
+GRANULAR_SERVER_CONFIG = '''
+import os
+from jupyterhub.singleuser.extension import JupyterHubAuthorizer
+
+class GranularAuthorizer(JupyterHubAuthorizer):
+    def is_authorized(self, handler, user, action, resource):
+        owner, server = os.environ["JUPYTERHUB_USER"], os.environ["JUPYTERHUB_SERVER_NAME"]
+        wanted = {f"custom:jupyter_server:{action}:{r}{f}" for r in (resource, "*")
+                  for f in (f"!user={owner}", f"!server={owner}/{server}")}
+        return bool(self.hub_auth.check_scopes(wanted, user.hub_user))
+
+c = get_config()
+c.ServerApp.authorizer_class = GranularAuthorizer
+'''
+
+GRANULAR_HUB_CONFIG = '''
+import sys
+c = get_config()
+c.JupyterHub.authenticator_class = "dummy"
+c.Authenticator.allowed_users = {{"owner", "viewer"}}
+c.JupyterHub.spawner_class = "simple"
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {port}
+c.JupyterHub.hub_port = {hub_port}
+c.JupyterHub.proxy_class = "jupyterhub.proxy.ConfigurableHTTPProxy"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
+c.ConfigurableHTTPProxy.command = [sys.executable.rsplit("/", 1)[0] + "/configurable-http-proxy"]
+c.SimpleLocalProcessSpawner.home_dir_template = {home!r}
+c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
+c.Spawner.args = ["--allow-root", "--config={server_config}",
+                  "--ServerApp.jpserver_extensions={{'cloudidentity_spawner.creds': True}}"]
+c.Spawner.environment = {env!r}
+c.Spawner.oauth_client_allowed_scopes = ["access:servers!server", "custom:jupyter_server:read:*!server",
+                                         "custom:jupyter_server:execute:*!server"]
+c.JupyterHub.custom_scopes = {{
+    "custom:jupyter_server:read:*": {{"description": "read-only access to a server"}},
+    "custom:jupyter_server:execute:*": {{"description": "run code on a server",
+                                         "subscopes": ["custom:jupyter_server:read:*"]}},
+}}
+c.JupyterHub.services = [{{"name": "setup", "api_token": {service_token!r}}}]
+c.JupyterHub.load_roles = [
+    {{"name": "user", "scopes": ["self", "custom:jupyter_server:execute:*!user"]}},
+    {{"name": "read-only-owner", "users": ["viewer"],
+      "scopes": ["access:servers!user=owner", "read:users!user=owner", "read:servers!user=owner",
+                 "custom:jupyter_server:read:*!user=owner"]}},
+    {{"name": "setup", "services": ["setup"], "scopes": ["admin:users", "admin:servers", "tokens"]}},
+]
+'''
+
+
+@pytest.fixture(scope="module")
+def granular_hub(tmp_path_factory, moto_endpoint, metadata, entra):
+    tmp = tmp_path_factory.mktemp("granular")
+    token = tmp / "token"
+    token.write_text("projected-service-account-token")
+    iam = boto3.client("iam", endpoint_url=moto_endpoint, region_name="us-east-1")
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Federated": "x"}, "Action": "sts:AssumeRoleWithWebIdentity"}]}
+    try:
+        arn = iam.create_role(RoleName="notebook-owner", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    except iam.exceptions.EntityAlreadyExistsException:
+        arn = iam.get_role(RoleName="notebook-owner")["Role"]["Arn"]
+    (tmp / "server_config.py").write_text(GRANULAR_SERVER_CONFIG)
+    (tmp / "home").mkdir()
+    service_token = secrets.token_hex(16)
+    port = free_port()
+    env = {"AWS_ROLE_ARN": arn, "AWS_WEB_IDENTITY_TOKEN_FILE": str(token), "AWS_ENDPOINT_URL": moto_endpoint,
+           "AWS_REGION": "us-east-1", "GCE_METADATA_HOST": metadata, "AZURE_CLIENT_ID": AZURE_CLIENT,
+           "AZURE_TENANT_ID": AZURE_TENANT, "AZURE_FEDERATED_TOKEN_FILE": str(token), "AZURE_AUTHORITY_HOST": entra + "/"}
+    (tmp / "jupyterhub_config.py").write_text(GRANULAR_HUB_CONFIG.format(
+        port=port, hub_port=free_port(), proxy_api_port=free_port(), home=str(tmp / "home" / "{username}"),
+        server_config=tmp / "server_config.py", env=env, service_token=service_token))
+    log = open(tmp / "hub.log", "w")
+    hub = subprocess.Popen([sys.executable, "-m", "jupyterhub", "--config", "jupyterhub_config.py"], cwd=tmp,
+                           env={k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GCE_", "AZURE_"))},
+                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    api = {"Authorization": f"token {service_token}"}
+    try:
+        for _ in range(300):
+            try:
+                if requests.get(url + "/hub/api/", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert hub.poll() is None, (tmp / "hub.log").read_text()
+            time.sleep(0.1)
+        for user in ("owner", "viewer"):
+            requests.post(url + f"/hub/api/users/{user}", headers=api, timeout=10)
+        started = requests.post(url + "/hub/api/users/owner/server", headers=api, timeout=60)
+        assert started.status_code in (201, 202), started.text
+        for _ in range(300):
+            if requests.get(url + "/hub/api/users/owner", headers=api, timeout=10).json()["servers"].get("", {}).get("ready"):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the owner's server did not start:\n" + (tmp / "hub.log").read_text())
+        tokens = {user: requests.post(url + f"/hub/api/users/{user}/tokens", headers=api, json={"note": "test"},
+                                      timeout=10).json()["token"] for user in ("owner", "viewer")}
+        yield url + "/user/owner", tokens
+    finally:
+        requests.delete(url + "/hub/api/users/owner/server", headers=api, timeout=30)
+        os.killpg(hub.pid, 15)
+        hub.wait(30)
+
+
+CREDENTIAL_ROUTES = ("/api/cloudcreds/aws", "/api/cloudcreds/aws?format=credential_process",
+                     "/api/cloudcreds/gcp", "/api/cloudcreds/azure?resource=https://storage.azure.com")
+
+
+def test_a_read_only_viewer_gets_no_credentials_and_the_owner_does(granular_hub):
+    server, tokens = granular_hub
+    viewer, owner = ({"Authorization": f"token {tokens[u]}"} for u in ("viewer", "owner"))
+    # The setup is JupyterHub's read-only one: the viewer reads the server, cannot run code in it.
+    assert requests.get(server + "/api/contents", headers=viewer, timeout=30).status_code == 200
+    assert requests.post(server + "/api/kernels", headers=viewer, timeout=30).status_code == 403
+    for route in CREDENTIAL_ROUTES:
+        refused = requests.get(server + route, headers=viewer, timeout=30)
+        assert refused.status_code == 403, (route, refused.text)
+        assert "AccessKeyId" not in refused.text and "access_token" not in refused.text
+        allowed = requests.get(server + route, headers=owner, timeout=30)
+        assert allowed.status_code == 200, (route, allowed.text)
