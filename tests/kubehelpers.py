@@ -138,6 +138,15 @@ async def run_gc(c: Config, namespace: str, users: dict[str, Any], apply: bool =
     return found, actions
 
 
+async def hub_accounts(namespace: str, hub: str) -> list[dict]:
+    """The ServiceAccounts *hub* made in *namespace* (plain JSON), by its hub label."""
+    api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    async with api_client:
+        found = await client.CoreV1Api(api_client).list_namespaced_service_account(
+            namespace, label_selector=f"cloudidentity-spawner/hub={hub}")
+        return [api_client.sanitize_for_serialization(a) for a in found.items]
+
+
 async def delete_service_account(namespace: str, name: str) -> None:
     """What ``kubectl delete serviceaccount`` does."""
     api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])

@@ -18,10 +18,12 @@ from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
 from cloudidentity_spawner.providers import _backends, backend_for  # noqa: E402
 from cloudidentity_spawner.providers.aws import scratch_prefix_policy, tag_value  # noqa: E402
 from cloudidentity_spawner.providers.aws_iam import ManagedRoles  # noqa: E402
+from cloudidentity_spawner.config import identity_settings  # noqa: E402
 from cloudidentity_spawner.errors import SpawnRefused  # noqa: E402
+from cloudidentity_spawner.provisioner import revoke_identity  # noqa: E402
 
 from .aws_policy import problems  # noqa: E402
-from .kubehelpers import SpawnUser, another_namespace, make_spawner, oidc_state, read, spawner_config  # noqa: E402
+from .kubehelpers import SpawnUser, another_namespace, hub_accounts, make_spawner, oidc_state, read, spawner_config  # noqa: E402
 
 ACCOUNT = "123456789012"  # moto's default account
 ISSUER = "oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
@@ -516,3 +518,26 @@ async def test_an_account_from_before_the_marker_still_has_its_old_role_revoked(
             "annotations": {"cloudidentity-spawner/managed-identity": None}}})
     await spawn(aws_spawner(namespace, moto_endpoint, hub, "sol", rules=named_rule(hub, "b"), service_account_cache=False))
     assert not trusts(moto_endpoint, f"{hub}-a-sol", namespace, "jupyter-sol")
+
+
+
+async def test_a_revocation_repeated_after_a_partial_failure_leaves_a_shared_role_to_the_other_namespace(
+        namespace, moto_endpoint, hub):
+    """What gc runs per account, twice: run 1 removes namespace A's trust, then deleting A's
+    ServiceAccount fails (the account and its record stay); run 2 revokes again and finds A's
+    subject gone already - it must not delete the role B's pods run under."""
+    group_rule = [{"name": "team", "match": {"groups": ["/escape"]}, "scope": "group",
+                   "aws": {"managed": {"oidc_provider_arn": PROVIDER_ARN, "role_path": f"/jupyterhub/{hub}/",
+                                       "permissions_boundary": BOUNDARY}}}]
+    async with another_namespace(namespace + "-b") as other:
+        await spawn(aws_spawner(namespace, moto_endpoint, hub, "wes", rules=group_rule))
+        await spawn(aws_spawner(other, moto_endpoint, hub, "xia", rules=group_rule))
+        [account] = await hub_accounts(namespace, hub)
+        identity = account["metadata"]["annotations"]["cloudidentity-spawner/managed-identity"]
+        settings = identity_settings(aws_spawner(namespace, moto_endpoint, hub, "wes", rules=group_rule).config)
+        leaving = (namespace, account["metadata"]["name"])
+        for _ in range(2):  # run 1, the injected failure (the account stays), run 2
+            assert await revoke_identity(settings, identity, "group:/escape", {}, leaving)
+        role = iam(moto_endpoint).get_role(RoleName=identity.rsplit("/", 1)[1])["Role"]
+        subject = role["AssumeRolePolicyDocument"]["Statement"][0]["Condition"]["StringEquals"][f"{ISSUER}:sub"]
+        assert subject == f"system:serviceaccount:{other}:{leaving[1]}"  # B's pods keep their role

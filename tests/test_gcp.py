@@ -13,9 +13,11 @@ from google.api_core import exceptions as gexc  # noqa: E402
 
 from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
 from cloudidentity_spawner.providers import _backends  # noqa: E402
+from cloudidentity_spawner.config import identity_settings  # noqa: E402
 from cloudidentity_spawner.errors import SpawnRefused  # noqa: E402
+from cloudidentity_spawner.provisioner import revoke_identity  # noqa: E402
 
-from .kubehelpers import SpawnUser, another_namespace, delete_service_account, make_spawner, oidc_state, read, run_gc, spawner_config  # noqa: E402
+from .kubehelpers import SpawnUser, another_namespace, delete_service_account, hub_accounts, make_spawner, oidc_state, read, run_gc, spawner_config  # noqa: E402
 
 PROJECT = "my-project"
 
@@ -407,3 +409,24 @@ async def test_a_shared_account_stops_trusting_one_namespace_and_goes_with_the_l
             gcp_server.state.exchange_token(gone)
         await spawn(gcp_spawner(other, gcp_server, hub, "xia", moved))
         assert email not in {a["email"] for a in gcp_server.state.accounts.values()}
+
+
+async def test_a_revocation_repeated_after_a_partial_failure_leaves_a_shared_account_to_the_other_namespace(
+        namespace, gcp_server, hub):
+    """What gc runs per account, twice, with the ServiceAccount's deletion failing in between:
+    the second revocation finds A's grant gone already and must keep the Google account B uses."""
+    group = [{"name": "team", "match": {"groups": ["/staff"]}, "scope": "group",
+              "gcp": {"managed": {"project": PROJECT, "account_id": f"{hub}-team"}}}]
+    email = f"{hub}-team@{PROJECT}.iam.gserviceaccount.com"
+    resource = f"projects/{PROJECT}/serviceAccounts/{email}"
+    async with another_namespace(namespace + "-b") as other:
+        await spawn(gcp_spawner(namespace, gcp_server, hub, "wes", group))
+        await spawn(gcp_spawner(other, gcp_server, hub, "xia", group))
+        [account] = await hub_accounts(namespace, hub)
+        settings = identity_settings(gcp_spawner(namespace, gcp_server, hub, "wes", group).config)
+        leaving = (namespace, account["metadata"]["name"])
+        for _ in range(2):  # run 1, the injected failure (the account stays), run 2
+            assert await revoke_identity(settings, f"gcp:{email}", "group:/staff", account["metadata"]["annotations"], leaving)
+        [left] = members(gcp_server, resource, "roles/iam.workloadIdentityUser")
+        assert left.endswith(f"[{other}/{leaving[1]}]")
+        assert email in {a["email"] for a in gcp_server.state.accounts.values()}

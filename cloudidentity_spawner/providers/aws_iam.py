@@ -280,9 +280,11 @@ class ManagedRoles(BotoBackend):
             return False
         self.converged.forget(name)
         if account is not None:
-            trust = _without_subject(current.get("AssumeRolePolicyDocument"), f"system:serviceaccount:{account[0]}:{account[1]}")
-            if trust is not None:
-                await self._call("UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=json.dumps(trust))
+            trust, others = _without_subject(current.get("AssumeRolePolicyDocument"),
+                                             f"system:serviceaccount:{account[0]}:{account[1]}")
+            if others:  # other namespaces' accounts still use it: only this one's trust goes
+                if trust is not None:
+                    await self._call("UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=json.dumps(trust))
                 return True
         for policy in (await self._call("ListRolePolicies", RoleName=name))["PolicyNames"]:
             await self._gone_is_done("DeleteRolePolicy", RoleName=name, PolicyName=policy)
@@ -331,23 +333,27 @@ class ManagedRoles(BotoBackend):
 
 
 
-def _without_subject(trust: Any, subject: str) -> dict[str, Any] | None:
-    """*trust* without *subject* among the trusted ServiceAccounts, or None if *subject* is the
-    only one (then the role goes) or not trusted at all."""
+def _without_subject(trust: Any, subject: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """*trust* without *subject* among the trusted ServiceAccounts (None if it was not trusted:
+    nothing to change), and the subjects that stay trusted.
+
+    Whether the role may go depends only on the subjects that stay: a revocation repeated after a
+    partial failure (the trust updated, then the ServiceAccount's deletion failed) finds *subject*
+    gone already, and must still leave the role to the other namespaces' pods."""
     if isinstance(trust, str):
         trust = json.loads(trust)
     if not isinstance(trust, Mapping) or len(trust.get("Statement", [])) != 1:
-        return None
+        return None, []
     trust = json.loads(json.dumps(trust))
     condition = (trust["Statement"][0].get("Condition") or {}).get("StringEquals") or {}
     key = next((k for k in condition if k.endswith(":sub")), None)
     values = condition.get(key) if key else None
     values = [values] if isinstance(values, str) else list(values or [])
-    if subject not in values or len(values) < 2:
-        return None
     rest = [v for v in values if v != subject]
+    if subject not in values or not rest:
+        return None, rest
     condition[key] = rest[0] if len(rest) == 1 else rest
-    return trust
+    return trust, rest
 
 
 def trust_for_every_namespace(planned: dict[str, Any], current: Mapping[str, Any] | None) -> dict[str, Any]:

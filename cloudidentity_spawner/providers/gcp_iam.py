@@ -347,7 +347,9 @@ class ManagedServiceAccounts:
             suffix = f"[{account[0]}/{account[1]}]"
             policy = await self._read_policy(name)
             users = [m for b in policy["bindings"] if b["role"] == WORKLOAD_IDENTITY_USER for m in b["members"]]
-            if any(m.endswith(suffix) for m in users) and any(not m.endswith(suffix) for m in users):
+            if any(not m.endswith(suffix) for m in users):
+                # Other namespaces' accounts still act as it: only this one's grant goes (if it is
+                # still there - a repeat after a partial failure finds it gone and must stop here).
                 for member in [m for m in users if m.endswith(suffix)]:
                     await self._edit(name, remove=(WORKLOAD_IDENTITY_USER, ""), member=member)
                 return True
