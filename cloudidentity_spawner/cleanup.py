@@ -22,7 +22,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from .errors import IdentityError
 from .inventory import Account, Survey, hub_made_identity, our_accounts
 from .kube import ServiceAccounts
-from .plan import GC_PENDING_ANNOTATION
+from .plan import GC_PENDING_ANNOTATION, MANAGED_IDENTITY_ANNOTATION
 from .providers import backend_for
 from .provisioner import revoke_identity
 
@@ -61,9 +61,11 @@ def cleanup_actions(survey: Survey, cloud_made: Iterable[dict[str, Any]], min_ag
     still_used: dict[str, list[str]] = {}  # identity -> accounts that are planned and record or plan it
     for entry in survey.entries:
         if entry.state != "orphaned":
-            for identity in {entry.account.identity, hub_made_identity(entry.account.annotations), entry.planned_identity}:
-                if identity:
-                    still_used.setdefault(identity, []).append(entry.account.where)
+            # An account does not keep alive the hub-made identity it records and no longer plans
+            # (its stale identity): that is what gc revokes. Other accounts recording it do.
+            used = {entry.account.identity, hub_made_identity(entry.account.annotations), entry.planned_identity}
+            for identity in used - {entry.stale_identity, None}:
+                still_used.setdefault(identity, []).append(entry.account.where)
     actions = []
     for entry in survey.entries:
         account = entry.account
@@ -184,7 +186,8 @@ async def _act_on_account(action: Action, settings: Any, accounts: ServiceAccoun
         # The cloud side first: if it cannot be removed, the account keeps the record of it.
         await revoke_identity(settings, action.identity, judged.owner, judged.annotations, (judged.namespace, judged.name))
     if action.kind == "revoke":
-        await _unmark(accounts, judged, version)
+        # The account no longer records what was revoked (its owner's next spawn writes the plan).
+        await _unmark(accounts, judged, version, forget_identity=True)
         action.done = True
         return
     running = await _running_pods(accounts, judged.namespace, judged.name)
@@ -208,9 +211,13 @@ async def _act_on_account(action: Action, settings: Any, accounts: ServiceAccoun
     action.done = True
 
 
-async def _unmark(accounts: ServiceAccounts, judged: Account, version: str) -> None:
-    """Take the ``gc-pending`` mark off again (if nothing changed the account since; a spawn removes it anyway)."""
-    body = {"metadata": {"resourceVersion": version, "annotations": {GC_PENDING_ANNOTATION: None}}}
+async def _unmark(accounts: ServiceAccounts, judged: Account, version: str, forget_identity: bool = False) -> None:
+    """Take the ``gc-pending`` mark off again (if nothing changed the account since; a spawn removes
+    it anyway), and with *forget_identity* the record of the hub-made identity just revoked."""
+    annotations: dict[str, None] = {GC_PENDING_ANNOTATION: None}
+    if forget_identity:
+        annotations[MANAGED_IDENTITY_ANNOTATION] = None
+    body = {"metadata": {"resourceVersion": version, "annotations": annotations}}
     try:
         await accounts.api.patch_namespaced_service_account(
             judged.name, judged.namespace, body, _content_type="application/merge-patch+json",

@@ -354,3 +354,23 @@ async def test_a_spawn_after_gc_re_creates_what_its_cache_still_trusts(namespace
     assert not role_exists(moto_endpoint, f"{hub}-alice")
     await spawn(namespace, moto_endpoint, hub, "alice", ["/escape"], rules)  # same hub process: a warm cache
     assert role_exists(moto_endpoint, f"{hub}-alice")
+
+
+async def test_gc_revokes_a_hub_made_role_the_account_records_and_no_longer_plans(namespace, moto_endpoint, hub):
+    """alice's rule moves from a hub-made role to the operator's: gc revokes the old role while
+    her account stays (it is still planned), and forgets the record."""
+    moved = [{"name": "members", "match": {"groups": ["/escape"]},
+              "aws": {"role_arn": "arn:aws:iam::123456789012:role/operators/{username}"}}]
+    await spawn(namespace, moto_endpoint, hub, "alice", ["/escape"], [members_rule(hub)])
+    assert role_exists(moto_endpoint, f"{hub}-alice")
+    c = spawner_config(namespace, moved, hub_name=hub, aws_client_kwargs={"endpoint_url": moto_endpoint, "region_name": "us-east-1"})
+    found, actions = await run_gc(c, namespace, {"alice": oidc_state(**{"wlcg.groups": ["/escape"]})})
+    [entry] = found.entries
+    assert entry.state == "drift" and entry.stale_identity.endswith(f"role/jupyterhub/{hub}/{hub}-alice")
+    assert [(a.kind, a.done, a.skipped) for a in actions] == [("revoke", True, None)]
+    assert not role_exists(moto_endpoint, f"{hub}-alice")
+    account = await read("serviceaccount", namespace, "jupyter-alice")
+    assert "cloudidentity-spawner/managed-identity" not in account["metadata"]["annotations"]
+    assert "cloudidentity-spawner/gc-pending" not in account["metadata"]["annotations"]
+    _, again = await run_gc(c, namespace, {"alice": oidc_state(**{"wlcg.groups": ["/escape"]})})
+    assert again == []  # nothing left to revoke
