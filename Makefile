@@ -16,7 +16,7 @@ OLDEST_PINS := jupyterhub==5.0.0 jupyterhub-kubespawner==7.0.0
 SPAWN_PATH_TESTS := tests/test_spawner_kube.py tests/test_profiles.py tests/test_startup.py tests/test_package.py \
 	tests/test_aws.py tests/test_gcp.py tests/test_azure.py tests/test_dask.py tests/test_auth.py tests/test_browser.py
 
-.PHONY: install install-chromium install-demo install-test install-oldest demo docs plan test test-oldest
+.PHONY: install install-chromium install-iam-judge install-demo install-test install-oldest demo docs plan test test-oldest
 install: $(BIN)/activate
 	$(BIN)/python -m pip install --quiet -e .
 
@@ -26,7 +26,7 @@ install-demo: $(BIN)/activate
 demo: install-demo
 	$(BIN)/cloudidentity-spawner demo
 
-install-test: $(BIN)/activate install-chromium
+install-test: $(BIN)/activate install-chromium install-iam-judge
 	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
 
 # The documentation site (the test suite builds it too, with warnings as errors).
@@ -36,6 +36,10 @@ docs: $(BIN)/activate
 
 install-chromium:
 	./scripts/install-chromium.sh
+
+# The IAM policy tests' second judge (Node.js and @cloud-copilot/iam-simulate).
+install-iam-judge:
+	./scripts/install-iam-judge.sh
 
 plan: install
 	$(BIN)/cloudidentity-spawner plan --config examples/aws/jupyterhub_config.py \

@@ -99,14 +99,15 @@ class LocalStack:
     def preload(self, count: int) -> None:
         """*count* users who spawned before: their ServiceAccounts and their cloud side, as the
         hub left them (written straight into the local servers' state, not through the hub)."""
-        from cloudidentity_spawner.claims import Claims
+        from cloudidentity_spawner.claims import claims_from_auth_state
         from cloudidentity_spawner.kube import service_account_change
         from cloudidentity_spawner.plan import thaw
         from cloudidentity_spawner.rules import IdentityRules
 
         compiled = IdentityRules.from_config(rules(self.mode), "bench")
         for i in range(count):
-            plan = compiled.resolve(Claims(f"user-{i}", ()), NAMESPACE)
+            name = f"user-{i}"
+            plan = compiled.resolve(claims_from_auth_state(name, {"oauth_user": {"sub": name}}), NAMESPACE)
             self.kube.put("serviceaccounts", NAMESPACE, service_account_change(None, plan).body)
             if self.mode == "pod_identity":
                 a = thaw(plan.cloud.resources["association"])

@@ -71,7 +71,7 @@ async def run(args) -> dict:
     c.KubeSpawner.start_timeout = 60
     c.CloudIdentitySpawner.identity_rules = [
         {"name": "bench", "match": {"groups": ["/bench"]},
-         "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/{username}"}}
+         "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/user-{username}"}}
     ]
 
     def spawner(cls, name):

@@ -15,20 +15,26 @@ rules match on (``/escape/atlas``, ``org:team``, ...).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import urllib.parse
+from collections.abc import Collection, Mapping
 from typing import Any
 
-from .claims import DEFAULT_GROUP_CLAIMS, find_user_claims, github_team_groups, groups_from_claims, unique
+from .claims import DEFAULT_GROUP_CLAIMS, find_user_claims, github_team_groups, groups_from_claims, login_authorities, unique
 
 
-def auth_state_groups(auth_state: Mapping[str, Any]) -> list[str]:
+def auth_state_groups(auth_state: Mapping[str, Any], authorities: Collection[str] | None = None) -> list[str]:
     """The user's normalised groups from an OAuthenticator auth_state (for ``auth_state_groups_key``).
 
-    A malformed claim raises ClaimsError, which fails the login with a clear log
-    line instead of silently dropping the user's groups.
+    Entitlements become group paths only from *authorities* (None: the login's own issuer), as
+    for the rules - give ``functools.partial(auth_state_groups, authorities=[...])`` when the
+    spawner's ``entitlement_authorities`` is set. A malformed claim raises ClaimsError, which
+    fails the login with a clear log line instead of silently dropping the user's groups.
     """
     claims = find_user_claims(auth_state)
-    return list(unique(groups_from_claims(claims, DEFAULT_GROUP_CLAIMS) + github_team_groups(auth_state)))
+    if authorities is None:
+        authorities = login_authorities(claims, auth_state)
+    return list(unique(groups_from_claims(claims, DEFAULT_GROUP_CLAIMS, authorities) + github_team_groups(auth_state)))
 
 
 def configure_indigo_iam(
@@ -46,8 +52,10 @@ def configure_indigo_iam(
     (``preferred_username``), group management from the normalised claims,
     auth_state (needed by the spawner) and token refresh before each spawn, so a
     user removed from a group loses that group's identity at their next spawn.
+    Entitlements count as groups only from this issuer, for JupyterHub's groups and the rules.
     """
     base = issuer.rstrip("/")
+    authorities = [urllib.parse.urlparse(base).hostname]
     auth = c.GenericOAuthenticator
     c.JupyterHub.authenticator_class = "generic-oauth"
     auth.client_id = client_id
@@ -59,7 +67,8 @@ def configure_indigo_iam(
     auth.scope = ["openid", "profile", "email", "wlcg.groups", *extra_scopes]
     auth.username_claim = "preferred_username"
     auth.manage_groups = True
-    auth.auth_state_groups_key = auth_state_groups
+    auth.auth_state_groups_key = functools.partial(auth_state_groups, authorities=authorities)
+    c.CloudIdentity.entitlement_authorities = authorities
     auth.enable_auth_state = True
     auth.refresh_pre_spawn = True
     auth.auth_refresh_age = 300

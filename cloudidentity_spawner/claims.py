@@ -10,7 +10,10 @@ membership into one ordered, de-duplicated list of group names:
   (object ids), INDIGO IAM (``escape/atlas``);
 * ``wlcg.groups``: WLCG-profile tokens (``/escape/atlas``);
 * ``eduperson_entitlement``: AARC-G002 group URNs
-  (``urn:mace:egi.eu:group:escape:atlas:role=member#iam.escape.eu`` → ``/escape/atlas``);
+  (``urn:mace:egi.eu:group:escape:atlas:role=member#iam.escape.eu`` → ``/escape/atlas``) - only
+  from an authority the operator trusts (default: the login's own issuer). Any other keeps its
+  namespace and authority (``urn:geant:eduteams.org:service:eduteams:group:escape:atlas#eduteams.org``):
+  a team someone made elsewhere and called ``escape:atlas`` is another group;
 * GitHub teams stored by ``populate_teams_in_auth_state`` (``org:team``);
 * JupyterHub's own groups for the user (when the authenticator manages groups).
 
@@ -20,8 +23,12 @@ easy to test with recorded samples.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import urllib.parse
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +64,23 @@ class Claims:
     username: str
     groups: tuple[str, ...]
     values: Mapping[str, Any] = field(default_factory=dict)
+    person: str | None = None
+    """Who logged in, for good: a digest of the login's issuer and subject (:func:`person_digest`),
+    or None when the login names no subject."""
+
+
+def person_digest(values: Mapping[str, Any], auth_state: Mapping[str, Any] | None = None) -> str | None:
+    """A digest of the login's issuer (its ``iss`` claim, or its stored ID token's) and subject
+    (``sub``; GitHub and GitLab logins: the numeric ``id``): the same for every login of one
+    person at one provider, different for anyone else. None without a subject."""
+    subject = values.get("sub", values.get("id"))
+    if isinstance(subject, bool) or not isinstance(subject, (str, int)) or subject == "":
+        return None
+    issuer = values.get("iss")
+    if not isinstance(issuer, str) and auth_state is not None:
+        issuer = _id_token_issuer(auth_state.get("id_token"))
+    text = f"{issuer or ''}\xff{subject}".encode("utf-8", "surrogatepass")
+    return base64.b32encode(hashlib.sha256(text).digest()).decode().lower()[:26]
 
 
 def lookup(claims: Mapping[str, Any], path: str) -> Any:
@@ -136,17 +160,47 @@ def _string_list(value: Any, source: str) -> list[str]:
     return out
 
 
-def entitlement_group(urn: str) -> str | None:
-    """Turn an AARC-G002 group entitlement URN into a ``/group/subgroup`` path.
+def entitlement_group(urn: str, authorities: Collection[str] = ()) -> str | None:
+    """The group an AARC-G002 group entitlement URN names.
 
-    Entitlements that are not group URNs (they can name other rights) give ``None``.
-    The role part (``:role=member``) is not part of the group name.
+    From a trusted authority - an entry of *authorities* that is the URN's authority (the part
+    after ``#``) or ``<namespace>#<authority>`` (``urn:mace:egi.eu#aai.egi.eu``) - the group's
+    path: ``/group/subgroup``. From any other, the URN itself without its role part, so that it
+    can never equal a trusted group's path. Entitlements that are not group URNs (they can name
+    other rights) give ``None``. The role part (``:role=member``) is not part of the group name.
     """
     match = _AARC_GROUP_URN.match(urn)
     if not match:
         return None
     parts = [part for part in match["path"].split(":") if part]
-    return "/" + "/".join(parts) if parts else None
+    if not parts:
+        return None
+    namespace, authority = f"urn:{match['nid']}:{match['ns']}", match["authority"]
+    if authority and (authority in authorities or f"{namespace}#{authority}" in authorities):
+        return "/" + "/".join(parts)
+    return f"{namespace}:group:{':'.join(parts)}" + ("" if authority is None else f"#{authority}")
+
+
+def login_authorities(claims: Mapping[str, Any], auth_state: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """The entitlement authority a login vouches for by default: its issuer's host name (from the
+    claims' ``iss``, or the ``iss`` of the ID token OAuthenticator stored), or none."""
+    issuer = claims.get("iss")
+    if not isinstance(issuer, str) and auth_state is not None:
+        issuer = _id_token_issuer(auth_state.get("id_token"))
+    host = urllib.parse.urlparse(issuer).hostname if isinstance(issuer, str) else None
+    return (host,) if host else ()
+
+
+def _id_token_issuer(token: Any) -> str | None:
+    """``iss`` of a stored ID token (verified by the authenticator at login; only read here)."""
+    if not isinstance(token, str) or token.count(".") != 2:
+        return None
+    payload = token.split(".")[1]
+    try:
+        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, TypeError):
+        return None
+    return data.get("iss") if isinstance(data, Mapping) and isinstance(data.get("iss"), str) else None
 
 
 def _azure_overage(claims: Mapping[str, Any], key: str) -> bool:
@@ -154,12 +208,16 @@ def _azure_overage(claims: Mapping[str, Any], key: str) -> bool:
     return isinstance(names, Mapping) and key in names
 
 
-def groups_from_claims(claims: Mapping[str, Any], group_claims: Iterable[str] = DEFAULT_GROUP_CLAIMS) -> list[str]:
+def groups_from_claims(claims: Mapping[str, Any], group_claims: Iterable[str] = DEFAULT_GROUP_CLAIMS,
+                       authorities: Collection[str] | None = None) -> list[str]:
     """Collect the user's groups from every configured claim that is present.
 
     A claim that is absent is skipped (providers only send some of them); a claim
-    that is present but malformed is an error, never silently ignored.
+    that is present but malformed is an error, never silently ignored. Entitlements
+    become group paths only from *authorities* (None: :func:`login_authorities`).
     """
+    if authorities is None:
+        authorities = login_authorities(claims)
     groups: list[str] = []
     for key in group_claims:
         value = lookup(claims, key)
@@ -174,7 +232,7 @@ def groups_from_claims(claims: Mapping[str, Any], group_claims: Iterable[str] = 
             continue
         items = _string_list(value, key)
         if key.split(".")[-1] == "eduperson_entitlement":
-            items = [g for g in map(entitlement_group, items) if g]
+            items = [g for g in (entitlement_group(urn, authorities) for urn in items) if g]
         groups.extend(items)
     return groups
 
@@ -212,13 +270,17 @@ def claims_from_auth_state(
     *,
     claims_key: str | None = None,
     group_claims: Iterable[str] = DEFAULT_GROUP_CLAIMS,
+    authorities: Collection[str] | None = None,
 ) -> Claims:
-    """Build the :class:`Claims` a spawn is planned from."""
+    """Build the :class:`Claims` a spawn is planned from. Entitlements count as group paths only
+    from *authorities* (None: the login's own issuer)."""
     values = find_user_claims(auth_state, claims_key)
-    groups = groups_from_claims(values, group_claims)
+    if authorities is None:
+        authorities = login_authorities(values, auth_state)
+    groups = groups_from_claims(values, group_claims, authorities)
     groups += github_team_groups(auth_state or {})
     groups += _string_list(list(hub_groups), "JupyterHub groups")
-    return Claims(username=username, groups=unique(groups), values=values)
+    return Claims(username=username, groups=unique(groups), values=values, person=person_digest(values, auth_state))
 
 
 def hub_groups(user: Any) -> list[str]:
@@ -226,14 +288,14 @@ def hub_groups(user: Any) -> list[str]:
     return [getattr(g, "name", g) for g in (getattr(user, "groups", None) or [])]
 
 
+def claims_with_settings(settings: Any, username: str, auth_state: Mapping[str, Any] | None,
+                         groups: Iterable[str]) -> Claims:
+    """:func:`claims_from_auth_state`, read the way *settings* (a ``CloudIdentity``) say."""
+    return claims_from_auth_state(username, auth_state, groups, claims_key=settings.auth_state_claims_key,
+                                  group_claims=settings.claim_groups_keys, authorities=settings.entitlement_authorities)
+
+
 async def user_claims(settings: Any, user: Any) -> Claims:
     """Claims of a JupyterHub user: their stored login (``auth_state``) plus their
     JupyterHub groups, read the way *settings* (a ``CloudIdentity``) say."""
-    auth_state = await user.get_auth_state()
-    return claims_from_auth_state(
-        user.name,
-        auth_state,
-        hub_groups(user),
-        claims_key=settings.auth_state_claims_key,
-        group_claims=settings.claim_groups_keys,
-    )
+    return claims_with_settings(settings, user.name, await user.get_auth_state(), hub_groups(user))

@@ -41,7 +41,7 @@ class CloudIdentity(LoggingConfigurable):
                 {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
                  "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/atlas"}},
                 {"name": "everyone", "match": {}, "scope": "user",
-                 "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/{username}"}},
+                 "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/user-{username}"}},
             ]
 
         Unset (empty), no user matches and every spawn fails with "no cloud identity
@@ -99,6 +99,23 @@ class CloudIdentity(LoggingConfigurable):
         up literally first ("wlcg.groups" is one claim) and then as a dotted path
         ("realm_access.roles"). "eduperson_entitlement" values are read as AARC-G002
         group URNs. Default: ["groups", "wlcg.groups", "eduperson_entitlement"].
+        """,
+    )
+
+    entitlement_authorities = List(
+        None,
+        allow_none=True,
+        config=True,
+        help="""
+        Authorities whose AARC-G002 group entitlements ("eduperson_entitlement") count as
+        group paths: an entitlement "urn:mace:egi.eu:group:escape:atlas:role=member#aai.egi.eu"
+        is group "/escape/atlas" when "aai.egi.eu" (its authority) or
+        "urn:mace:egi.eu#aai.egi.eu" (namespace#authority) is listed here. Entitlements of any
+        other authority keep their namespace and authority
+        ("urn:geant:eduteams.org:service:eduteams:group:escape:atlas#eduteams.org") and match
+        only rules that name them so - a team someone created elsewhere never becomes your
+        VO's group. Unset (None): the login's own issuer (the host name of its "iss" claim, or
+        of its stored ID token); [] trusts no authority.
         """,
     )
 

@@ -20,7 +20,7 @@ from typing import Any
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from . import names
-from .claims import claims_from_auth_state
+from .claims import claims_with_settings
 from .errors import IdentityError, NoMatchingRule
 from .hubusers import HubUser
 from .kube import ADOPTED_ANNOTATION, ServiceAccounts, hub_made_identity, identity_to_revoke, service_account_change
@@ -197,8 +197,7 @@ def plan_for_account(settings: Any, account: Account, user: HubUser | None,
         return None, None, "the hub plans with an identity_resolver, which only runs in a spawn"
     if account.user is not None:
         try:
-            claims = claims_from_auth_state(user.name, user.auth_state, user.groups, claims_key=settings.auth_state_claims_key,
-                                            group_claims=settings.claim_groups_keys)
+            claims = claims_with_settings(settings, user.name, user.auth_state, user.groups)
         except IdentityError as e:
             why = e.admin_detail if user.auth_state_known else (
                 "the hub's stored login could not be read (the token needs admin:auth_state, or set "
@@ -401,8 +400,7 @@ async def user_decisions(settings: Any, hub_users: Any, names: list[str], namesp
             row["decision"] = "decided by the hub's identity_resolver at spawn time"
         else:
             try:
-                claims = claims_from_auth_state(name, user.auth_state, user.groups, claims_key=settings.auth_state_claims_key,
-                                                group_claims=settings.claim_groups_keys)
+                claims = claims_with_settings(settings, name, user.auth_state, user.groups)
                 plan = rules.resolve(claims, namespace)
                 row.update(rule=plan.rule, scope=plan.scope, identity=plan_identity(plan),
                            service_account=f"{plan.service_account.namespace}/{plan.service_account.name}",

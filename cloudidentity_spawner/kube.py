@@ -26,10 +26,12 @@ from .plan import (
     MANAGED_BY_LABEL,
     MANAGED_IDENTITY_ANNOTATION,
     OWNER_ANNOTATION,
+    PERSON_ANNOTATION,
     PREFIX,
     SCOPE_LABEL,
     USER_LABEL,
     IdentityPlan,
+    person_refusal,
 )
 from .providers import aws, azure, gcp
 from .retry import Backoff, describe
@@ -95,6 +97,15 @@ def service_account_change(existing: Mapping[str, Any] | None, plan: IdentityPla
             f"ServiceAccount {where} is owned by {owner!r} but rule {plan.rule!r} planned it for {plan.owner!r}; "
             "two identities map to one name - change the rule's service_account template.",
         )
+    person = annotations.get(PERSON_ANNOTATION)
+    if ours and owner == plan.owner and person and person != want_annotations.get(PERSON_ANNOTATION, person):
+        raise IdentityError(
+            "Your server was not started: your user name was used on this hub by someone who logged in with another "
+            "account, and their cloud identity is not yours to take; ask your hub admin.",
+            person_refusal(plan, f"ServiceAccount {where}", plan.cloud.identity if plan.cloud else None),
+        )
+    if person and PERSON_ANNOTATION not in want_annotations:
+        want_annotations[PERSON_ANNOTATION] = person  # a login without a subject: the record stays
     if not ours:
         want_annotations[ADOPTED_ANNOTATION] = "true"
     elif ADOPTED_ANNOTATION in annotations:

@@ -16,6 +16,13 @@ to contain ``--``, and the safe part of a hashed name never contains ``--``,
 so a passed-through name can never look like a hashed one; two hashed names
 differ because their inputs' hashes differ.
 
+Names of different scopes never meet: a group's or a hub rule's identity is named in a
+space of its own. Their names (``scope="group"`` / ``"hub"``) always end in a hash of the
+scope *and* the rendered name - the hash input starts with ``\xff``, a byte no UTF-8 text has,
+so it can never be a user's input - while a user's name either passes through (never
+containing ``--``) or ends in a hash of a plain string. So user ``group-atlas``, whose account
+renders like group ``atlas``'s, still gets a name of its own, whatever the templates say.
+
 "Never" rests on the hash being long enough that nobody can *search* for a
 second input with a victim's hash: user names are often self-chosen (GitHub,
 self-registration), and these names land in trust policies, role names and
@@ -56,9 +63,16 @@ __all__ = [
 ]
 
 
-def _hash(value: str, length: int) -> str:
-    """Lower-case base32 (``a-z2-7``: valid in every target) of SHA-256, *length* characters."""
-    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+SCOPES_OF_THEIR_OWN = ("group", "hub")
+"""Scopes whose names always carry a hash of the scope (see the module's docstring)."""
+
+
+def _hash(value: str, length: int, scope: str = "user") -> str:
+    """Lower-case base32 (``a-z2-7``: valid in every target) of SHA-256, *length* characters.
+    A group or hub scope is hashed in as ``\xff<scope>\xff`` before the value: no UTF-8 text
+    (a user's rendered name) starts with the byte ``\xff``."""
+    domain = b"" if scope == "user" else b"\xff" + scope.encode() + b"\xff"
+    digest = hashlib.sha256(domain + value.encode("utf-8", "surrogatepass")).digest()
     return base64.b32encode(digest).decode("ascii").lower()[:length]
 
 
@@ -86,10 +100,12 @@ class _Rules:
             and self.valid.fullmatch(name) is not None
         )
 
-    def encode(self, value: str) -> str:
+    def encode(self, value: str, scope: str = "user") -> str:
         if not isinstance(value, str):
             raise TypeError(f"names are made from strings, not {type(value).__name__}")
-        if "--" not in value and self.is_valid(value):
+        if scope not in ("user", *SCOPES_OF_THEIR_OWN):
+            raise ValueError(f"unknown scope {scope!r}")
+        if scope == "user" and "--" not in value and self.is_valid(value):
             return value
         budget = self.max_length - len(_MARKER) - self.hash_length
         # The unsafe-run patterns are ASCII classes, so anything else (including
@@ -99,7 +115,7 @@ class _Rules:
         if self.must_start_with_letter and safe and not safe[0].isalpha():
             safe = "x-" + safe
         safe = _squeeze(safe[:budget]) or "x"
-        return f"{safe}{_MARKER}{_hash(value, self.hash_length)}"
+        return f"{safe}{_MARKER}{_hash(value, self.hash_length, scope)}"
 
 
 _KSA = _Rules(
@@ -166,24 +182,36 @@ def is_valid_label_value(name: str) -> bool:
     return _LABEL.is_valid(name)
 
 
-def ksa_name(value: str) -> str:
-    """Encode *value* as a valid, collision-free Kubernetes ServiceAccount name."""
-    return _KSA.encode(value)
+def ksa_name(value: str, scope: str = "user") -> str:
+    """Encode *value* as a valid, collision-free Kubernetes ServiceAccount name.
+
+    With *scope* ``"group"`` or ``"hub"``, the name always ends in a hash of the scope and *value*,
+    so no user's name can be the same (see the module's docstring)."""
+    return _KSA.encode(value, scope)
 
 
-def iam_role_name(value: str) -> str:
-    """Encode *value* as a valid, collision-free IAM role name (IAM compares names case-insensitively)."""
-    return _IAM_ROLE.encode(value)
+def iam_role_name(value: str, scope: str = "user") -> str:
+    """Encode *value* as a valid, collision-free IAM role name (IAM compares names case-insensitively).
+
+    With *scope* ``"group"`` or ``"hub"``, the name always ends in a hash of the scope and *value*,
+    so no user's name can be the same (see the module's docstring)."""
+    return _IAM_ROLE.encode(value, scope)
 
 
-def gsa_account_id(value: str) -> str:
-    """Encode *value* as a valid, collision-free Google service account id (6-30 characters)."""
-    return _GSA_ID.encode(value)
+def gsa_account_id(value: str, scope: str = "user") -> str:
+    """Encode *value* as a valid, collision-free Google service account id (6-30 characters).
+
+    With *scope* ``"group"`` or ``"hub"``, the name always ends in a hash of the scope and *value*,
+    so no user's name can be the same (see the module's docstring)."""
+    return _GSA_ID.encode(value, scope)
 
 
-def azure_identity_name(value: str) -> str:
-    """Encode *value* as a valid, collision-free Azure managed identity name (3-128 characters)."""
-    return _AZURE_IDENTITY.encode(value)
+def azure_identity_name(value: str, scope: str = "user") -> str:
+    """Encode *value* as a valid, collision-free Azure managed identity name (3-128 characters).
+
+    With *scope* ``"group"`` or ``"hub"``, the name always ends in a hash of the scope and *value*,
+    so no user's name can be the same (see the module's docstring)."""
+    return _AZURE_IDENTITY.encode(value, scope)
 
 
 def azure_credential_name(value: str) -> str:

@@ -13,6 +13,11 @@ PREFIX = "cloudidentity-spawner/"
 OWNER_ANNOTATION = PREFIX + "owner"
 """Who an account belongs to (``user:alice``, ``group:/escape/atlas``, ``hub:<rule>``)."""
 RULE_ANNOTATION = PREFIX + "rule"
+PERSON_ANNOTATION = PREFIX + "person"
+"""Whose login a user's account was made for: a hash of the login's issuer and subject
+(:func:`.claims.person_digest`). A later login with the same user name and another subject is
+refused the account and its identity (names are not people: ``preferred_username`` is neither
+stable nor unique)."""
 MANAGED_IDENTITY_ANNOTATION = PREFIX + "managed-identity"
 """The hub-managed cloud identity the account's plan uses (``aws:<role ARN>``, ``gcp:<e-mail>``):
 when a later plan for the same account moves away from it, exactly that identity is revoked."""
@@ -146,3 +151,13 @@ class IdentityPlan(_Frozen):
             },
             "adopt": self.adopt,
         }
+
+
+def person_refusal(plan: IdentityPlan, what: str, identity: str | None) -> str:
+    """The admin's line when a login with another subject asks for a user's account or identity."""
+    return (f"user {plan.user!r} logged in as another person (issuer/subject digest "
+            f"{plan.service_account.annotations.get(PERSON_ANNOTATION)}) than the one {what} was made for: a reused "
+            "user name is never given the earlier person's identity. If the name now belongs to someone new, move or "
+            "delete the earlier person's data (e.g. their scratch prefix), delete the ServiceAccount "
+            f"{plan.service_account.namespace}/{plan.service_account.name}, then run `cloudidentity-spawner gc --apply` "
+            f"to remove its hub-made identity{f' ({identity})' if identity else ''}; the next spawn makes new ones")

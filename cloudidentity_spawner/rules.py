@@ -20,6 +20,7 @@ from typing import Any
 from . import names
 from .claims import Claims
 from .errors import ConfigError, IdentityError, NoMatchingRule
+from .overlap import Named, check_disjoint
 from .plan import (
     GROUP_LABEL,
     HUB_LABEL,
@@ -27,6 +28,7 @@ from .plan import (
     MANAGED_BY_LABEL,
     MANAGED_IDENTITY_ANNOTATION,
     OWNER_ANNOTATION,
+    PERSON_ANNOTATION,
     RULE_ANNOTATION,
     RULE_LABEL,
     SCOPE_LABEL,
@@ -167,6 +169,17 @@ def parse_rule(raw_rule: Any, index: int, trusted_claims: Collection[str] = ()) 
     )
 
 
+def named_templates(rule: Rule) -> list[Named]:
+    """Every template of *rule* that names an identity or what it reaches (:mod:`.overlap`)."""
+    found = [Named(f"{rule.label}.service_account", rule.name, rule.scope, "ServiceAccount", rule.service_account,
+                   "raw", scoped=True)]
+    for key, provider in (("aws", aws), ("gcp", gcp), ("azure", azure)):
+        settings = getattr(rule, key)
+        if settings is not None:
+            found += provider.named_templates(settings, f"{rule.label}.{key}", rule.name, rule.scope)
+    return found
+
+
 def parse_rules(raw_rules: Any, trusted_claims: Collection[str] = ()) -> tuple[Rule, ...]:
     """Validate all rules (at hub start-up). Rule names must be unique."""
     if not isinstance(raw_rules, Sequence) or isinstance(raw_rules, (str, bytes)):
@@ -218,7 +231,9 @@ class IdentityRules:
     def from_config(cls, raw_rules: Any, hub: str = "jupyterhub", trusted_claims: Collection[str] = ()) -> IdentityRules:
         if not isinstance(hub, str) or not names.is_valid_ksa_name(hub):
             raise ConfigError(f"hub_name: expected a short DNS-style name like 'jupyterhub', got {hub!r}")
-        return cls(parse_rules(raw_rules, trusted_claims), hub)
+        rules = parse_rules(raw_rules, trusted_claims)
+        check_disjoint([named for rule in rules for named in named_templates(rule)], hub)
+        return cls(rules, hub)
 
     def manages(self, provider: str) -> bool:
         """Whether any rule has the hub manage *provider* (``aws``, ``gcp``, ``azure``) identities."""
@@ -310,6 +325,7 @@ class IdentityRules:
             "hub": self.hub,
             "rule": rule.name,
             "claims": claims.values,
+            "person": claims.person if rule.scope == "user" else None,
         }
         if rule.scope == "user":
             owner = f"user:{claims.username}"
@@ -317,7 +333,7 @@ class IdentityRules:
             owner = f"group:{group}"
         else:
             owner = f"hub:{rule.name}"
-        sa_name = names.ksa_name(render(rule.service_account, context, raw))
+        sa_name = names.ksa_name(render(rule.service_account, context, raw), rule.scope)
 
         labels = {
             MANAGED_BY_LABEL: MANAGED_BY,
@@ -330,6 +346,8 @@ class IdentityRules:
         elif rule.scope == "group":
             labels[GROUP_LABEL] = names.label_value(group)
         annotations = {OWNER_ANNOTATION: owner, RULE_ANNOTATION: rule.name}
+        if context["person"]:
+            annotations[PERSON_ANNOTATION] = context["person"]
 
         cloud = None
         provider = aws if rule.aws else gcp if rule.gcp else azure if rule.azure else None

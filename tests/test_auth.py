@@ -21,16 +21,20 @@ EXAMPLES = Path(__file__).parent.parent / "examples" / "claims"
 
 def indigo_authenticator() -> GenericOAuthenticator:
     c = Config()
-    configure_indigo_iam(c, "https://iam.example.org/", client_id="hub", client_secret="s",
+    configure_indigo_iam(c, "https://iam-escape.cloud.cnaf.infn.it/", client_id="hub", client_secret="s",
                          callback_url="https://hub.example.org/hub/oauth_callback")
     return GenericOAuthenticator(config=c)
 
 
 def test_indigo_configuration():
-    auth = indigo_authenticator()
-    assert auth.authorize_url == "https://iam.example.org/authorize"
-    assert auth.token_url == "https://iam.example.org/token"
-    assert auth.userdata_url == "https://iam.example.org/userinfo"
+    c = Config()
+    configure_indigo_iam(c, "https://iam-escape.cloud.cnaf.infn.it/", client_id="hub", client_secret="s",
+                         callback_url="https://hub.example.org/hub/oauth_callback")
+    auth = GenericOAuthenticator(config=c)
+    assert auth.authorize_url == "https://iam-escape.cloud.cnaf.infn.it/authorize"
+    assert auth.token_url == "https://iam-escape.cloud.cnaf.infn.it/token"
+    assert auth.userdata_url == "https://iam-escape.cloud.cnaf.infn.it/userinfo"
+    assert c.CloudIdentity.entitlement_authorities == ["iam-escape.cloud.cnaf.infn.it"]
     assert "wlcg.groups" in auth.scope
     assert auth.username_claim == "preferred_username"
     assert auth.enable_auth_state and auth.manage_groups and auth.refresh_pre_spawn

@@ -23,7 +23,7 @@ from cloudidentity_spawner.errors import SpawnRefused  # noqa: E402
 from cloudidentity_spawner.provisioner import revoke_identity  # noqa: E402
 
 from .aws_policy import problems  # noqa: E402
-from .kubehelpers import SpawnUser, another_namespace, hub_accounts, make_spawner, oidc_state, read, spawner_config  # noqa: E402
+from .kubehelpers import SpawnUser, another_namespace, delete_service_account, hub_accounts, make_spawner, oidc_state, read, spawner_config  # noqa: E402
 
 ACCOUNT = "123456789012"  # moto's default account
 ISSUER = "oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
@@ -118,8 +118,10 @@ async def test_role_created_with_exact_trust_path_boundary_and_tags(namespace, m
         }],
     }
     tags = {t["Key"]: t["Value"] for t in role["Tags"]}
+    sa = await read("serviceaccount", namespace, "jupyter-alice")
     assert tags == {"app.kubernetes.io/managed-by": "cloudidentity-spawner",
-                    "cloudidentity-spawner/hub": hub, "cloudidentity-spawner/owner": "user:alice"}
+                    "cloudidentity-spawner/hub": hub, "cloudidentity-spawner/owner": "user:alice",
+                    "cloudidentity-spawner/person": sa["metadata"]["annotations"]["cloudidentity-spawner/person"]}
     policy = iam(moto_endpoint).get_role_policy(RoleName=f"{hub}-alice", PolicyName="cloudidentity-spawner")
     assert policy["PolicyDocument"]["Statement"][0]["Resource"] == f"arn:aws:s3:::{BUCKET}/alice/*"
     sa = await read("serviceaccount", namespace, "jupyter-alice")
@@ -182,14 +184,14 @@ async def test_delete_forever_removes_only_our_user_role(namespace, moto_endpoin
 
 async def test_delete_forever_keeps_an_existing_role_it_did_not_create(namespace, moto_endpoint, hub):
     trust = {"Version": "2012-10-17", "Statement": []}
-    arn = iam(moto_endpoint).create_role(RoleName=f"{hub}-frank", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    arn = iam(moto_endpoint).create_role(RoleName=f"ext-{hub}-frank", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
     rules = managed_rules(hub) + [{"name": "existing", "match": {}, "aws": {"role_arn": arn.replace("frank", "{username}")}}]
     user = make_spawner(CloudIdentitySpawner, spawner_config(
         namespace, rules, hub_name=hub, aws_client_kwargs={"endpoint_url": moto_endpoint}, aws_role_propagation_seconds=0,
     ), SpawnUser("frank", oidc_state()))
     await spawn(user)
     await user.delete_forever()
-    assert iam(moto_endpoint).get_role(RoleName=f"{hub}-frank")["Role"]["Arn"] == arn
+    assert iam(moto_endpoint).get_role(RoleName=f"ext-{hub}-frank")["Role"]["Arn"] == arn
 
 
 async def test_odd_and_long_user_names_get_valid_distinct_roles(namespace, moto_endpoint, hub):
@@ -423,7 +425,7 @@ async def test_a_shared_role_stops_trusting_one_namespace_and_goes_with_the_last
         trust = iam(moto_endpoint).get_role(RoleName=role["RoleName"])["Role"]["AssumeRolePolicyDocument"]
         subject = trust["Statement"][0]["Condition"]["StringEquals"][f"{ISSUER}:sub"]
         assert subject.startswith(f"system:serviceaccount:{other}:")  # the other namespace's pods keep it
-        assert problems(trust) == []  # still keys STS really sends for web identity (parliament's data)
+        assert problems(trust) == []  # still keys STS really sends for web identity (AWS's service reference)
         await spawn(aws_spawner(other, moto_endpoint, hub, "xia", rules=moved))
         with pytest.raises(ClientError, match="NoSuchEntity"):
             iam(moto_endpoint).get_role(RoleName=role["RoleName"])
@@ -541,3 +543,51 @@ async def test_a_revocation_repeated_after_a_partial_failure_leaves_a_shared_rol
         role = iam(moto_endpoint).get_role(RoleName=identity.rsplit("/", 1)[1])["Role"]
         subject = role["AssumeRolePolicyDocument"]["Statement"][0]["Condition"]["StringEquals"][f"{ISSUER}:sub"]
         assert subject == f"system:serviceaccount:{other}:{leaving[1]}"  # B's pods keep their role
+
+
+async def test_users_named_like_a_group_or_hub_rule_do_not_take_their_names(namespace, moto_endpoint, hub):
+    """Users 'group-atlas', 'shared' and '<hub>-atlas' spawn first; then group atlas's first member
+    and a user of hub rule 'shared' spawn - each gets an account and role of their own."""
+    managed = {"oidc_provider_arn": PROVIDER_ARN, "role_path": f"/jupyterhub/{hub}/", "permissions_boundary": BOUNDARY}
+    rules = [{"name": "atlas", "match": {"groups": ["atlas"]}, "scope": "group", "aws": {"managed": managed}},
+             {"name": "shared", "match": {"users": ["guest*"]}, "scope": "hub", "aws": {"managed": managed}},
+             {"name": "users", "match": {}, "aws": {"managed": managed}}]
+
+    def spawner(name, groups):
+        c = spawner_config(namespace, rules, hub_name=hub, aws_role_propagation_seconds=0,
+                           aws_client_kwargs={"endpoint_url": moto_endpoint, "region_name": "us-east-1"})
+        return make_spawner(CloudIdentitySpawner, c, SpawnUser(name, oidc_state(groups=groups)))
+
+    first = [spawner(name, []) for name in ("group-atlas", "shared", f"{hub}-atlas", f"{hub}-group-atlas")]
+    then = [spawner("ann", ["atlas"]), spawner("guest1", [])]
+    for s in first + then:
+        await spawn(s)
+    accounts = [s._identity_plan.service_account.name for s in first + then]
+    roles = [s._identity_plan.cloud.identity for s in first + then]
+    assert len(set(accounts)) == len(accounts) and len(set(roles)) == len(roles)
+    for s in first + then:
+        assert iam(moto_endpoint).get_role(RoleName=s._identity_plan.cloud.resources["role"]["name"])
+
+
+async def test_a_reused_user_name_with_another_subject_gets_nothing_of_the_earlier_persons(namespace, moto_endpoint, hub, caplog):
+    """'alice' logs in, spawns; later a different person (another subject) logs in as 'alice':
+    refused - by the ServiceAccount, and after the account was deleted by hand, by the role."""
+    def alice(subject):
+        c = spawner_config(namespace, managed_rules(hub), hub_name=hub, aws_role_propagation_seconds=0,
+                           aws_client_kwargs={"endpoint_url": moto_endpoint, "region_name": "us-east-1"})
+        state = oidc_state(sub=subject, iss="https://iam.example.org/", **{"wlcg.groups": ["/escape"]})
+        return make_spawner(CloudIdentitySpawner, c, SpawnUser("alice", state))
+
+    await spawn(alice("first-person"))
+    await spawn(alice("first-person"))  # the same person again: fine
+    role = iam(moto_endpoint).get_role(RoleName=f"{hub}-alice")["Role"]
+    for attempt in ("account", "role"):
+        with pytest.raises(SpawnRefused, match="used on this hub by someone who logged in with another account"):
+            await alice("second-person").start()
+        [line] = [r.getMessage() for r in caplog.records if "another person" in r.getMessage()]
+        assert f"delete the ServiceAccount {namespace}/jupyter-alice" in line and "gc --apply" in line
+        caplog.clear()
+        if attempt == "account":
+            await delete_service_account(namespace, "jupyter-alice")  # the role stays, with its person tag
+    assert iam(moto_endpoint).get_role(RoleName=f"{hub}-alice")["Role"]["RoleId"] == role["RoleId"]
+    assert await read("serviceaccount", namespace, "jupyter-alice") is None  # nothing was made for the second person

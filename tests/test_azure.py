@@ -83,8 +83,10 @@ async def test_an_escape_user_gets_their_own_identity_with_exactly_one_federated
     await spawner.start()
     rid = f"/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{hub}-alice"
     identity = arm.api.identity(rid)
+    sa = await read("serviceaccount", namespace, "jupyter-alice")
     assert identity["tags"] == {"managed-by": "cloudidentity-spawner", "cloudidentity-spawner.hub": hub,
-                                "cloudidentity-spawner.owner": "user:alice"}
+                                "cloudidentity-spawner.owner": "user:alice",
+                                "cloudidentity-spawner.person": sa["metadata"]["annotations"]["cloudidentity-spawner/person"]}
     [credential] = arm.api.credentials_of(rid)
     assert credential["properties"] == {"issuer": ISSUER, "subject": f"system:serviceaccount:{namespace}:jupyter-alice",
                                         "audiences": ["api://AzureADTokenExchange"]}

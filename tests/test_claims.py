@@ -1,5 +1,6 @@
 """Group claims from the providers hubs log in with, from recorded-shape samples."""
 
+import base64
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from cloudidentity_spawner.claims import (
     entitlement_group,
     find_user_claims,
 )
+from cloudidentity_spawner.auth import auth_state_groups
 from cloudidentity_spawner.errors import ClaimsError
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "claims"
@@ -33,8 +35,12 @@ def test_entitlements_alone_become_group_paths():
             ],
         }
     }
-    claims = claims_from_auth_state("alice", auth_state, group_claims=["eduperson_entitlement"])
+    claims = claims_from_auth_state("alice", auth_state, group_claims=["eduperson_entitlement"], authorities=["aai.egi.eu"])
     assert claims.groups == ("/vo.escape.eu", "/vo.escape.eu/analysis")
+    # Not trusted (no issuer in the claims, none listed): the same entitlements keep their authority.
+    untrusted = claims_from_auth_state("alice", auth_state, group_claims=["eduperson_entitlement"])
+    assert untrusted.groups == ("urn:mace:egi.eu:group:vo.escape.eu#aai.egi.eu",
+                                "urn:mace:egi.eu:group:vo.escape.eu:analysis#aai.egi.eu")
 
 
 @pytest.mark.parametrize(
@@ -42,13 +48,36 @@ def test_entitlements_alone_become_group_paths():
     [
         ("urn:geant:example.org:group:atlas#idp.example.org", "/atlas"),
         ("urn:mace:egi.eu:group:escape:atlas:role=member#iam.escape.eu", "/escape/atlas"),
-        ("urn:mace:egi.eu:group:escape", "/escape"),
+        ("urn:mace:egi.eu:group:escape:atlas:role=member#aai.egi.eu", "/escape/atlas"),  # namespace#authority listed
+        ("urn:mace:egi.eu:group:escape", "urn:mace:egi.eu:group:escape"),  # no authority: never trusted
+        ("urn:geant:eduteams.org:service:eduteams:group:escape:atlas#eduteams.org",
+         "urn:geant:eduteams.org:service:eduteams:group:escape:atlas#eduteams.org"),
+        ("urn:geant:other.org:group:escape:atlas#aai.egi.eu", "urn:geant:other.org:group:escape:atlas#aai.egi.eu"),
         ("urn:mace:egi.eu:res:rcauth#aai.egi.eu", None),
         ("not a urn", None),
     ],
 )
 def test_aarc_g002_entitlement_parsing(urn, group):
-    assert entitlement_group(urn) == group
+    assert entitlement_group(urn, ["idp.example.org", "iam.escape.eu", "urn:mace:egi.eu#aai.egi.eu"]) == group
+
+
+def test_a_team_made_elsewhere_is_not_the_vos_group():
+    """mallory is in /escape only; her eduTEAMS team called escape:atlas is not ESCAPE's atlas -
+    not for the rules, not for JupyterHub's groups (allowed_groups), not for the shipped example."""
+    state = json.loads((EXAMPLES / "escape-iam-mallory.json").read_text())
+    groups = claims_from_auth_state("mallory", state).groups
+    assert "/escape/atlas" not in groups and "/escape" in groups
+    assert "urn:geant:eduteams.org:service:eduteams:group:escape:atlas#eduteams.org" in groups
+    assert "/escape/atlas" not in auth_state_groups(state)
+    alice = json.loads((EXAMPLES / "escape-iam-alice.json").read_text())
+    assert "/escape/atlas" in auth_state_groups(alice)  # the issuer's own entitlement still counts
+    # The issuer read from the stored ID token when the userinfo has no "iss".
+    payload = base64.urlsafe_b64encode(json.dumps({"iss": "https://iam-escape.cloud.cnaf.infn.it/"}).encode()).decode().rstrip("=")
+    del alice["oauth_user"]["iss"], alice["oauth_user"]["wlcg.groups"], alice["oauth_user"]["groups"]
+    assert claims_from_auth_state("alice", alice).groups == ("urn:mace:egi.eu:group:escape#iam-escape.cloud.cnaf.infn.it",
+                                                             "urn:mace:egi.eu:group:escape:atlas#iam-escape.cloud.cnaf.infn.it")
+    alice["id_token"] = f"e30.{payload}.sig"
+    assert claims_from_auth_state("alice", alice).groups == ("/escape", "/escape/atlas")
 
 
 def test_keycloak_full_group_paths_and_dotted_role_claim():

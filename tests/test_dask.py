@@ -16,7 +16,7 @@ RULES = [
     {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
      "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/atlas"}},
     {"name": "members", "match": {"groups": ["/escape"]},
-     "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/{username}"},
+     "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/user-{username}"},
      "env": {"SCRATCH_BUCKET": "s3://scratch/{username}"}},
 ]
 

@@ -249,7 +249,7 @@ def test_the_session_tag_policy_keeps_each_service_account_to_its_prefix(user, v
 
 def test_the_pod_identity_documents_use_only_keys_their_actions_carry():
     assert problems(session_policy("alice")) == []
-    # parliament reads a resource ARN's ':'s literally, so the variables are resolved first, as IAM does
+    # with the session's tags resolved, as IAM resolves the variables
     assert problems(with_session_tags(pod_identity_tag_policy("escape-scratch"), "jhub", "jupyter-alice")) == []
     assert "${aws:PrincipalTag/kubernetes-service-account}" in json.dumps(pod_identity_tag_policy("escape-scratch"))
 

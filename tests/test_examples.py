@@ -231,3 +231,11 @@ def test_gcp_waits_longer_than_the_start_timeout_warn_at_start_up(caplog):
     hub.config.KubeSpawner.start_timeout = 300  # zero-to-jupyterhub's
     check_hub(hub)
     assert not any("start_timeout" in r.getMessage() for r in caplog.records)
+
+
+def test_a_team_made_elsewhere_does_not_get_the_experiments_role(capsys):
+    """mallory's eduTEAMS team 'escape:atlas' is not ESCAPE IAM's atlas: the shipped rules give her
+    her own role, not the atlas group's."""
+    mallory = plan_json(EXAMPLES / "jupyterhub_config.py", "--user", "mallory", "--claims",
+                        str(EXAMPLES / "claims/escape-iam-mallory.json"), capsys=capsys)
+    assert mallory["rule"] == "escape-members" and mallory["scope"] == "user"

@@ -392,11 +392,13 @@ async def test_a_shared_account_stops_trusting_one_namespace_and_goes_with_the_l
               "gcp": {"managed": {"project": PROJECT, "account_id": f"{hub}-team"}}}]
     moved = [{"name": "team", "match": {"groups": ["/staff"]}, "scope": "group",
               "gcp": {"service_account": f"operators-team@{PROJECT}.iam.gserviceaccount.com"}}]
-    email = f"{hub}-team@{PROJECT}.iam.gserviceaccount.com"
-    resource = f"projects/{PROJECT}/serviceAccounts/{email}"
     async with another_namespace(namespace + "-b") as other:
         await spawn(gcp_spawner(namespace, gcp_server, hub, "wes", group))
         await spawn(gcp_spawner(other, gcp_server, hub, "xia", group))
+        [account] = await hub_accounts(namespace, hub)
+        email = account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]  # a group's: hashed
+        assert email.startswith(f"{hub}-team---")
+        resource = f"projects/{PROJECT}/serviceAccounts/{email}"
         assert len(members(gcp_server, resource, "roles/iam.workloadIdentityUser")) == 2
         [first, second] = sorted(members(gcp_server, resource, "roles/iam.workloadIdentityUser"))
         await spawn(gcp_spawner(namespace, gcp_server, hub, "wes", moved))
@@ -417,12 +419,13 @@ async def test_a_revocation_repeated_after_a_partial_failure_leaves_a_shared_acc
     the second revocation finds A's grant gone already and must keep the Google account B uses."""
     group = [{"name": "team", "match": {"groups": ["/staff"]}, "scope": "group",
               "gcp": {"managed": {"project": PROJECT, "account_id": f"{hub}-team"}}}]
-    email = f"{hub}-team@{PROJECT}.iam.gserviceaccount.com"
-    resource = f"projects/{PROJECT}/serviceAccounts/{email}"
     async with another_namespace(namespace + "-b") as other:
         await spawn(gcp_spawner(namespace, gcp_server, hub, "wes", group))
         await spawn(gcp_spawner(other, gcp_server, hub, "xia", group))
         [account] = await hub_accounts(namespace, hub)
+        email = account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]  # a group's: hashed
+        assert email.startswith(f"{hub}-team---")
+        resource = f"projects/{PROJECT}/serviceAccounts/{email}"
         settings = identity_settings(gcp_spawner(namespace, gcp_server, hub, "wes", group).config)
         leaving = (namespace, account["metadata"]["name"])
         for _ in range(2):  # run 1, the injected failure (the account stays), run 2
@@ -430,3 +433,21 @@ async def test_a_revocation_repeated_after_a_partial_failure_leaves_a_shared_acc
         [left] = members(gcp_server, resource, "roles/iam.workloadIdentityUser")
         assert left.endswith(f"[{other}/{leaving[1]}]")
         assert email in {a["email"] for a in gcp_server.state.accounts.values()}
+
+
+async def test_a_reused_user_name_with_another_subject_does_not_get_the_earlier_persons_account(namespace, gcp_server, hub):
+    """The Google account records whose login it was made for: after the ServiceAccount was
+    deleted by hand, another person logging in as 'alice' is still refused it."""
+    def alice(subject):
+        c = spawner_config(namespace, rules(hub), hub_name=hub, gcp_client_factory=gcp_server.client_factory(),
+                           gcp_activation_seconds=0, gcp_annotation_settle_seconds=0)
+        return make_spawner(CloudIdentitySpawner, c, SpawnUser("alice", oidc_state(sub=subject, groups=["/staff"])))
+
+    await spawn(alice("first-person"))
+    email = f"{hub}-alice@{PROJECT}.iam.gserviceaccount.com"
+    assert "person=" in gcp_server.state.accounts[email]["description"]
+    await delete_service_account(namespace, "jupyter-alice")
+    with pytest.raises(SpawnRefused, match="used on this hub by someone who logged in with another account"):
+        await alice("second-person").start()
+    assert await read("serviceaccount", namespace, "jupyter-alice") is None
+    await spawn(alice("first-person"))  # the first person still gets it

@@ -21,7 +21,7 @@ from cloudidentity_spawner.errors import SpawnRefused  # noqa: E402
 from cloudidentity_spawner.providers import _backends  # noqa: E402
 from cloudidentity_spawner.rules import IdentityRules  # noqa: E402
 
-from .kubehelpers import SpawnUser, make_spawner, oidc_state, read, spawner_config  # noqa: E402
+from .kubehelpers import SpawnUser, create_service_account, make_spawner, oidc_state, read, spawner_config  # noqa: E402
 from .test_gcp import PROJECT, members  # noqa: E402
 from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
 
@@ -190,14 +190,17 @@ async def test_rate_limited_calls_are_tried_again(namespace, gcp_server, bucket)
 
 
 async def test_a_name_two_rules_share_gets_no_grant_before_the_owner_check(namespace, gcp_server, bucket):
-    """A group rule whose account name is a user's own must not grant the group's roles to that
-    user's principal before the spawn is refused for the name clash."""
-    await spawn(spawner_for(namespace, gcp_server, "alice", principal_rules(bucket)))
+    """A group's account name held by someone else's account (scopes cannot render each other's
+    names, but an account may be there already) must not collect the group's grants before the
+    spawn is refused for the name clash."""
     group_rule = principal_rules(bucket)
-    group_rule[0].update(scope="group", service_account="jupyter-{group}", match={"groups": ["alice"]})
+    group_rule[0].update(scope="group", match={"groups": ["atlas"]})
     group_rule[0]["gcp"]["principal"]["bucket_roles"] = [{"bucket": bucket, "role": "roles/storage.objectViewer", "prefix": "shared"}]
     c = spawner_config(namespace, group_rule, gcp_client_factory=gcp_server.client_factory(), gcp_activation_seconds=0)
-    mallory = make_spawner(CloudIdentitySpawner, c, SpawnUser("mallory", oidc_state(groups=["alice"])))
+    mallory = make_spawner(CloudIdentitySpawner, c, SpawnUser("mallory", oidc_state(groups=["atlas"])))
+    name = mallory.compiled_rules.resolve(Claims("mallory", ("atlas",)), namespace).service_account.name
+    await create_service_account(namespace, {"metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "cloudidentity-spawner"},
+                                                          "annotations": {"cloudidentity-spawner/owner": "user:alice"}}})
     with pytest.raises(SpawnRefused):
         await mallory.start()
     assert gcp_server.state.managed_folders.get((bucket, "shared/")) is None

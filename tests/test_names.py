@@ -105,3 +105,24 @@ def test_gsa_ids_have_the_longest_suffix_that_fits():
     suffix = names.gsa_account_id("x" * 300).rsplit("---", 1)[1]
     assert len(suffix) * 5 >= 80
     assert len(names.gsa_account_id("x" * 300)) == 30
+
+
+SCOPED_ENCODERS = [names.ksa_name, names.iam_role_name, names.gsa_account_id, names.azure_identity_name]
+
+
+@pytest.mark.parametrize("encode", SCOPED_ENCODERS, ids=lambda f: f.__name__)
+@given(user=tricky_text, shared=tricky_text)
+@settings(max_examples=400)
+def test_a_user_name_never_meets_a_group_or_hub_name(encode, user, shared):
+    """Even where the rendered names are equal (user 'group-atlas' renders like group 'atlas')."""
+    for scope in ("group", "hub"):
+        assert encode(user) != encode(shared, scope)
+        assert encode(shared, scope) != encode(shared, "hub" if scope == "group" else "group")
+
+
+@pytest.mark.parametrize("encode", SCOPED_ENCODERS, ids=lambda f: f.__name__)
+def test_names_rendered_alike_in_different_scopes_stay_apart(encode):
+    rendered = {"jupyter-group-atlas", "jupyterhub-shared", "jh-group-atlas"}
+    for name in rendered:
+        assert len({encode(name), encode(name, "group"), encode(name, "hub")}) == 3
+        assert encode(name) == name  # a user's valid name still passes through unchanged

@@ -30,7 +30,7 @@ PROFILES = [
 RULES = [
     # Everyone in ESCAPE gets their own role first; only the GPU profile uses the project's.
     {"name": "members", "match": {"groups": ["/escape*"]},
-     "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/{username}"}},
+     "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/user-{username}"}},
     {"name": "atlas-project", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
      "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/atlas-project"}},
 ]

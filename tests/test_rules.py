@@ -264,3 +264,72 @@ def test_descriptions_and_env_may_use_any_claim():
 def test_trusted_claims_must_be_claim_names():
     with pytest.raises(ConfigError, match="trusted_claims"):
         IdentityRules.from_config([], "h", trusted_claims="sub")
+
+
+def test_user_names_cannot_render_to_a_groups_or_hub_rules_names():
+    """Users 'group-atlas', 'shared', 'escape-atlas' against group 'atlas' and hub rule 'shared',
+    with the default templates: every name of theirs differs from the group's and the rule's."""
+    managed = {"aws": {"managed": MANAGED}}
+    r = rules({"name": "atlas", "match": {"groups": ["atlas"]}, "scope": "group", **managed},
+              {"name": "shared", "match": {"users": ["hubby*"]}, "scope": "hub", **managed},
+              {"name": "users", "match": {}, **managed}, hub="escape")
+    group = r.resolve(user("ann", "atlas"), "ns")
+    hub = r.resolve(user("hubby"), "ns")
+    for name in ("group-atlas", "shared", "escape-atlas", "escape-group-atlas", "atlas"):
+        plan = r.resolve(user(name), "ns")
+        for shared in (group, hub):
+            assert plan.service_account.name != shared.service_account.name
+            assert plan.cloud.identity != shared.cloud.identity
+            assert plan.cloud.resources["role"]["name"] != shared.cloud.resources["role"]["name"]
+
+
+@pytest.mark.parametrize("first, second, example", [
+    # The README's rules before: user 'escape-atlas' got the group's existing role.
+    ({"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
+      "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/escape-atlas"}},
+     {"name": "users", "match": {}, "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/{{username}}"}},
+     "escape-atlas"),
+    # Role names are unique whatever the path: another path does not separate them.
+    ({"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
+      "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/groups/atlas"}},
+     {"name": "users", "match": {}, "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/users/{{username}}"}},
+     "atlas"),
+    # A user's prefix and a group's prefix in the same bucket.
+    ({"name": "atlas", "match": {"groups": ["atlas"]}, "scope": "group",
+      "gcp": {"managed": {"project": "my-project", "bucket_roles": [
+          {"bucket": "lab-scratch", "role": "roles/storage.objectUser", "prefix": "{group}"}]}}},
+     {"name": "users", "match": {}, "gcp": {"managed": {"project": "my-project", "bucket_roles": [
+         {"bucket": "lab-scratch", "role": "roles/storage.objectUser", "prefix": "{username}"}]}}},
+     "lab-scratch/"),
+    # Policies: a user's prefix beside a group's fixed one.
+    ({"name": "atlas", "match": {"groups": ["atlas"]}, "scope": "group",
+      "aws": {"managed": {**MANAGED, "inline_policy": {"Statement": [{"Resource": "arn:aws:s3:::b/atlas-data/*"}]}}}},
+     {"name": "users", "match": {}, "aws": {"managed": {**MANAGED, "inline_policy": {
+         "Statement": [{"Resource": "arn:aws:s3:::b/{username}/*"}]}}}},
+     "arn:aws:s3:::b/atlas-data/*"),
+    # Two user rules whose templates overlap: user 'x-bob' of one and 'bob' of the other.
+    ({"name": "staff", "match": {"groups": ["staff"]}, "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/x-{{username}}"}},
+     {"name": "users", "match": {}, "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/{{username}}"}},
+     "x-"),
+    # ServiceAccount templates of two user rules.
+    ({"name": "staff", "match": {"groups": ["staff"]}, "service_account": "jupyter-staff-{username}"},
+     {"name": "users", "match": {}, "service_account": "jupyter-{username}"},
+     "jupyter-staff-"),
+])
+def test_templates_that_can_name_the_same_thing_for_different_owners_are_refused(first, second, example):
+    with pytest.raises(ConfigError) as e:
+        rules(first, second)
+    assert "identity_rules[1] ('users')" in str(e.value) and "identity_rules[0]" in str(e.value)
+    assert "for different owners" in str(e.value) and example in str(e.value)
+
+
+def test_templates_kept_apart_are_accepted():
+    rules({"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
+           "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/escape-atlas"}},
+          {"name": "users", "match": {}, "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/user-{{username}}"}},
+          {"name": "everyone", "match": {}, "scope": "hub", "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/shared"}})
+    rules({"name": "atlas", "match": {"groups": ["atlas"]}, "scope": "group",
+           "gcp": {"managed": {"project": "my-project", "bucket_roles": [
+               {"bucket": "lab-scratch", "role": "roles/storage.objectUser", "prefix": "groups/{group}"}]}}},
+          {"name": "users", "match": {}, "gcp": {"managed": {"project": "my-project", "bucket_roles": [
+              {"bucket": "lab-scratch", "role": "roles/storage.objectUser", "prefix": "users/{username}"}]}}})

@@ -21,7 +21,7 @@ from cloudidentity_spawner.errors import SpawnRefused
 
 from .kubehelpers import SpawnUser, create_service_account, list_events, make_spawner, oidc_state, read, spawner_config
 
-ROLE = "arn:aws:iam::123456789012:role/jupyterhub/{username}"
+ROLE = "arn:aws:iam::123456789012:role/jupyterhub/user-{username}"
 RULES = [
     {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
      "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/atlas"}},
@@ -49,7 +49,7 @@ async def test_first_spawn_creates_annotated_account_and_pod_runs_under_it(names
     assert url.startswith("http://")
 
     sa = await read("serviceaccount", namespace, "jupyter-alice")
-    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == "arn:aws:iam::123456789012:role/jupyterhub/alice"
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == "arn:aws:iam::123456789012:role/jupyterhub/user-alice"
     assert sa["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "cloudidentity-spawner"
     assert sa["automountServiceAccountToken"] is False
     assert pod["spec"]["serviceAccountName"] == "jupyter-alice"
@@ -62,7 +62,7 @@ async def test_first_spawn_creates_annotated_account_and_pod_runs_under_it(names
     assert record["user"] == "alice"
     assert record["rule"] == "members"
     assert record["service_account"] == f"{namespace}/jupyter-alice"
-    assert record["cloud_identity"].endswith("role/jupyterhub/alice")
+    assert record["cloud_identity"].endswith("role/jupyterhub/user-alice")
     assert record["service_account_change"] == "created"
 
 
@@ -221,7 +221,7 @@ async def test_hostile_form_post_cannot_change_the_account(namespace):
     assert pod["spec"].get("serviceAccount") in (None, "jupyter-gina")
     assert pod["spec"]["automountServiceAccountToken"] is False
     sa = await read("serviceaccount", namespace, "jupyter-gina")
-    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("role/jupyterhub/gina")
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("role/jupyterhub/user-gina")
     assert await read("serviceaccount", namespace, "hub") is None
 
 
@@ -290,7 +290,7 @@ async def test_pre_spawn_hook_for_stock_kubespawner(namespace):
     assert pod["spec"]["serviceAccountName"] == "jupyter-nora"
     assert seen == ["hub"]  # the operator's own hook still ran, before the pin
     sa = await read("serviceaccount", namespace, "jupyter-nora")
-    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("/nora")
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("/user-nora")
 
 
 async def test_bad_rules_fail_when_the_spawner_is_built(namespace):
@@ -398,7 +398,7 @@ async def test_hand_edited_annotation_is_put_back_at_the_next_spawn(namespace):
     await until(lambda: "999999999999" in str((cache.get(key) or {}).get("metadata", {}).get("annotations")))
     url, pod = await start_and_stop(spawner_for(namespace, "hal", ["/escape"]))
     annotations = (await read("serviceaccount", namespace, "jupyter-hal"))["metadata"]["annotations"]
-    assert annotations["eks.amazonaws.com/role-arn"] == "arn:aws:iam::123456789012:role/jupyterhub/hal"
+    assert annotations["eks.amazonaws.com/role-arn"] == "arn:aws:iam::123456789012:role/jupyterhub/user-hal"
     assert annotations["team.example.org/note"] == "edited by hand"
     assert pod["spec"]["serviceAccountName"] == "jupyter-hal"
 
@@ -505,7 +505,7 @@ async def test_a_stopped_watch_cache_is_not_trusted(namespace):
             "eks.amazonaws.com/role-arn": "arn:aws:iam::999999999999:role/someone-else"}}})
     await start_and_stop(spawner_for(namespace, "sam", ["/escape"]))
     annotations = (await read("serviceaccount", namespace, "jupyter-sam"))["metadata"]["annotations"]
-    assert annotations["eks.amazonaws.com/role-arn"] == "arn:aws:iam::123456789012:role/jupyterhub/sam"
+    assert annotations["eks.amazonaws.com/role-arn"] == "arn:aws:iam::123456789012:role/jupyterhub/user-sam"
 
 
 @pytest.mark.emulator_only
@@ -531,7 +531,7 @@ async def test_user_namespaces_first_spawn_makes_the_namespace_then_the_account(
         assert spawner.namespace == user_ns
         assert pod["metadata"]["namespace"] == user_ns and pod["spec"]["serviceAccountName"] == "jupyter-uma"
         sa = await read("serviceaccount", user_ns, "jupyter-uma")
-        assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("/uma")
+        assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("/user-uma")
         # the cluster-wide watch cache serves the next spawn
         cache = await spawner._service_account_cache()
         assert f"{user_ns}/jupyter-uma" in cache
@@ -591,7 +591,7 @@ async def test_the_pod_carries_the_plans_irsa_role_whatever_the_webhook_cache_sa
     mutated = webhook_mutation(pod, webhook_cache)
     [container] = mutated["spec"]["containers"]
     env = [(e["name"], e.get("value")) for e in container["env"]]
-    assert env.count(("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/jupyterhub/yan")) == 1
+    assert env.count(("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/jupyterhub/user-yan")) == 1
     assert [n for n, _ in env].count("AWS_ROLE_ARN") == 1
     assert ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/eks.amazonaws.com/serviceaccount/token") in env
     [mount] = [m for m in container["volumeMounts"] if m["name"] == "aws-iam-token"]
@@ -635,7 +635,7 @@ async def test_the_hook_with_user_namespaces_makes_the_namespace_first(namespace
 
 async def test_kubectl_describe_sa_tells_what_the_hub_did(namespace):
     """An Event on the ServiceAccount for each create, change and revocation (background, best effort)."""
-    rules = [{"name": "everyone", "match": {}, "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/{username}"}}]
+    rules = [{"name": "everyone", "match": {}, "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/user-{username}"}}]
     s = make_spawner(CloudIdentitySpawner, spawner_config(namespace, rules), SpawnUser("olga", oidc_state()))
     await s.start()
     await s.stop()
@@ -651,6 +651,6 @@ async def test_kubectl_describe_sa_tells_what_the_hub_did(namespace):
             break
         await asyncio.sleep(0.1)
     by_reason = {e["reason"]: e["message"] for e in events}
-    assert "rule 'everyone'" in by_reason["CloudIdentityCreated"] and "role/jupyterhub/olga" in by_reason["CloudIdentityCreated"]
+    assert "rule 'everyone'" in by_reason["CloudIdentityCreated"] and "role/jupyterhub/user-olga" in by_reason["CloudIdentityCreated"]
     assert "rule 'moved'" in by_reason["CloudIdentityUpdated"] and "role/jupyterhub/other" in by_reason["CloudIdentityUpdated"]
     assert all(e["source"]["component"] == "cloudidentity-spawner" and e["type"] == "Normal" for e in events)

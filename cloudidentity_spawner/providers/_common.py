@@ -96,3 +96,14 @@ def render_json_template(value: Any, context: Mapping[str, Any], escape: Callabl
     if isinstance(value, list):
         return [render_json_template(v, context, escape) for v in value]
     return value
+
+
+def json_strings(value: Any) -> list[str]:
+    """Every string (keys and values) of a JSON template, in order."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for k, v in value.items() for s in (k, *json_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in json_strings(v)]
+    return []

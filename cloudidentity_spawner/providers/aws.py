@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .. import names
 from ..errors import ConfigError
+from ..overlap import Named
 from ..plan import MANAGED_BY, MANAGED_BY_LABEL, PREFIX, CloudPlan
 from ..templates import SAMPLE_CONTEXT, TemplateError, raw, render
 from ._common import (
+    json_strings,
     check_keys,
     check_string_list,
     check_template,
@@ -38,6 +41,8 @@ ANNOTATIONS = (ROLE_ARN_ANNOTATION, STS_REGIONAL_ANNOTATION, TOKEN_EXPIRATION_AN
 TAG_MANAGED_BY = MANAGED_BY_LABEL
 TAG_HUB = PREFIX + "hub"
 TAG_OWNER = PREFIX + "owner"
+TAG_PERSON = PREFIX + "person"
+"""A user's role: whose login it was made for (the account's ``person`` annotation)."""
 
 _PARTITION = r"aws(?:-cn|-us-gov|-iso|-iso-[a-z]|-eusc)?"
 _ROLE_ARN = re.compile(
@@ -348,7 +353,7 @@ def plan(settings: AwsSettings, context: Mapping[str, Any], scope: str, owner: s
 
     managed = settings.managed
     partition, account, _ = parse_oidc_provider_arn(managed["oidc_provider_arn"])
-    role_name = names.iam_role_name(render(managed.get("role_name", DEFAULT_ROLE_NAME[scope]), context, raw))
+    role_name = names.iam_role_name(render(managed.get("role_name", DEFAULT_ROLE_NAME[scope]), context, raw), scope)
     path = managed["role_path"]
     arn = f"arn:{partition}:iam::{account}:role{path}{role_name}"
     parse_role_arn(arn)
@@ -357,6 +362,7 @@ def plan(settings: AwsSettings, context: Mapping[str, Any], scope: str, owner: s
         TAG_MANAGED_BY: MANAGED_BY,
         TAG_HUB: tag_value(context["hub"]),
         TAG_OWNER: tag_value(owner),
+        **({TAG_PERSON: context["person"]} if context.get("person") else {}),
     }
     inline = managed.get("inline_policy")
     resources = {
@@ -375,3 +381,40 @@ def plan(settings: AwsSettings, context: Mapping[str, Any], scope: str, owner: s
     }
     annotations[ROLE_ARN_ANNOTATION] = arn
     return annotations, CloudPlan(provider="aws", mode="managed", identity=arn, resources=resources)
+
+
+ROLE_NAME_KIND = "IAM role (role names are unique in an account, whatever the path)"
+
+
+def named_templates(settings: AwsSettings, where: str, rule: str, scope: str) -> list[Named]:
+    """The block's templates that name an identity or what it reaches, for the start-up check
+    that no two rules can name the same one for different owners (:mod:`..overlap`). IAM role
+    names are unique in an account whatever their path, so roles compare as ``<account>:<name>``."""
+    found = []
+    arn = settings.role_arn
+    if arn is not None and ":role/" in arn:
+        head, _, rest = arn.partition(":role/")
+        name_start = _after_last_literal_slash(rest)
+        found.append(Named(f"{where}.role_arn", rule, scope, ROLE_NAME_KIND, f"{head}:{rest[name_start:]}",
+                           "resource_part", written=arn))
+    if settings.managed is not None:
+        partition, account, _ = parse_oidc_provider_arn(settings.managed["oidc_provider_arn"])
+        template = settings.managed.get("role_name", DEFAULT_ROLE_NAME[scope])
+        found.append(Named(f"{where}.managed.role_name", rule, scope, ROLE_NAME_KIND,
+                           f"arn:{partition}:iam::{account}:{template}", "raw", scoped=True, written=template))
+        found += [Named(f"{where}.managed.inline_policy", rule, scope, "policy value", text, "resource_part")
+                  for text in json_strings(settings.managed.get("inline_policy") or {})]
+    if settings.pod_identity is not None:
+        found += [Named(f"{where}.pod_identity.session_policy", rule, scope, "policy value", text, "resource_part")
+                  for text in json_strings(settings.pod_identity.get("session_policy") or {})]
+    return found
+
+
+def _after_last_literal_slash(template: str) -> int:
+    """Where the text after the last ``/`` outside ``{fields}`` starts (0 if there is none)."""
+    position, start = 0, 0
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        if "/" in literal:
+            start = position + literal.rindex("/") + 1
+        position += len(literal) + (0 if field is None else len(field) + 2)
+    return start

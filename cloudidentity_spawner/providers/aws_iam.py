@@ -21,9 +21,9 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import IdentityError
-from ..plan import MANAGED_BY, IdentityPlan, thaw
+from ..plan import MANAGED_BY, IdentityPlan, person_refusal, thaw
 from ._botocore import BotoBackend
-from .aws import TAG_HUB, TAG_MANAGED_BY, TAG_OWNER, parse_role_arn, tag_value
+from .aws import TAG_HUB, TAG_MANAGED_BY, TAG_OWNER, TAG_PERSON, parse_role_arn, tag_value
 from .managed import failed_operation, fingerprint, report_progress, seconds_text
 
 INLINE_POLICY_NAME = "cloudidentity-spawner"
@@ -159,6 +159,12 @@ class ManagedRoles(BotoBackend):
                 "Your cloud identity could not be set up: its role belongs to someone else; ask your hub admin.",
                 f"IAM role {name} is tagged for {tags.get(TAG_OWNER)!r} on hub {tags.get(TAG_HUB)!r}, "
                 f"not {want[TAG_OWNER]!r} on {want[TAG_HUB]!r}; two identities map to one role name.",
+            )
+        if tags.get(TAG_PERSON) and want.get(TAG_PERSON) and tags[TAG_PERSON] != want[TAG_PERSON]:
+            raise IdentityError(
+                "Your server was not started: your user name was used on this hub by someone who logged in with "
+                "another account, and their cloud identity is not yours to take; ask your hub admin.",
+                person_refusal(plan, f"IAM role {name}", plan.cloud.identity),
             )
         if current["Path"] != plan.cloud.resources["role"]["path"]:
             raise IdentityError(

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 from .. import names
 from ..errors import ConfigError
+from ..overlap import Named
 from ..plan import MANAGED_BY, PREFIX, CloudPlan, IdentityPlan
 from ..templates import SAMPLE_CONTEXT, TemplateError, raw, render
 from ._common import check_keys, check_template
@@ -40,6 +41,7 @@ AUDIENCE = "api://AzureADTokenExchange"
 TAG_MANAGED_BY = "managed-by"
 TAG_HUB = MANAGED_BY + ".hub"
 TAG_OWNER = MANAGED_BY + ".owner"
+TAG_PERSON = MANAGED_BY + ".person"
 """The ownership tags of a hub-made identity (Azure tag names may not contain '/', so not the
 Kubernetes-style keys the AWS tags use)."""
 MAX_FEDERATED_CREDENTIALS = 20
@@ -163,7 +165,7 @@ def plan(settings: AzureSettings, context: Mapping[str, Any], scope: str, owner:
             annotations[TENANT_ID_ANNOTATION] = settings.tenant_id
         return annotations, CloudPlan(provider="azure", mode="existing", identity=settings.client_id)
     managed = settings.managed
-    name = names.azure_identity_name(render(managed.get("identity_name", DEFAULT_IDENTITY_NAME[scope]), context, raw))
+    name = names.azure_identity_name(render(managed.get("identity_name", DEFAULT_IDENTITY_NAME[scope]), context, raw), scope)
     resource_id = identity_resource_id(managed["subscription_id"], managed["resource_group"], name)
     assignments = []
     for item in managed.get("role_assignments", []):
@@ -175,7 +177,8 @@ def plan(settings: AzureSettings, context: Mapping[str, Any], scope: str, owner:
             "resource_group": managed["resource_group"],
             "name": name,
             "location": managed["location"],
-            "tags": {**managed.get("tags", {}), TAG_MANAGED_BY: MANAGED_BY, TAG_HUB: context["hub"], TAG_OWNER: owner[:256]},
+            "tags": {**managed.get("tags", {}), TAG_MANAGED_BY: MANAGED_BY, TAG_HUB: context["hub"], TAG_OWNER: owner[:256],
+                     **({TAG_PERSON: context["person"]} if context.get("person") else {})},
         },
         "federated_credential": {
             "name": credential_name(namespace, service_account),
@@ -196,3 +199,14 @@ def with_identity_ids(plan: IdentityPlan, client_id: str, tenant_id: str) -> Ide
     sa = plan.service_account
     annotations = {**sa.annotations, CLIENT_ID_ANNOTATION: client_id, TENANT_ID_ANNOTATION: tenant_id}
     return replace(plan, service_account=replace(sa, annotations=annotations))
+
+
+def named_templates(settings: AzureSettings, where: str, rule: str, scope: str) -> list[Named]:
+    """The managed identity's name template, for the start-up check that no two rules can name
+    the same identity for different owners (:mod:`..overlap`)."""
+    if settings.managed is None:
+        return []
+    managed = settings.managed
+    template = managed.get("identity_name", DEFAULT_IDENTITY_NAME[scope])
+    return [Named(f"{where}.managed.identity_name", rule, scope, "Azure managed identity",
+                  f"{managed['subscription_id']}/{managed['resource_group']}/{template}", "raw", scoped=True)]

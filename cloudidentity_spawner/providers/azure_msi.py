@@ -20,13 +20,14 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
 from ..errors import IdentityError
-from ..plan import MANAGED_BY, IdentityPlan, thaw
+from ..plan import MANAGED_BY, IdentityPlan, person_refusal, thaw
 from ..retry import Backoff
 from .azure import (
     MAX_FEDERATED_CREDENTIALS,
     TAG_HUB,
     TAG_MANAGED_BY,
     TAG_OWNER,
+    TAG_PERSON,
     identity_resource_id,
     parse_identity_resource_id,
 )
@@ -139,6 +140,12 @@ class ManagedIdentities:
                 f"managed identity {plan.cloud.identity} exists without tags {TAG_MANAGED_BY}={MANAGED_BY}, "
                 f"{TAG_HUB}={want[TAG_HUB]}, {TAG_OWNER}={want[TAG_OWNER]}; refusing to use or change it. Delete it, "
                 "or change the rule's identity_name.",
+            )
+        if tags.get(TAG_PERSON) and want.get(TAG_PERSON) and tags[TAG_PERSON] != want[TAG_PERSON]:
+            raise IdentityError(
+                "Your server was not started: your user name was used on this hub by someone who logged in with "
+                "another account, and their cloud identity is not yours to take; ask your hub admin.",
+                person_refusal(plan, f"managed identity {plan.cloud.identity}", plan.cloud.identity),
             )
 
     async def _ensure_credential(self, msi: Any, group: str, name: str, want: Mapping[str, Any], plan: IdentityPlan) -> bool:

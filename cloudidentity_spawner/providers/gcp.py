@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import names
 from ..errors import ConfigError
+from ..overlap import Named
 from ..plan import MANAGED_BY, PREFIX, CloudPlan
 from ..templates import SAMPLE_CONTEXT, TemplateError, raw, render
 from ._common import check_keys, check_string_list, check_template
@@ -50,6 +51,16 @@ def parse_email(email: str) -> tuple[str, str]:
 
 MARKER_START = f"[{MANAGED_BY} "
 """Where the ownership marker starts in a managed account's description."""
+
+
+PERSON_MARK = "person="
+"""Before a user's account's ownership marker: ``person=<digest of the login's issuer and subject>``."""
+
+
+def recorded_person(description: str) -> str | None:
+    """The person a managed account's description says it was made for, or None."""
+    found = re.search(rf"{PERSON_MARK}([a-z2-7]{{26}}) {re.escape(MARKER_START)}", description or "")
+    return found.group(1) if found else None
 
 
 def ownership_marker(hub: str, owner: str) -> str:
@@ -212,7 +223,7 @@ def plan(settings: GcpSettings, context: Mapping[str, Any], scope: str, owner: s
 
     managed = settings.managed
     project = managed["project"]
-    account_id = names.gsa_account_id(render(managed.get("account_id", DEFAULT_ACCOUNT_ID[scope]), context, raw))
+    account_id = names.gsa_account_id(render(managed.get("account_id", DEFAULT_ACCOUNT_ID[scope]), context, raw), scope)
     email = f"{account_id}@{project}.iam.gserviceaccount.com"
     member = f"serviceAccount:{email}"
     bindings = [
@@ -226,6 +237,8 @@ def plan(settings: GcpSettings, context: Mapping[str, Any], scope: str, owner: s
     display = render(managed.get("display_name", "JupyterHub {hub}: " + owner.replace("{", "{{").replace("}", "}}")), context, raw)
     description = render(managed.get("description", "Notebook identity for " + owner.replace("{", "{{").replace("}", "}}")), context, raw)
     marker = ownership_marker(context["hub"], owner)
+    if context.get("person"):  # a user's account: whose login it was made for
+        marker = f"{PERSON_MARK}{context['person']} {marker}"
     description = description[: 256 - len(marker) - 1].rstrip() + " " + marker
     resources = {
         "service_account": {
@@ -321,3 +334,21 @@ def hub_grant_condition(rules: Any) -> dict[str, str]:
         "description": "The hub may grant and revoke only the roles its identity rules name.",
         "expression": f"api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly([{listed}])",
     }
+
+
+def named_templates(settings: GcpSettings, where: str, rule: str, scope: str) -> list[Named]:
+    """The block's templates that name a Google account or a prefix, for the start-up check that
+    no two rules can name the same one for different owners (:mod:`..overlap`)."""
+    found = []
+    if settings.service_account is not None:
+        found.append(Named(f"{where}.service_account", rule, scope, "Google service account", settings.service_account, "ksa"))
+    if settings.managed is not None:
+        template = settings.managed.get("account_id", DEFAULT_ACCOUNT_ID[scope])
+        found.append(Named(f"{where}.managed.account_id", rule, scope, "Google service account",
+                           f"{template}@{settings.managed['project']}.iam.gserviceaccount.com", "raw", scoped=True))
+    block = settings.managed or settings.principal or {}
+    for index, item in enumerate(block.get("bucket_roles", [])):
+        if "prefix" in item:
+            found.append(Named(f"{where}.bucket_roles[{index}].prefix", rule, scope, "Cloud Storage prefix",
+                               item["bucket"] + "/" + item["prefix"], "resource_part"))
+    return found

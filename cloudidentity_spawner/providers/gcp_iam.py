@@ -22,10 +22,10 @@ from urllib.parse import quote
 from google.api_core import exceptions as gexc
 
 from ..errors import IdentityError
-from ..plan import IdentityPlan, thaw
+from ..plan import IdentityPlan, person_refusal, thaw
 from ..retry import Backoff
 from .managed import CloudCalls, Converged, failed_operation, fingerprint, report_progress
-from .gcp import MARKER_START, WORKLOAD_IDENTITY_USER, iam_member, ownership_marker
+from .gcp import MARKER_START, WORKLOAD_IDENTITY_USER, iam_member, ownership_marker, recorded_person
 
 CONFLICTS = (gexc.Aborted, gexc.Conflict, gexc.PreconditionFailed)
 PROPAGATION_BACKOFF = Backoff(attempts=10_000, base_delay=0.25, max_delay=8.0, floor=0.5)
@@ -146,6 +146,13 @@ class ManagedServiceAccounts:
                 f"Google service account {account['email']} exists without the marker {want_marker!r} in its "
                 f"description; refusing to use or modify it for {plan.owner} (rule {plan.rule!r}). "
                 "Change account_id in the rule.",
+            )
+        had, want = recorded_person(current.description), recorded_person(account["description"])
+        if had and want and had != want:
+            raise IdentityError(
+                "Your server was not started: your user name was used on this hub by someone who logged in with "
+                "another account, and their cloud identity is not yours to take; ask your hub admin.",
+                person_refusal(plan, f"Google service account {account['email']}", plan.cloud.identity),
             )
         return False
 
