@@ -8,6 +8,7 @@ plan says, so nothing the user submits can choose another account.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from .errors import SpawnRefused
@@ -47,17 +48,44 @@ IRSA_VOLUME = "aws-iam-token"
 IRSA_MOUNT_PATH = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
 
 
+# KubeSpawner turns the pod's containers into client models but leaves what is inside them as the
+# operator gave it: z2jh's singleuser.initContainers / extraContainers arrive with env and
+# volumeMounts as plain dicts (camelCase keys), and a container itself may be a dict. These read
+# and write either.
+_KEYS = {"env": "env", "volume_mounts": "volumeMounts"}
+
+
+def _get(obj: Any, field: str) -> Any:
+    return obj.get(_KEYS[field]) if isinstance(obj, Mapping) else getattr(obj, field)
+
+
+def _set(obj: Any, field: str, value: Any) -> None:
+    if isinstance(obj, MutableMapping):
+        obj[_KEYS[field]] = value
+    else:
+        setattr(obj, field, value)
+
+
+def _name(item: Any) -> Any:
+    return item.get("name") if isinstance(item, Mapping) else getattr(item, "name", None)
+
+
+def _set_env(container: Any, env: dict[str, str]) -> None:
+    """*env* in *container*, replacing what it had under those names (the rest stays as it was)."""
+    from kubernetes_asyncio.client.models import V1EnvVar
+
+    kept = [e for e in (_get(container, "env") or []) if _name(e) not in env]
+    _set(container, "env", kept + [V1EnvVar(name=k, value=v) if not isinstance(container, Mapping) else {"name": k, "value": v}
+                                   for k, v in env.items()])
+
+
 def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) -> None:
     """The last word on the pod's ServiceAccount, token mount and the plan's environment,
     whatever profiles, overrides and hooks said before (and, with *irsa*, the IRSA role)."""
-    from kubernetes_asyncio.client.models import V1EnvVar
-
     pod.spec.service_account_name = plan.service_account.name
     pod.spec.service_account = None
     pod.spec.automount_service_account_token = automount
-    env = planned_env(plan)
-    notebook = pod.spec.containers[0]
-    notebook.env = [e for e in (notebook.env or []) if e.name not in env] + [V1EnvVar(name=k, value=v) for k, v in env.items()]
+    _set_env(pod.spec.containers[0], planned_env(plan))
     if azure_pod_labels(plan):
         pod.metadata.labels = {**(pod.metadata.labels or {}), **azure_pod_labels(plan)}
     role_arn = plan.service_account.annotations.get(aws.ROLE_ARN_ANNOTATION)
@@ -108,7 +136,6 @@ def _project_token(pod: Any, volume_name: str, mount_path: str, audience: str, e
     """Add a projected ServiceAccount token volume, its mount and *env* to every container
     (init containers too, as the EKS webhooks do), replacing what was there under those names."""
     from kubernetes_asyncio.client.models import (
-        V1EnvVar,
         V1ProjectedVolumeSource,
         V1ServiceAccountTokenProjection,
         V1Volume,
@@ -118,11 +145,13 @@ def _project_token(pod: Any, volume_name: str, mount_path: str, audience: str, e
 
     token = V1ServiceAccountTokenProjection(audience=audience, expiration_seconds=expiration, path=token_path)
     volume = V1Volume(name=volume_name, projected=V1ProjectedVolumeSource(sources=[V1VolumeProjection(service_account_token=token)]))
-    pod.spec.volumes = [v for v in (pod.spec.volumes or []) if v.name != volume_name] + [volume]
+    pod.spec.volumes = [v for v in (pod.spec.volumes or []) if _name(v) != volume_name] + [volume]
     for container in [*pod.spec.containers, *(pod.spec.init_containers or [])]:
-        container.env = [e for e in (container.env or []) if e.name not in env] + [V1EnvVar(name=k, value=v) for k, v in env.items()]
-        mounts = [m for m in (container.volume_mounts or []) if m.name != volume_name]
-        container.volume_mounts = mounts + [V1VolumeMount(name=volume_name, mount_path=mount_path, read_only=True)]
+        _set_env(container, env)
+        mounts = [m for m in (_get(container, "volume_mounts") or []) if _name(m) != volume_name]
+        mount = (V1VolumeMount(name=volume_name, mount_path=mount_path, read_only=True) if not isinstance(container, Mapping)
+                 else {"name": volume_name, "mountPath": mount_path, "readOnly": True})
+        _set(container, "volume_mounts", mounts + [mount])
 
 
 def pinning_hook(operator_hook: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) -> Any:

@@ -654,3 +654,26 @@ async def test_kubectl_describe_sa_tells_what_the_hub_did(namespace):
     assert "rule 'everyone'" in by_reason["CloudIdentityCreated"] and "role/jupyterhub/user-olga" in by_reason["CloudIdentityCreated"]
     assert "rule 'moved'" in by_reason["CloudIdentityUpdated"] and "role/jupyterhub/other" in by_reason["CloudIdentityUpdated"]
     assert all(e["source"]["component"] == "cloudidentity-spawner" and e["type"] == "Normal" for e in events)
+
+
+async def test_containers_given_as_z2jh_gives_them_get_the_irsa_role_too(namespace):
+    """z2jh passes singleuser.initContainers / extraContainers as dicts; KubeSpawner turns the
+    containers into models but leaves their env and volumeMounts dicts. Pinning must handle them."""
+    containers = {
+        "KubeSpawner__init_containers": [{"name": "fix-perms", "image": "busybox", "command": ["true"],
+                                          "env": [{"name": "MODE", "value": "0700"}],
+                                          "volumeMounts": [{"name": "home", "mountPath": "/home/jovyan"}]}],
+        "KubeSpawner__extra_containers": [{"name": "sidecar", "image": "busybox", "command": ["sleep", "1d"],
+                                           "env": [{"name": "AWS_ROLE_ARN", "value": "arn:aws:iam::123456789012:role/other"}],
+                                           "volumeMounts": [{"name": "home", "mountPath": "/data"}]}],
+        "KubeSpawner__volumes": [{"name": "home", "emptyDir": {}}],
+    }
+    _, pod = await start_and_stop(spawner_for(namespace, "zoe", ["/escape"], **containers))
+    role = "arn:aws:iam::123456789012:role/jupyterhub/user-zoe"
+    for container in pod["spec"]["initContainers"] + pod["spec"]["containers"]:
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["AWS_ROLE_ARN"] == role, container["name"]  # the sidecar's own value is replaced
+        assert {m["name"] for m in container["volumeMounts"]} >= {"aws-iam-token"}
+    [init] = pod["spec"]["initContainers"]
+    assert {e["name"]: e.get("value") for e in init["env"]}["MODE"] == "0700"
+    assert {m["name"] for m in init["volumeMounts"]} == {"home", "aws-iam-token"}
