@@ -11,6 +11,7 @@ does I/O; the spawner calls :meth:`IdentityRules.resolve` on every spawn.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
@@ -41,6 +42,8 @@ from .providers import aws, azure, gcp
 from .providers._common import check_keys, check_template
 from .templates import TemplateError, raw, render
 
+ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+"""Kubernetes' rule for environment variable names (its ``IsEnvVarName``)."""
 RULE_KEYS = {"name", "match", "scope", "service_account", "aws", "gcp", "azure", "env", "adopt"}
 MATCH_KEYS = {"groups", "users"}
 DEFAULT_SERVICE_ACCOUNT = {
@@ -139,8 +142,9 @@ def parse_rule(raw_rule: Any, index: int, trusted_claims: Collection[str] = ()) 
     if not isinstance(env, Mapping):
         raise ConfigError(f"{where}.env: expected a mapping of variable names to templates")
     for key, value in env.items():
-        if not isinstance(key, str) or not key.replace("_", "a").isalnum() or key[:1].isdigit():
-            raise ConfigError(f"{where}.env: invalid environment variable name {key!r}")
+        if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
+            raise ConfigError(f"{where}.env: invalid environment variable name {key!r}: Kubernetes takes letters, "
+                              "digits, '_', '-' and '.', not starting with a digit (ASCII only)")
         check_template(value, f"{where}.env.{key}", group_fields)
 
     blocks = [p for p in ("aws", "gcp", "azure") if p in raw_rule]

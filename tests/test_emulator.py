@@ -200,7 +200,7 @@ async def test_every_namespace_has_the_default_account_and_pods_without_one_use_
     assert status == 201 and created["spec"]["serviceAccountName"] == "default"
 
 
-@pytest.mark.parametrize("key", ["a/b/c", "-bad", "Example.com/x", "x" * 64, "example.com/", "/name"])
+@pytest.mark.parametrize("key", ["a/b/c", "-bad", "x" * 64, "example.com/", "/name", "exa_mple.com/x"])
 async def test_annotation_keys_must_be_qualified_names(http, namespace, key):
     """Real clusters: 422 for a key that is not [DNS-subdomain/]name with a name of at most 63 characters."""
     status, body = await call(http, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
@@ -212,7 +212,9 @@ async def test_annotation_keys_must_be_qualified_names(http, namespace, key):
 
 
 async def test_annotation_keys_that_are_valid_pass(http, namespace):
-    good = {"eks.amazonaws.com/role-arn": "arn", "cloudidentity-spawner/owner": "user:a", "plain_Key.1": "v"}
+    # The API server lower-cases annotation keys before validating them: an upper-case prefix passes.
+    good = {"eks.amazonaws.com/role-arn": "arn", "cloudidentity-spawner/owner": "user:a", "plain_Key.1": "v",
+            "Example.COM/key": "v"}
     status, _ = await call(http, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
                            {"metadata": {"name": "x", "annotations": good}})
     assert status == 201
@@ -230,6 +232,24 @@ async def test_annotations_over_256_kib_are_refused(http, namespace):
     status, body = await call(http, "PATCH", f"{base}/fits", {"metadata": {"annotations": {"example.com/b": "y"}}},
                               "application/merge-patch+json")
     assert status == 422
+
+
+async def test_annotation_size_counts_utf8_bytes(http, namespace):
+    """262144 bytes, not characters: 'é' is two."""
+    base = f"/api/v1/namespaces/{namespace}/serviceaccounts"
+    chars = 256 * 1024 - len("example.com/a")
+    assert (await call(http, "POST", base, {"metadata": {"name": "ascii", "annotations": {"example.com/a": "x" * chars}}}))[0] == 201
+    status, body = await call(http, "POST", base, {"metadata": {"name": "utf8", "annotations": {"example.com/a": "é" * chars}}})
+    assert status == 422 and "Too long" in body["message"]
+
+
+@pytest.mark.parametrize("name", ["DONNÉES", "x²", "1ST", "A=B", ""])
+async def test_invalid_env_names_in_a_pod_are_422(http, namespace, name):
+    spec = pod("p")
+    spec["spec"]["containers"][0]["env"] = [{"name": "OK_1.a-b", "value": "1"}, {"name": name, "value": "v"}]
+    status, body = await call(http, "POST", f"/api/v1/namespaces/{namespace}/pods", spec)
+    assert status == 422, body
+    assert body["details"]["causes"][0]["field"] == "spec.containers[0].env[1].name"
 
 
 async def test_pods_are_deleted_gracefully(http, namespace):

@@ -176,6 +176,9 @@ def test_plan_dict_has_the_documented_shape():
         ({"name": "r", "match": {}, "service_account": "sa-{user}"}, ["('r').service_account", "unknown field {user}"]),
         ({"name": "r", "match": {}, "service_account": "sa-{username!r}"}, ["('r').service_account", "not allowed"]),
         ({"name": "r", "match": {}, "env": {"1X": "v"}}, ["('r').env", "'1X'"]),
+        # str.isalnum() says yes to these; the API server says 422.
+        ({"name": "r", "match": {}, "env": {"DONNÉES": "v"}}, ["('r').env", "'DONNÉES'", "ASCII"]),
+        ({"name": "r", "match": {}, "env": {"x²": "v"}}, ["('r').env", "'x²'"]),
         ({"name": "r", "match": {}, "adopt": "yes"}, ["('r').adopt"]),
         ({"name": "r", "match": {}, "aws": {"managed": {k: v for k, v in MANAGED.items() if k != "permissions_boundary"}}}, ["('r').aws.managed", "'permissions_boundary'"]),
         ({"name": "r", "match": {}, "aws": {"managed": {**MANAGED, "role_path": "jupyterhub"}}}, ["('r').aws.managed.role_path"]),

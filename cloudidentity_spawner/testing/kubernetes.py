@@ -178,15 +178,38 @@ def validate_metadata(resource: str, obj: dict[str, Any]) -> None:
             causes.append(("metadata.labels", f'Invalid value: "{key}": {_QUALIFIED_NAME_MESSAGE}'))
     annotations = meta.get("annotations") or {}
     for key, value in annotations.items():
-        if not _is_qualified_name(key):
+        # The API server lower-cases annotation keys before validating them (not label keys).
+        if not _is_qualified_name(key.lower() if isinstance(key, str) else key):
             causes.append(("metadata.annotations", f'Invalid value: "{key}": {_QUALIFIED_NAME_MESSAGE}'))
         if not isinstance(value, str):
             causes.append(("metadata.annotations", f"Invalid value: {key}: annotation values must be strings"))
-    size = sum(len(str(k)) + len(v if isinstance(v, str) else "") for k, v in annotations.items())
+    size = sum(len(str(k).encode()) + len((v if isinstance(v, str) else "").encode()) for k, v in annotations.items())
     if size > MAX_ANNOTATIONS_BYTES:
         causes.append(("metadata.annotations", f"Too long: must have at most {MAX_ANNOTATIONS_BYTES} bytes"))
+    if resource == "pods":
+        causes += _pod_spec_causes(obj.get("spec") or {})
     if causes:
         raise _invalid(kind, name if isinstance(name, str) else "", causes)
+
+
+ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+"""Kubernetes' environment variable names (``IsEnvVarName``): letters, digits, '-', '.', '_',
+not starting with a digit."""
+
+
+def _pod_spec_causes(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """What validation refuses in a pod's containers: environment variable names."""
+    causes = []
+    for field in ("initContainers", "containers"):
+        for i, container in enumerate(spec.get(field) or []):
+            for j, env in enumerate((container or {}).get("env") or []):
+                name = (env or {}).get("name")
+                if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+                    causes.append((f"spec.{field}[{i}].env[{j}].name", f'Invalid value: "{name}": a valid environment '
+                                   "variable name must consist of alphabetic characters, digits, '_', '-', or '.', and "
+                                   "must not start with a digit (e.g. 'my.env-name',  or 'MY_ENV.NAME',  or "
+                                   "'MyEnvName1', regex used for validation is '[-._a-zA-Z][-._a-zA-Z0-9]*')"))
+    return causes
 
 
 def json_merge_patch(target: Any, patch: Any) -> Any:
@@ -420,7 +443,8 @@ class KubernetesAPI:
     # -- HTTP ----------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware])
+        # kube-apiserver takes request bodies up to 3 MiB (aiohttp: 1 MiB by default).
+        app = web.Application(middlewares=[self._middleware], client_max_size=3 * 1024 * 1024)
         r = app.router
         r.add_get("/version", self._version)
         r.add_get("/api", self._api_versions)
