@@ -70,17 +70,22 @@ class Claims:
 
 
 def person_digest(values: Mapping[str, Any], auth_state: Mapping[str, Any] | None = None) -> str | None:
-    """A digest of the login's issuer (its ``iss`` claim, or its stored ID token's) and subject
-    (``sub``; GitHub and GitLab logins: the numeric ``id``): the same for every login of one
-    person at one provider, different for anyone else. None without a subject."""
+    """Who logged in: ``<subject digest>.<issuer digest>`` - the subject (``sub``; GitHub and
+    GitLab logins: the numeric ``id``) and the issuer (its ``iss`` claim, or its stored ID token's;
+    empty when the login shows neither, e.g. after a refresh that brought no ID token). The same
+    for every login of one person, different for anyone else; None without a subject.
+    :func:`.plan.other_person` compares two."""
     subject = values.get("sub", values.get("id"))
     if isinstance(subject, bool) or not isinstance(subject, (str, int)) or subject == "":
         return None
     issuer = values.get("iss")
     if not isinstance(issuer, str) and auth_state is not None:
         issuer = _id_token_issuer(auth_state.get("id_token"))
-    text = f"{issuer or ''}\xff{subject}".encode("utf-8", "surrogatepass")
-    return base64.b32encode(hashlib.sha256(text).digest()).decode().lower()[:26]
+
+    def digest(text: str, length: int) -> str:
+        return base64.b32encode(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()).decode().lower()[:length]
+
+    return f"{digest(str(subject), 26)}.{digest(issuer, 10) if issuer else ''}"
 
 
 def lookup(claims: Mapping[str, Any], path: str) -> Any:

@@ -123,7 +123,16 @@ async def cloud_made(settings: Any) -> list[dict[str, Any]]:
             places[("azure", f"/subscriptions/{managed['subscription_id']}/resourceGroups/{managed['resource_group']}")] = None
     found: list[dict[str, Any]] = []
     for provider, place in places:
-        found += await backend_for(settings, provider).hub_made(place, settings.hub_name)
+        try:
+            found += await backend_for(settings, provider).hub_made(place, settings.hub_name)
+        except IdentityError:
+            raise
+        except Exception as e:  # no credentials, refused, unreachable: one line, nothing done
+            raise IdentityError("", f"gc could not list the hub-made {provider} identities in {place}: "
+                                    f"{type(e).__name__}: {' '.join(str(e).split())[:300]}. gc needs the hub's cloud "
+                                    "credentials: run it where the hub runs (kubectl exec into the hub pod), or give it "
+                                    "the same ones (AWS_PROFILE or AWS_* variables, GOOGLE_APPLICATION_CREDENTIALS, "
+                                    "AZURE_* variables); nothing was changed") from None
     # A path nested in another is listed twice.
     return list({f["identity"]: f for f in found}.values())
 

@@ -103,7 +103,7 @@ class CloudIdentity(LoggingConfigurable):
     )
 
     entitlement_authorities = List(
-        None,
+        default_value=None,  # traitlets reads a positional None as []
         allow_none=True,
         config=True,
         help="""

@@ -34,7 +34,7 @@ from .plan import (
     SCOPE_LABEL,
     IdentityPlan,
 )
-from .providers import aws, azure, backend_for, gcp
+from .providers import aws, azure, backend_for, gcp, with_what_the_cloud_assigned
 from .rules import IdentityRules
 
 STATES = ("ok", "drift", "orphaned", "unknown")
@@ -150,6 +150,8 @@ def judge(account: Account, plan: IdentityPlan | None, reason: str | None = None
     if plan is None:
         return Entry(account, "orphaned", [reason or "no rule plans it"], stale_identity=hub_made_identity(
             account.annotations, managed_places))
+    if plan.cloud is not None and plan.cloud.hub_made and account.annotations.get(MANAGED_IDENTITY_ANNOTATION) == plan.cloud.recorded:
+        plan = with_what_the_cloud_assigned(plan, account.annotations)
     now, planned = account.identity, plan_identity(plan)
     problems = []
     if now != planned:
@@ -311,17 +313,18 @@ async def last_events(accounts: ServiceAccounts, namespaces: Collection[str]) ->
     return latest
 
 
-async def cloud_presence(settings: Any, identities: Collection[str]) -> dict[str, bool | None]:
-    """Whether each hub-made identity exists (None: not checked - principal grants, or the
-    cloud did not answer)."""
-    async def check(identity: str) -> bool | None:
+async def cloud_presence(settings: Any, identities: Collection[str]) -> dict[str, bool | str | None]:
+    """Whether each hub-made identity exists: True, False, None (nothing to check: principal
+    grants have no object of their own), or why it could not be checked (no credentials, the
+    cloud refused or did not answer)."""
+    async def check(identity: str) -> bool | str | None:
         provider, _, name = identity.partition(":")
         if name.startswith("principal://"):
             return None
         try:
             return await backend_for(settings, provider).present(name)
-        except Exception:
-            return None
+        except Exception as e:  # the SDKs' own errors, whatever they are: said, not raised
+            return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
     results = await asyncio.gather(*(check(i) for i in identities))
     return dict(zip(identities, results))
 
@@ -379,9 +382,14 @@ async def survey(settings: Any, config: Any, accounts: ServiceAccounts, hub_user
         present = await cloud_presence(settings, recorded)
         for entry in entries:
             identity = hub_made_identity(entry.account.annotations, places)
-            if identity and present.get(identity) is False and entry.state in ("ok", "drift"):
+            found = present.get(identity) if identity else None
+            if found is False and entry.state in ("ok", "drift"):
                 entry.state = "drift"
                 entry.problems.append(f"{_name(identity)} is missing in the cloud (the owner's next spawn re-creates it)")
+            elif isinstance(found, str) and entry.state in ("ok", "drift"):
+                entry.state = "unknown"  # not "ok": the identity may be gone
+                entry.problems.append(f"{_name(identity)} could not be checked in the cloud ({found}); give the command "
+                                      "the hub's cloud credentials, or use --no-cloud")
     return Survey(entries, listing.searched, listing.complete, listing.recorded)
 
 

@@ -30,8 +30,10 @@ KSA = frozenset(string.ascii_lowercase + string.digits + "-")
 RESOURCE = frozenset(string.ascii_letters + string.digits + "._@+=,-")
 ESCAPES = {"raw": ANY, "ksa": KSA, "resource_part": RESOURCE}
 _ESCAPE_FUNCTIONS: dict[str, Callable[[str], str]] = {"raw": str, "ksa": names.ksa_name, "resource_part": names.resource_part}
-OWNER_FIELDS = ("username", "safe_username", "group", "safe_group", "claims[")
-"""Fields that differ between owners; a template without any names one thing for everyone."""
+OWNER_FIELDS = ("username", "safe_username", "group", "safe_group", "claims[", "namespace")
+"""Fields that differ between owners (with user namespaces, ``{namespace}`` does); a template
+without any names one thing for everyone."""
+_WILDCARDS = "*?"
 
 _formatter = string.Formatter()
 
@@ -53,13 +55,25 @@ class Named:
     """The hub encodes the rendering with the scope (:mod:`.names`): scopes cannot meet."""
     written: str = ""
     """The template as the operator wrote it, when :attr:`template` is derived from it."""
+    covers: bool = False
+    """A rendering reaches what lies under it (a prefix, a resource pattern, an Azure scope): one
+    that is a prefix of another's - at a '/', or before a '*' or '?' - reaches the other's too."""
+    casefold: bool = False
+    """Names that compare case-insensitively (IAM role names)."""
 
     def __str__(self) -> str:
         return f"{self.where} ({(self.written or self.template)!r}, {self.scope} scope)"
 
     @property
     def per_owner(self) -> bool:
-        return any(f"{{{field}" in self.template for field in OWNER_FIELDS)
+        return bool(self.owners)
+
+    @property
+    def owners(self) -> frozenset[str]:
+        """Whose names the template is made of: ``user`` (user name, claims), ``group``, ``namespace``."""
+        kinds = {"username": "user", "safe_username": "user", "claims[": "user", "group": "group", "safe_group": "group",
+                 "namespace": "namespace"}
+        return frozenset(kind for field, kind in kinds.items() if f"{{{field}" in self.template)
 
 
 def _tokens(named: Named, hub: str) -> list[str | frozenset | None]:
@@ -75,10 +89,20 @@ def _tokens(named: Named, hub: str) -> list[str | frozenset | None]:
             out.extend(escape_literal(hub))
         elif field == "rule":
             out.extend(escape_literal(named.rule))
-        elif field in ("namespace", "safe_username", "safe_group"):
+        elif field == "namespace":
             out.append(KSA if charset is ANY else KSA & charset)
+        elif field in ("safe_username", "safe_group"):  # the plain name where the whole is encoded later
+            out.append(ANY if charset is ANY else KSA & charset)
         else:  # username, group, claims[...]
             out.append(charset)
+    if named.casefold:
+        out = [t.lower() if isinstance(t, str) else t if t is ANY else frozenset(c.lower() for c in t) for t in out]
+    if named.covers:
+        wildcard = next((i for i, t in enumerate(out) if isinstance(t, str) and t in _WILDCARDS), None)
+        if wildcard is not None:
+            out = out[:wildcard]  # reaches every name that starts so
+        elif out and out[-1] != "/":
+            out.append("/")  # reaches what lies under it, not its longer siblings
     return out
 
 
@@ -114,15 +138,16 @@ def _done(tokens: Sequence, state: tuple[int, bool]) -> bool:
     return position + inside == len(tokens)
 
 
-def shared_rendering(a: Sequence, b: Sequence) -> str | None:
-    """A string both token sequences can render, or None if there is none."""
+def shared_rendering(a: Sequence, b: Sequence, prefix: bool = False) -> str | None:
+    """A string both token sequences can render (with *prefix*: that *a* renders and that starts
+    some rendering of *b*), or None if there is none."""
     alphabet = _alphabet(a, b)
     start = ((0, False), (0, False))
     parent: dict = {start: None}
     queue = deque([start])
     while queue:
         pair = queue.popleft()
-        if _done(a, pair[0]) and _done(b, pair[1]):
+        if _done(a, pair[0]) and (prefix or _done(b, pair[1])):
             chars = []
             while parent[pair] is not None:
                 pair, char = parent[pair]
@@ -143,18 +168,25 @@ def check_disjoint(named: Iterable[Named], hub: str) -> None:
     items = list(named)
     for i, first in enumerate(items):
         for second in items[i + 1:]:
-            if first.kind != second.kind or first.rule == second.rule:
+            if first.kind != second.kind:
                 continue
+            if first.rule == second.rule and (not (first.per_owner and second.per_owner) or first.owners == second.owners):
+                continue  # one rule's templates of the same owner: the same person gets both
             if not (first.per_owner or second.per_owner):
                 continue  # one fixed name in both: the operator shares it on purpose
             if first.scoped and second.scoped and first.scope != second.scope:
                 continue  # the hub names each scope in a space of its own
-            if first.scope == second.scope and first.template == second.template:
+            if first.scope == second.scope and first.template == second.template and "{rule" not in first.template:
                 continue  # the same owner gets the same name from either rule
-            example = shared_rendering(_tokens(first, hub), _tokens(second, hub))
+            a, b = _tokens(first, hub), _tokens(second, hub)
+            example = shared_rendering(a, b)
+            if example is None and first.covers:
+                example = (shared_rendering(a, b, prefix=True) if first.per_owner else None) or (
+                    shared_rendering(b, a, prefix=True) if second.per_owner else None)
             if example is not None:
                 raise ConfigError(
-                    f"{second} and {first} can name the same {first.kind} for different owners, "
+                    f"{second} and {first} can name the same {first.kind} (or one what lies under the other) for "
+                    "different owners, "
                     f"e.g. {example!r}: a user, group or rule name could take another's identity or data. Give each "
                     "a part of its own that the other cannot render, e.g. 'users/{username}' and 'groups/{group}', "
                     "or 'user-{username}' beside fixed names that do not start with 'user-'"

@@ -153,6 +153,19 @@ class IdentityPlan(_Frozen):
         }
 
 
+def other_person(recorded: str | None, current: str | None) -> bool:
+    """Whether an account or identity recorded for *recorded* (a :func:`.claims.person_digest`)
+    must be refused to a login of *current*: another subject, another issuer where both are known,
+    or a login that names no subject at all. Nothing recorded (made before records): no refusal."""
+    if not recorded:
+        return False
+    if not current:
+        return True
+    subject, _, issuer = recorded.partition(".")
+    now_subject, _, now_issuer = current.partition(".")
+    return subject != now_subject or bool(issuer and now_issuer and issuer != now_issuer)
+
+
 def person_refusal(plan: IdentityPlan, what: str, identity: str | None) -> str:
     """The admin's line when a login with another subject asks for a user's account or identity."""
     return (f"user {plan.user!r} logged in as another person (issuer/subject digest "

@@ -34,6 +34,29 @@ def check_config(config: Config) -> None:
                         f"{rule.label}.{provider}.{block.mode}: needs the {provider} extra "
                         f"(pip install 'cloudidentity-spawner[{provider}]')"
                     ) from None
+    check_group_authorities(config)
+
+
+def check_group_authorities(config: Config) -> None:
+    """JupyterHub's groups (which the rules match too) must trust the same entitlement authorities
+    as the rules: with ``entitlement_authorities`` set, an authenticator that fills JupyterHub's
+    groups with :func:`.auth.auth_state_groups` must be given the same list."""
+    from .auth import auth_state_groups
+
+    wanted = identity_settings(config).entitlement_authorities
+    if wanted is None:
+        return
+    for section in [s for s in config if s.endswith("Authenticator")]:
+        key = config[section].get("auth_state_groups_key")
+        plain = key is auth_state_groups
+        partial_authorities = getattr(key, "keywords", {}).get("authorities") if getattr(key, "func", None) is auth_state_groups else None
+        if plain or (partial_authorities is not None and sorted(partial_authorities) != sorted(wanted)):
+            raise ConfigError(
+                f"c.{section}.auth_state_groups_key trusts {'the login issuer' if plain else list(partial_authorities)} "
+                f"for entitlements but c.CloudIdentitySpawner.entitlement_authorities is {list(wanted)}: JupyterHub's "
+                "groups, which the rules match too, would count other authorities' groups. Use "
+                f"functools.partial(auth_state_groups, authorities={list(wanted)!r})"
+            )
 
 
 def check_hook_profiles(config: Config) -> None:

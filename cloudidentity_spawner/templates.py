@@ -6,6 +6,13 @@ Templates use Python's ``str.format`` field syntax with a fixed vocabulary:
 Every value is passed through an *escape* function chosen for the target
 (an ARN, an e-mail, a JSON policy, a Kubernetes name), so a user name can never
 inject syntax into the thing being rendered.
+
+Each value is made safe once, for where it lands. ``{safe_username}`` and ``{safe_group}``
+are the name as a Kubernetes name (lower case ``[a-z0-9-]``, with a hash when it had to
+change): inside an ARN, a prefix, a policy or an e-mail they are used as they are (escaping
+them again would hash the hash); in a name the hub encodes as a whole afterwards (escape
+:func:`raw`: ServiceAccounts, role names, account ids) they are the plain name, like
+``{username}``, and the whole name is encoded once.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from typing import Any
 from .claims import lookup
 
 FIELDS = frozenset({"username", "safe_username", "group", "safe_group", "namespace", "hub", "rule"})
+SAFE_FIELDS = {"safe_username": "username", "safe_group": "group"}
+"""Fields whose value is already safe for every escape, and the plain field they are made from."""
 
 _formatter = string.Formatter()
 
@@ -76,9 +85,14 @@ def render(template: str, context: Mapping[str, Any], escape: Callable[[str], st
                 )
             value = str(value)
         else:
+            if name in SAFE_FIELDS and escape is raw:
+                name = SAFE_FIELDS[name]  # the whole rendering is encoded once, afterwards
             value = context.get(name)
             if value is None:
                 raise TemplateError(f"template {template!r} needs {{{name}}}, which is not known for this user")
+            if name in SAFE_FIELDS:
+                out.append(value)  # safe already, for every target: escaping it again would hash the hash
+                continue
         out.append(escape(value))
     return "".join(out)
 

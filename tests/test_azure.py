@@ -188,6 +188,9 @@ async def test_gc_removes_the_identity_of_a_user_gone_and_one_no_account_records
     await delete_service_account(namespace, "jupyter-gina")
     c = azure_spawner(namespace, arm, hub, "x").config
     found, actions = await run_gc(c, namespace, {"hal": oidc_state(**{"wlcg.groups": ["/escape"]})})
+    # A healthy account is ok: the client and tenant ids Azure chose are what its plan has too.
+    [hal] = [e for e in found.entries if e.account.user == "hal"]
+    assert (hal.state, hal.problems) == ("ok", [])
     prefix = f"azure:/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
     assert sorted((a.kind, a.identity, a.done) for a in actions) == [
         ("delete-account", f"{prefix}{hub}-frank", True), ("delete-identity", f"{prefix}{hub}-gina", True)]

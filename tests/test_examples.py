@@ -52,10 +52,12 @@ SET_FILE = {"cloudidentity-rules": EXAMPLES / "aws/identity_rules.py"}
 """What the values file's header says to give with ``--set-file hub.extraFiles.<name>.stringData=``."""
 
 
-def z2jh_config_file(tmp_path: Path) -> Path:
+def z2jh_config_file(tmp_path: Path, set_file: dict[str, Path] | None = None) -> Path:
     """A jupyterhub_config.py that does what z2jh's does with hub.config, the .py files of
-    hub.extraFiles mounted in jupyterhub_config.d (exec'd in name order), then hub.extraConfig."""
+    hub.extraFiles mounted in jupyterhub_config.d (exec'd in name order), then hub.extraConfig;
+    *set_file* overrides what the values file's header says to give with ``--set-file``."""
     values = yaml.safe_load((EXAMPLES / "z2jh/values.yaml").read_text())
+    set_file = {**SET_FILE, **(set_file or {})}
     lines = ["c = get_config()"]
     for section, traits in values["hub"]["config"].items():
         for trait, value in traits.items():
@@ -64,7 +66,7 @@ def z2jh_config_file(tmp_path: Path) -> Path:
     for name, item in values["hub"].get("extraFiles", {}).items():
         directory, file_name = item["mountPath"].rsplit("/", 1)
         if directory == "/usr/local/etc/jupyterhub/jupyterhub_config.d" and file_name.endswith(".py"):
-            config_d[file_name] = item.get("stringData") or SET_FILE[name].read_text()
+            config_d[file_name] = item.get("stringData") or set_file[name].read_text()
     for file_name in sorted(config_d):
         lines.append(f"exec(compile({config_d[file_name]!r}, {file_name!r}, 'exec'))")
     for key in sorted(values["hub"]["extraConfig"]):  # z2jh runs them in key order
@@ -81,6 +83,16 @@ def test_z2jh_extra_config_runs_as_the_chart_runs_it_and_plans(tmp_path, capsys)
     assert config.JupyterHub.spawner_class == "cloudidentity"
     plan = plan_json(path, "--user", "erin", "--group", "/escape/atlas", capsys=capsys)
     assert plan["cloud"]["identity"] == "arn:aws:iam::123456789012:role/jupyterhub/escape-atlas"
+
+
+def test_the_gke_overlay_with_the_google_rules_plans_google_identities(tmp_path, capsys):
+    """values-gke.yaml's header: the same chart values, the Google Cloud rules file instead of the AWS one."""
+    header = (EXAMPLES / "z2jh/values-gke.yaml").read_text()
+    assert "--set-file hub.extraFiles.cloudidentity-rules.stringData=../gcp/identity_rules.py" in header
+    path = z2jh_config_file(tmp_path, {"cloudidentity-rules": EXAMPLES / "gcp/identity_rules.py"})
+    check_config(cli.load_config(str(path)))
+    plan = plan_json(path, "--user", "carol", "--claims", str(EXAMPLES / "claims/keycloak-carol.json"), capsys=capsys)
+    assert plan["cloud"]["provider"] == "gcp" and plan["rule"] == "staff"
 
 
 def kubernetes_verbs_the_spawner_uses() -> set[str]:
@@ -105,7 +117,7 @@ def test_rbac_covers_every_call_the_spawner_makes():
     assert "create_namespaced_event" in Path(kube.__file__).read_text() and events == {"create", "list"}
     assert "list_namespaced_event" in Path(inventory.__file__).read_text()  # the admin page's latest Event
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub"}]  # z2jh's hub account
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub", "namespace": "jupyterhub"}]  # z2jh's hub account
     # The per-user accounts themselves are never bound to any role.
     assert not any("serviceaccounts" in r["resources"] and "bind" in r["verbs"] for r in role["rules"])
 

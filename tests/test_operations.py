@@ -374,3 +374,21 @@ async def test_gc_revokes_a_hub_made_role_the_account_records_and_no_longer_plan
     assert "cloudidentity-spawner/gc-pending" not in account["metadata"]["annotations"]
     _, again = await run_gc(c, namespace, {"alice": oidc_state(**{"wlcg.groups": ["/escape"]})})
     assert again == []  # nothing left to revoke
+
+
+async def test_without_cloud_credentials_gc_says_so_in_one_line_and_status_does_not_say_ok(namespace, moto_endpoint, hub, tmp_path):
+    db = tmp_path / "jupyterhub.sqlite"
+    hub_database(db, {"alice": ["/escape"]})
+    await spawn(namespace, moto_endpoint, hub, "alice", ["/escape"], [members_rule(hub)])
+    cfg = write_config(tmp_path / "jupyterhub_config.py", namespace, hub, moto_endpoint, db, [members_rule(hub)])
+    no_credentials = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_CONFIG_FILE": os.devnull,
+                      "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    gc = command("gc", "--config", str(cfg), env={**env, **no_credentials})
+    assert gc.returncode == 1 and "Traceback" not in gc.stderr, gc.stderr
+    [line] = gc.stderr.strip().splitlines()
+    assert "NoCredentialsError" in line and "gc needs the hub's cloud credentials" in line
+    status = command("status", "--config", str(cfg), "--json", env={**env, **no_credentials})
+    assert status.returncode == 0, status.stderr
+    [alice] = json.loads(status.stdout)["accounts"]
+    assert alice["state"] == "unknown" and "could not be checked in the cloud (NoCredentialsError" in alice["problems"][0]

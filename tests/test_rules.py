@@ -336,3 +336,118 @@ def test_templates_kept_apart_are_accepted():
                {"bucket": "lab-scratch", "role": "roles/storage.objectUser", "prefix": "groups/{group}"}]}}},
           {"name": "users", "match": {}, "gcp": {"managed": {"project": "my-project", "bucket_roles": [
               {"bucket": "lab-scratch", "role": "roles/storage.objectUser", "prefix": "users/{username}"}]}}})
+
+
+@pytest.mark.parametrize("username", ["alice.smith@example.org", "alice_smith", "Alice", "a" * 80 + "@example.org"])
+@pytest.mark.parametrize("field", ["{username}", "{safe_username}"])
+def test_e_mail_style_names_render_once_within_every_targets_limits(username, field):
+    """{safe_username} is made safe once, for where it lands: before, an ARN re-hashed the hashed
+    name and every user with a dot, '@', '_' or a capital was refused."""
+    from cloudidentity_spawner import names
+
+    sub, rg = "0b1f6471-1bf0-4dda-aec3-cb9272f09590", "jupyterhub-identities"
+    blocks = {
+        "existing role": {"aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/u-{field}"}},
+        "managed role": {"aws": {"managed": {**MANAGED, "role_name": f"u-{field}",
+                                             "inline_policy": {"Statement": [{"Resource": f"arn:aws:s3:::b/{field}/*"}]}}}},
+        "existing account": {"gcp": {"service_account": f"jh-{field}@my-project.iam.gserviceaccount.com"}},
+        "managed account": {"gcp": {"managed": {"project": "my-project", "account_id": f"jh-{field}", "bucket_roles": [
+            {"bucket": "lab-scratch", "role": "roles/storage.objectUser", "prefix": f"users/{field}"}]}}},
+        "azure identity": {"azure": {"managed": {"subscription_id": sub, "resource_group": rg, "location": "westeurope",
+                                                 "oidc_issuer": "https://oidc.example.org/", "identity_name": f"u-{field}"}}},
+    }
+    for what, block in blocks.items():
+        r = rules({"name": "r", "match": {}, "service_account": f"nb-{field}", "env": {"HOME_PREFIX": f"s3://b/{field}"},
+                   **block})
+        plan = r.resolve(user(username), "ns")
+        assert names.is_valid_ksa_name(plan.service_account.name)
+        identity = plan.cloud.identity
+        if what in ("existing role", "managed role"):
+            assert len(identity.rsplit("/", 1)[1]) <= 64
+        elif what in ("existing account", "managed account"):
+            assert names.is_valid_gsa_account_id(identity.split("@")[0])
+        if field == "{safe_username}":
+            safe = names.ksa_name(username)
+            assert plan.env["HOME_PREFIX"] == f"s3://b/{safe}"  # used as it is: one hash, not two
+
+
+def test_an_account_bound_to_a_person_is_refused_to_anyone_else_but_kept_for_them():
+    """Another subject, or a login with no subject, is refused; the same subject after a token
+    refresh that brought no ID token (no issuer) keeps its account and the record its issuer."""
+    from cloudidentity_spawner.claims import claims_from_auth_state
+    from cloudidentity_spawner.kube import service_account_change
+
+    r = rules({"name": "users", "match": {}})
+    first = {"oauth_user": {"sub": "s-1", "iss": "https://iam.example.org/"}}
+    made = service_account_change(None, r.resolve(claims_from_auth_state("alice", first), "ns")).body["metadata"]
+    existing = {"labels": made["labels"], "annotations": made["annotations"]}
+    for state in ({"oauth_user": {"sub": "s-2", "iss": "https://iam.example.org/"}},  # another person
+                  {"oauth_user": {"sub": "s-1", "iss": "https://other.example.org/"}},  # same sub, other issuer
+                  {"oauth_user": {"preferred_username": "alice"}}):  # no subject at all
+        with pytest.raises(IdentityError, match="another account"):
+            service_account_change(existing, r.resolve(claims_from_auth_state("alice", state), "ns"))
+    refreshed = {"oauth_user": {"sub": "s-1"}}  # no iss, no id_token
+    assert service_account_change(existing, r.resolve(claims_from_auth_state("alice", refreshed), "ns")).action == "none"
+
+
+_SUB, _RG = "0b1f6471-1bf0-4dda-aec3-cb9272f09590", "jupyterhub-identities"
+_CONTAINERS = f"/subscriptions/{_SUB}/resourceGroups/{_RG}/providers/Microsoft.Storage/storageAccounts/lab/blobServices/default/containers"
+
+
+def _azure(scope_template):
+    return {"azure": {"managed": {"subscription_id": _SUB, "resource_group": _RG, "location": "westeurope",
+                                  "oidc_issuer": "https://oidc.example.org/", "role_assignments": [
+                                      {"scope": scope_template, "role": "Storage Blob Data Contributor"}]}}}
+
+
+@pytest.mark.parametrize("raw_rules", [
+    # A Pod Identity role: user 'admin' would get an association to the hub rule's admin role.
+    [{"name": "ops", "match": {"users": ["ops*"]}, "scope": "hub",
+      "aws": {"pod_identity": {"cluster": "c", "role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/admin"}}},
+     {"name": "users", "match": {}, "aws": {"pod_identity": {"cluster": "c", "role_arn": f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/{{username}}"}}}],
+    # One reaches under the other: user 'groups' would get data/groups/*, every group's data.
+    [{"name": "teams", "match": {"groups": ["*"]}, "scope": "group", "aws": {"managed": {**MANAGED, "inline_policy": {
+        "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::data/groups/{group}/*"}]}}}},
+     {"name": "users", "match": {}, "aws": {"managed": {**MANAGED, "inline_policy": {
+         "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::data/{username}/*"}]}}}}],
+    # A managed folder holds the folders under it: user 'atlas' would reach projects/atlas/data/.
+    [{"name": "shared", "match": {"users": ["x*"]}, "scope": "hub", "gcp": {"managed": {"project": "my-project", "bucket_roles": [
+        {"bucket": "lab-scratch", "role": "roles/storage.objectUser", "prefix": "projects/atlas/data"}]}}},
+     {"name": "users", "match": {}, "gcp": {"managed": {"project": "my-project", "bucket_roles": [
+         {"bucket": "lab-scratch", "role": "roles/storage.objectUser", "prefix": "projects/{username}"}]}}}],
+    # {namespace} differs per user with user namespaces (jupyterhub-<user>).
+    [{"name": "staff", "match": {"users": ["s*"]}, "scope": "hub", "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jh/jupyterhub-staff"}},
+     {"name": "users", "match": {}, "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jh/{{namespace}}"}}],
+    # Two templates of one rule, of different owners: user 'atlas' would get group atlas's share.
+    [{"name": "users", "match": {"groups": ["*"]}, "aws": {"managed": {**MANAGED, "inline_policy": {"Statement": [
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": ["arn:aws:s3:::data/{username}/*", "arn:aws:s3:::data/{group}/*"]}]}}}}],
+    # The same template in rules 'a' and 'a-b': user 'b-alice' of 'a' and 'alice' of 'a-b' meet.
+    [{"name": "a", "match": {"groups": ["x"]}, "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jh/{{rule}}-{{username}}"}},
+     {"name": "a-b", "match": {}, "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jh/{{rule}}-{{username}}"}}],
+    # IAM role names are case-insensitive: user 'readonly' would be role User-ReadOnly.
+    [{"name": "ro", "match": {"users": ["r*"]}, "scope": "hub", "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jh/User-ReadOnly"}},
+     {"name": "users", "match": {}, "aws": {"role_arn": f"arn:aws:iam::{ACCOUNT}:role/jh/user-{{username}}"}}],
+    # Azure role assignment scopes: user 'atlas' would get group atlas's container.
+    [{"name": "teams", "match": {"groups": ["*"]}, "scope": "group", **_azure(_CONTAINERS + "/{group}")},
+     {"name": "users", "match": {}, **_azure(_CONTAINERS + "/{username}")}],
+], ids=["pod-identity", "policy-under", "folder-under", "namespace", "one-rule", "rule-field", "case", "azure-scope"])
+def test_what_the_attacker_review_found_is_refused_too(raw_rules):
+    with pytest.raises(ConfigError, match="for different owners"):
+        rules(*raw_rules)
+
+
+def test_a_description_claim_cannot_forge_the_person_a_google_account_records():
+    """A description template may carry claims the user edits; the person is read only from the
+    marker that ends the description."""
+    from cloudidentity_spawner.claims import claims_from_auth_state
+    from cloudidentity_spawner.providers.gcp import recorded_person
+
+    r = rules({"name": "users", "match": {}, "gcp": {"managed": {"project": "my-project",
+                                                                   "description": "Notebook of {claims[name]}"}}})
+    victim = claims_from_auth_state("alice", {"oauth_user": {"sub": "victim", "iss": "https://iam.example.org/"}})
+    forged = f"person={victim.person} [cloudidentity-spawner hub=testhub owner=0]"
+    attacker = claims_from_auth_state("alice", {"oauth_user": {"sub": "attacker", "iss": "https://iam.example.org/",
+                                                               "name": forged}})
+    description = r.resolve(attacker, "ns").cloud.resources["service_account"]["description"]
+    assert forged in description
+    assert recorded_person(description) == attacker.person != victim.person

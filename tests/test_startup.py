@@ -55,3 +55,38 @@ print(sum("auth_state is not enabled" in w for w in warnings))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "1"
+
+
+def test_jupyterhub_groups_must_trust_the_same_entitlement_authorities_as_the_rules():
+    import functools
+
+    from traitlets.config import Config
+
+    from cloudidentity_spawner.auth import auth_state_groups, configure_indigo_iam
+    from cloudidentity_spawner.errors import ConfigError
+    from cloudidentity_spawner.startup import check_config
+
+    c = Config()
+    c.CloudIdentitySpawner.identity_rules = [{"name": "all", "match": {}}]
+    c.CloudIdentitySpawner.entitlement_authorities = ["urn:mace:egi.eu#aai.egi.eu"]
+    c.GenericOAuthenticator.auth_state_groups_key = auth_state_groups  # trusts the login issuer instead
+    with pytest.raises(ConfigError, match="GenericOAuthenticator.auth_state_groups_key"):
+        check_config(c)
+    c.GenericOAuthenticator.auth_state_groups_key = functools.partial(auth_state_groups, authorities=["aai.egi.eu"])
+    with pytest.raises(ConfigError, match="entitlement_authorities"):
+        check_config(c)
+    c.GenericOAuthenticator.auth_state_groups_key = functools.partial(auth_state_groups, authorities=["urn:mace:egi.eu#aai.egi.eu"])
+    check_config(c)
+    indigo = Config()
+    indigo.CloudIdentitySpawner.identity_rules = [{"name": "all", "match": {}}]
+    configure_indigo_iam(indigo, "https://iam-escape.cloud.cnaf.infn.it/", client_id="hub", client_secret="s",
+                         callback_url="https://hub.example.org/hub/oauth_callback")
+    check_config(indigo)  # the helper sets both alike
+
+
+def test_the_entitlement_authority_defaults_to_the_logins_issuer():
+    """Unset is None (the login's issuer), not [] (no authority at all)."""
+    from cloudidentity_spawner.claims import user_claims  # noqa: F401
+    from cloudidentity_spawner.config import CloudIdentity
+
+    assert CloudIdentity().entitlement_authorities is None

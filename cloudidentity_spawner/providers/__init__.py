@@ -56,3 +56,17 @@ def backend_for(settings: Any, provider: str) -> Any:
         return _shared(("azure", id(factory)), "azure_msi", "ManagedIdentities", factory,
                        max_concurrent_calls=settings.azure_max_concurrent_calls, **common)
     raise ConfigError(f"no backend manages {provider!r} identities")
+
+
+def with_what_the_cloud_assigned(plan: Any, annotations: Any) -> Any:
+    """*plan* completed with what the cloud chose when it made the identity and the account
+    records (an Azure identity's client and tenant ids), for comparing the account with its plan
+    outside a spawn (``status``, the admin page) - a spawn learns them from the cloud."""
+    from . import azure
+
+    cloud = plan.cloud
+    if cloud is not None and cloud.provider == "azure" and cloud.mode == "managed":
+        client, tenant = (annotations.get(k) for k in azure.ANNOTATIONS)
+        if client and tenant:
+            return azure.with_identity_ids(plan, client, tenant)
+    return plan

@@ -86,6 +86,14 @@ def parse_role_arn(arn: str) -> RoleArn:
     return RoleArn(match["partition"], match["account"], match["path"], match["name"])
 
 
+def render_role_arn(template: str, context: Mapping[str, Any]) -> str:
+    """An operator's role ARN from its template: the path with each value escaped (no '/', '*'),
+    the role name rendered once and encoded as a whole - valid, at most 64 characters, a hash
+    when it had to change (``u-{username}`` stays ``u-alice``)."""
+    start = _after_last_literal_slash(template)
+    return render(template[:start], context, names.resource_part) + names.iam_role_name(render(template[start:], context, raw))
+
+
 def parse_oidc_provider_arn(arn: str) -> tuple[str, str, str]:
     """``(partition, account, issuer)`` of an IAM OIDC provider ARN such as
     ``arn:aws:iam::123456789012:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/ABC``."""
@@ -229,7 +237,7 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
     if "role_arn" in block:
         template = check_template(block["role_arn"], f"{where}.role_arn", forbidden, trusted_claims)
         try:
-            parse_role_arn(render(template, SAMPLE_CONTEXT, names.resource_part))
+            parse_role_arn(render_role_arn(template, SAMPLE_CONTEXT))
         except (ValueError, TemplateError) as e:
             raise ConfigError(f"{where}.role_arn: {e}") from None
         return AwsSettings(role_arn=template, sts_regional_endpoints=sts, token_expiration=expiration)
@@ -272,7 +280,7 @@ def _parse_pod_identity(block: Any, where: str, forbidden: set[str], trusted_cla
         raise ConfigError(f"{where}.cluster: expected an EKS cluster name (1-100 of [A-Za-z0-9_-]), got {settings['cluster']!r}")
     template = check_template(settings["role_arn"], f"{where}.role_arn", forbidden, trusted_claims)
     try:
-        parse_role_arn(render(template, SAMPLE_CONTEXT, names.resource_part))
+        parse_role_arn(render_role_arn(template, SAMPLE_CONTEXT))
     except (ValueError, TemplateError) as e:
         raise ConfigError(f"{where}.role_arn: {e}") from None
     if "session_policy" in settings:
@@ -323,7 +331,7 @@ def plan(settings: AwsSettings, context: Mapping[str, Any], scope: str, owner: s
     annotations: dict[str, str] = {}
     if settings.pod_identity is not None:
         block = settings.pod_identity
-        arn = render(block["role_arn"], context, names.resource_part)
+        arn = render_role_arn(block["role_arn"], context)
         parse_role_arn(arn)
         association = {
             "clusterName": block["cluster"],
@@ -346,7 +354,7 @@ def plan(settings: AwsSettings, context: Mapping[str, Any], scope: str, owner: s
         annotations[TOKEN_EXPIRATION_ANNOTATION] = str(settings.token_expiration)
 
     if settings.role_arn is not None:
-        arn = render(settings.role_arn, context, names.resource_part)
+        arn = render_role_arn(settings.role_arn, context)
         parse_role_arn(arn)
         annotations[ROLE_ARN_ANNOTATION] = arn
         return annotations, CloudPlan(provider="aws", mode="existing", identity=arn)
@@ -391,22 +399,22 @@ def named_templates(settings: AwsSettings, where: str, rule: str, scope: str) ->
     that no two rules can name the same one for different owners (:mod:`..overlap`). IAM role
     names are unique in an account whatever their path, so roles compare as ``<account>:<name>``."""
     found = []
-    arn = settings.role_arn
-    if arn is not None and ":role/" in arn:
-        head, _, rest = arn.partition(":role/")
-        name_start = _after_last_literal_slash(rest)
-        found.append(Named(f"{where}.role_arn", rule, scope, ROLE_NAME_KIND, f"{head}:{rest[name_start:]}",
-                           "resource_part", written=arn))
+    for key, arn in (("role_arn", settings.role_arn), ("pod_identity.role_arn", (settings.pod_identity or {}).get("role_arn"))):
+        if arn is not None and ":role/" in arn:
+            head, _, rest = arn.partition(":role/")
+            name_start = _after_last_literal_slash(rest)
+            found.append(Named(f"{where}.{key}", rule, scope, ROLE_NAME_KIND, f"{head}:{rest[name_start:]}",
+                               "raw", written=arn, casefold=True))
     if settings.managed is not None:
         partition, account, _ = parse_oidc_provider_arn(settings.managed["oidc_provider_arn"])
         template = settings.managed.get("role_name", DEFAULT_ROLE_NAME[scope])
         found.append(Named(f"{where}.managed.role_name", rule, scope, ROLE_NAME_KIND,
-                           f"arn:{partition}:iam::{account}:{template}", "raw", scoped=True, written=template))
-        found += [Named(f"{where}.managed.inline_policy", rule, scope, "policy value", text, "resource_part")
+                           f"arn:{partition}:iam::{account}:{template}", "raw", scoped=True, written=template, casefold=True))
+        found += [Named(f"{where}.managed.inline_policy", rule, scope, "policy value", text, "resource_part", covers=True)
                   for text in json_strings(settings.managed.get("inline_policy") or {})]
     if settings.pod_identity is not None:
-        found += [Named(f"{where}.pod_identity.session_policy", rule, scope, "policy value", text, "resource_part")
-                  for text in json_strings(settings.pod_identity.get("session_policy") or {})]
+        found += [Named(f"{where}.pod_identity.session_policy", rule, scope, "policy value", text, "resource_part",
+                        covers=True) for text in json_strings(settings.pod_identity.get("session_policy") or {})]
     return found
 
 

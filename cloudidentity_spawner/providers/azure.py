@@ -104,12 +104,12 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
     if parsed is None or parsed.scheme != "https" or not parsed.netloc or parsed.query or parsed.fragment:
         raise ConfigError(f"{managed_where}.oidc_issuer: expected the cluster's OIDC issuer URL (az aks show --query "
                           f"oidcIssuerProfile.issuerUrl), https://..., got {issuer!r}")
-    template = check_template(managed.get("identity_name", "{hub}-{username}"), f"{managed_where}.identity_name",
-                              forbidden, trusted_claims)
-    try:  # any rendering becomes a valid name (names.azure_identity_name); only a bad template fails
-        render(template, SAMPLE_CONTEXT, raw)
-    except TemplateError as e:
-        raise ConfigError(f"{managed_where}.identity_name: {e}") from None
+    if "identity_name" in managed:  # the default suits each scope (DEFAULT_IDENTITY_NAME)
+        template = check_template(managed["identity_name"], f"{managed_where}.identity_name", forbidden, trusted_claims)
+        try:  # any rendering becomes a valid name (names.azure_identity_name); only a bad template fails
+            render(template, SAMPLE_CONTEXT, raw)
+        except TemplateError as e:
+            raise ConfigError(f"{managed_where}.identity_name: {e}") from None
     assignments = managed.get("role_assignments", [])
     if not isinstance(assignments, list):
         raise ConfigError(f"{managed_where}.role_assignments: expected a list of {{scope, role}} mappings")
@@ -208,5 +208,8 @@ def named_templates(settings: AzureSettings, where: str, rule: str, scope: str) 
         return []
     managed = settings.managed
     template = managed.get("identity_name", DEFAULT_IDENTITY_NAME[scope])
-    return [Named(f"{where}.managed.identity_name", rule, scope, "Azure managed identity",
-                  f"{managed['subscription_id']}/{managed['resource_group']}/{template}", "raw", scoped=True)]
+    found = [Named(f"{where}.managed.identity_name", rule, scope, "Azure managed identity",
+                   f"{managed['subscription_id']}/{managed['resource_group']}/{template}", "raw", scoped=True)]
+    found += [Named(f"{where}.managed.role_assignments[{i}].scope", rule, scope, "Azure role assignment scope",
+                    item["scope"], "resource_part", covers=True) for i, item in enumerate(managed.get("role_assignments", []))]
+    return found

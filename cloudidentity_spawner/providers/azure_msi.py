@@ -20,7 +20,7 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
 from ..errors import IdentityError
-from ..plan import MANAGED_BY, IdentityPlan, person_refusal, thaw
+from ..plan import MANAGED_BY, IdentityPlan, other_person, person_refusal, thaw
 from ..retry import Backoff
 from .azure import (
     MAX_FEDERATED_CREDENTIALS,
@@ -141,7 +141,7 @@ class ManagedIdentities:
                 f"{TAG_HUB}={want[TAG_HUB]}, {TAG_OWNER}={want[TAG_OWNER]}; refusing to use or change it. Delete it, "
                 "or change the rule's identity_name.",
             )
-        if tags.get(TAG_PERSON) and want.get(TAG_PERSON) and tags[TAG_PERSON] != want[TAG_PERSON]:
+        if plan.scope == "user" and other_person(tags.get(TAG_PERSON), want.get(TAG_PERSON)):
             raise IdentityError(
                 "Your server was not started: your user name was used on this hub by someone who logged in with "
                 "another account, and their cloud identity is not yours to take; ask your hub admin.",

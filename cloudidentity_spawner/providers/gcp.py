@@ -59,7 +59,10 @@ PERSON_MARK = "person="
 
 def recorded_person(description: str) -> str | None:
     """The person a managed account's description says it was made for, or None."""
-    found = re.search(rf"{PERSON_MARK}([a-z2-7]{{26}}) {re.escape(MARKER_START)}", description or "")
+    # Anchored to the ownership marker that ends the description: text before it may come from a
+    # description template with claims the user controls.
+    found = re.search(rf" {PERSON_MARK}([a-z2-7]{{26}}\.(?:[a-z2-7]{{10}})?) {re.escape(MARKER_START)}[^\]]*\]$",
+                      description or "")
     return found.group(1) if found else None
 
 
@@ -123,7 +126,7 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
     if "service_account" in block:
         template = check_template(block["service_account"], f"{where}.service_account", forbidden, trusted_claims)
         try:
-            parse_email(render(template, SAMPLE_CONTEXT, names.ksa_name))
+            parse_email(existing_email(template, SAMPLE_CONTEXT))
         except (ValueError, TemplateError) as e:
             raise ConfigError(f"{where}.service_account: {e}") from None
         return GcpSettings(service_account=template)
@@ -207,10 +210,19 @@ def managed_folder(bucket: str, prefix: str) -> str:
     return f"projects/_/buckets/{bucket}/managedFolders/{prefix}/"
 
 
+def existing_email(template: str, context: Mapping[str, Any]) -> str:
+    """An operator's Google account e-mail from its template: the account id rendered once and
+    encoded as a whole (valid, within 30 characters, collision-free), the domain part escaped."""
+    local, at, domain = template.rpartition("@")
+    if not at:
+        raise ValueError(f"{template!r} is not an e-mail address template")
+    return f"{names.gsa_account_id(render(local, context, raw))}@{render(domain, context, names.ksa_name)}"
+
+
 def plan(settings: GcpSettings, context: Mapping[str, Any], scope: str, owner: str, namespace: str, service_account: str):
     """Return ``(annotations, CloudPlan)`` for one identity. Raises TemplateError/ValueError on bad input."""
     if settings.service_account is not None:
-        email = render(settings.service_account, context, names.ksa_name)
+        email = existing_email(settings.service_account, context)
         parse_email(email)
         return {GSA_ANNOTATION: email}, CloudPlan(provider="gcp", mode="existing", identity=email)
 
@@ -341,7 +353,7 @@ def named_templates(settings: GcpSettings, where: str, rule: str, scope: str) ->
     no two rules can name the same one for different owners (:mod:`..overlap`)."""
     found = []
     if settings.service_account is not None:
-        found.append(Named(f"{where}.service_account", rule, scope, "Google service account", settings.service_account, "ksa"))
+        found.append(Named(f"{where}.service_account", rule, scope, "Google service account", settings.service_account, "raw"))
     if settings.managed is not None:
         template = settings.managed.get("account_id", DEFAULT_ACCOUNT_ID[scope])
         found.append(Named(f"{where}.managed.account_id", rule, scope, "Google service account",
@@ -350,5 +362,5 @@ def named_templates(settings: GcpSettings, where: str, rule: str, scope: str) ->
     for index, item in enumerate(block.get("bucket_roles", [])):
         if "prefix" in item:
             found.append(Named(f"{where}.bucket_roles[{index}].prefix", rule, scope, "Cloud Storage prefix",
-                               item["bucket"] + "/" + item["prefix"], "resource_part"))
+                               item["bucket"] + "/" + item["prefix"], "resource_part", covers=True))
     return found

@@ -7,30 +7,7 @@ c = get_config()  # noqa: F821
 
 c.JupyterHub.spawner_class = "cloudidentity"
 c.KubeSpawner.namespace = "jupyterhub"
-c.CloudIdentitySpawner.hub_name = "lab-hub"
 
-PROJECT = "my-lab-project"
-
-c.CloudIdentitySpawner.identity_rules = [
-    {
-        "name": "genomics",
-        "match": {"groups": ["/labs/genomics"]},
-        "scope": "group",
-        "gcp": {"service_account": f"genomics-notebooks@{PROJECT}.iam.gserviceaccount.com"},
-    },
-    {
-        "name": "staff",
-        "match": {"groups": ["/staff", "/staff/*"]},
-        "scope": "user",
-        "gcp": {
-            "managed": {
-                "project": PROJECT,
-                "project_roles": ["roles/serviceusage.serviceUsageConsumer"],
-                "bucket_roles": [
-                    {"bucket": "lab-scratch", "role": "roles/storage.objectUser", "prefix": "{username}"}
-                ],
-            }
-        },
-        "env": {"SCRATCH_BUCKET": "gs://lab-scratch/{username}"},
-    },
-]
+load_subconfig("identity_rules.py")  # noqa: F821  (relative to this file)
+if "identity_rules" not in c.CloudIdentitySpawner:  # load_subconfig skips a missing file silently
+    raise FileNotFoundError(f"identity_rules.py is missing next to {__file__}")
