@@ -67,6 +67,10 @@ class Claims:
     person: str | None = None
     """Who logged in, for good: a digest of the login's issuer and subject (:func:`person_digest`),
     or None when the login names no subject."""
+    admin: bool = False
+    """Whether the user is a JupyterHub admin (rules can match ``"admin": true``)."""
+    roles: tuple[str, ...] = ()
+    """The user's JupyterHub roles (rules can match ``"roles": [...]``)."""
 
 
 def person_digest(values: Mapping[str, Any], auth_state: Mapping[str, Any] | None = None) -> str | None:
@@ -276,6 +280,8 @@ def claims_from_auth_state(
     claims_key: str | None = None,
     group_claims: Iterable[str] = DEFAULT_GROUP_CLAIMS,
     authorities: Collection[str] | None = None,
+    admin: bool = False,
+    roles: Iterable[str] = (),
 ) -> Claims:
     """Build the :class:`Claims` a spawn is planned from. Entitlements count as group paths only
     from *authorities* (None: the login's own issuer)."""
@@ -285,7 +291,8 @@ def claims_from_auth_state(
     groups = groups_from_claims(values, group_claims, authorities)
     groups += github_team_groups(auth_state or {})
     groups += _string_list(list(hub_groups), "JupyterHub groups")
-    return Claims(username=username, groups=unique(groups), values=values, person=person_digest(values, auth_state))
+    return Claims(username=username, groups=unique(groups), values=values, person=person_digest(values, auth_state),
+                  admin=bool(admin), roles=unique(_string_list(list(roles), "JupyterHub roles")))
 
 
 def hub_groups(user: Any) -> list[str]:
@@ -294,13 +301,20 @@ def hub_groups(user: Any) -> list[str]:
 
 
 def claims_with_settings(settings: Any, username: str, auth_state: Mapping[str, Any] | None,
-                         groups: Iterable[str]) -> Claims:
+                         groups: Iterable[str], admin: bool = False, roles: Iterable[str] = ()) -> Claims:
     """:func:`claims_from_auth_state`, read the way *settings* (a ``CloudIdentity``) say."""
     return claims_from_auth_state(username, auth_state, groups, claims_key=settings.auth_state_claims_key,
-                                  group_claims=settings.claim_groups_keys, authorities=settings.entitlement_authorities)
+                                  group_claims=settings.claim_groups_keys, authorities=settings.entitlement_authorities,
+                                  admin=admin, roles=roles)
+
+
+def hub_roles(user: Any) -> list[str]:
+    """The names of a JupyterHub user's JupyterHub roles."""
+    return [getattr(r, "name", r) for r in (getattr(user, "roles", None) or [])]
 
 
 async def user_claims(settings: Any, user: Any) -> Claims:
     """Claims of a JupyterHub user: their stored login (``auth_state``) plus their
     JupyterHub groups, read the way *settings* (a ``CloudIdentity``) say."""
-    return claims_with_settings(settings, user.name, await user.get_auth_state(), hub_groups(user))
+    return claims_with_settings(settings, user.name, await user.get_auth_state(), hub_groups(user),
+                                bool(getattr(user, "admin", False)), hub_roles(user))

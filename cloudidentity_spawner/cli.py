@@ -31,9 +31,11 @@ from .provisioner import plan_for
 class _PlanUser:
     """The slice of a JupyterHub user that planning reads."""
 
-    def __init__(self, name: str, groups: Sequence[str], auth_state: Any):
+    def __init__(self, name: str, groups: Sequence[str], auth_state: Any, admin: bool = False, roles: Sequence[str] = ()):
         self.name = name
         self.groups = list(groups)
+        self.admin = admin
+        self.roles = list(roles)
         self._auth_state = auth_state
 
     async def get_auth_state(self) -> Any:
@@ -100,7 +102,7 @@ async def plan_command(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
     settings = identity_settings(config)
     namespace = args.namespace or _configured_namespace(config)
-    user = _PlanUser(args.user, args.group, _read_claims(args.claims, args.user))
+    user = _PlanUser(args.user, args.group, _read_claims(args.claims, args.user), args.admin, args.role)
     claims = await user_claims(settings, user)
     plan = await plan_for(settings, _PlanSpawner(user, namespace), claims, namespace)
     return plan.to_dict()
@@ -253,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--config", required=True, help="path to jupyterhub_config.py")
     plan.add_argument("--user", required=True, help="JupyterHub user name")
     plan.add_argument("--group", action="append", default=[], help="a JupyterHub group of the user (repeatable)")
+    plan.add_argument("--admin", action="store_true", help="the user is a JupyterHub admin")
+    plan.add_argument("--role", action="append", default=[], help="a JupyterHub role of the user (repeatable)")
     plan.add_argument("--claims", help="JSON file with the provider claims (or a whole auth_state)")
     plan.add_argument("--namespace", help="Kubernetes namespace (default: the spawner's)")
     plan.add_argument("--json", action="store_true", help="print one JSON object")

@@ -32,6 +32,8 @@ class HubUser:
     groups: tuple[str, ...] = ()
     auth_state: Any = None
     auth_state_known: bool = False
+    admin: bool = False
+    roles: tuple[str, ...] = ()
 
 
 class HubAPI:
@@ -94,7 +96,8 @@ class HubAPI:
             models = await asyncio.gather(*(self._get(session, f"/users/{quote(n, safe='')}") for n in names))
         return {
             name: None if model is None else HubUser(
-                name, tuple(model.get("groups") or ()), model.get("auth_state"), "auth_state" in model)
+                name, tuple(model.get("groups") or ()), model.get("auth_state"), "auth_state" in model,
+                bool(model.get("admin")), tuple(model.get("roles") or ()))
             for name, model in zip(names, models)
         }
 
@@ -115,19 +118,24 @@ class HubDatabase:
             url = url.set(database=f"file:{os.path.abspath(path)}?mode=ro", query={"uri": "true"})
         self.engine = create_engine(url)
 
-    def _read(self, names: list[str] | None) -> dict[str, tuple[tuple[str, ...], Any]]:
+    def _read(self, names: list[str] | None) -> dict[str, tuple[tuple[str, ...], Any, bool, tuple[str, ...]]]:
         from sqlalchemy import text
 
         with self.engine.connect() as db:
-            rows = db.execute(text("SELECT id, name, encrypted_auth_state FROM users")).all()
+            rows = db.execute(text("SELECT id, name, encrypted_auth_state, admin FROM users")).all()
             groups: dict[int, list[str]] = {}
             for user_id, group in db.execute(text(
                 "SELECT m.user_id, g.name FROM user_group_map m JOIN groups g ON g.id = m.group_id"
             )):
                 groups.setdefault(user_id, []).append(group)
+            roles: dict[int, list[str]] = {}
+            for user_id, role in db.execute(text(
+                "SELECT m.user_id, r.name FROM user_role_map m JOIN roles r ON r.id = m.role_id"
+            )):
+                roles.setdefault(user_id, []).append(role)
         wanted = None if names is None else set(names)
-        return {name: (tuple(sorted(groups.get(uid, ()))), state) for uid, name, state in rows
-                if wanted is None or name in wanted}
+        return {name: (tuple(sorted(groups.get(uid, ()))), state, bool(admin), tuple(sorted(roles.get(uid, ()))))
+                for uid, name, state, admin in rows if wanted is None or name in wanted}
 
     async def names(self) -> set[str]:
         return set(await asyncio.to_thread(self._read, None))
@@ -139,9 +147,9 @@ class HubDatabase:
             if name not in rows:
                 found[name] = None
                 continue
-            groups, encrypted = rows[name]
+            groups, encrypted, admin, roles = rows[name]
             state, known = await _decrypt(encrypted)
-            found[name] = HubUser(name, groups, state, known)
+            found[name] = HubUser(name, groups, state, known, admin, roles)
         return found
 
 

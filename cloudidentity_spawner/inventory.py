@@ -199,7 +199,7 @@ def plan_for_account(settings: Any, account: Account, user: HubUser | None,
         return None, None, "the hub plans with an identity_resolver, which only runs in a spawn"
     if account.user is not None:
         try:
-            claims = claims_with_settings(settings, user.name, user.auth_state, user.groups)
+            claims = claims_with_settings(settings, user.name, user.auth_state, user.groups, user.admin, user.roles)
         except IdentityError as e:
             why = e.admin_detail if user.auth_state_known else (
                 "the hub's stored login could not be read (the token needs admin:auth_state, or set "
@@ -408,7 +408,7 @@ async def user_decisions(settings: Any, hub_users: Any, names: list[str], namesp
             row["decision"] = "decided by the hub's identity_resolver at spawn time"
         else:
             try:
-                claims = claims_with_settings(settings, name, user.auth_state, user.groups)
+                claims = claims_with_settings(settings, name, user.auth_state, user.groups, user.admin, user.roles)
                 plan = rules.resolve(claims, namespace)
                 row.update(rule=plan.rule, scope=plan.scope, identity=plan_identity(plan),
                            service_account=f"{plan.service_account.namespace}/{plan.service_account.name}",

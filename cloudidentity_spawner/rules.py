@@ -45,7 +45,7 @@ from .templates import TemplateError, raw, render
 ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 """Kubernetes' rule for environment variable names (its ``IsEnvVarName``)."""
 RULE_KEYS = {"name", "match", "scope", "service_account", "aws", "gcp", "azure", "env", "adopt"}
-MATCH_KEYS = {"groups", "users"}
+MATCH_KEYS = {"groups", "users", "admin", "roles"}
 DEFAULT_SERVICE_ACCOUNT = {
     "user": "jupyter-{username}",
     "group": "jupyter-group-{group}",
@@ -64,6 +64,8 @@ class Rule:
     scope: str
     groups: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
+    admin: bool | None = None
+    roles: tuple[str, ...] = ()
     service_account: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
     aws: aws.AwsSettings | None = None
@@ -79,7 +81,7 @@ class Rule:
     @property
     def matches_everyone(self) -> bool:
         """``match: {}``: no groups and no users listed."""
-        return not self.groups and not self.users
+        return not self.groups and not self.users and self.admin is None and not self.roles
 
     @property
     def label(self) -> str:
@@ -96,6 +98,9 @@ class Rule:
             if hits:
                 return True, hits[0]
         if self.matches_everyone or any(fnmatchcase(claims.username, p) for p in self.users):
+            return True, None
+        if (self.admin is not None and claims.admin == self.admin) or any(
+                fnmatchcase(role, p) for role in claims.roles for p in self.roles):
             return True, None
         return False, None
 
@@ -122,6 +127,10 @@ def parse_rule(raw_rule: Any, index: int, trusted_claims: Collection[str] = ()) 
         raise ConfigError(f"{where}: missing required key 'match' (use {{}} to match everyone)")
     groups = _string_patterns(match["groups"], f"{where}.match.groups") if "groups" in match else ()
     users = _string_patterns(match["users"], f"{where}.match.users") if "users" in match else ()
+    roles = _string_patterns(match["roles"], f"{where}.match.roles") if "roles" in match else ()
+    admin = match.get("admin")
+    if admin is not None and not isinstance(admin, bool):
+        raise ConfigError(f"{where}.match.admin: expected true (JupyterHub admins) or false (everyone else), got {admin!r}")
 
     scope = raw_rule.get("scope", "user")
     if scope not in SCOPES:
@@ -164,6 +173,8 @@ def parse_rule(raw_rule: Any, index: int, trusted_claims: Collection[str] = ()) 
         scope=scope,
         groups=groups,
         users=users,
+        admin=admin,
+        roles=roles,
         service_account=service_account,
         env=dict(env),
         aws=aws_settings,

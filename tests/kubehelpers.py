@@ -19,8 +19,10 @@ class FakeGroup:
 class SpawnUser:
     """The part of jupyterhub.user.User a spawner uses."""
 
-    def __init__(self, name: str, auth_state: Any = None, groups=()):
+    def __init__(self, name: str, auth_state: Any = None, groups=(), admin: bool = False, roles=()):
         self.name = name
+        self.admin = admin
+        self.roles = [FakeGroup(r) for r in roles]  # JupyterHub's roles are objects with a name too
         self.id = abs(hash(name)) % 100000
         self.url = f"/user/{name}/"
         self.server = None

@@ -127,3 +127,16 @@ def test_json_output_is_only_the_plan_even_when_the_config_prints(tmp_path):
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["rule"] == "everyone"
     assert "Loading /usr/local/etc/jupyterhub/secret/values.yaml" in out.stderr
+
+
+def test_plan_shows_what_an_admin_and_a_role_get(tmp_path):
+    config = tmp_path / "jupyterhub_config.py"
+    config.write_text(
+        "c = get_config()\n"
+        "c.CloudIdentitySpawner.identity_rules = [{'name': 'admins', 'match': {'admin': True}, 'scope': 'hub'},\n"
+        "    {'name': 'instructors', 'match': {'roles': ['instructor*']}, 'scope': 'hub'},\n"
+        "    {'name': 'everyone', 'match': {}}]\n"
+    )
+    plans = {args: json.loads(run_plan("--config", str(config), "--user", "ann", "--json", *args).stdout)["rule"]
+             for args in [(), ("--admin",), ("--role", "instructor-fall")]}
+    assert plans == {(): "everyone", ("--admin",): "admins", ("--role", "instructor-fall"): "instructors"}

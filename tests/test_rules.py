@@ -451,3 +451,16 @@ def test_a_description_claim_cannot_forge_the_person_a_google_account_records():
     description = r.resolve(attacker, "ns").cloud.resources["service_account"]["description"]
     assert forged in description
     assert recorded_person(description) == attacker.person != victim.person
+
+
+def test_rules_can_match_jupyterhub_admins_and_roles():
+    """2i2c's singleuserAdmin.serviceAccountName, as a rule: admins get an identity of their own."""
+    r = rules({"name": "admins", "match": {"admin": True}, "scope": "hub"},
+              {"name": "graders", "match": {"roles": ["grader-*"], "groups": ["/staff"]}},
+              {"name": "everyone", "match": {}})
+    assert r.resolve(dataclasses.replace(user("ann"), admin=True), "ns").rule == "admins"
+    assert r.resolve(dataclasses.replace(user("bob"), roles=("grader-fall",)), "ns").rule == "graders"
+    assert r.resolve(user("cid", "/staff"), "ns").rule == "graders"  # either key matches
+    assert r.resolve(user("dan"), "ns").rule == "everyone"
+    with pytest.raises(ConfigError, match=r"match\.admin: expected true"):
+        rules({"name": "x", "match": {"admin": "yes"}})

@@ -677,3 +677,15 @@ async def test_containers_given_as_z2jh_gives_them_get_the_irsa_role_too(namespa
     [init] = pod["spec"]["initContainers"]
     assert {e["name"]: e.get("value") for e in init["env"]}["MODE"] == "0700"
     assert {m["name"] for m in init["volumeMounts"]} == {"home", "aws-iam-token"}
+
+
+async def test_a_jupyterhub_admin_gets_the_admin_rules_identity(namespace):
+    rules = [{"name": "admins", "match": {"admin": True}, "scope": "hub",
+              "aws": {"role_arn": "arn:aws:iam::123456789012:role/jupyterhub/hub-admins"}}, *RULES]
+    spawner = make_spawner(CloudIdentitySpawner, spawner_config(namespace, rules),
+                           SpawnUser("ada", oidc_state(**{"wlcg.groups": ["/escape"]}), admin=True))
+    _, pod = await start_and_stop(spawner)
+    sa = await read("serviceaccount", namespace, pod["spec"]["serviceAccountName"])
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("role/jupyterhub/hub-admins")
+    _, member = await start_and_stop(spawner_for(namespace, "ben", ["/escape"], rules=rules))
+    assert member["spec"]["serviceAccountName"] == "jupyter-ben"  # not an admin: the members rule
