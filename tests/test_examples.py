@@ -95,6 +95,18 @@ def test_the_gke_overlay_with_the_google_rules_plans_google_identities(tmp_path,
     assert plan["cloud"]["provider"] == "gcp" and plan["rule"] == "staff"
 
 
+def test_the_aks_overlay_with_the_azure_rules_plans_azure_identities(tmp_path, capsys):
+    """values-aks.yaml's header: the same chart values, the Azure rules file instead of the AWS one."""
+    overlay = yaml.safe_load((EXAMPLES / "z2jh/values-aks.yaml").read_text())
+    assert overlay["hub"]["labels"] == {"azure.workload.identity/use": "true"}
+    assert "--set-file hub.extraFiles.cloudidentity-rules.stringData=../azure/identity_rules.py" in (
+        EXAMPLES / "z2jh/values-aks.yaml").read_text()
+    path = z2jh_config_file(tmp_path, {"cloudidentity-rules": EXAMPLES / "azure/identity_rules.py"})
+    check_config(cli.load_config(str(path)))
+    plan = plan_json(path, "--user", "dave", "--claims", str(EXAMPLES / "claims/escape-iam-dave.json"), capsys=capsys)
+    assert plan["cloud"]["provider"] == "azure" and plan["rule"] == "escape-members"
+
+
 def kubernetes_verbs_the_spawner_uses() -> set[str]:
     tree = ast.parse(Path(kube.__file__).read_text())
     verbs = {"read": "get", "create": "create", "patch": "patch", "delete": "delete", "list": "list"}
