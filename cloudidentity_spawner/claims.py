@@ -73,18 +73,14 @@ class Claims:
     """The user's JupyterHub roles (rules can match ``"roles": [...]``)."""
 
 
-def person_digest(values: Mapping[str, Any], auth_state: Mapping[str, Any] | None = None) -> str | None:
+def person_digest(values: Mapping[str, Any], issuer: str | None) -> str | None:
     """Who logged in: ``<subject digest>.<issuer digest>`` - the subject (``sub``; GitHub and
-    GitLab logins: the numeric ``id``) and the issuer (its ``iss`` claim, or its stored ID token's;
-    empty when the login shows neither, e.g. after a refresh that brought no ID token). The same
-    for every login of one person, different for anyone else; None without a subject.
-    :func:`.plan.other_person` compares two."""
+    GitLab logins: the numeric ``id``) and the issuer (:func:`login_issuer`; empty when the login
+    shows none, e.g. after a refresh that brought no ID token). The same for every login of one
+    person, different for anyone else; None without a subject. :func:`.plan.other_person` compares two."""
     subject = values.get("sub", values.get("id"))
     if isinstance(subject, bool) or not isinstance(subject, (str, int)) or subject == "":
         return None
-    issuer = values.get("iss")
-    if not isinstance(issuer, str) and auth_state is not None:
-        issuer = _id_token_issuer(auth_state.get("id_token"))
 
     def digest(text: str, length: int) -> str:
         return base64.b32encode(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()).decode().lower()[:length]
@@ -190,13 +186,20 @@ def entitlement_group(urn: str, authorities: Collection[str] = ()) -> str | None
     return f"{namespace}:group:{':'.join(parts)}" + ("" if authority is None else f"#{authority}")
 
 
-def login_authorities(claims: Mapping[str, Any], auth_state: Mapping[str, Any] | None = None) -> tuple[str, ...]:
-    """The entitlement authority a login vouches for by default: its issuer's host name (from the
-    claims' ``iss``, or the ``iss`` of the ID token OAuthenticator stored), or none."""
+def login_issuer(claims: Mapping[str, Any], auth_state: Mapping[str, Any] | None = None) -> str | None:
+    """The login's issuer: the claims' ``iss``, or the ``iss`` of the ID token OAuthenticator stored."""
     issuer = claims.get("iss")
     if not isinstance(issuer, str) and auth_state is not None:
         issuer = _id_token_issuer(auth_state.get("id_token"))
-    host = urllib.parse.urlparse(issuer).hostname if isinstance(issuer, str) else None
+    return issuer if isinstance(issuer, str) else None
+
+
+def login_authorities(claims: Mapping[str, Any], auth_state: Mapping[str, Any] | None = None,
+                      issuer: str | None = None) -> tuple[str, ...]:
+    """The entitlement authority a login vouches for by default: its issuer's host name, or none
+    (*issuer*, when the caller has read it already: :func:`login_issuer`)."""
+    issuer = issuer or login_issuer(claims, auth_state)
+    host = urllib.parse.urlparse(issuer).hostname if issuer else None
     return (host,) if host else ()
 
 
@@ -286,12 +289,13 @@ def claims_from_auth_state(
     """Build the :class:`Claims` a spawn is planned from. Entitlements count as group paths only
     from *authorities* (None: the login's own issuer)."""
     values = find_user_claims(auth_state, claims_key)
+    issuer = login_issuer(values, auth_state)
     if authorities is None:
-        authorities = login_authorities(values, auth_state)
+        authorities = login_authorities(values, issuer=issuer)
     groups = groups_from_claims(values, group_claims, authorities)
     groups += github_team_groups(auth_state or {})
     groups += _string_list(list(hub_groups), "JupyterHub groups")
-    return Claims(username=username, groups=unique(groups), values=values, person=person_digest(values, auth_state),
+    return Claims(username=username, groups=unique(groups), values=values, person=person_digest(values, issuer),
                   admin=bool(admin), roles=unique(_string_list(list(roles), "JupyterHub roles")))
 
 

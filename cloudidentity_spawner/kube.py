@@ -31,8 +31,7 @@ from .plan import (
     SCOPE_LABEL,
     USER_LABEL,
     IdentityPlan,
-    other_person,
-    person_refusal,
+    refuse_another_person,
 )
 from .providers import aws, azure, gcp
 from .retry import Backoff, describe
@@ -99,12 +98,8 @@ def service_account_change(existing: Mapping[str, Any] | None, plan: IdentityPla
             "two identities map to one name - change the rule's service_account template.",
         )
     person = annotations.get(PERSON_ANNOTATION)
-    if ours and owner == plan.owner and other_person(person, want_annotations.get(PERSON_ANNOTATION)):
-        raise IdentityError(
-            "Your server was not started: your user name was used on this hub by someone who logged in with another "
-            "account, and their cloud identity is not yours to take; ask your hub admin.",
-            person_refusal(plan, f"ServiceAccount {where}", plan.cloud.identity if plan.cloud else None),
-        )
+    if ours and owner == plan.owner:
+        refuse_another_person(plan, person, f"ServiceAccount {where}")
     if person and want_annotations.get(PERSON_ANNOTATION, "").endswith("."):
         want_annotations[PERSON_ANNOTATION] = person  # this login shows no issuer: the record keeps it
     if not ours:

@@ -183,34 +183,26 @@ def is_valid_label_value(name: str) -> bool:
 
 
 def ksa_name(value: str, scope: str = "user") -> str:
-    """Encode *value* as a valid, collision-free Kubernetes ServiceAccount name.
-
-    With *scope* ``"group"`` or ``"hub"``, the name always ends in a hash of the scope and *value*,
-    so no user's name can be the same (see the module's docstring)."""
+    """Encode *value* as a valid, collision-free Kubernetes ServiceAccount name (a group's or
+    hub rule's with *scope*: see the module's docstring)."""
     return _KSA.encode(value, scope)
 
 
 def iam_role_name(value: str, scope: str = "user") -> str:
-    """Encode *value* as a valid, collision-free IAM role name (IAM compares names case-insensitively).
-
-    With *scope* ``"group"`` or ``"hub"``, the name always ends in a hash of the scope and *value*,
-    so no user's name can be the same (see the module's docstring)."""
+    """Encode *value* as a valid, collision-free IAM role name (IAM compares names case-insensitively;
+    a group's or hub rule's with *scope*: see the module's docstring)."""
     return _IAM_ROLE.encode(value, scope)
 
 
 def gsa_account_id(value: str, scope: str = "user") -> str:
-    """Encode *value* as a valid, collision-free Google service account id (6-30 characters).
-
-    With *scope* ``"group"`` or ``"hub"``, the name always ends in a hash of the scope and *value*,
-    so no user's name can be the same (see the module's docstring)."""
+    """Encode *value* as a valid, collision-free Google service account id (6-30 characters;
+    a group's or hub rule's with *scope*: see the module's docstring)."""
     return _GSA_ID.encode(value, scope)
 
 
 def azure_identity_name(value: str, scope: str = "user") -> str:
-    """Encode *value* as a valid, collision-free Azure managed identity name (3-128 characters).
-
-    With *scope* ``"group"`` or ``"hub"``, the name always ends in a hash of the scope and *value*,
-    so no user's name can be the same (see the module's docstring)."""
+    """Encode *value* as a valid, collision-free Azure managed identity name (3-128 characters;
+    a group's or hub rule's with *scope*: see the module's docstring)."""
     return _AZURE_IDENTITY.encode(value, scope)
 
 

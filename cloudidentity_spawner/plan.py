@@ -166,11 +166,22 @@ def other_person(recorded: str | None, current: str | None) -> bool:
     return subject != now_subject or bool(issuer and now_issuer and issuer != now_issuer)
 
 
-def person_refusal(plan: IdentityPlan, what: str, identity: str | None) -> str:
-    """The admin's line when a login with another subject asks for a user's account or identity."""
-    return (f"user {plan.user!r} logged in as another person (issuer/subject digest "
-            f"{plan.service_account.annotations.get(PERSON_ANNOTATION)}) than the one {what} was made for: a reused "
-            "user name is never given the earlier person's identity. If the name now belongs to someone new, move or "
-            "delete the earlier person's data (e.g. their scratch prefix), delete the ServiceAccount "
-            f"{plan.service_account.namespace}/{plan.service_account.name}, then run `cloudidentity-spawner gc --apply` "
-            f"to remove its hub-made identity{f' ({identity})' if identity else ''}; the next spawn makes new ones")
+def refuse_another_person(plan: IdentityPlan, recorded: str | None, what: str) -> None:
+    """Raise IdentityError if *what* (an account or identity, for the admin's line) was made for
+    *recorded*, a person the plan's login is not (:func:`other_person`): a reused user name is never
+    given the earlier person's identity. Shared (group, hub) identities belong to no one person."""
+    want = plan.service_account.annotations.get(PERSON_ANNOTATION)
+    if plan.scope != "user" or not other_person(recorded, want):
+        return
+    from .errors import IdentityError
+
+    identity = plan.cloud.identity if plan.cloud is not None else None
+    raise IdentityError(
+        "Your server was not started: your user name was used on this hub by someone who logged in with another "
+        "account, and their cloud identity is not yours to take; ask your hub admin.",
+        f"user {plan.user!r} logged in as another person (issuer/subject digest {want}) than the one {what} was made "
+        "for: a reused user name is never given the earlier person's identity. If the name now belongs to someone "
+        "new, move or delete the earlier person's data (e.g. their scratch prefix), delete the ServiceAccount "
+        f"{plan.service_account.namespace}/{plan.service_account.name}, then run `cloudidentity-spawner gc --apply` "
+        f"to remove its hub-made identity{f' ({identity})' if identity else ''}; the next spawn makes new ones",
+    )

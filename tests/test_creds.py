@@ -104,23 +104,28 @@ def start_server(tmp_path, env_extra: dict[str, str]):
     return process, url, Path(log.name)
 
 
-@pytest.fixture(scope="module")
-def with_identity(tmp_path_factory, moto_endpoint, metadata, entra):
-    tmp = tmp_path_factory.mktemp("creds")
+def identity_env(tmp: Path, role: str, moto_endpoint: str, metadata: str, entra: str) -> tuple[dict[str, str], str]:
+    """What the pod of a server with an AWS role (made in moto), a Google and an Azure identity
+    has in its environment (as the webhooks set it), and the role's ARN."""
     iam = boto3.client("iam", endpoint_url=moto_endpoint, region_name="us-east-1")
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Federated": "x"}, "Action": "sts:AssumeRoleWithWebIdentity"}]}
     try:
-        arn = iam.create_role(RoleName="notebook-creds", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        arn = iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
     except iam.exceptions.EntityAlreadyExistsException:
-        arn = iam.get_role(RoleName="notebook-creds")["Role"]["Arn"]
+        arn = iam.get_role(RoleName=role)["Role"]["Arn"]
     token = tmp / "token"
     token.write_text("projected-service-account-token")
-    process, url, log = start_server(tmp, {
-        "AWS_ROLE_ARN": arn, "AWS_WEB_IDENTITY_TOKEN_FILE": str(token), "AWS_ENDPOINT_URL": moto_endpoint,
-        "AWS_REGION": "us-east-1", "GCE_METADATA_HOST": metadata,
-        "AZURE_CLIENT_ID": AZURE_CLIENT, "AZURE_TENANT_ID": AZURE_TENANT, "AZURE_FEDERATED_TOKEN_FILE": str(token),
-        "AZURE_AUTHORITY_HOST": entra + "/",
-    })
+    return {"AWS_ROLE_ARN": arn, "AWS_WEB_IDENTITY_TOKEN_FILE": str(token), "AWS_ENDPOINT_URL": moto_endpoint,
+            "AWS_REGION": "us-east-1", "GCE_METADATA_HOST": metadata, "AZURE_CLIENT_ID": AZURE_CLIENT,
+            "AZURE_TENANT_ID": AZURE_TENANT, "AZURE_FEDERATED_TOKEN_FILE": str(token),
+            "AZURE_AUTHORITY_HOST": entra + "/"}, arn
+
+
+@pytest.fixture(scope="module")
+def with_identity(tmp_path_factory, moto_endpoint, metadata, entra):
+    tmp = tmp_path_factory.mktemp("creds")
+    env, arn = identity_env(tmp, "notebook-creds", moto_endpoint, metadata, entra)
+    process, url, log = start_server(tmp, env)
     yield url, log, arn
     process.terminate()
     process.wait(10)
@@ -272,21 +277,11 @@ c.JupyterHub.load_roles = [
 @pytest.fixture(scope="module")
 def granular_hub(tmp_path_factory, moto_endpoint, metadata, entra):
     tmp = tmp_path_factory.mktemp("granular")
-    token = tmp / "token"
-    token.write_text("projected-service-account-token")
-    iam = boto3.client("iam", endpoint_url=moto_endpoint, region_name="us-east-1")
-    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Federated": "x"}, "Action": "sts:AssumeRoleWithWebIdentity"}]}
-    try:
-        arn = iam.create_role(RoleName="notebook-owner", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
-    except iam.exceptions.EntityAlreadyExistsException:
-        arn = iam.get_role(RoleName="notebook-owner")["Role"]["Arn"]
+    env, _ = identity_env(tmp, "notebook-owner", moto_endpoint, metadata, entra)
     (tmp / "server_config.py").write_text(GRANULAR_SERVER_CONFIG)
     (tmp / "home").mkdir()
     service_token = secrets.token_hex(16)
     port = free_port()
-    env = {"AWS_ROLE_ARN": arn, "AWS_WEB_IDENTITY_TOKEN_FILE": str(token), "AWS_ENDPOINT_URL": moto_endpoint,
-           "AWS_REGION": "us-east-1", "GCE_METADATA_HOST": metadata, "AZURE_CLIENT_ID": AZURE_CLIENT,
-           "AZURE_TENANT_ID": AZURE_TENANT, "AZURE_FEDERATED_TOKEN_FILE": str(token), "AZURE_AUTHORITY_HOST": entra + "/"}
     (tmp / "jupyterhub_config.py").write_text(GRANULAR_HUB_CONFIG.format(
         port=port, hub_port=free_port(), proxy_api_port=free_port(), home=str(tmp / "home" / "{username}"),
         server_config=tmp / "server_config.py", env=env, service_token=service_token))

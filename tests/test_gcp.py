@@ -387,18 +387,24 @@ async def test_gc_removes_the_accounts_of_users_gone_and_accounts_no_serviceacco
     assert await read("serviceaccount", namespace, "jupyter-alice") is None
 
 
+async def team_account_in_two_namespaces(namespace, other, gcp_server, hub, group):
+    """wes (in *namespace*) and xia (in *other*) spawn under group rule *group*: namespace's copy
+    of the group account, the Google account they share (a group's: hashed) and its resource."""
+    await spawn(gcp_spawner(namespace, gcp_server, hub, "wes", group))
+    await spawn(gcp_spawner(other, gcp_server, hub, "xia", group))
+    [account] = await hub_accounts(namespace, hub)
+    email = account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+    assert email.startswith(f"{hub}-team---")
+    return account, email, f"projects/{PROJECT}/serviceAccounts/{email}"
+
+
 async def test_a_shared_account_stops_trusting_one_namespace_and_goes_with_the_last(namespace, gcp_server, hub):
     group = [{"name": "team", "match": {"groups": ["/staff"]}, "scope": "group",
               "gcp": {"managed": {"project": PROJECT, "account_id": f"{hub}-team"}}}]
     moved = [{"name": "team", "match": {"groups": ["/staff"]}, "scope": "group",
               "gcp": {"service_account": f"operators-team@{PROJECT}.iam.gserviceaccount.com"}}]
     async with another_namespace(namespace + "-b") as other:
-        await spawn(gcp_spawner(namespace, gcp_server, hub, "wes", group))
-        await spawn(gcp_spawner(other, gcp_server, hub, "xia", group))
-        [account] = await hub_accounts(namespace, hub)
-        email = account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]  # a group's: hashed
-        assert email.startswith(f"{hub}-team---")
-        resource = f"projects/{PROJECT}/serviceAccounts/{email}"
+        account, email, resource = await team_account_in_two_namespaces(namespace, other, gcp_server, hub, group)
         assert len(members(gcp_server, resource, "roles/iam.workloadIdentityUser")) == 2
         [first, second] = sorted(members(gcp_server, resource, "roles/iam.workloadIdentityUser"))
         await spawn(gcp_spawner(namespace, gcp_server, hub, "wes", moved))
@@ -420,12 +426,7 @@ async def test_a_revocation_repeated_after_a_partial_failure_leaves_a_shared_acc
     group = [{"name": "team", "match": {"groups": ["/staff"]}, "scope": "group",
               "gcp": {"managed": {"project": PROJECT, "account_id": f"{hub}-team"}}}]
     async with another_namespace(namespace + "-b") as other:
-        await spawn(gcp_spawner(namespace, gcp_server, hub, "wes", group))
-        await spawn(gcp_spawner(other, gcp_server, hub, "xia", group))
-        [account] = await hub_accounts(namespace, hub)
-        email = account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]  # a group's: hashed
-        assert email.startswith(f"{hub}-team---")
-        resource = f"projects/{PROJECT}/serviceAccounts/{email}"
+        account, email, resource = await team_account_in_two_namespaces(namespace, other, gcp_server, hub, group)
         settings = identity_settings(gcp_spawner(namespace, gcp_server, hub, "wes", group).config)
         leaving = (namespace, account["metadata"]["name"])
         for _ in range(2):  # run 1, the injected failure (the account stays), run 2

@@ -21,7 +21,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import IdentityError
-from ..plan import MANAGED_BY, IdentityPlan, other_person, person_refusal, thaw
+from ..plan import MANAGED_BY, IdentityPlan, refuse_another_person, thaw
 from ._botocore import BotoBackend
 from .aws import TAG_HUB, TAG_MANAGED_BY, TAG_OWNER, TAG_PERSON, parse_role_arn, tag_value
 from .managed import failed_operation, fingerprint, report_progress, seconds_text
@@ -160,12 +160,7 @@ class ManagedRoles(BotoBackend):
                 f"IAM role {name} is tagged for {tags.get(TAG_OWNER)!r} on hub {tags.get(TAG_HUB)!r}, "
                 f"not {want[TAG_OWNER]!r} on {want[TAG_HUB]!r}; two identities map to one role name.",
             )
-        if plan.scope == "user" and other_person(tags.get(TAG_PERSON), want.get(TAG_PERSON)):
-            raise IdentityError(
-                "Your server was not started: your user name was used on this hub by someone who logged in with "
-                "another account, and their cloud identity is not yours to take; ask your hub admin.",
-                person_refusal(plan, f"IAM role {name}", plan.cloud.identity),
-            )
+        refuse_another_person(plan, tags.get(TAG_PERSON), f"IAM role {name}")
         if current["Path"] != plan.cloud.resources["role"]["path"]:
             raise IdentityError(
                 "Your cloud identity could not be set up; ask your hub admin.",

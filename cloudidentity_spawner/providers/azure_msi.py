@@ -20,7 +20,7 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
 from ..errors import IdentityError
-from ..plan import MANAGED_BY, IdentityPlan, other_person, person_refusal, thaw
+from ..plan import MANAGED_BY, IdentityPlan, refuse_another_person, thaw
 from ..retry import Backoff
 from .azure import (
     MAX_FEDERATED_CREDENTIALS,
@@ -141,12 +141,7 @@ class ManagedIdentities:
                 f"{TAG_HUB}={want[TAG_HUB]}, {TAG_OWNER}={want[TAG_OWNER]}; refusing to use or change it. Delete it, "
                 "or change the rule's identity_name.",
             )
-        if plan.scope == "user" and other_person(tags.get(TAG_PERSON), want.get(TAG_PERSON)):
-            raise IdentityError(
-                "Your server was not started: your user name was used on this hub by someone who logged in with "
-                "another account, and their cloud identity is not yours to take; ask your hub admin.",
-                person_refusal(plan, f"managed identity {plan.cloud.identity}", plan.cloud.identity),
-            )
+        refuse_another_person(plan, tags.get(TAG_PERSON), f"managed identity {plan.cloud.identity}")
 
     async def _ensure_credential(self, msi: Any, group: str, name: str, want: Mapping[str, Any], plan: IdentityPlan) -> bool:
         """The identity's federated credential for the plan's ServiceAccount; True if written."""

@@ -22,7 +22,7 @@ from urllib.parse import quote
 from google.api_core import exceptions as gexc
 
 from ..errors import IdentityError
-from ..plan import IdentityPlan, other_person, person_refusal, thaw
+from ..plan import IdentityPlan, refuse_another_person, thaw
 from ..retry import Backoff
 from .managed import CloudCalls, Converged, failed_operation, fingerprint, report_progress
 from .gcp import MARKER_START, WORKLOAD_IDENTITY_USER, iam_member, ownership_marker, recorded_person
@@ -147,12 +147,7 @@ class ManagedServiceAccounts:
                 f"description; refusing to use or modify it for {plan.owner} (rule {plan.rule!r}). "
                 "Change account_id in the rule.",
             )
-        if plan.scope == "user" and other_person(recorded_person(current.description), recorded_person(account["description"])):
-            raise IdentityError(
-                "Your server was not started: your user name was used on this hub by someone who logged in with "
-                "another account, and their cloud identity is not yours to take; ask your hub admin.",
-                person_refusal(plan, f"Google service account {account['email']}", plan.cloud.identity),
-            )
+        refuse_another_person(plan, recorded_person(current.description), f"Google service account {account['email']}")
         return False
 
     async def _settled(self, email: str, edit: Callable[[], Any]) -> Any:

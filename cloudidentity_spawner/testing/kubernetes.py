@@ -200,12 +200,12 @@ not starting with a digit."""
 def _pod_spec_causes(spec: dict[str, Any]) -> list[tuple[str, str]]:
     """What validation refuses in a pod's containers: environment variable names."""
     causes = []
-    for field in ("initContainers", "containers"):
-        for i, container in enumerate(spec.get(field) or []):
+    for kind in ("initContainers", "containers"):
+        for i, container in enumerate(spec.get(kind) or []):
             for j, env in enumerate((container or {}).get("env") or []):
                 name = (env or {}).get("name")
                 if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
-                    causes.append((f"spec.{field}[{i}].env[{j}].name", f'Invalid value: "{name}": a valid environment '
+                    causes.append((f"spec.{kind}[{i}].env[{j}].name", f'Invalid value: "{name}": a valid environment '
                                    "variable name must consist of alphabetic characters, digits, '_', '-', or '.', and "
                                    "must not start with a digit (e.g. 'my.env-name',  or 'MY_ENV.NAME',  or "
                                    "'MyEnvName1', regex used for validation is '[-._a-zA-Z][-._a-zA-Z0-9]*')"))
