@@ -20,6 +20,7 @@ import string
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from . import names
 from .errors import ConfigError
@@ -164,8 +165,18 @@ def shared_rendering(a: Sequence, b: Sequence, prefix: bool = False) -> str | No
 
 def check_disjoint(named: Iterable[Named], hub: str) -> None:
     """Refuse (ConfigError naming both places) two templates of different rules, of the same
-    kind, that can render the same name for different owners."""
-    items = list(named)
+    kind, that can render the same name for different owners.
+
+    Rules are compiled for every new spawner; the search runs once per set of templates in a
+    process (at hub start-up), not on every spawn path."""
+    overlap = _first_overlap(tuple(named), hub)
+    if overlap is not None:
+        raise ConfigError(overlap)
+
+
+@lru_cache(maxsize=64)
+def _first_overlap(items: tuple[Named, ...], hub: str) -> str | None:
+    """The message for the first pair of *items* that can render alike for different owners."""
     for i, first in enumerate(items):
         for second in items[i + 1:]:
             if first.kind != second.kind:
@@ -184,10 +195,11 @@ def check_disjoint(named: Iterable[Named], hub: str) -> None:
                 example = (shared_rendering(a, b, prefix=True) if first.per_owner else None) or (
                     shared_rendering(b, a, prefix=True) if second.per_owner else None)
             if example is not None:
-                raise ConfigError(
+                return (
                     f"{second} and {first} can name the same {first.kind} (or one what lies under the other) for "
                     "different owners, "
                     f"e.g. {example!r}: a user, group or rule name could take another's identity or data. Give each "
                     "a part of its own that the other cannot render, e.g. 'users/{username}' and 'groups/{group}', "
                     "or 'user-{username}' beside fixed names that do not start with 'user-'"
                 )
+    return None
