@@ -12,7 +12,9 @@ markers is ever deleted (the backends check the tags / description marker themse
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +25,7 @@ from .errors import IdentityError
 from .inventory import Account, Survey, hub_made_identity, our_accounts
 from .kube import ServiceAccounts
 from .plan import GC_PENDING_ANNOTATION, MANAGED_IDENTITY_ANNOTATION
-from .providers import backend_for
+from .providers import backend_for, gcp
 from .provisioner import revoke_identity
 
 
@@ -38,9 +40,17 @@ class Action:
     identity: str | None = None
     skipped: str | None = None
     done: bool = False
+    grant: Grant | None = None
+    """For ``remove-grant``: the grant in an IAM policy whose member is gone."""
+    bindings: list[list[str]] = dataclasses.field(default_factory=list)
+    """For ``delete-identity`` of a Google service account: its grants in the rules' places
+    (``[resource, role, condition title]``), removed before it."""
 
     def describe(self) -> str:
         identity = self.identity.split(":", 1)[1] if self.identity else None
+        if self.kind == "remove-grant":
+            g = self.grant
+            return f"{g.role} on {g.resource} for {g.member}: {self.reason}"
         if self.kind == "delete-account":
             what = f"ServiceAccount {self.account.where}" + (f" and {identity}" if identity else "")
         elif self.kind == "revoke":
@@ -51,7 +61,18 @@ class Action:
 
     def to_dict(self) -> dict[str, Any]:
         return {"action": self.kind, "service_account": self.account.where if self.account else None,
-                "identity": self.identity, "reason": self.reason, "done": self.done, "skipped": self.skipped}
+                "identity": self.identity, "reason": self.reason, "done": self.done, "skipped": self.skipped,
+                **({"grant": dataclasses.asdict(self.grant)} if self.grant else {})}
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One member of one binding (role and condition title) in a resource's IAM policy."""
+
+    resource: str
+    role: str
+    title: str
+    member: str
 
 
 def cleanup_actions(survey: Survey, cloud_made: Iterable[dict[str, Any]], min_age: float,
@@ -106,11 +127,19 @@ def cleanup_actions(survey: Survey, cloud_made: Iterable[dict[str, Any]], min_ag
     return actions
 
 
-async def cloud_made(settings: Any) -> list[dict[str, Any]]:
+async def cloud_made(settings: Any, recorded: Iterable[str] = (), role_paths: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Hub-made identities in the places the rules make them: IAM roles under managed rules'
-    role paths, Pod Identity associations in their clusters, Google accounts in their projects
-    (Workload Identity Federation grants have no object of their own: they go with their account)."""
+    role paths, Pod Identity associations in their clusters, Google accounts in their projects;
+    and in the places of the hub-made identities accounts *recorded* (a rule removed since) and
+    under the IAM *role_paths* an operator names (``gc --role-path``: a rule removed whose
+    accounts are gone too). Grants to principals have no object of their own (:func:`stale_grants`)."""
     places: dict[tuple[str, str], None] = {}
+    for identity in recorded:
+        place = _place_of(identity)
+        if place is not None:
+            places[place] = None
+    for path in role_paths:
+        places[("aws", path)] = None
     for rule in settings.compiled_rules.rules:
         if rule.aws is not None and rule.aws.managed is not None:
             places[("aws", rule.aws.managed["role_path"])] = None
@@ -137,6 +166,123 @@ async def cloud_made(settings: Any) -> list[dict[str, Any]]:
     return list({f["identity"]: f for f in found}.values())
 
 
+async def plan_cleanup(settings: Any, survey: Survey, accounts: ServiceAccounts, min_age: float,
+                       role_paths: Iterable[str] = ()) -> list[Action]:
+    """Everything ``gc`` would do: :func:`cleanup_actions` over the survey and the hub-made
+    identities in the clouds, then :func:`stale_grants`."""
+    places = settings.compiled_rules.managed_places
+    recorded = {i for e in survey.entries if (i := hub_made_identity(e.account.annotations, places))}
+    made = await cloud_made(settings, sorted(recorded), role_paths)
+    actions = cleanup_actions(survey, made, min_age)
+    ours = {i.split(":", 1)[1] for i in recorded | {f["identity"] for f in made} if i.startswith("gcp:")}
+    return actions + await stale_grants(settings, accounts, actions, ours, min_age)
+
+
+def _place_of(identity: str) -> tuple[str, str] | None:
+    """Where a hub-made identity was made, as :func:`cloud_made` searches places."""
+    provider, _, name = identity.partition(":")
+    if provider == "aws" and ":role/" in name:  # arn:...:role/<path>/<name>, the path "/" or "/a/b/"
+        return "aws", name.split(":role", 1)[1].rpartition("/")[0] + "/"
+    if provider == "eks":
+        return "eks", name.split("/", 1)[0]
+    if provider == "gcp" and name.endswith(".iam.gserviceaccount.com"):
+        return "gcp", name.rsplit("@", 1)[1].split(".", 1)[0]
+    if provider == "azure" and name.lower().startswith("/subscriptions/"):
+        parts = name.strip("/").split("/")
+        return "azure", f"/subscriptions/{parts[1]}/resourceGroups/{parts[3]}"
+    return None
+
+
+async def stale_grants(settings: Any, accounts: ServiceAccounts, actions: list[Action], ours: set[str],
+                       min_age: float) -> list[Action]:
+    """Grants the rules' Google blocks made that outlive their member, in the places the rules
+    grant (the project, whole buckets, each managed folder of a bucket the rules grant prefixes
+    in; only bindings of the roles the rules grant there):
+
+    - to a Google service account of this hub (*ours*: recorded by its accounts or carrying its
+      marker) that was deleted - IAM shows ``deleted:serviceAccount:...``: it reaches nothing,
+      but counts against the policy's member limit;
+    - to the Workload Identity Federation principal of a Kubernetes ServiceAccount that no
+      longer exists (deleted by hand: a new account of that name would get its grants);
+    - and a Google service account *actions* delete without an account recording its grants
+      gets them attached, so they go before it (not left as ``deleted:`` members).
+    """
+    wanted: dict[str, set[str]] = {}  # resource (or "folders:<bucket>") -> roles the rules grant there
+    principals: set[str] = set()  # "principal://.../subject/ns/" of the rules' pools
+    for rule in settings.compiled_rules.rules:
+        block = (rule.gcp.managed or rule.gcp.principal) if rule.gcp is not None else None
+        if block is None:
+            continue
+        if rule.gcp.principal is not None:
+            principals.add(gcp.principal_member(block["project_number"], block["workload_identity_pool"], "", "")
+                           .removesuffix("/sa/"))
+        for role in block.get("project_roles", []):
+            wanted.setdefault(f"projects/{block['project']}", set()).add(role)
+        for item in block.get("bucket_roles", []):
+            where = f"folders:{item['bucket']}" if "prefix" in item else f"projects/_/buckets/{item['bucket']}"
+            wanted.setdefault(where, set()).add(item["role"])
+    if not wanted:
+        return []
+    deleting = {a.identity.split(":", 1)[1]: a for a in actions
+                if a.kind == "delete-identity" and a.identity.startswith("gcp:") and not a.skipped}
+    found: list[tuple[Grant, tuple[str, str] | None]] = []
+    try:
+        backend = backend_for(settings, "gcp")
+        resources: dict[str, set[str]] = {}
+        for where, roles in wanted.items():
+            if where.startswith("folders:"):
+                for folder in await backend.managed_folders(where.removeprefix("folders:")):
+                    resources.setdefault(folder, set()).update(roles)
+            else:
+                resources.setdefault(where, set()).update(roles)
+        for resource, roles in sorted(resources.items()):
+            for role, title, member in await backend.grants(resource):
+                kind, _, rest = member.partition(":")
+                if role not in roles:
+                    continue
+                if kind == "serviceAccount" and rest in deleting:
+                    deleting[rest].bindings.append([resource, role, title])
+                elif kind == "deleted" and rest.startswith("serviceAccount:") and rest[15:].partition("?")[0] in ours:
+                    found.append((Grant(resource, role, title, member), None))
+                elif any(member.startswith(p) for p in principals):
+                    namespace, _, name = member.rpartition("/ns/")[2].partition("/sa/")
+                    found.append((Grant(resource, role, title, member), (namespace, name)))
+    except IdentityError:
+        raise
+    except Exception as e:
+        raise IdentityError("", f"gc could not read the Google grants the rules make: {type(e).__name__}: "
+                                f"{' '.join(str(e).split())[:300]}; nothing was changed") from None
+    stale = []
+    present: dict[tuple[str, str], bool | None] = {}
+    for grant, account in found:
+        if account is None:
+            stale.append(Action("remove-grant", "its Google service account was deleted", grant=grant))
+            continue
+        if account not in present:
+            present[account] = await _account_exists(accounts, *account)
+        if present[account] is False:
+            action = Action("remove-grant", f"ServiceAccount {account[0]}/{account[1]} does not exist", grant=grant)
+            if min_age > 0:
+                action.skipped = ("IAM does not say when a grant was made, and a first spawn grants before it makes its "
+                                  "account: run gc --min-age 0 when no first spawn is under way")
+            stale.append(action)
+    return stale
+
+
+async def _account_exists(accounts: ServiceAccounts, namespace: str, name: str) -> bool | None:
+    """Whether the ServiceAccount exists; None if the hub may not read it."""
+    try:
+        await accounts.call(lambda: accounts.api.read_namespaced_service_account(
+            name, namespace, _request_timeout=accounts.request_timeout), f"read ServiceAccount {namespace}/{name}")
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        if e.status == 403:
+            return None
+        raise
+    return True
+
+
 async def apply(actions: list[Action], settings: Any, accounts: ServiceAccounts, hub_users: Any, namespace: str,
                 progress: Callable[[str, int, int], None] | None = None) -> None:
     """Carry out the actions not skipped, each after checking again; record the outcome on each."""
@@ -145,6 +291,8 @@ async def apply(actions: list[Action], settings: Any, accounts: ServiceAccounts,
         try:
             if action.kind == "delete-identity":
                 await _delete_unrecorded(action, settings, accounts, namespace)
+            elif action.kind == "remove-grant":
+                await _remove_grant(action, settings, accounts)
             else:
                 await _act_on_account(action, settings, accounts, hub_users)
         except (IdentityError, ApiException) as e:
@@ -152,14 +300,6 @@ async def apply(actions: list[Action], settings: Any, accounts: ServiceAccounts,
             action.skipped = f"failed: {detail}"
         if progress:
             progress("cleaning up", i, len(todo))
-
-
-async def _running_pods(accounts: ServiceAccounts, namespace: str, name: str) -> list[str]:
-    pods = await accounts.call(
-        lambda: accounts.api.list_namespaced_pod(namespace, field_selector=f"spec.serviceAccountName={name}",
-                                                 _request_timeout=accounts.request_timeout),
-        f"list pods under {namespace}/{name}")
-    return sorted(p.metadata.name for p in pods.items if not p.metadata.deletion_timestamp)
 
 
 async def _act_on_account(action: Action, settings: Any, accounts: ServiceAccounts, hub_users: Any) -> None:
@@ -186,7 +326,7 @@ async def _act_on_account(action: Action, settings: Any, accounts: ServiceAccoun
                           "changed since it was judged (a spawn used it): run gc again to judge it anew")
         return
     version = marked.metadata.resource_version
-    running = await _running_pods(accounts, judged.namespace, judged.name)
+    running = await accounts.running_pods(judged.namespace, judged.name)
     if running:
         await _unmark(accounts, judged, version)
         action.skipped = f"pods started under it meanwhile ({', '.join(running)})"
@@ -199,7 +339,7 @@ async def _act_on_account(action: Action, settings: Any, accounts: ServiceAccoun
         await _unmark(accounts, judged, version, forget_identity=True)
         action.done = True
         return
-    running = await _running_pods(accounts, judged.namespace, judged.name)
+    running = await accounts.running_pods(judged.namespace, judged.name)
     if running:
         action.skipped = (f"a server started under it while its cloud identity was being removed ({', '.join(running)}): "
                           "the account stays, marked, and that server's next start re-creates the identity")
@@ -244,11 +384,29 @@ async def _delete_unrecorded(action: Action, settings: Any, accounts: ServiceAcc
     provider, _, key = action.identity.partition(":")
     if provider == "eks":  # an association names its account: pods may still run under it
         _, ns, name = key.split("/", 2)
-        running = await _running_pods(accounts, ns, name)
+        running = await accounts.running_pods(ns, name)
         if running:
             action.skipped = f"pods still run under {ns}/{name} ({', '.join(running)})"
             return
-    if await revoke_identity(settings, action.identity, None, {}):
+    recorded = {gcp.BINDINGS_ANNOTATION: json.dumps(action.bindings)} if action.bindings else {}
+    if await revoke_identity(settings, action.identity, None, recorded):
         action.done = True
     else:
         action.skipped = "gone already, or without this hub's markers"
+
+
+async def _remove_grant(action: Action, settings: Any, accounts: ServiceAccounts) -> None:
+    grant = action.grant
+    if not grant.member.startswith("deleted:"):  # judged a moment ago: a spawn may have made the account since
+        namespace, _, name = grant.member.rpartition("/ns/")[2].partition("/sa/")
+        if await _account_exists(accounts, namespace, name) is not False:
+            action.skipped = f"ServiceAccount {namespace}/{name} exists now"
+            return
+    try:
+        removed = await backend_for(settings, "gcp").remove_grant(grant.resource, grant.role, grant.title, grant.member)
+    except Exception as e:
+        raise IdentityError("", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
+    if removed:
+        action.done = True
+    else:
+        action.skipped = "gone already"

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -208,7 +209,7 @@ async def gc_command(args: argparse.Namespace) -> dict[str, Any]:
     async def run(settings, config, accounts, users, namespace):
         progress = None if args.json else Progress()
         found = await survey(settings, config, accounts, users, namespace, check_cloud=False, progress=progress)
-        actions = cleanup.cleanup_actions(found, await cleanup.cloud_made(settings), args.min_age)
+        actions = await cleanup.plan_cleanup(settings, found, accounts, args.min_age, args.role_path)
         if args.apply:
             await cleanup.apply(actions, settings, accounts, users, namespace, progress)
         return {"applied": args.apply, "searched": found.searched, "actions": [a.to_dict() for a in actions],
@@ -217,12 +218,18 @@ async def gc_command(args: argparse.Namespace) -> dict[str, Any]:
     return await _operations(args, run)
 
 
+def _role_path(value: str) -> str:
+    if not re.fullmatch(r"/(?:[\x21-\x7e]*/)?", value) or "//" in value:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IAM role path: it starts and ends with '/', e.g. /jupyterhub/old/")
+    return value
+
+
 def _gc_line(action: Any, applied: bool) -> str:
-    verb = {"delete-account": "delete", "revoke": "revoke", "delete-identity": "delete"}[action.kind]
+    verb = {"delete-account": "delete", "revoke": "revoke", "delete-identity": "delete", "remove-grant": "remove"}[action.kind]
     if action.skipped:
         return f"skipped: {verb} {action.describe()} - {action.skipped}"
     if applied:
-        return f"{'deleted' if verb == 'delete' else 'revoked'}: {action.describe()}"
+        return f"{verb.rstrip('e')}ed: {action.describe()}"
     return f"would {verb}: {action.describe()}"
 
 
@@ -269,7 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--apply", action="store_true", help="delete what was found (default: a dry run)")
     gc.add_argument("--min-age", type=float, default=600.0,
                     help="leave cloud identities no account records alone until they are this many seconds old "
-                         "(a spawn makes the identity before its account; default 600)")
+                         "(a spawn makes the identity before its account; default 600); Google grants to a "
+                         "ServiceAccount that does not exist are only removed with --min-age 0 (IAM keeps no date)")
+    gc.add_argument("--role-path", action="append", default=[], metavar="PATH", type=_role_path,
+                    help="also look for this hub's IAM roles under PATH (e.g. /jupyterhub/old/), a role_path no rule "
+                         "names any more; repeatable. The rules' role paths, and those of the roles accounts "
+                         "record, are always searched")
     condition = commands.add_parser(
         "gcp-hub-condition",
         help="print the IAM condition that limits the hub's own GCP role to the roles its rules grant",

@@ -57,6 +57,13 @@ class Account:
         return cls(meta.namespace, meta.name, meta.uid, meta.resource_version, dict(meta.labels or {}),
                    dict(meta.annotations or {}))
 
+    @classmethod
+    def from_json(cls, sa: Mapping[str, Any]) -> Account:
+        """From the plain JSON a watch cache holds."""
+        meta = sa.get("metadata") or {}
+        return cls(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""), meta.get("resourceVersion", ""),
+                   dict(meta.get("labels") or {}), dict(meta.get("annotations") or {}))
+
     @property
     def owner(self) -> str:
         return self.annotations.get(OWNER_ANNOTATION, "")
@@ -174,6 +181,13 @@ def _name(identity: str | None) -> str:
     return "no cloud identity" if identity is None else identity.split(":", 1)[1]
 
 
+def user_namespaces(config: Any) -> bool:
+    """Whether the hub's spawner gives each user a namespace of their own (KubeSpawner's
+    ``enable_user_namespaces``)."""
+    return any(bool(config[section].get("enable_user_namespaces")) for section in ("KubeSpawner", "CloudIdentitySpawner")
+               if section in config)
+
+
 def profile_rules(config: Any) -> set[str] | None:
     """The rules a static ``profile_list`` names (``identity_rule``); None when any rule may be
     named (a callable profile_list)."""
@@ -189,10 +203,14 @@ def profile_rules(config: Any) -> set[str] | None:
 
 
 def plan_for_account(settings: Any, account: Account, user: HubUser | None,
-                     named_by_profiles: set[str] | None) -> tuple[IdentityPlan | None, str | None, str | None]:
+                     named_by_profiles: set[str] | None,
+                     namespace: str | None = None) -> tuple[IdentityPlan | None, str | None, str | None]:
     """``(plan, reason, unknown)``: the plan the account's rule makes now for its owner, or
-    None and why nobody plans the account, or why it cannot be judged here."""
+    None and why nobody plans the account, or why it cannot be judged here. *namespace* is where
+    the hub's servers run (None with user namespaces: wherever the account is, each server
+    keeping the namespace it started in)."""
     rules: IdentityRules = settings.compiled_rules
+    namespace = namespace or account.namespace
     if account.user is not None and user is None:
         return None, f"user {account.user} is no longer on the hub", None
     if settings.identity_resolver is not None:
@@ -210,7 +228,7 @@ def plan_for_account(settings: Any, account: Account, user: HubUser | None,
             reason = f"rule {account.rule!r} no longer exists"
         else:
             try:
-                plan = rules.resolve(claims, account.namespace, account.rule)
+                plan = rules.resolve(claims, namespace, account.rule)
             except NoMatchingRule:
                 reason = f"rule {account.rule!r} no longer matches {user.name}"
             except IdentityError as e:
@@ -224,7 +242,7 @@ def plan_for_account(settings: Any, account: Account, user: HubUser | None,
                 plan, reason = None, f"rule {account.rule!r} no longer applies to {user.name} (rule {first!r} does)"
     else:
         try:
-            plan, reason = rules.shared_plan(account.owner, account.rule, account.namespace), None
+            plan, reason = rules.shared_plan(account.owner, account.rule, namespace), None
         except NoMatchingRule as e:
             plan, reason = None, e.admin_detail
         except IdentityError as e:
@@ -353,10 +371,11 @@ async def survey(settings: Any, config: Any, accounts: ServiceAccounts, hub_user
     owners = sorted({a.user for a in found if a.user is not None})
     users = await hub_users.users(owners) if owners else {}
     named = profile_rules(config)
+    servers_namespace = None if user_namespaces(config) else namespace
     places = settings.compiled_rules.managed_places
     entries = []
     for i, account in enumerate(found, 1):
-        plan, reason, unknown = plan_for_account(settings, account, users.get(account.user), named)
+        plan, reason, unknown = plan_for_account(settings, account, users.get(account.user), named, servers_namespace)
         if unknown:
             entry = Entry(account, "unknown", [unknown])
         else:

@@ -22,6 +22,7 @@ from kubespawner.reflector import ResourceReflector
 from . import names
 from .errors import IdentityError
 from .plan import (
+    HUB_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     MANAGED_IDENTITY_ANNOTATION,
@@ -232,6 +233,13 @@ def _metadata(sa: Any) -> dict[str, Any]:
     return {"labels": meta.labels or {}, "annotations": meta.annotations or {}, "name": meta.name}
 
 
+def is_users_own(labels: Mapping[str, str], annotations: Mapping[str, str], username: str, hub: str) -> bool:
+    """Whether an account of ours is *username*'s own on *hub* (not adopted; hub label ours, or
+    absent on accounts made before it)."""
+    return (annotations.get(OWNER_ANNOTATION) == f"user:{username}" and not annotations.get(ADOPTED_ANNOTATION)
+            and labels.get(HUB_LABEL, names.label_value(hub)) == names.label_value(hub))
+
+
 _EVENT_TASKS: set[asyncio.Future] = set()
 """Events being written (a reference each, so none is collected before it is sent)."""
 
@@ -356,30 +364,44 @@ class ServiceAccounts:
                 self.log.warning("cloudidentity: could not record event %s on ServiceAccount %s/%s: %s",
                                  reason, sa.namespace, sa.name, describe(e))
 
-    async def user_accounts(self, username: str, namespace: str) -> list[Any]:
-        """The user-scope ServiceAccounts we created for *username* in *namespace*.
+    async def user_accounts(self, username: str, namespace: str | None, hub: str) -> list[Any]:
+        """The user-scope ServiceAccounts *hub* created for *username* in *namespace*, or in
+        every namespace with None (user namespaces, a changed namespace; a 403 is raised when
+        the hub may not list them all).
 
-        Selected by our labels, then checked by the exact owner annotation (label
-        values are hashed); adopted and group/hub accounts never qualify.
+        Selected by our labels, then checked by the exact owner annotation (label values are
+        hashed) and the hub label (accounts made before it count in *namespace* only); adopted
+        and group/hub accounts never qualify.
         """
         selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{SCOPE_LABEL}=user,{USER_LABEL}={names.label_value(username)}"
-        listing = await self.call(
-            lambda: self.api.list_namespaced_service_account(namespace, label_selector=selector, _request_timeout=self.request_timeout),
-            f"list ServiceAccounts of {username!r}",
-        )
-        return [
-            sa for sa in listing.items
-            if (sa.metadata.annotations or {}).get(OWNER_ANNOTATION) == f"user:{username}"
-            and not (sa.metadata.annotations or {}).get(ADOPTED_ANNOTATION)
-        ]
+        if namespace is None:
+            listing = await self.call(
+                lambda: self.api.list_service_account_for_all_namespaces(
+                    label_selector=f"{selector},{HUB_LABEL}={names.label_value(hub)}", _request_timeout=self.request_timeout),
+                f"list ServiceAccounts of {username!r} in all namespaces",
+            )
+        else:
+            listing = await self.call(
+                lambda: self.api.list_namespaced_service_account(namespace, label_selector=selector, _request_timeout=self.request_timeout),
+                f"list ServiceAccounts of {username!r}",
+            )
+        return [sa for sa in listing.items if is_users_own(dict(sa.metadata.labels or {}), dict(sa.metadata.annotations or {}),
+                                                           username, hub)]
 
-    async def delete_account(self, sa: Any) -> None:
+    async def running_pods(self, namespace: str, name: str) -> list[str]:
+        """Pods (not being deleted) that run under ServiceAccount *namespace*/*name*."""
+        pods = await self.call(
+            lambda: self.api.list_namespaced_pod(namespace, field_selector=f"spec.serviceAccountName={name}",
+                                                 _request_timeout=self.request_timeout),
+            f"list pods under {namespace}/{name}")
+        return sorted(p.metadata.name for p in pods.items if not p.metadata.deletion_timestamp)
+
+    async def delete_account(self, namespace: str, name: str, uid: str) -> None:
         """Delete exactly this ServiceAccount object (its uid), if it is still there."""
-        name, namespace = sa.metadata.name, sa.metadata.namespace
         try:
             await self.call(
                 lambda: self.api.delete_namespaced_service_account(
-                    name, namespace, body={"preconditions": {"uid": sa.metadata.uid}}, _request_timeout=self.request_timeout
+                    name, namespace, body={"preconditions": {"uid": uid}}, _request_timeout=self.request_timeout
                 ),
                 f"delete ServiceAccount {namespace}/{name}",
             )

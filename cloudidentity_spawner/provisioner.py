@@ -23,7 +23,8 @@ from kubespawner.clients import shared_client
 from .claims import Claims, user_claims
 from .config import CloudIdentity
 from .errors import ConfigError, IdentityError, SpawnRefused
-from .kube import ServiceAccounts, assignments_to_remove, bindings_to_remove, hub_made_identity, identity_to_revoke, is_retryable, service_account_change
+from .inventory import Account
+from .kube import ServiceAccounts, assignments_to_remove, bindings_to_remove, hub_made_identity, identity_to_revoke, is_retryable, is_users_own, service_account_change
 from .metrics import IDENTITY_STEP_SECONDS, SERVICE_ACCOUNT_CHANGES, SPAWN_DECISIONS
 from .plan import GC_PENDING_ANNOTATION, IdentityPlan
 from .providers import azure, backend_for, backend_for_plan, gcp
@@ -220,6 +221,8 @@ class IdentityProvisioner:
 
             await revoke_what_it_no_longer_plans(existing)
             outcome = await self.accounts.ensure(plan, existing, before_change=revoke_what_it_no_longer_plans)
+            if outcome == "created" and plan.scope == "user" and getattr(self.spawner, "enable_user_namespaces", False):
+                await self.leave_old_namespaces(plan, cache)
             if outcome != "unchanged" or cloud_outcome in ("created", "updated"):
                 self.accounts.record_event(plan, EVENT_REASONS[outcome], event_message(plan, outcome, cloud_outcome))
             if plan.cloud is not None and plan.cloud.provider == "gcp":
@@ -315,16 +318,7 @@ class IdentityProvisioner:
         (the user's other named server, another member of a group) would break that pod, and
         sharing it would leave the old identity reachable. So the spawn waits its turn."""
         sa = plan.service_account
-        pods = await self.accounts.call(
-            lambda: self.accounts.api.list_namespaced_pod(
-                sa.namespace, field_selector=f"spec.serviceAccountName={sa.name}", _request_timeout=self.accounts.request_timeout
-            ),
-            f"list pods under {sa.namespace}/{sa.name}",
-        )
-        others = sorted(
-            p.metadata.name for p in pods.items
-            if p.metadata.name != getattr(self.spawner, "pod_name", None) and not p.metadata.deletion_timestamp
-        )
+        others = [p for p in await self.accounts.running_pods(sa.namespace, sa.name) if p != getattr(self.spawner, "pod_name", None)]
         if others:
             raise IdentityError(
                 "Your server cannot start yet: another server runs under the same account with your previous cloud "
@@ -354,27 +348,94 @@ class IdentityProvisioner:
                 f"removing bindings {bindings} of {email} (no longer planned) failed: {type(e).__name__}: {e}",
             ) from None
 
-    async def forget_user(self, username: str, namespace: str) -> None:
-        """Delete the user's own ServiceAccounts and the hub-made cloud identities they record.
+    async def forget_user(self, username: str, namespace: str, everywhere: bool = True) -> None:
+        """Delete the user's own ServiceAccounts and the hub-made cloud identities they record:
+        in *namespace*, and with *everywhere* in every namespace the hub may list (user
+        namespaces, a namespace the hub used before).
 
         The cloud side goes first: if it cannot be removed, the account (and its record of what
         to remove) stays for a later attempt, and the admin log says so. Only identities the
         account records as hub-made are touched, never an operator's role or Google account.
         """
-        owner = f"user:{username}"
-        for sa in await self.accounts.user_accounts(username, namespace):
-            recorded = dict(sa.metadata.annotations or {})
-            where = f"{namespace}/{sa.metadata.name}"
-            record: dict[str, Any] = {"event": "cloudidentity.delete", "user": username, "service_account": where}
-            identity = hub_made_identity(recorded, self.settings.compiled_rules.managed_places)
-            if identity:
-                record["cloud_identity"] = identity.split(":", 1)[1]
-                try:
-                    record["cloud_identity_deleted"] = await self.revoke(identity, owner, recorded, (namespace, sa.metadata.name))
-                except IdentityError as e:
-                    self.log.error("cloudidentity: user %s deleted, but %s could not be removed (%s); keeping "
-                                   "ServiceAccount %s, which records it, for a later deletion", username,
-                                   record["cloud_identity"], e.admin_detail, where)
+        hub = self.settings.hub_name
+        found = {sa.metadata.uid: Account.from_api(sa) for sa in await self.accounts.user_accounts(username, namespace, hub)}
+        if everywhere:
+            try:
+                found.update((sa.metadata.uid, Account.from_api(sa)) for sa in await self.accounts.user_accounts(username, None, hub))
+            except ApiException as e:
+                if e.status != 403:
+                    raise
+                self.log.warning("cloudidentity: user %s deleted; the hub may not list ServiceAccounts in every namespace, "
+                                 "so their accounts outside %s (if any) stay: gc with cluster-wide read finds them",
+                                 username, namespace)
+        for account in sorted(found.values(), key=lambda a: (a.namespace, a.name)):
+            await self._forget_account(username, account, "user deleted")
+
+    async def _forget_account(self, username: str, account: Account, why: str) -> bool:
+        """Revoke what one of the user's accounts records as hub-made (for that account only: a
+        role or Google account other namespaces' accounts still use stays), then delete it."""
+        record: dict[str, Any] = {"event": "cloudidentity.delete", "user": username, "service_account": account.where,
+                                  "reason": why}
+        identity = hub_made_identity(account.annotations, self.settings.compiled_rules.managed_places)
+        if identity:
+            record["cloud_identity"] = identity.split(":", 1)[1]
+            try:
+                record["cloud_identity_deleted"] = await self.revoke(
+                    identity, account.owner, dict(account.annotations), (account.namespace, account.name))
+            except IdentityError as e:
+                self.log.error("cloudidentity: %s (%s), but %s could not be removed (%s); keeping ServiceAccount %s, "
+                               "which records it, for a later attempt", why, username, record["cloud_identity"],
+                               e.admin_detail, account.where)
+                return False
+        await self.accounts.delete_account(account.namespace, account.name, account.uid)
+        self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
+        return True
+
+    async def leave_old_namespaces(self, plan: IdentityPlan, cache: Mapping[str, Any] | None) -> None:
+        """With user namespaces, a server may start in a namespace it did not use before (a
+        changed ``user_namespace_template``, a lost server state): its account there is new,
+        and the user's accounts in namespaces none of their servers use any more still hold
+        grants (a role's trust, a Pod Identity association, a Google or Azure credential for
+        that namespace's account). Revoke those and delete the accounts, unless pods still run
+        under them. A failure is logged for the admin and left to user deletion or ``gc``; the
+        spawn goes on (the new pod gets nothing of the old account's)."""
+        username, hub = self.spawner.user.name, self.settings.hub_name
+        keep = server_namespaces(self.spawner)
+        try:
+            if cache is not None:  # with user namespaces the watch cache holds every namespace: no request
+                found = [Account.from_json(item) for item in cache.values()]
+                found = [a for a in found if a.scope == "user" and is_users_own(a.labels, a.annotations, username, hub)]
+            else:
+                found = [Account.from_api(sa) for sa in await self.accounts.user_accounts(username, None, hub)]
+        except ApiException as e:
+            if e.status != 403:
+                raise
+            self.log.warning("cloudidentity: the hub may not list ServiceAccounts in every namespace, so %s's accounts "
+                             "in namespaces their servers no longer use are not cleaned up", username)
+            return
+        for account in found:
+            if account.namespace in keep:
+                continue
+            try:
+                running = await self.accounts.running_pods(account.namespace, account.name)
+                if running:
+                    self.log.info("cloudidentity: keeping %s's ServiceAccount %s: pods still run under it (%s)",
+                                  username, account.where, ", ".join(running))
                     continue
-            await self.accounts.delete_account(sa)
-            self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
+                await self._forget_account(username, account, f"{plan.service_account.namespace} is the namespace now")
+            except ApiException as e:
+                self.log.error("cloudidentity: could not clean up %s's ServiceAccount %s in a namespace their servers no "
+                               "longer use: Kubernetes said %s %s", username, account.where, e.status, e.reason)
+
+
+def server_namespaces(spawner: Any, include_self: bool = True) -> set[str]:
+    """The namespaces the user's servers use: this one's (unless not *include_self*), and each
+    other server's as its saved state says (KubeSpawner keeps a server's namespace across
+    template changes; a server never started has no account yet)."""
+    found = {spawner.namespace} if include_self else set()
+    orm_user = getattr(spawner.user, "orm_user", None)
+    for name, orm_spawner in (getattr(orm_user, "orm_spawners", None) or {}).items():
+        namespace = (getattr(orm_spawner, "state", None) or {}).get("namespace")
+        if name != spawner.name and namespace:
+            found.add(namespace)
+    return found

@@ -31,7 +31,7 @@ from .kube import ServiceAccountReflector
 from .pinning import apply_plan, pinning_hook
 from .plan import IdentityPlan
 from .profiles import ProfileNotAllowed, check_selection, visible_profiles
-from .provisioner import IdentityProvisioner, api_message, identity_sentence, plan_for
+from .provisioner import IdentityProvisioner, api_message, identity_sentence, plan_for, server_namespaces
 from .retry import Backoff, describe
 from .startup import guard_jupyterhub_startup
 
@@ -262,17 +262,21 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
             return False
 
     async def delete_forever(self) -> None:
-        """Delete the user's own ServiceAccount when the user is deleted.
+        """Delete the user's own ServiceAccounts when the user is deleted.
 
-        JupyterHub calls this for the default server when the user is deleted, and
-        for a named server when only that server is deleted; all of a user's servers
-        share one account, so a named server's deletion keeps it.
+        JupyterHub calls this for the default server when the user is deleted (then the
+        user's accounts in every namespace go), and for a named server when only that server
+        is deleted: the user's servers share one account per namespace, so a named server's
+        deletion keeps it unless no other server of the user uses that namespace.
         """
         await super().delete_forever()
-        if self.name:
-            self.log.info("cloudidentity: named server %s/%s deleted; keeping the user's ServiceAccount", self.user.name, self.name)
-            return
-        await self._provisioner().forget_user(self.user.name, self.namespace)
+        if not self.name:
+            await self._provisioner().forget_user(self.user.name, self.namespace)
+        elif self.enable_user_namespaces and self.namespace not in server_namespaces(self, include_self=False):
+            await self._provisioner().forget_user(self.user.name, self.namespace, everywhere=False)
+        else:
+            self.log.info("cloudidentity: named server %s/%s deleted; keeping the user's ServiceAccount in %s, which their "
+                          "other servers use", self.user.name, self.name, self.namespace)
 
 
 # Last, so a check that runs at once (a hub already configured) finds this module complete.

@@ -121,7 +121,8 @@ class HubWith:
         return {n: HubUser(n, (), self.known[n], True) if n in self.known else None for n in names}
 
 
-async def run_gc(c: Config, namespace: str, users: dict[str, Any], apply: bool = True, min_age: float = 0.0):
+async def run_gc(c: Config, namespace: str, users: dict[str, Any], apply: bool = True, min_age: float = 0.0,
+                 role_paths: tuple[str, ...] = ()):
     """``gc`` as the command runs it (survey, the clouds' hub-made identities, cleanup), in process."""
     from cloudidentity_spawner import cleanup
     from cloudidentity_spawner.config import identity_settings
@@ -134,7 +135,7 @@ async def run_gc(c: Config, namespace: str, users: dict[str, Any], apply: bool =
     async with api_client:
         accounts = ServiceAccounts(client.CoreV1Api(api_client))
         found = await survey(settings, c, accounts, hub, namespace)
-        actions = cleanup.cleanup_actions(found, await cleanup.cloud_made(settings), min_age)
+        actions = await cleanup.plan_cleanup(settings, found, accounts, min_age, role_paths)
         if apply:
             await cleanup.apply(actions, settings, accounts, hub, namespace)
     return found, actions
@@ -177,3 +178,40 @@ class another_namespace:
         api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
         async with api_client:
             await client.CoreV1Api(api_client).delete_namespace(self.name)
+
+
+class user_namespaces:
+    """``async with user_namespaces(*names)``: namespaces user-namespace spawns make (KubeSpawner
+    creates them), deleted afterwards with the hub's cluster-wide watches."""
+
+    def __init__(self, *names: str):
+        self.names = names
+
+    async def __aenter__(self) -> tuple[str, ...]:
+        return self.names
+
+    async def __aexit__(self, *exc: Any) -> None:
+        from kubespawner import KubeSpawner
+
+        for key in [k for k in KubeSpawner.reflectors if k[1] is None or k[1] in self.names]:
+            await KubeSpawner.reflectors.pop(key).stop()
+        api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+        async with api_client:
+            api = client.CoreV1Api(api_client)
+            for name in self.names:
+                try:
+                    await api.delete_namespace(name)
+                except client.exceptions.ApiException as e:
+                    if e.status != 404:
+                        raise
+
+
+def with_saved_servers(spawner: Any, **namespaces: str | None) -> Any:
+    """Give the spawner's user JupyterHub's record of their servers: name -> the namespace its
+    saved state holds (None: never started); ``default`` is the default server ``""``."""
+    from types import SimpleNamespace
+
+    servers = {("" if name == "default" else name): SimpleNamespace(state={"namespace": ns} if ns else {})
+               for name, ns in namespaces.items()}
+    spawner.user.orm_user = SimpleNamespace(orm_spawners=servers)
+    return spawner

@@ -23,7 +23,10 @@ from cloudidentity_spawner.errors import SpawnRefused  # noqa: E402
 from cloudidentity_spawner.provisioner import revoke_identity  # noqa: E402
 
 from .aws_policy import problems  # noqa: E402
-from .kubehelpers import SpawnUser, another_namespace, delete_service_account, hub_accounts, make_spawner, oidc_state, read, spawner_config  # noqa: E402
+from .kubehelpers import (  # noqa: E402
+    SpawnUser, another_namespace, delete_service_account, hub_accounts, make_spawner, oidc_state, read, spawner_config,
+    user_namespaces, with_saved_servers,
+)
 
 ACCOUNT = "123456789012"  # moto's default account
 ISSUER = "oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
@@ -591,3 +594,63 @@ async def test_a_reused_user_name_with_another_subject_gets_nothing_of_the_earli
             await delete_service_account(namespace, "jupyter-alice")  # the role stays, with its person tag
     assert iam(moto_endpoint).get_role(RoleName=f"{hub}-alice")["Role"]["RoleId"] == role["RoleId"]
     assert await read("serviceaccount", namespace, "jupyter-alice") is None  # nothing was made for the second person
+
+
+# -- user namespaces: a server in a new namespace leaves nothing behind in the old one -------------
+
+
+def namespaced_spawner(namespace, moto_endpoint, hub, name, template, server_name="", **saved):
+    """A spawner with user namespaces from *template*, whose user's other servers saved *saved*."""
+    c = spawner_config(namespace, managed_rules(hub), hub_name=hub, aws_role_propagation_seconds=0,
+                       aws_client_kwargs={"endpoint_url": moto_endpoint, "region_name": "us-east-1"},
+                       KubeSpawner__enable_user_namespaces=True, KubeSpawner__user_namespace_template=template)
+    user = SpawnUser(name, oidc_state(**{"wlcg.groups": ["/escape"]}))
+    return with_saved_servers(make_spawner(CloudIdentitySpawner, c, user, server_name), **saved)
+
+
+async def test_a_server_in_a_new_namespace_takes_the_old_accounts_grant_away(namespace, moto_endpoint, hub, caplog):
+    """The namespace template changed (or the server's saved namespace was lost): the role stops
+    trusting the old namespace's account, and that account goes."""
+    old, new = f"{namespace}-a-ava", f"{namespace}-b-ava"
+    async with user_namespaces(old, new):
+        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "ava", f"{namespace}-a-{{username}}", default=None))
+        assert trusts(moto_endpoint, f"{hub}-ava", old, "jupyter-ava")
+        caplog.set_level("INFO")
+        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "ava", f"{namespace}-b-{{username}}", default=None))
+        assert trusts(moto_endpoint, f"{hub}-ava", new, "jupyter-ava")
+        assert not trusts(moto_endpoint, f"{hub}-ava", old, "jupyter-ava")
+        assert await read("serviceaccount", old, "jupyter-ava") is None
+        [audit] = [r.getMessage() for r in caplog.records if "cloudidentity.delete" in r.getMessage()]
+        assert f"{old}/jupyter-ava" in audit and f"{new} is the namespace now" in audit
+
+
+async def test_an_old_namespace_another_server_still_uses_keeps_its_account(namespace, moto_endpoint, hub):
+    old, new = f"{namespace}-a-bea", f"{namespace}-b-bea"
+    async with user_namespaces(old, new):
+        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "bea", f"{namespace}-a-{{username}}", default=None))
+        # Her default server keeps its saved namespace; a new named server gets the new template's.
+        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "bea", f"{namespace}-b-{{username}}",
+                                       server_name="gpu", default=old, gpu=None))
+        assert trusts(moto_endpoint, f"{hub}-bea", old, "jupyter-bea") and trusts(moto_endpoint, f"{hub}-bea", new, "jupyter-bea")
+        assert await read("serviceaccount", old, "jupyter-bea") is not None
+        # Deleting the named server takes only its namespace's grant; the default server's stays.
+        await namespaced_spawner(namespace, moto_endpoint, hub, "bea", f"{namespace}-b-{{username}}",
+                                 server_name="gpu", default=old, gpu=new).delete_forever()
+        assert trusts(moto_endpoint, f"{hub}-bea", old, "jupyter-bea")
+        assert not trusts(moto_endpoint, f"{hub}-bea", new, "jupyter-bea")
+        assert await read("serviceaccount", new, "jupyter-bea") is None
+
+
+async def test_deleting_a_user_finds_their_accounts_in_every_namespace(namespace, moto_endpoint, hub):
+    old, new = f"{namespace}-a-cal", f"{namespace}-b-cal"
+    async with user_namespaces(old, new):
+        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "cal", f"{namespace}-a-{{username}}", default=None))
+        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "cal", f"{namespace}-b-{{username}}",
+                                       server_name="gpu", default=old, gpu=None))
+        # JupyterHub deletes the default server's resources last-known in the template's namespace.
+        await namespaced_spawner(namespace, moto_endpoint, hub, "cal", f"{namespace}-b-{{username}}",
+                                 default=None, gpu=new).delete_forever()
+        with pytest.raises(ClientError, match="NoSuchEntity"):
+            iam(moto_endpoint).get_role(RoleName=f"{hub}-cal")
+        assert await read("serviceaccount", old, "jupyter-cal") is None
+        assert await read("serviceaccount", new, "jupyter-cal") is None

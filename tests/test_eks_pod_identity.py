@@ -26,7 +26,10 @@ from cloudidentity_spawner.testing.eks import EKSPodIdentity  # noqa: E402
 from cloudidentity_spawner.testing.kubernetes import KubernetesAPIServer  # noqa: E402
 
 from .aws_policy import problems  # noqa: E402
-from .kubehelpers import SpawnUser, delete_service_account, make_spawner, oidc_state, read, run_gc, spawner_config  # noqa: E402
+from .kubehelpers import (  # noqa: E402
+    SpawnUser, delete_service_account, make_spawner, oidc_state, read, run_gc, spawner_config, user_namespaces,
+    with_saved_servers,
+)
 from .test_aws_policy_semantics import list_prefixes_allowed, probes, reveals, string_like  # noqa: E402
 
 CLUSTER = "escape-eks"
@@ -155,6 +158,19 @@ async def test_deleting_the_user_deletes_their_association(namespace, eks):
     await spawner(namespace, eks, "erin").delete_forever()
     assert association(eks, namespace, "jupyter-erin") is None
     assert await read("serviceaccount", namespace, "jupyter-erin") is None
+
+
+async def test_a_server_in_a_new_namespace_deletes_the_old_namespaces_association(namespace, eks):
+    """User namespaces, the template changed: the old namespace's account and its association go."""
+    old, new = f"{namespace}-a-fay", f"{namespace}-b-fay"
+    async with user_namespaces(old, new):
+        for template in (f"{namespace}-a-{{username}}", f"{namespace}-b-{{username}}"):
+            s = spawner(namespace, eks, "fay", KubeSpawner__enable_user_namespaces=True,
+                        KubeSpawner__user_namespace_template=template)
+            await spawn(with_saved_servers(s, default=None))
+        assert association(eks, new, "jupyter-fay") is not None
+        assert association(eks, old, "jupyter-fay") is None
+        assert await read("serviceaccount", old, "jupyter-fay") is None
 
 
 async def test_a_rule_without_pod_identity_revokes_the_association_first(namespace, eks):

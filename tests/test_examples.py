@@ -140,21 +140,23 @@ def test_gcp_hub_role_covers_every_call():
     source = Path(gcp_iam.__file__).read_text()
     # Each call the backend makes (as it names them in its call log) and the permission it needs.
     needed = {
-        '"CreateServiceAccount"': "iam.serviceAccounts.create",
-        '"GetServiceAccount"': "iam.serviceAccounts.get",
-        '"DeleteServiceAccount"': "iam.serviceAccounts.delete",
-        '.getIamPolicy"': "iam.serviceAccounts.getIamPolicy",
-        '.setIamPolicy"': "iam.serviceAccounts.setIamPolicy",
-        "self.projects": "resourcemanager.projects.setIamPolicy",
-        "self.storage": "storage.buckets.setIamPolicy",
-        '"managedFolders.insert"': "storage.managedFolders.create",
-        '"managedFolders.getIamPolicy"': "storage.managedFolders.getIamPolicy",
-        '"managedFolders.setIamPolicy"': "storage.managedFolders.setIamPolicy",
+        "CreateServiceAccount": {"iam.serviceAccounts.create"},
+        "GetServiceAccount": {"iam.serviceAccounts.get"},
+        "ListServiceAccounts": {"iam.serviceAccounts.list"},
+        "DeleteServiceAccount": {"iam.serviceAccounts.delete"},
+        "{kind}.getIamPolicy": {"iam.serviceAccounts.getIamPolicy", "resourcemanager.projects.getIamPolicy"},
+        "{kind}.setIamPolicy": {"iam.serviceAccounts.setIamPolicy", "resourcemanager.projects.setIamPolicy"},
+        "buckets.getIamPolicy": {"storage.buckets.getIamPolicy"},
+        "buckets.setIamPolicy": {"storage.buckets.setIamPolicy"},
+        "managedFolders.insert": {"storage.managedFolders.create"},
+        "managedFolders.list": {"storage.managedFolders.list"},
+        "managedFolders.getIamPolicy": {"storage.managedFolders.getIamPolicy"},
+        "managedFolders.setIamPolicy": {"storage.managedFolders.setIamPolicy"},
     }
-    for marker, permission in needed.items():
-        assert marker in source, marker
-        assert permission in permissions, permission
-    assert {"resourcemanager.projects.getIamPolicy", "storage.buckets.getIamPolicy"} <= permissions
+    calls = set(re.findall(r'_call\(\s*f?"([^"]+)"', source))
+    assert calls == set(needed)  # a new call needs its permission named here and in the role
+    for call in calls:
+        assert needed[call] <= permissions, call
 
 
 def test_azure_hub_role_covers_every_call_and_the_condition_every_role_the_example_assigns():

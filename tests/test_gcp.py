@@ -452,3 +452,28 @@ async def test_a_reused_user_name_with_another_subject_does_not_get_the_earlier_
         await alice("second-person").start()
     assert await read("serviceaccount", namespace, "jupyter-alice") is None
     await spawn(alice("first-person"))  # the first person still gets it
+
+
+async def test_gc_leaves_no_grant_of_a_deleted_google_account_behind(namespace, gcp_server, hub):
+    """dan's Google account was deleted by hand (his ServiceAccount still records it): IAM shows
+    deleted: members in the project and his folder, which gc removes. erin's ServiceAccount was
+    deleted by hand: gc deletes her Google account and its grants with it, leaving none dead."""
+    for user in ("dan", "erin"):
+        await spawn(gcp_spawner(namespace, gcp_server, hub, user))
+    iam, _, _ = gcp_server.clients()
+    dan = f"{hub}-dan@{PROJECT}.iam.gserviceaccount.com"
+    iam.delete_service_account(request={"name": f"projects/{PROJECT}/serviceAccounts/{dan}"})
+    await delete_service_account(namespace, "jupyter-erin")
+    places = [(f"projects/{PROJECT}", "roles/serviceusage.serviceUsageConsumer"),
+              ("projects/_/buckets/lab-scratch/managedFolders/dan/", "roles/storage.objectUser"),
+              ("projects/_/buckets/lab-scratch/managedFolders/erin/", "roles/storage.objectUser")]
+
+    def left(who):
+        return sorted(m for resource, role in places for m in members(gcp_server, resource, role) if f"{hub}-{who}@" in m)
+
+    assert [m.partition("?")[0] for m in left("dan")] == [f"deleted:serviceAccount:{dan}"] * 2
+    c = gcp_spawner(namespace, gcp_server, hub, "x").config
+    users = {u: oidc_state(groups=["/staff"]) for u in ("dan", "erin")}
+    _, actions = await run_gc(c, namespace, users)
+    assert sorted((a.kind, a.done) for a in actions) == [("delete-identity", True), ("remove-grant", True), ("remove-grant", True)]
+    assert left("dan") == [] and left("erin") == []

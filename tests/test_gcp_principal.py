@@ -21,7 +21,9 @@ from cloudidentity_spawner.errors import SpawnRefused  # noqa: E402
 from cloudidentity_spawner.providers import _backends  # noqa: E402
 from cloudidentity_spawner.rules import IdentityRules  # noqa: E402
 
-from .kubehelpers import SpawnUser, create_service_account, make_spawner, oidc_state, read, spawner_config  # noqa: E402
+from .kubehelpers import (  # noqa: E402
+    SpawnUser, create_service_account, delete_service_account, make_spawner, oidc_state, read, run_gc, spawner_config,
+)
 from .test_gcp import PROJECT, members  # noqa: E402
 from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
 
@@ -219,3 +221,42 @@ async def test_a_user_whose_grants_cannot_be_removed_keeps_the_record(namespace,
     await spawner_for(namespace, gcp_server, "kim", principal_rules(bucket)).delete_forever()
     assert members(gcp_server, folder(bucket, "kim"), ROLE) == set()
     assert await read("serviceaccount", namespace, "jupyter-kim") is None
+
+
+def grant(gcp_server, resource, role, member_):
+    """A grant made outside the hub (by the project's owner)."""
+    policies = gcp_server.state.policies
+    policy = policies.get(resource)
+    policy["bindings"].append({"role": role, "members": [member_]})
+    policies.set(resource, policy)
+
+
+async def test_gc_removes_the_grants_of_a_service_account_deleted_by_hand(namespace, gcp_server, bucket):
+    """bob's ServiceAccount was deleted by hand: its principal's grants would reach any new account
+    of that name. gc removes exactly those (with --min-age 0); alice's, a grant of a role no rule
+    gives, and another pool's principal of the same name stay."""
+    for name in ("alice", "bob"):
+        await spawn(spawner_for(namespace, gcp_server, name, principal_rules(bucket)))
+    await delete_service_account(namespace, "jupyter-bob")
+    gcp_server.state.project_numbers.setdefault("other-project", "999999999999")  # another cluster's pool
+    other_pool = member(namespace, "bob").replace(NUMBER, "999999999999").replace(PROJECT, "other-project")
+    grant(gcp_server, folder(bucket, "bob"), ROLE, other_pool)
+    grant(gcp_server, folder(bucket, "bob"), "roles/storage.objectViewer", member(namespace, "bob"))
+    c = spawner_for(namespace, gcp_server, "x", principal_rules(bucket)).config
+    users = {n: oidc_state(groups=["/staff"]) for n in ("alice", "bob")}
+
+    def mine(actions):  # the project is shared with other tests' namespaces
+        return sorted((a.grant.resource, a.grant.role, a.done, bool(a.skipped)) for a in actions
+                      if a.kind == "remove-grant" and f"/ns/{namespace}/" in a.grant.member)
+
+    _, waiting = await run_gc(c, namespace, users, apply=False, min_age=600)
+    assert mine(waiting) == [(folder(bucket, "bob"), ROLE, False, True),
+                             (f"projects/{PROJECT}", "roles/serviceusage.serviceUsageConsumer", False, True)]
+    _, actions = await run_gc(c, namespace, users)
+    assert mine(actions) == [(folder(bucket, "bob"), ROLE, True, False),
+                             (f"projects/{PROJECT}", "roles/serviceusage.serviceUsageConsumer", True, False)]
+    assert members(gcp_server, folder(bucket, "bob"), ROLE) == {other_pool}
+    assert members(gcp_server, folder(bucket, "bob"), "roles/storage.objectViewer") == {member(namespace, "bob")}
+    project_members = members(gcp_server, f"projects/{PROJECT}", "roles/serviceusage.serviceUsageConsumer")
+    assert member(namespace, "bob") not in project_members and member(namespace, "alice") in project_members
+    assert members(gcp_server, folder(bucket, "alice"), ROLE) == {member(namespace, "alice")}

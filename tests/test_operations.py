@@ -32,7 +32,9 @@ from cloudidentity_spawner.kube import ServiceAccounts  # noqa: E402
 from cloudidentity_spawner.providers import _backends  # noqa: E402
 from cloudidentity_spawner.rules import IdentityRules  # noqa: E402
 
-from .kubehelpers import SpawnUser, delete_service_account, make_spawner, oidc_state, read, run_gc, spawner_config  # noqa: E402
+from .kubehelpers import (  # noqa: E402
+    SpawnUser, another_namespace, delete_service_account, make_spawner, oidc_state, read, run_gc, spawner_config,
+)
 from .test_aws import BOUNDARY, PROVIDER_ARN, SCRATCH_POLICY, policies  # noqa: E402,F401
 
 ROOT = Path(__file__).parent.parent
@@ -392,3 +394,58 @@ async def test_without_cloud_credentials_gc_says_so_in_one_line_and_status_does_
     assert status.returncode == 0, status.stderr
     [alice] = json.loads(status.stdout)["accounts"]
     assert alice["state"] == "unknown" and "could not be checked in the cloud (NoCredentialsError" in alice["problems"][0]
+
+
+async def test_gc_after_the_hub_moved_namespace_takes_the_old_accounts_grant(namespace, moto_endpoint, hub):
+    """The operator changed c.KubeSpawner.namespace: alice's account in the old namespace is
+    nobody's plan any more. gc deletes it and takes its subject out of her role's trust; the
+    role stays for her account in the new namespace."""
+    from .test_aws import ISSUER
+
+    alice = {"alice": oidc_state(**{"wlcg.groups": ["/escape"]})}
+    async with another_namespace(namespace + "-new") as new:
+        await spawn(namespace, moto_endpoint, hub, "alice", ["/escape"], [members_rule(hub)])
+        await spawn(new, moto_endpoint, hub, "alice", ["/escape"], [members_rule(hub)])
+        c = spawner_config(new, [members_rule(hub)], hub_name=hub,
+                           aws_client_kwargs={"endpoint_url": moto_endpoint, "region_name": "us-east-1"})
+        found, actions = await run_gc(c, new, alice)
+        states = {e.account.where: (e.state, e.problems) for e in found.entries}
+        assert states[f"{new}/jupyter-alice"][0] == "ok"
+        assert states[f"{namespace}/jupyter-alice"] == (
+            "orphaned", [f"rule 'members' now gives user:alice ServiceAccount {new}/jupyter-alice"])
+        assert [(a.kind, a.account.where, a.done) for a in actions] == [("delete-account", f"{namespace}/jupyter-alice", True)]
+        assert await read("serviceaccount", namespace, "jupyter-alice") is None
+        role = boto3.client("iam", endpoint_url=moto_endpoint, region_name="us-east-1").get_role(RoleName=f"{hub}-alice")
+        condition = role["Role"]["AssumeRolePolicyDocument"]["Statement"][0]["Condition"]["StringEquals"]
+        assert condition[f"{ISSUER}:sub"] == f"system:serviceaccount:{new}:jupyter-alice"
+
+
+def rule_at(hub: str, path: str) -> dict:
+    rule = members_rule(hub)
+    return {**rule, "aws": {"managed": {**rule["aws"]["managed"], "role_path": path}}}
+
+
+async def test_gc_finds_hub_made_roles_under_a_role_path_no_rule_names_any_more(namespace, moto_endpoint, hub):
+    """The rules moved from role path old/ to new/. alice's account still records her old role,
+    so old/ is searched and bob's role there (his account deleted by hand) is found too; carol's
+    role under gone/ (no account records anything there) only with --role-path."""
+    old, gone, new = f"/jupyterhub/{hub}/old/", f"/jupyterhub/{hub}/gone/", f"/jupyterhub/{hub}/new/"
+    for user, path in (("alice", old), ("bob", old), ("carol", gone)):
+        await spawn(namespace, moto_endpoint, hub, user, ["/escape"], [rule_at(hub, path)])
+    await delete_service_account(namespace, "jupyter-bob")
+    await delete_service_account(namespace, "jupyter-carol")
+    c = spawner_config(namespace, [rule_at(hub, new)], hub_name=hub,
+                       aws_client_kwargs={"endpoint_url": moto_endpoint, "region_name": "us-east-1"})
+    users = {u: oidc_state(**{"wlcg.groups": ["/escape"]}) for u in ("alice", "bob", "carol")}
+    _, actions = await run_gc(c, namespace, users, apply=False)
+    assert sorted((a.kind, a.identity.rsplit("/", 1)[1]) for a in actions) == [
+        ("delete-identity", f"{hub}-bob"), ("revoke", f"{hub}-alice")]
+    _, actions = await run_gc(c, namespace, users, role_paths=(gone,))
+    assert sorted((a.kind, a.identity.rsplit("/", 1)[1], a.done) for a in actions) == [
+        ("delete-identity", f"{hub}-bob", True), ("delete-identity", f"{hub}-carol", True), ("revoke", f"{hub}-alice", True)]
+    assert not any(role_exists(moto_endpoint, f"{hub}-{u}") for u in ("alice", "bob", "carol"))
+
+
+def test_gc_refuses_a_role_path_iam_would_refuse(tmp_path):
+    out = command("gc", "--config", str(tmp_path / "none.py"), "--role-path", "jupyterhub/old")
+    assert out.returncode == 2 and "is not an IAM role path" in out.stderr

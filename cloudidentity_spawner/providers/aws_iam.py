@@ -45,6 +45,13 @@ class ManagedRoles(BotoBackend):
     service, provider = "iam", "aws"
     default_propagation_seconds = 10.0
 
+    def __init__(self, *args: Any, every_namespace: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.every_namespace = every_namespace
+        """User namespaces: a user's servers may run in several namespaces (each server keeps the
+        one it started in), so a user's role keeps trusting its account in each, like a shared
+        role; the user's accounts in namespaces none of their servers use are revoked one by one."""
+
     @property
     def iam(self) -> Any:
         """The boto3 IAM client."""
@@ -101,7 +108,7 @@ class ManagedRoles(BotoBackend):
                     raise
             current = (await self._call("GetRole", RoleName=name))["Role"]
         self._check_ours(plan, current)
-        if await self._converge(role, current, shared=plan.scope != "user"):
+        if await self._converge(role, current, shared=plan.scope != "user" or self.every_namespace):
             # A changed trust or policy is eventually consistent too: the pod's first
             # AssumeRoleWithWebIdentity (new namespace in the trust) or call must not race it.
             await self._settle(name)

@@ -367,6 +367,28 @@ class ManagedServiceAccounts:
             await self._edit(resource, remove=(role, title), member=member)
         self.converged.forget(email)
 
+    # -- grants left behind (gc) ---------------------------------------------------
+
+    async def managed_folders(self, bucket: str) -> list[str]:
+        """The resource names of the bucket's managed folders."""
+        api, found, token = self.storage._connection.api_request, [], None
+        while True:
+            page = await self._call("managedFolders.list", api, method="GET", path=f"/b/{bucket}/managedFolders",
+                                    query_params={"pageSize": 1000, **({"pageToken": token} if token else {})})
+            found += [f"projects/_/buckets/{bucket}/managedFolders/{item['name']}" for item in page.get("items", [])]
+            token = page.get("nextPageToken")
+            if not token:
+                return found
+
+    async def grants(self, resource: str) -> list[tuple[str, str, str]]:
+        """``(role, condition title, member)`` of every grant in *resource*'s IAM policy."""
+        policy = await self._read_policy(resource)
+        return [(b["role"], (b.get("condition") or {}).get("title", ""), m) for b in policy["bindings"] for m in b["members"]]
+
+    async def remove_grant(self, resource: str, role: str, title: str, member: str) -> bool:
+        """Take *member* out of *resource*'s ``(role, condition title)`` binding; False if it was not there."""
+        return await self._edit(resource, remove=(role, title), member=member)
+
     def _error(self, plan: IdentityPlan, error: gexc.GoogleAPICallError) -> IdentityError:
         if isinstance(error, PropagationTimeout):
             return IdentityError(

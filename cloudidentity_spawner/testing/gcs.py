@@ -84,6 +84,7 @@ class StorageFace:
         r.add_get("/download/storage/v1/b/{bucket}/o/{name:.+}", self.object_get)
         r.add_post("/upload/storage/v1/b/{bucket}/o", self.object_insert)
         r.add_post("/storage/v1/b/{bucket}/managedFolders", self.folder_insert)
+        r.add_get("/storage/v1/b/{bucket}/managedFolders", self.folder_list)
         r.add_get("/storage/v1/b/{bucket}/managedFolders/{folder:.+}/iam", self.folder_iam_get)
         r.add_put("/storage/v1/b/{bucket}/managedFolders/{folder:.+}/iam", self.folder_iam_set)
         r.add_get("/storage/v1/b/{bucket}/managedFolders/{folder:.+}", self.folder_get)
@@ -337,6 +338,33 @@ class StorageFace:
                 return _error(409, "conflict", f"The managed folder {folder} already exists.")
             self.state.managed_folders[(bucket, folder)] = {"created": _now()}
             return web.json_response(self._folder_json(bucket, folder))
+
+    async def folder_list(self, request):
+        """One page of the bucket's managed folders in name order (``prefix``, ``pageSize`` at
+        most 1,000, an opaque ``pageToken``), as Cloud Storage lists them."""
+        with self.state._lock:
+            bucket, caller, error = self._begin(request, "managedFolders.list")
+            if error:
+                return error
+            denied = self._check(caller, "storage.managedFolders.list", bucket,
+                                 {"name": bucket_resource(bucket), "type": BUCKET_TYPE})
+            if denied:
+                return denied
+            try:
+                size = int(request.query.get("pageSize", "1000"))
+            except ValueError:
+                return _error(400, "invalid", "Invalid value for pageSize.")
+            if not 1 <= size <= 1000:
+                return _error(400, "invalid", "pageSize must be between 1 and 1000.")
+            token = request.query.get("pageToken", "")
+            after = base64.urlsafe_b64decode(token.encode()).decode() if token else ""
+            prefix = request.query.get("prefix", "")
+            names = sorted(f for (b, f) in self.state.managed_folders if b == bucket and f.startswith(prefix) and f > after)
+            body: dict[str, Any] = {"kind": "storage#managedFolders",
+                                    "items": [self._folder_json(bucket, f) for f in names[:size]]}
+            if len(names) > size:
+                body["nextPageToken"] = base64.urlsafe_b64encode(names[size - 1].encode()).decode()
+            return web.json_response(body)
 
     def _begin_folder(self, request: web.Request, call: str) -> tuple[str, str, str | None, web.Response | None]:
         bucket, caller, error = self._begin(request, call)
