@@ -67,7 +67,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -417,6 +417,15 @@ class KubernetesAPI:
                 for (r, ns, _), o in sorted(self._state.objects.items())
                 if r == resource and (namespace is None or ns == namespace)
             ]
+
+    def written(self, namespaces: Collection[str]) -> list[dict[str, Any]]:
+        """Each version of each object created or changed in *namespaces* (and of those namespaces
+        themselves), as stored - what clients sent, merged as the API server merges it."""
+        with self._lock:
+            return [copy.deepcopy(e.object) for e in self._state.history
+                    if e.type in ("ADDED", "MODIFIED")
+                    and (e.object.get("metadata", {}).get("namespace") in namespaces
+                         or (e.resource == "namespaces" and e.object["metadata"]["name"] in namespaces))]
 
     def _default_service_account(self, namespace: str) -> None:
         """Every namespace gets the ServiceAccount ``default``, as the ServiceAccount controller makes it."""
