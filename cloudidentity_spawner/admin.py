@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -170,8 +171,15 @@ async def serve(config_file: str) -> None:
     async with kube_client.ApiClient() as api:
         accounts = ServiceAccounts(kube_client.CoreV1Api(api), request_timeout=30.0)
         app = make_app(settings, config, accounts, hub_users, _configured_namespace(config), prefix)
-        app.listen(url.port or 80, url.hostname or "127.0.0.1")
-        await asyncio.Event().wait()
+        server = app.listen(url.port or 80, url.hostname or "127.0.0.1")
+        # JupyterHub stops a service with SIGINT, then SIGTERM after 10 s: answer both at once, even
+        # when started with SIGINT ignored (a hub run as a background job passes that on).
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        server.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -448,12 +448,23 @@ class Demo:
 
     def _stop_hub(self) -> None:
         if self.hub and self.hub.poll() is None:
-            self.hub.send_signal(signal.SIGTERM)
+            started = _descendants(self.hub.pid)  # its proxy and services (each in a session of its own)
+            self.hub.send_signal(signal.SIGTERM)  # the hub stops them, then itself
             try:
                 self.hub.wait(15)
             except subprocess.TimeoutExpired:
                 self.hub.kill()
+                self.hub.wait()
+            _stop_all(started)  # whatever the hub did not stop: nothing is left running
         self.hub_log.close()
+
+    def hub_died(self) -> str | None:
+        """None while the hub runs; else its exit status and the last lines of its log."""
+        if self.hub is None or self.hub.poll() is None:
+            return None
+        self.hub_log.flush()
+        lines = Path(self.hub_log.name).read_text(errors="replace").splitlines()[-20:]
+        return f"JupyterHub exited with status {self.hub.returncode}; the last lines of its log:\n" + "\n".join(lines)
 
     def stop(self) -> None:
         self._stack.close()
@@ -480,7 +491,32 @@ class Demo:
         return lines
 
 
+def _descendants(pid: int) -> list[Any]:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _stop_all(processes: list[Any], timeout: float = 5.0) -> None:
+    """Terminate *processes* (psutil), then kill what is still there after *timeout* seconds."""
+    import psutil
+
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+
+
 def main(port: int = 8000, pod_identity: bool = False, azure: bool = False) -> int:
+    # Ctrl-C stops the demo even when it was started with SIGINT ignored (e.g. as a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     demo = Demo(port, pod_identity=pod_identity, azure=azure).start()
     print(f"JupyterHub with CloudIdentitySpawner: {demo.url}")
     print(f"  Kubernetes API emulator: {demo.kube.url}   moto (AWS): {demo.moto_url}   OIDC: {demo.oidc_url}")
@@ -497,12 +533,16 @@ def main(port: int = 8000, pod_identity: bool = False, azure: bool = False) -> i
     print("Ctrl-C stops everything.", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    died = None
     try:
-        while not stop.is_set() and demo.hub.poll() is None:
+        while not stop.is_set() and died is None:
             stop.wait(0.5)
+            died = demo.hub_died()
     except KeyboardInterrupt:
         pass
     finally:
+        if died:
+            print(died, file=sys.stderr, flush=True)
         print("stopping...", flush=True)
         demo.stop()
-    return 0
+    return 1 if died else 0

@@ -25,6 +25,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     global _server
+    os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
     config.addinivalue_line("markers", "emulator_only: needs the emulator's fault injection or kubelet control")
     path = config.getoption("--kubeconfig")
     if not path:
@@ -35,6 +36,47 @@ def pytest_configure(config):
     os.environ["KUBECONFIG"] = path
     # kubernetes_asyncio reads $KUBECONFIG once, at import; point its default at ours.
     kube_config.KUBE_CONFIG_DEFAULT_LOCATION = path
+
+
+SESSION_MARK = "CLOUDIDENTITY_TEST_SESSION"
+"""Set for the session, so every process a test starts carries it in its environment."""
+
+
+def leftover_processes(grace: float = 10.0) -> list[str]:
+    """Processes started during this session (they carry its mark) that still run, other than
+    this one: a hub, proxy, service or notebook server a test did not stop. Each gets *grace*
+    seconds to finish stopping, then is killed (so nothing outlives the suite) and reported."""
+    import psutil
+
+    mark, me = os.environ.get(SESSION_MARK), os.getpid()
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.pid != me and process.environ().get(SESSION_MARK) == mark:
+                found.append(process)
+        except (psutil.Error, OSError):
+            continue
+    _, alive = psutil.wait_procs(found, timeout=grace)
+    described = []
+    for process in alive:
+        try:
+            ports = sorted({c.laddr.port for c in process.net_connections("inet") if c.status == psutil.CONN_LISTEN})
+            described.append(f"{process.pid} {' '.join(process.cmdline())[:200]} (listening on {ports or 'nothing'})")
+            process.kill()
+        except psutil.Error:
+            continue
+    return described
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite leaves nothing running: a process a test started and did not stop fails it."""
+    if os.environ.get(SESSION_MARK) is None or hasattr(session.config, "workerinput"):
+        return
+    left = leftover_processes()
+    if left:
+        session.config.get_terminal_writer().line(
+            "\nprocesses the tests started are still running (killed now):\n  " + "\n  ".join(left), red=True)
+        session.exitstatus = 1
 
 
 def pytest_unconfigure(config):

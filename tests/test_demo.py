@@ -6,6 +6,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -150,3 +151,36 @@ def test_status_asks_the_running_hub_and_refuses_a_token_that_cannot_see_every_u
     carol = accounts[f"{NAMESPACE}/jupyter-carol"]  # she spawned in the first test
     assert (carol["state"], carol["rule"], carol["identity"]) == (
         "ok", "escape-members", "aws:arn:aws:iam::123456789012:role/jupyterhub/demo/demo-carol")
+
+
+def test_ctrl_c_stops_the_demo_at_once_and_leaves_nothing_running():
+    """Ctrl-C in a terminal sends SIGINT to the demo's process group - also when the demo was
+    started with SIGINT ignored, as a shell's background job is (the hub's services inherit it)."""
+    import psutil
+
+    port = _free_port()
+    demo = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "cloudidentity-spawner"), "demo", "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    banner = []
+    try:
+        for line in demo.stdout:
+            banner.append(line)
+            if "Ctrl-C" in line:
+                break
+        assert any("Ctrl-C" in line for line in banner), "".join(banner)
+        started = psutil.Process(demo.pid).children(recursive=True)
+        assert len(started) >= 3  # the hub, its proxy and the admin service
+        time.sleep(1)  # the hub's services up
+        asked = time.monotonic()
+        os.killpg(demo.pid, signal.SIGINT)
+        demo.wait(30)
+        took = time.monotonic() - asked
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+    _, alive = psutil.wait_procs(started, timeout=1)
+    assert alive == [] and demo.returncode == 0
+    assert took < 5, f"{took:.1f} s"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/hub/api", timeout=2)
