@@ -26,6 +26,8 @@ boto3 is not needed in the user image; ``AWS_ENDPOINT_URL_STS`` / ``AWS_ENDPOINT
 from __future__ import annotations
 
 import datetime
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -51,6 +53,33 @@ def _session_name(user: str) -> str:
     """STS session names: 2-64 of ``[\\w+=,.@-]``; tied to the user so CloudTrail shows who."""
     cleaned = re.sub(r"[^\w+=,.@-]", "-", f"jupyter-{user}")
     return cleaned[:64]
+
+
+def signed_caller_identity_request(endpoint: str, region: str, credentials: dict[str, str],
+                                   now: datetime.datetime) -> tuple[str, dict[str, str]]:
+    """The URL and headers of a ``GetCallerIdentity`` GET signed with AWS Signature Version 4
+    (signed here: the user image need not have an AWS SDK)."""
+    url = urllib.parse.urlsplit(endpoint)
+    if url.hostname == "sts.amazonaws.com":  # the global endpoint signs for us-east-1
+        region = "us-east-1"
+    stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    query = "Action=GetCallerIdentity&Version=2011-06-15"
+    headers = {"host": url.netloc, "x-amz-date": stamp}
+    if credentials.get("SessionToken"):
+        headers["x-amz-security-token"] = credentials["SessionToken"]
+    signed = ";".join(sorted(headers))
+    canonical = "\n".join(["GET", url.path or "/", query, *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed,
+                           hashlib.sha256(b"").hexdigest()])
+    scope = f"{day}/{region}/sts/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + credentials["SecretAccessKey"]).encode()
+    for part in (day, region, "sts", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={credentials['AccessKeyId']}/{scope}, "
+                                f"SignedHeaders={signed}, Signature={signature}")
+    del headers["host"]
+    return f"{url.scheme}://{url.netloc}{url.path or '/'}?{query}", headers
 
 
 def sts_endpoint(env: dict[str, str]) -> str:
@@ -82,14 +111,29 @@ async def container_credentials(env: dict[str, str]) -> dict[str, Any]:
     except OSError as e:
         raise CredentialsError(502, f"the Pod Identity agent is not reachable: {e}") from None
     data = json.loads(response.body)
-    return {
+    credentials = {
         "AccessKeyId": data["AccessKeyId"],
         "SecretAccessKey": data["SecretAccessKey"],
         "SessionToken": data.get("Token", ""),
         "Expiration": data.get("Expiration", ""),
-        "AssumedRoleArn": None,
-        "RoleArn": None,
     }
+    # The agent does not say whose they are: STS does (the session EKS named), the hub the role.
+    return {**credentials, "AssumedRoleArn": await caller_arn(env, credentials),
+            "RoleArn": env.get("CLOUDIDENTITY_AWS_ROLE_ARN") or None}
+
+
+async def caller_arn(env: dict[str, str], credentials: dict[str, str]) -> str | None:
+    """``sts:GetCallerIdentity`` with *credentials*: the assumed-role session's ARN, or None if
+    STS cannot be asked."""
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+    url, headers = signed_caller_identity_request(sts_endpoint(env), region, credentials,
+                                                  datetime.datetime.now(datetime.timezone.utc))
+    try:
+        response = await AsyncHTTPClient().fetch(HTTPRequest(url, headers=headers, request_timeout=20))
+    except (HTTPClientError, OSError):
+        return None
+    arn = ET.fromstring(response.body).find(".//sts:Arn", _STS_NS)
+    return None if arn is None else arn.text
 
 
 async def aws_credentials(user: str, env: dict[str, str], duration: int = 3600) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) ->
     if irsa and role_arn:
         pin_irsa(pod, plan, role_arn)
     if irsa and plan.cloud is not None and plan.cloud.mode == "pod_identity":
-        pin_pod_identity(pod)
+        pin_pod_identity(pod, plan.cloud.identity)
 
 
 def pin_irsa(pod: Any, plan: IdentityPlan, role_arn: str) -> None:
@@ -117,7 +117,12 @@ POD_IDENTITY_MOUNT_PATH = "/var/run/secrets/pods.eks.amazonaws.com/serviceaccoun
 POD_IDENTITY_AGENT_URI = "http://169.254.170.23/v1/credentials"
 
 
-def pin_pod_identity(pod: Any) -> None:
+POD_IDENTITY_ROLE_ENV = "CLOUDIDENTITY_AWS_ROLE_ARN"
+"""The association's role, for the credentials endpoint to name (the Pod Identity agent's answer
+does not); the agent decides what the credentials are, not this variable."""
+
+
+def pin_pod_identity(pod: Any, role_arn: str) -> None:
     """What EKS's Pod Identity webhook adds to a pod whose ServiceAccount has an association:
     the container-credentials endpoint of the node's Pod Identity agent and a projected token
     for it. The webhook checks associations when the pod is created; one made a moment before
@@ -126,7 +131,8 @@ def pin_pod_identity(pod: Any) -> None:
     _project_token(
         pod, POD_IDENTITY_VOLUME, POD_IDENTITY_MOUNT_PATH, "pods.eks.amazonaws.com", 86400,
         {"AWS_CONTAINER_CREDENTIALS_FULL_URI": POD_IDENTITY_AGENT_URI,
-         "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": f"{POD_IDENTITY_MOUNT_PATH}/{POD_IDENTITY_VOLUME}"},
+         "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": f"{POD_IDENTITY_MOUNT_PATH}/{POD_IDENTITY_VOLUME}",
+         POD_IDENTITY_ROLE_ENV: role_arn},
         token_path=POD_IDENTITY_VOLUME,
     )
 

@@ -335,3 +335,28 @@ def test_a_read_only_viewer_gets_no_credentials_and_the_owner_does(granular_hub)
         assert "AccessKeyId" not in refused.text and "access_token" not in refused.text
         allowed = requests.get(server + route, headers=owner, timeout=30)
         assert allowed.status_code == 200, (route, allowed.text)
+
+
+@pytest.mark.parametrize("endpoint,region", [("https://sts.amazonaws.com/", "eu-west-1"),
+                                             ("https://sts.eu-west-1.amazonaws.com/", "eu-west-1"),
+                                             ("http://127.0.0.1:5000/", "us-east-1")])
+def test_the_caller_identity_request_is_signed_as_botocore_signs_it(endpoint, region, monkeypatch):
+    """The endpoint asks STS who Pod Identity credentials are without an AWS SDK in the image:
+    its Signature Version 4 must be the one botocore makes for the same request."""
+    import datetime
+
+    from botocore import auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from cloudidentity_spawner.creds import signed_caller_identity_request
+
+    now = datetime.datetime(2026, 12, 3, 5, 6, 7, tzinfo=datetime.timezone.utc)
+    credentials = {"AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "wJalr/EXAMPLEKEY+x", "SessionToken": "FwoG/tok+en=="}
+    url, headers = signed_caller_identity_request(endpoint, region, credentials, now)
+    signing_region = "us-east-1" if "//sts.amazonaws.com" in endpoint else region
+    request = AWSRequest(method="GET", url=url)
+    monkeypatch.setattr(auth, "get_current_datetime", lambda: now.replace(tzinfo=None))
+    auth.SigV4Auth(Credentials("ASIAEXAMPLE", "wJalr/EXAMPLEKEY+x", "FwoG/tok+en=="), "sts", signing_region).add_auth(request)
+    assert headers["Authorization"] == request.headers["Authorization"]
+    assert headers["x-amz-security-token"] == request.headers["X-Amz-Security-Token"]

@@ -51,6 +51,7 @@ def test_carol_runs_under_her_association_with_the_shared_role(demo):
                             aws_session_token=body["SessionToken"], region_name="us-east-1")
     who = session.client("sts", endpoint_url=demo.moto_url).get_caller_identity()
     assert who["Arn"].startswith("arn:aws:sts::123456789012:assumed-role/notebooks/eks-demo-eks-jupyter-carol")
+    assert body["RoleArn"] == NOTEBOOK_ROLE and body["AssumedRoleArn"] == who["Arn"]  # named, as for IRSA
     s3 = session.client("s3", endpoint_url=demo.moto_url)
     s3.put_object(Bucket="demo-scratch", Key="carol/hello.txt", Body=b"hi")
     assert s3.get_object(Bucket="demo-scratch", Key="carol/hello.txt")["Body"].read() == b"hi"

@@ -122,6 +122,7 @@ async def test_spawn_makes_one_tagged_association_and_pins_the_pod(namespace, ek
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] == "http://169.254.170.23/v1/credentials"
     assert env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"].endswith("/eks-pod-identity-token")
+    assert env["CLOUDIDENTITY_AWS_ROLE_ARN"] == ROLE  # for the credentials endpoint to name
     [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == "eks-pod-identity-token"]
     assert volume["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "pods.eks.amazonaws.com"
     await s.stop()
