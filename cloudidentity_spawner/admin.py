@@ -64,7 +64,10 @@ def admin_roles(*, name: str = SERVICE, groups: Sequence[str] = (), users: Seque
 
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 0 1.5em 1.5em; color: #222; }
+nav { display: flex; gap: 1.2em; align-items: baseline; padding: 0.7em 0; border-bottom: 1px solid #ddd; }
+nav a { color: #2c5d8f; text-decoration: none; } nav .brand { font-weight: bold; color: #222; margin-right: auto; }
+td, td code { overflow-wrap: anywhere; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.5em; }
 table { border-collapse: collapse; width: 100%; font-size: 0.9em; }
 th, td { text-align: left; padding: 0.35em 0.6em; border-bottom: 1px solid #ddd; vertical-align: top; }
@@ -79,9 +82,11 @@ def _matches(row: dict[str, Any], query: str) -> bool:
     return not query or any(query in str(v).lower() for v in row.values() if v)
 
 
-def render_page(report: dict[str, Any], decisions: list[dict[str, Any]], query: str, more_users: int) -> str:
-    """The page's HTML (every value escaped)."""
+def render_page(report: dict[str, Any], decisions: list[dict[str, Any]], query: str, more_users: int,
+                hub_prefix: str = "/hub/") -> str:
+    """The page's HTML (every value escaped), under links back to the hub's own pages."""
     e = xhtml_escape
+    total = len(report["accounts"])
     counts = ", ".join(f"{n} {state}" for state, n in report["counts"].items())
     rows = []
     for a in report["accounts"]:
@@ -104,11 +109,14 @@ def render_page(report: dict[str, Any], decisions: list[dict[str, Any]], query: 
     )
     more = f"<p class=muted>{more_users} more: narrow the search.</p>" if more_users else ""
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>Cloud identities</title><style>{STYLE}</style></head>
-<body><h1>Cloud identities of this hub</h1>
+<html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Cloud identities</title><style>{STYLE}</style></head>
+<body><nav><span class="brand">JupyterHub</span><a href="{e(hub_prefix)}home">Home</a><a href="{e(hub_prefix)}token">Token</a>
+<a href="{e(hub_prefix)}admin">Admin</a><a href="{e(hub_prefix)}logout">Logout</a></nav>
+<h1>Cloud identities of this hub</h1>
 <form method="get"><input type="search" name="q" value="{e(query)}" placeholder="user, group, rule, ServiceAccount or identity" aria-label="search">
 <button type="submit">Search</button></form>
-<p id="summary">{len(report['accounts'])} ServiceAccounts{' matching' if query else ''} ({e(report['searched'])}): {e(counts)}</p>
+<p id="summary">{total} ServiceAccount{'' if total == 1 else 's'}{' matching' if query else ''} ({e(report['searched'])}): {e(counts)}</p>
 <p class=muted>Whether hub-made roles and Google accounts still exist in the cloud is not checked here: <code>cloudidentity-spawner status</code> does.</p>
 <table id="accounts"><thead><tr><th>State</th><th>ServiceAccount</th><th>Owner</th><th>Rule</th><th>Cloud identity</th>
 <th>Drift</th><th>Last event</th></tr></thead><tbody>{''.join(rows)}</tbody></table>
@@ -138,7 +146,8 @@ def make_app(settings: Any, config: Any, accounts: Any, hub_users: Any, namespac
             if query:  # a group or a rule named in the search narrows the users too
                 decisions = [d for d in decisions if _matches(d, query)]
             self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'")
-            self.finish(render_page(report, decisions, query, max(0, len(names) - USERS_SHOWN)))
+            hub_prefix = os.environ.get("JUPYTERHUB_BASE_URL", "/").rstrip("/") + "/hub/"
+            self.finish(render_page(report, decisions, query, max(0, len(names) - USERS_SHOWN), hub_prefix))
 
     class StatusAPI(HubOAuthenticated, web.RequestHandler):
         """The same survey as ``status --json``."""

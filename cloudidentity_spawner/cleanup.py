@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,8 @@ class Action:
 
     def describe(self) -> str:
         identity = self.identity.split(":", 1)[1] if self.identity else None
+        if self.kind == "search":
+            return self.reason
         if self.kind == "remove-grant":
             g = self.grant
             return f"{g.role} on {g.resource} for {g.member}: {self.reason}"
@@ -127,36 +129,42 @@ def cleanup_actions(survey: Survey, cloud_made: Iterable[dict[str, Any]], min_ag
     return actions
 
 
-async def cloud_made(settings: Any, recorded: Iterable[str] = (), role_paths: Iterable[str] = ()) -> list[dict[str, Any]]:
+async def cloud_made(settings: Any, recorded: Iterable[str] = (), role_paths: Iterable[str] = (),
+                     unsearched: list[Action] | None = None) -> list[dict[str, Any]]:
     """Hub-made identities in the places the rules make them: IAM roles under managed rules'
     role paths, Pod Identity associations in their clusters, Google accounts in their projects;
     and in the places of the hub-made identities accounts *recorded* (a rule removed since) and
     under the IAM *role_paths* an operator names (``gc --role-path``: a rule removed whose
-    accounts are gone too). Grants to principals have no object of their own (:func:`stale_grants`)."""
-    places: dict[tuple[str, str], None] = {}
+    accounts are gone too). Grants to principals have no object of their own (:func:`stale_grants`).
+    A place the rules do not name that cannot be listed is added to *unsearched* (when given)."""
+    places: dict[tuple[str, str], bool] = {}  # -> whether the rules name it (else: searched if it can be)
     for identity in recorded:
         place = _place_of(identity)
         if place is not None:
-            places[place] = None
+            places[place] = False
     for path in role_paths:
-        places[("aws", path)] = None
+        places[("aws", path)] = False
     for rule in settings.compiled_rules.rules:
         if rule.aws is not None and rule.aws.managed is not None:
-            places[("aws", rule.aws.managed["role_path"])] = None
+            places[("aws", rule.aws.managed["role_path"])] = True
         if rule.aws is not None and rule.aws.pod_identity is not None:
-            places[("eks", rule.aws.pod_identity["cluster"])] = None
+            places[("eks", rule.aws.pod_identity["cluster"])] = True
         if rule.gcp is not None and rule.gcp.managed is not None:
-            places[("gcp", rule.gcp.managed["project"])] = None
+            places[("gcp", rule.gcp.managed["project"])] = True
         if rule.azure is not None and rule.azure.managed is not None:
             managed = rule.azure.managed
-            places[("azure", f"/subscriptions/{managed['subscription_id']}/resourceGroups/{managed['resource_group']}")] = None
+            places[("azure", f"/subscriptions/{managed['subscription_id']}/resourceGroups/{managed['resource_group']}")] = True
     found: list[dict[str, Any]] = []
-    for provider, place in places:
+    for (provider, place), named_by_rules in places.items():
         try:
             found += await backend_for(settings, provider).hub_made(place, settings.hub_name)
         except IdentityError:
             raise
         except Exception as e:  # no credentials, refused, unreachable: one line, nothing done
+            if not named_by_rules and unsearched is not None:  # e.g. the hub's policy covers the rules' paths only
+                unsearched.append(Action("search", f"this hub's {provider} identities in {place}",
+                                         skipped=f"could not list them: {_said(e)}"))
+                continue
             raise IdentityError("", f"gc could not list the hub-made {provider} identities in {place}: "
                                     f"{type(e).__name__}: {' '.join(str(e).split())[:300]}. gc needs the hub's cloud "
                                     "credentials: run it where the hub runs (kubectl exec into the hub pod), or give it "
@@ -167,15 +175,24 @@ async def cloud_made(settings: Any, recorded: Iterable[str] = (), role_paths: It
 
 
 async def plan_cleanup(settings: Any, survey: Survey, accounts: ServiceAccounts, min_age: float,
-                       role_paths: Iterable[str] = ()) -> list[Action]:
+                       role_paths: Iterable[str] = (), principal_grants: bool = False, namespace: str = "") -> list[Action]:
     """Everything ``gc`` would do: :func:`cleanup_actions` over the survey and the hub-made
-    identities in the clouds, then :func:`stale_grants`."""
+    identities in the clouds, then :func:`stale_grants` (with *principal_grants*, also grants to
+    principals of missing ServiceAccounts in the hub's *namespace* and its accounts' namespaces)."""
     places = settings.compiled_rules.managed_places
     recorded = {i for e in survey.entries if (i := hub_made_identity(e.account.annotations, places))}
-    made = await cloud_made(settings, sorted(recorded), role_paths)
-    actions = cleanup_actions(survey, made, min_age)
-    ours = {i.split(":", 1)[1] for i in recorded | {f["identity"] for f in made} if i.startswith("gcp:")}
-    return actions + await stale_grants(settings, accounts, actions, ours, min_age)
+    unsearched: list[Action] = []
+    made = await cloud_made(settings, sorted(recorded), role_paths, unsearched)
+    actions = cleanup_actions(survey, made, min_age) + unsearched
+    # Google accounts this hub made: recorded as made (not merely in a managed project) or marked.
+    made_here = {e.account.annotations.get(MANAGED_IDENTITY_ANNOTATION) for e in survey.entries} | {f["identity"] for f in made}
+    ours = {i.split(":", 1)[1] for i in made_here if i and i.startswith("gcp:") and not i.startswith("gcp:principal://")}
+    namespaces = ({namespace} | {e.account.namespace for e in survey.entries}) if principal_grants else set()
+    return actions + await stale_grants(settings, accounts, actions, ours, min_age, namespaces - {""})
+
+
+def _said(error: Exception) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
 
 
 def _place_of(identity: str) -> tuple[str, str] | None:
@@ -193,19 +210,23 @@ def _place_of(identity: str) -> tuple[str, str] | None:
     return None
 
 
-async def stale_grants(settings: Any, accounts: ServiceAccounts, actions: list[Action], ours: set[str],
-                       min_age: float) -> list[Action]:
+async def stale_grants(settings: Any, accounts: ServiceAccounts, actions: list[Action], ours: set[str], min_age: float,
+                       principal_namespaces: Collection[str] = ()) -> list[Action]:
     """Grants the rules' Google blocks made that outlive their member, in the places the rules
     grant (the project, whole buckets, each managed folder of a bucket the rules grant prefixes
     in; only bindings of the roles the rules grant there):
 
-    - to a Google service account of this hub (*ours*: recorded by its accounts or carrying its
-      marker) that was deleted - IAM shows ``deleted:serviceAccount:...``: it reaches nothing,
-      but counts against the policy's member limit;
-    - to the Workload Identity Federation principal of a Kubernetes ServiceAccount that no
-      longer exists (deleted by hand: a new account of that name would get its grants);
+    - to a Google service account this hub made (*ours*: recorded as made by its accounts or
+      carrying its marker) that was deleted - IAM shows ``deleted:serviceAccount:...``: it
+      reaches nothing, but counts against the policy's member limit;
+    - with *principal_namespaces* (``gc --principal-grants``), to the Workload Identity Federation
+      principal of a Kubernetes ServiceAccount in one of those namespaces that does not exist
+      (deleted by hand: a new account of that name would get its grants). Nothing marks a grant
+      as this hub's, and every cluster of a project shares its pool: only on the operator's word;
     - and a Google service account *actions* delete without an account recording its grants
       gets them attached, so they go before it (not left as ``deleted:`` members).
+
+    A resource that cannot be read is reported (a ``search`` action, skipped), the rest go on.
     """
     wanted: dict[str, set[str]] = {}  # resource (or "folders:<bucket>") -> roles the rules grant there
     principals: set[str] = set()  # "principal://.../subject/ns/" of the rules' pools
@@ -225,33 +246,38 @@ async def stale_grants(settings: Any, accounts: ServiceAccounts, actions: list[A
         return []
     deleting = {a.identity.split(":", 1)[1]: a for a in actions
                 if a.kind == "delete-identity" and a.identity.startswith("gcp:") and not a.skipped}
+    backend = backend_for(settings, "gcp")
+    unread: list[Action] = []
+    resources: dict[str, set[str]] = {}
+    for where, roles in wanted.items():
+        if not where.startswith("folders:"):
+            resources.setdefault(where, set()).update(roles)
+            continue
+        try:
+            for folder in await backend.managed_folders(where.removeprefix("folders:")):
+                resources.setdefault(folder, set()).update(roles)
+        except Exception as e:
+            unread.append(Action("search", f"grants on the managed folders of bucket {where.removeprefix('folders:')}",
+                                 skipped=f"could not list them: {_said(e)}"))
     found: list[tuple[Grant, tuple[str, str] | None]] = []
-    try:
-        backend = backend_for(settings, "gcp")
-        resources: dict[str, set[str]] = {}
-        for where, roles in wanted.items():
-            if where.startswith("folders:"):
-                for folder in await backend.managed_folders(where.removeprefix("folders:")):
-                    resources.setdefault(folder, set()).update(roles)
-            else:
-                resources.setdefault(where, set()).update(roles)
-        for resource, roles in sorted(resources.items()):
-            for role, title, member in await backend.grants(resource):
-                kind, _, rest = member.partition(":")
-                if role not in roles:
-                    continue
-                if kind == "serviceAccount" and rest in deleting:
-                    deleting[rest].bindings.append([resource, role, title])
-                elif kind == "deleted" and rest.startswith("serviceAccount:") and rest[15:].partition("?")[0] in ours:
-                    found.append((Grant(resource, role, title, member), None))
-                elif any(member.startswith(p) for p in principals):
-                    namespace, _, name = member.rpartition("/ns/")[2].partition("/sa/")
+    for resource, roles in sorted(resources.items()):
+        try:
+            grants = await backend.grants(resource)
+        except Exception as e:
+            unread.append(Action("search", f"grants on {resource}", skipped=f"could not read them: {_said(e)}"))
+            continue
+        for role, title, member in grants:
+            kind, _, rest = member.partition(":")
+            if role not in roles:
+                continue
+            if kind == "serviceAccount" and rest in deleting:
+                deleting[rest].bindings.append([resource, role, title])
+            elif kind == "deleted" and rest.startswith("serviceAccount:") and rest[15:].partition("?")[0] in ours:
+                found.append((Grant(resource, role, title, member), None))
+            elif any(member.startswith(p) for p in principals):
+                namespace, _, name = member.rpartition("/ns/")[2].partition("/sa/")
+                if namespace in principal_namespaces:
                     found.append((Grant(resource, role, title, member), (namespace, name)))
-    except IdentityError:
-        raise
-    except Exception as e:
-        raise IdentityError("", f"gc could not read the Google grants the rules make: {type(e).__name__}: "
-                                f"{' '.join(str(e).split())[:300]}; nothing was changed") from None
     stale = []
     present: dict[tuple[str, str], bool | None] = {}
     for grant, account in found:
@@ -266,7 +292,7 @@ async def stale_grants(settings: Any, accounts: ServiceAccounts, actions: list[A
                 action.skipped = ("IAM does not say when a grant was made, and a first spawn grants before it makes its "
                                   "account: run gc --min-age 0 when no first spawn is under way")
             stale.append(action)
-    return stale
+    return stale + unread
 
 
 async def _account_exists(accounts: ServiceAccounts, namespace: str, name: str) -> bool | None:

@@ -209,7 +209,8 @@ async def gc_command(args: argparse.Namespace) -> dict[str, Any]:
     async def run(settings, config, accounts, users, namespace):
         progress = None if args.json else Progress()
         found = await survey(settings, config, accounts, users, namespace, check_cloud=False, progress=progress)
-        actions = await cleanup.plan_cleanup(settings, found, accounts, args.min_age, args.role_path)
+        actions = await cleanup.plan_cleanup(settings, found, accounts, args.min_age, args.role_path,
+                                             args.principal_grants, namespace)
         if args.apply:
             await cleanup.apply(actions, settings, accounts, users, namespace, progress)
         return {"applied": args.apply, "searched": found.searched, "actions": [a.to_dict() for a in actions],
@@ -225,7 +226,8 @@ def _role_path(value: str) -> str:
 
 
 def _gc_line(action: Any, applied: bool) -> str:
-    verb = {"delete-account": "delete", "revoke": "revoke", "delete-identity": "delete", "remove-grant": "remove"}[action.kind]
+    verb = {"delete-account": "delete", "revoke": "revoke", "delete-identity": "delete", "remove-grant": "remove",
+            "search": "search"}[action.kind]
     if action.skipped:
         return f"skipped: {verb} {action.describe()} - {action.skipped}"
     if applied:
@@ -278,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="leave cloud identities no account records alone until they are this many seconds old "
                          "(a spawn makes the identity before its account; default 600); Google grants to a "
                          "ServiceAccount that does not exist are only removed with --min-age 0 (IAM keeps no date)")
+    gc.add_argument("--principal-grants", action="store_true",
+                    help="also remove grants in the rules' places to the Workload Identity Federation principal of a "
+                         "ServiceAccount that does not exist, in the hub's namespaces (with --min-age 0). Every "
+                         "cluster of a Google project shares its pool and nothing marks a grant as this hub's: use it "
+                         "only where no other cluster's workloads in these namespaces are granted these roles")
     gc.add_argument("--role-path", action="append", default=[], metavar="PATH", type=_role_path,
                     help="also look for this hub's IAM roles under PATH (e.g. /jupyterhub/old/), a role_path no rule "
                          "names any more; repeatable. The rules' role paths, and those of the roles accounts "

@@ -39,13 +39,14 @@ DEMO_USERS = {
 }
 DEMO_PROFILES = [
     {"display_name": "Standard notebook", "slug": "standard", "default": True,
-     "description": "Your own cloud identity (or your group's)",
+     "description": "The notebook image of your choice",
      "profile_options": {"image": {"display_name": "Image", "choices": {
          "base": {"display_name": "Base", "kubespawner_override": {"image": "quay.io/jupyter/base-notebook:latest"}},
          "root": {"display_name": "ROOT analysis", "allowed_groups": ["/escape/atlas"],
                   "kubespawner_override": {"image": "rootproject/root:latest"}}}}}},
-    {"display_name": "ATLAS analysis with the project role", "slug": "atlas-analysis",
-     "description": "Only for /escape/atlas", "allowed_groups": ["/escape/atlas"], "identity_rule": "atlas"},
+    {"display_name": "Personal analysis with a role of your own", "slug": "personal",
+     "description": "For /escape/atlas members: your own scratch prefix instead of the group's role.",
+     "allowed_groups": ["/escape/atlas"], "identity_rule": "escape-members"},
 ]
 ISSUER_PATH = "oidc.eks.us-east-1.amazonaws.com/id/DEMO0CLUSTER0OIDC"
 

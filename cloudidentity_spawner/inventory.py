@@ -372,10 +372,18 @@ async def survey(settings: Any, config: Any, accounts: ServiceAccounts, hub_user
     users = await hub_users.users(owners) if owners else {}
     named = profile_rules(config)
     servers_namespace = None if user_namespaces(config) else namespace
+    # Judged against the spawner's namespace only when some account is there: none is when gc is
+    # given the wrong namespace (e.g. run outside the hub's pod), not only after a move.
+    moved = servers_namespace is not None and not any(a.namespace == namespace for a in found)
     places = settings.compiled_rules.managed_places
     entries = []
     for i, account in enumerate(found, 1):
-        plan, reason, unknown = plan_for_account(settings, account, users.get(account.user), named, servers_namespace)
+        if moved and account.namespace != namespace:
+            plan, reason, unknown = None, None, (
+                f"none of this hub's accounts is in namespace {namespace}, where the config runs servers: give the "
+                "hub's namespace with --namespace, or (if the hub moved there) judge again after a first spawn there")
+        else:
+            plan, reason, unknown = plan_for_account(settings, account, users.get(account.user), named, servers_namespace)
         if unknown:
             entry = Entry(account, "unknown", [unknown])
         else:

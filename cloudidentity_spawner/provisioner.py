@@ -24,9 +24,10 @@ from .claims import Claims, user_claims
 from .config import CloudIdentity
 from .errors import ConfigError, IdentityError, SpawnRefused
 from .inventory import Account
+from . import names
 from .kube import ServiceAccounts, assignments_to_remove, bindings_to_remove, hub_made_identity, identity_to_revoke, is_retryable, is_users_own, service_account_change
 from .metrics import IDENTITY_STEP_SECONDS, SERVICE_ACCOUNT_CHANGES, SPAWN_DECISIONS
-from .plan import GC_PENDING_ANNOTATION, IdentityPlan
+from .plan import GC_PENDING_ANNOTATION, HUB_LABEL, SCOPE_LABEL, USER_LABEL, IdentityPlan
 from .providers import azure, backend_for, backend_for_plan, gcp
 from .providers.managed import PROGRESS
 from .retry import Backoff, describe
@@ -171,6 +172,11 @@ class IdentityProvisioner:
         SPAWN_DECISIONS.labels("ok", plan.scope, plan.cloud.provider if plan.cloud else "none").inc()
         return plan
 
+    @property
+    def user_namespaces(self) -> bool:
+        """KubeSpawner's ``enable_user_namespaces`` (the spawner's, also in the plain hook)."""
+        return bool(getattr(self.spawner, "enable_user_namespaces", False))
+
     def show_progress(self, message: str) -> None:
         """A message on the spawn page (CloudIdentitySpawner's progress events; the plain hook has none)."""
         progress = getattr(self.spawner, "_identity_progress", None)
@@ -195,7 +201,10 @@ class IdentityProvisioner:
                 # cache last saw it right (gc runs outside the hub), so the cloud is asked.
                 recheck = existing is None or GC_PENDING_ANNOTATION in (existing.get("annotations") or {})
                 backend = backend_for_plan(self.settings, plan.cloud)
-                cloud_outcome = await backend.ensure(plan, recheck=recheck)
+                if plan.cloud.provider == "aws" and plan.cloud.mode == "managed" and self.user_namespaces:
+                    cloud_outcome = await backend.ensure(plan, recheck=recheck, namespaces=server_namespaces(self.spawner))
+                else:
+                    cloud_outcome = await backend.ensure(plan, recheck=recheck)
                 if plan.cloud.provider == "azure":  # Azure chose the identity's client id when it made it
                     plan = azure.with_identity_ids(plan, *backend.ids[plan.cloud.identity])
             revoked: list[str] = []
@@ -221,7 +230,7 @@ class IdentityProvisioner:
 
             await revoke_what_it_no_longer_plans(existing)
             outcome = await self.accounts.ensure(plan, existing, before_change=revoke_what_it_no_longer_plans)
-            if outcome == "created" and plan.scope == "user" and getattr(self.spawner, "enable_user_namespaces", False):
+            if plan.scope == "user" and self.user_namespaces and outcome == "created":
                 await self.leave_old_namespaces(plan, cache)
             if outcome != "unchanged" or cloud_outcome in ("created", "updated"):
                 self.accounts.record_event(plan, EVENT_REASONS[outcome], event_message(plan, outcome, cloud_outcome))
@@ -348,14 +357,15 @@ class IdentityProvisioner:
                 f"removing bindings {bindings} of {email} (no longer planned) failed: {type(e).__name__}: {e}",
             ) from None
 
-    async def forget_user(self, username: str, namespace: str, everywhere: bool = True) -> None:
+    async def forget_user(self, username: str, namespace: str, everywhere: bool = True, why: str = "user deleted") -> None:
         """Delete the user's own ServiceAccounts and the hub-made cloud identities they record:
         in *namespace*, and with *everywhere* in every namespace the hub may list (user
         namespaces, a namespace the hub used before).
 
         The cloud side goes first: if it cannot be removed, the account (and its record of what
         to remove) stays for a later attempt, and the admin log says so. Only identities the
-        account records as hub-made are touched, never an operator's role or Google account.
+        account records as hub-made are touched, never an operator's role or Google account; an
+        account pods run under stays.
         """
         hub = self.settings.hub_name
         found = {sa.metadata.uid: Account.from_api(sa) for sa in await self.accounts.user_accounts(username, namespace, hub)}
@@ -369,7 +379,16 @@ class IdentityProvisioner:
                                  "so their accounts outside %s (if any) stay: gc with cluster-wide read finds them",
                                  username, namespace)
         for account in sorted(found.values(), key=lambda a: (a.namespace, a.name)):
-            await self._forget_account(username, account, "user deleted")
+            try:
+                running = await self.accounts.running_pods(account.namespace, account.name)
+                if running:  # e.g. the user's other server in this namespace, starting
+                    self.log.info("cloudidentity: keeping %s's ServiceAccount %s: pods run under it (%s)",
+                                  username, account.where, ", ".join(running))
+                    continue
+                await self._forget_account(username, account, why)
+            except Exception as e:  # the others still go; what stays is logged (and gc finds it)
+                self.log.error("cloudidentity: user %s deleted, but ServiceAccount %s could not be deleted: %s; it "
+                               "stays for gc", username, account.where, describe(e))
 
     async def _forget_account(self, username: str, account: Account, why: str) -> bool:
         """Revoke what one of the user's accounts records as hub-made (for that account only: a
@@ -403,15 +422,22 @@ class IdentityProvisioner:
         keep = server_namespaces(self.spawner)
         try:
             if cache is not None:  # with user namespaces the watch cache holds every namespace: no request
-                found = [Account.from_json(item) for item in cache.values()]
-                found = [a for a in found if a.scope == "user" and is_users_own(a.labels, a.annotations, username, hub)]
+                # This hub's label, always: an account without it may be another hub's (as gc judges it).
+                wanted = {USER_LABEL: names.label_value(username), HUB_LABEL: names.label_value(hub), SCOPE_LABEL: "user"}
+                found = [Account.from_json(item) for item in cache.values()
+                         if all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in wanted.items())]
+                found = [a for a in found if is_users_own(a.labels, a.annotations, username, hub)]
             else:
                 found = [Account.from_api(sa) for sa in await self.accounts.user_accounts(username, None, hub)]
         except ApiException as e:
             if e.status != 403:
-                raise
+                self.log.error("cloudidentity: could not look for %s's accounts in other namespaces: %s", username, describe(e))
+                return
             self.log.warning("cloudidentity: the hub may not list ServiceAccounts in every namespace, so %s's accounts "
                              "in namespaces their servers no longer use are not cleaned up", username)
+            return
+        except Exception as e:
+            self.log.error("cloudidentity: could not look for %s's accounts in other namespaces: %s", username, describe(e))
             return
         for account in found:
             if account.namespace in keep:
@@ -423,9 +449,9 @@ class IdentityProvisioner:
                                   username, account.where, ", ".join(running))
                     continue
                 await self._forget_account(username, account, f"{plan.service_account.namespace} is the namespace now")
-            except ApiException as e:
+            except Exception as e:
                 self.log.error("cloudidentity: could not clean up %s's ServiceAccount %s in a namespace their servers no "
-                               "longer use: Kubernetes said %s %s", username, account.where, e.status, e.reason)
+                               "longer use: %s", username, account.where, describe(e))
 
 
 def server_namespaces(spawner: Any, include_self: bool = True) -> set[str]:
@@ -438,4 +464,8 @@ def server_namespaces(spawner: Any, include_self: bool = True) -> set[str]:
         namespace = (getattr(orm_spawner, "state", None) or {}).get("namespace")
         if name != spawner.name and namespace:
             found.add(namespace)
+    # A server starting for the first time has saved no state yet.
+    for other in list((getattr(spawner.user, "spawners", None) or {}).values()):
+        if other is not spawner and (getattr(other, "pending", None) or getattr(other, "active", False)):
+            found.add(other.namespace)
     return found

@@ -272,10 +272,9 @@ class IdentityRules:
             matched, group = rule.match(claims)
             if matched:
                 return rule, group
-        groups = list(claims.groups)
         raise NoMatchingRule(
-            f"No cloud identity is configured for user {claims.username!r} with groups {groups}; ask your hub admin.",
-            f"no identity rule matches user {claims.username!r} with groups {groups}",
+            f"No cloud identity is configured for user {claims.username!r} ({_groups_phrase(claims)}); ask your hub admin.",
+            f"no identity rule matches user {claims.username!r} ({_groups_phrase(claims)})",
         )
 
     def resolve(self, claims: Claims, namespace: str, rule_name: str | None = None) -> IdentityPlan:
@@ -298,7 +297,7 @@ class IdentityRules:
                 raise NoMatchingRule(
                     "This server profile's cloud identity is not available to you; ask your hub admin.",
                     f"identity rule {rule_name!r} (named by the profile) does not match user "
-                    f"{claims.username!r} with groups {list(claims.groups)}",
+                    f"{claims.username!r} ({_groups_phrase(claims)})",
                 )
         try:
             return self._plan(rule, group, claims, namespace)
@@ -385,3 +384,11 @@ class IdentityRules:
             cloud=cloud,
             adopt=rule.adopt,
         )
+
+
+def _groups_phrase(claims: Claims) -> str:
+    """The user's groups as a person reads them: ``no groups``, ``group /a``, ``groups /a, /b``."""
+    groups = list(claims.groups)
+    if not groups:
+        return "no groups"
+    return ("group " if len(groups) == 1 else "groups ") + ", ".join(groups)

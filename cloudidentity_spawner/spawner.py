@@ -179,10 +179,36 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         profile_list = self.profile_list
         if callable(profile_list):
             profile_list = await maybe_future(profile_list(spawner))
-        return await self._identity_line(claims) + self._render_options_form(self._sorted_dict_values(profile_list))
+        profiles = self._sorted_dict_values(profile_list)
+        line, default = await self._identity_line(claims)
+        return line + self._render_options_form(await self._with_identity_notes(profiles, claims, default))
 
-    async def _identity_line(self, claims: Claims | None) -> str:
-        """HTML: the identity the default profile gives (no I/O beyond the user's stored login)."""
+    async def _with_identity_notes(self, profiles: list[Any], claims: Claims | None, default: str | None) -> list[Any]:
+        """The profiles, each that names its own ``identity_rule`` saying what it gives this user:
+        another identity than the default (the line above the form), the same, or none and why."""
+        if claims is None:
+            return profiles
+        noted = []
+        for profile in profiles:
+            rule = profile.get("identity_rule") if isinstance(profile, dict) else None
+            if rule:
+                try:
+                    sentence = identity_sentence(await plan_for(self, self, claims, self.namespace, rule))
+                    note = ("The same cloud identity as above." if sentence == default
+                            else sentence.replace("Your server will run as", "Runs as", 1))
+                except (IdentityError, ConfigError) as e:
+                    note = e.user_message if isinstance(e, IdentityError) else "Its cloud identity is misconfigured."
+                except Exception as e:  # e.g. an identity_resolver: the spawn will say
+                    self.log.warning("cloudidentity: cannot preview profile %s for %s: %s", rule, self.user.name, describe(e))
+                    note = ""
+                # KubeSpawner's form does not escape descriptions (operators may write HTML): ours is text.
+                profile = {**profile, "description": " ".join(p for p in (profile.get("description", ""), html.escape(note)) if p)}
+            noted.append(profile)
+        return noted
+
+    async def _identity_line(self, claims: Claims | None) -> tuple[str, str | None]:
+        """HTML: the identity the default profile gives (no I/O beyond the user's stored login),
+        and its sentence (None when the user gets none)."""
         try:
             if claims is None:
                 claims = await user_claims(self, self.user)
@@ -193,11 +219,12 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
             return (f'<div class="alert alert-warning cloudidentity-identity" role="alert">{html.escape(message)}</div>'
                     '<script>document.addEventListener("DOMContentLoaded", function () {'
                     ' document.querySelectorAll(\'#spawn_form [type="submit"]\').forEach(function (b) { b.remove(); }); });'
-                    '</script>')
+                    '</script>'), None
         except Exception as e:  # e.g. an identity_resolver that fails: the form still shows; the spawn will say
             self.log.warning("cloudidentity: cannot preview the identity of %s: %s", self.user.name, describe(e))
-            return ""
-        return f'<div class="alert alert-info cloudidentity-identity" role="status">{html.escape(identity_sentence(plan))}</div>'
+            return "", None
+        sentence = identity_sentence(plan)
+        return f'<div class="alert alert-info cloudidentity-identity" role="status">{html.escape(sentence)}</div>', sentence
 
     async def _selected_profile(self) -> Any:
         """Check the submitted profile, choices and values against what the user may see
@@ -273,7 +300,8 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         if not self.name:
             await self._provisioner().forget_user(self.user.name, self.namespace)
         elif self.enable_user_namespaces and self.namespace not in server_namespaces(self, include_self=False):
-            await self._provisioner().forget_user(self.user.name, self.namespace, everywhere=False)
+            await self._provisioner().forget_user(self.user.name, self.namespace, everywhere=False,
+                                                  why=f"named server {self.name} deleted")
         else:
             self.log.info("cloudidentity: named server %s/%s deleted; keeping the user's ServiceAccount in %s, which their "
                           "other servers use", self.user.name, self.name, self.namespace)

@@ -122,7 +122,7 @@ class HubWith:
 
 
 async def run_gc(c: Config, namespace: str, users: dict[str, Any], apply: bool = True, min_age: float = 0.0,
-                 role_paths: tuple[str, ...] = ()):
+                 role_paths: tuple[str, ...] = (), principal_grants: bool = False):
     """``gc`` as the command runs it (survey, the clouds' hub-made identities, cleanup), in process."""
     from cloudidentity_spawner import cleanup
     from cloudidentity_spawner.config import identity_settings
@@ -135,7 +135,7 @@ async def run_gc(c: Config, namespace: str, users: dict[str, Any], apply: bool =
     async with api_client:
         accounts = ServiceAccounts(client.CoreV1Api(api_client))
         found = await survey(settings, c, accounts, hub, namespace)
-        actions = await cleanup.plan_cleanup(settings, found, accounts, min_age, role_paths)
+        actions = await cleanup.plan_cleanup(settings, found, accounts, min_age, role_paths, principal_grants, namespace)
         if apply:
             await cleanup.apply(actions, settings, accounts, hub, namespace)
     return found, actions

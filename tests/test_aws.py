@@ -24,8 +24,8 @@ from cloudidentity_spawner.provisioner import revoke_identity  # noqa: E402
 
 from .aws_policy import problems  # noqa: E402
 from .kubehelpers import (  # noqa: E402
-    SpawnUser, another_namespace, delete_service_account, hub_accounts, make_spawner, oidc_state, read, spawner_config,
-    user_namespaces, with_saved_servers,
+    SpawnUser, another_namespace, create_service_account, delete_service_account, hub_accounts, make_spawner, oidc_state,
+    read, spawner_config, user_namespaces, with_saved_servers,
 )
 
 ACCOUNT = "123456789012"  # moto's default account
@@ -654,3 +654,45 @@ async def test_deleting_a_user_finds_their_accounts_in_every_namespace(namespace
             iam(moto_endpoint).get_role(RoleName=f"{hub}-cal")
         assert await read("serviceaccount", old, "jupyter-cal") is None
         assert await read("serviceaccount", new, "jupyter-cal") is None
+
+
+async def test_a_users_role_trusts_only_the_namespaces_their_servers_use(namespace, moto_endpoint, hub):
+    """The old namespace's account was deleted by hand, so there is nothing to revoke it from:
+    the trust still names only what the user's servers use (a namespace given to someone else
+    later must not reach the role)."""
+    old, new = f"{namespace}-a-dot", f"{namespace}-b-dot"
+    async with user_namespaces(old, new):
+        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "dot", f"{namespace}-a-{{username}}", default=None))
+        await delete_service_account(old, "jupyter-dot")
+        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "dot", f"{namespace}-b-{{username}}", default=None))
+        doc = iam(moto_endpoint).get_role(RoleName=f"{hub}-dot")["Role"]["AssumeRolePolicyDocument"]
+        assert doc["Statement"][0]["Condition"]["StringEquals"][f"{ISSUER}:sub"] == f"system:serviceaccount:{new}:jupyter-dot"
+
+
+async def test_an_account_without_this_hubs_label_elsewhere_is_left_alone(namespace, moto_endpoint, hub):
+    """Another (older) hub's account of a user of the same name, in its own namespace, found in
+    the cluster-wide watch cache: a first spawn here must not delete it."""
+    other = f"{namespace}-other"
+    theirs = {"metadata": {"name": "jupyter-eli", "labels": {
+        "app.kubernetes.io/managed-by": "cloudidentity-spawner", "cloudidentity-spawner/scope": "user",
+        "cloudidentity-spawner/user": "eli"}, "annotations": {"cloudidentity-spawner/owner": "user:eli"}}}
+    async with user_namespaces(f"{namespace}-eli"), another_namespace(other):
+        await create_service_account(other, theirs)
+        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "eli", f"{namespace}-{{username}}", default=None))
+        assert await read("serviceaccount", other, "jupyter-eli") is not None
+
+
+@pytest.mark.emulator_only
+async def test_deleting_a_user_goes_on_past_an_account_it_cannot_delete(namespace, moto_endpoint, hub, emulator, caplog):
+    old, new = f"{namespace}-a-fox", f"{namespace}-b-fox"
+    async with user_namespaces(old, new):
+        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "fox", f"{namespace}-a-{{username}}", default=None))
+        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "fox", f"{namespace}-b-{{username}}",
+                                       server_name="gpu", default=old, gpu=None))
+        emulator.fail("DELETE", f"/namespaces/{old}/serviceaccounts/jupyter-fox$", 500, count=50)
+        await namespaced_spawner(namespace, moto_endpoint, hub, "fox", f"{namespace}-b-{{username}}",
+                                 default=None, gpu=new).delete_forever()
+        emulator.faults.clear()
+        assert await read("serviceaccount", old, "jupyter-fox") is not None  # left for gc, and said so
+        assert await read("serviceaccount", new, "jupyter-fox") is None
+        assert any(f"{old}/jupyter-fox could not be deleted" in r.getMessage() for r in caplog.records)

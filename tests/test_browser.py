@@ -61,11 +61,14 @@ def test_alice_sees_her_profiles_and_her_server_starts_under_her_account(browser
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "profile-form-alice.png"), full_page=True)
     text = page.content()
-    assert "ATLAS analysis with the project role" in text and "ROOT analysis" in text
+    assert "Personal analysis with a role of your own" in text and "ROOT analysis" in text
     line = page.locator(".cloudidentity-identity").inner_text()
     assert line == ("Your server will run as arn:aws:iam::123456789012:role/jupyterhub/escape-atlas "
                     "(rule atlas, shared with group /escape/atlas).")
-    page.get_by_text("ATLAS analysis with the project role").click()
+    # The profile that names its own rule says what it gives her instead.
+    personal = page.locator("label", has_text="Personal analysis with a role of your own").inner_text()
+    assert "Runs as arn:aws:iam::123456789012:role/jupyterhub/demo/demo-alice (rule escape-members, your own)." in personal
+    page.get_by_text("Standard notebook").click()
     page.get_by_role("button", name="Start").click()
     page.wait_for_url("**/user/alice/**", timeout=90_000)
 
@@ -80,7 +83,7 @@ def test_carol_does_not_see_atlas_profiles(browser, demo):
     page.screenshot(path=str(ARTIFACTS / "profile-form-carol.png"), full_page=True)
     text = page.content()
     assert "Standard notebook" in text
-    assert "ATLAS analysis with the project role" not in text and "ROOT analysis" not in text
+    assert "Personal analysis" not in text and "ROOT analysis" not in text
     assert page.locator(".cloudidentity-identity").inner_text() == (
         "Your server will run as arn:aws:iam::123456789012:role/jupyterhub/demo/demo-carol (rule escape-members, your own).")
 
@@ -104,17 +107,17 @@ def test_posting_a_hidden_profile_is_refused(demo):
     # carol has logged in (previous test); start her server asking for the hidden profile via the REST API.
     r = requests.post(
         f"http://127.0.0.1:{demo.port}/hub/api/users/carol/server",
-        json={"profile": "atlas-analysis"},
+        json={"profile": "personal"},
         headers={"Authorization": f"token {TOKEN}"},
         timeout=60,
     )
     assert r.status_code == 403
-    assert r.json()["message"] == "The server profile 'atlas-analysis' is not available to you."
+    assert r.json()["message"] == "The server profile 'personal' is not available to you."
     model = requests.get(f"http://127.0.0.1:{demo.port}/hub/api/users/carol",
                          headers={"Authorization": f"token {TOKEN}"}, timeout=30).json()
     assert model["servers"] == {}
     assert demo.kube.api.get("pods", NAMESPACE, "jupyter-carol") is None
-    assert "refused profile 'atlas-analysis'" in Path(demo.hub_log.name).read_text()
+    assert "refused profile 'personal'" in Path(demo.hub_log.name).read_text()
 
 
 def test_admins_see_who_runs_as_what_and_others_are_kept_out(browser, demo):
@@ -149,7 +152,13 @@ def test_admins_see_who_runs_as_what_and_others_are_kept_out(browser, demo):
     page.wait_for_url("**q=zed**")
     assert page.locator("#accounts tbody tr").count() == 1
     assert page.locator("#users tbody tr").count() == 0
-    assert page.locator("#summary").inner_text().startswith("1 ServiceAccounts matching")
+    assert page.locator("#summary").inner_text().startswith("1 ServiceAccount matching")
+    # It fits the window (long ARNs wrap) and leads back to the hub.
+    page.set_viewport_size({"width": 1024, "height": 768})
+    page.goto(f"http://127.0.0.1:{demo.port}/services/cloudidentity/")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.get_by_role("link", name="Home").click()
+    page.wait_for_url("**/hub/home")
 
     # carol is no admin and was granted nothing: the hub does not let her in.
     other = log_in(browser, demo, "carol")

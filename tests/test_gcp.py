@@ -477,3 +477,25 @@ async def test_gc_leaves_no_grant_of_a_deleted_google_account_behind(namespace, 
     _, actions = await run_gc(c, namespace, users)
     assert sorted((a.kind, a.done) for a in actions) == [("delete-identity", True), ("remove-grant", True), ("remove-grant", True)]
     assert left("dan") == [] and left("erin") == []
+
+
+async def test_gc_leaves_the_dead_grants_of_an_operators_google_account_alone(namespace, gcp_server, hub):
+    """An operator's account (a rule's existing service_account, in the managed rules' project)
+    deleted by the operator: its grants stay as IAM keeps them (undeleting the account within 30
+    days brings them back) - gc removes only what the hub made."""
+    iam, _, _ = gcp_server.clients()
+    made = iam.create_service_account(request={"name": f"projects/{PROJECT}", "account_id": f"op-{hub}"})
+    existing = [{"name": "ops", "match": {"groups": ["/ops"]}, "gcp": {"service_account": made.email}}]
+    c = spawner_config(namespace, existing + rules(hub), hub_name=hub, gcp_client_factory=gcp_server.client_factory(),
+                       gcp_activation_seconds=0, gcp_annotation_settle_seconds=0)
+    await spawn(make_spawner(CloudIdentitySpawner, c, SpawnUser("gil", oidc_state(groups=["/ops"]))))
+    project = f"projects/{PROJECT}"
+    policies = gcp_server.state.policies
+    policy = policies.get(project)
+    policy["bindings"].append({"role": "roles/serviceusage.serviceUsageConsumer", "members": [f"serviceAccount:{made.email}"]})
+    policies.set(project, policy)
+    iam.delete_service_account(request={"name": f"projects/{PROJECT}/serviceAccounts/{made.email}"})
+    _, actions = await run_gc(c, namespace, {"gil": oidc_state(groups=["/ops"])})
+    assert [a for a in actions if a.kind == "remove-grant" and made.email in a.grant.member] == []
+    assert any(m.startswith(f"deleted:serviceAccount:{made.email}?uid=")
+               for m in members(gcp_server, project, "roles/serviceusage.serviceUsageConsumer"))

@@ -449,3 +449,41 @@ async def test_gc_finds_hub_made_roles_under_a_role_path_no_rule_names_any_more(
 def test_gc_refuses_a_role_path_iam_would_refuse(tmp_path):
     out = command("gc", "--config", str(tmp_path / "none.py"), "--role-path", "jupyterhub/old")
     assert out.returncode == 2 and "is not an IAM role path" in out.stderr
+
+
+async def test_a_place_gc_may_not_list_is_reported_and_the_rest_is_done(namespace, moto_endpoint, hub, monkeypatch):
+    """The hub's policy covers the rules' role path only (as the example does): a --role-path (or
+    a path an account records) that IAM refuses to list is one skipped line, not a failed gc."""
+    from cloudidentity_spawner.providers.aws_iam import ManagedRoles
+
+    await spawn(namespace, moto_endpoint, hub, "bob", ["/escape"], [members_rule(hub)])
+    await delete_service_account(namespace, "jupyter-bob")
+    listed = ManagedRoles.hub_made
+
+    async def refused_outside_the_rules(self, path, hub_name):
+        if path == "/denied/":
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not on /denied/"}}, "ListRoleTags")
+        return await listed(self, path, hub_name)
+
+    monkeypatch.setattr(ManagedRoles, "hub_made", refused_outside_the_rules)
+    c = spawner_config(namespace, [members_rule(hub)], hub_name=hub,
+                       aws_client_kwargs={"endpoint_url": moto_endpoint, "region_name": "us-east-1"})
+    _, actions = await run_gc(c, namespace, {"bob": oidc_state(**{"wlcg.groups": ["/escape"]})}, role_paths=("/denied/",))
+    assert [(a.kind, a.done) for a in actions if a.kind == "delete-identity"] == [("delete-identity", True)]
+    [search] = [a for a in actions if a.kind == "search"]
+    assert "/denied/" in search.reason and "AccessDenied" in search.skipped
+    assert not role_exists(moto_endpoint, f"{hub}-bob")
+
+
+async def test_gc_given_a_namespace_without_this_hubs_accounts_judges_none_orphaned(namespace, moto_endpoint, hub):
+    """E.g. gc run outside the hub's pod, where the namespace defaults to "default": the accounts
+    elsewhere are not judged against it (they would all look orphaned)."""
+    await spawn(namespace, moto_endpoint, hub, "alice", ["/escape"], [members_rule(hub)])
+    async with another_namespace(namespace + "-wrong") as wrong:
+        c = spawner_config(wrong, [members_rule(hub)], hub_name=hub,
+                           aws_client_kwargs={"endpoint_url": moto_endpoint, "region_name": "us-east-1"})
+        found, actions = await run_gc(c, wrong, {"alice": oidc_state(**{"wlcg.groups": ["/escape"]})})
+    [entry] = [e for e in found.entries if e.account.namespace == namespace]
+    assert entry.state == "unknown" and "--namespace" in entry.problems[0]
+    assert [a for a in actions if a.account is not None and a.account.namespace == namespace] == []
+    assert role_exists(moto_endpoint, f"{hub}-alice")

@@ -147,8 +147,8 @@ async def test_a_failing_resolver_leaves_the_form_without_an_identity_line(caplo
 
     c = spawner_config("ns", [{"name": "everyone", "match": {}}], identity_resolver=broken)
     s = make_spawner(CloudIdentitySpawner, c, SpawnUser("ann", oidc_state()))
-    assert await s._identity_line(Claims("ann", ())) == ""
+    assert await s._identity_line(Claims("ann", ())) == ("", None)
     assert any("cannot preview the identity of ann" in r.getMessage() for r in caplog.records)
     c = spawner_config("ns", [{"name": "everyone", "match": {}}])
     s = make_spawner(CloudIdentitySpawner, c, SpawnUser("ann", oidc_state()))
-    assert "Your server will run with no cloud identity (rule everyone" in await s._identity_line(Claims("ann", ()))
+    assert "Your server will run with no cloud identity (rule everyone" in (await s._identity_line(Claims("ann", ())))[0]

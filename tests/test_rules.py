@@ -39,7 +39,7 @@ def test_first_matching_rule_wins_and_globs_match_groups():
     with pytest.raises(NoMatchingRule) as e:
         r.resolve(user("bob", "/other"), "ns")
     assert "No cloud identity is configured" in e.value.user_message
-    assert "['/other']" in e.value.user_message
+    assert "(group /other)" in e.value.user_message
 
 
 def test_empty_match_matches_everyone():

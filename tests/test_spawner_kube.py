@@ -182,7 +182,7 @@ async def test_no_matching_rule_is_a_clear_spawn_failure(namespace, caplog):
     with pytest.raises(SpawnRefused) as e:
         await spawner.start()
     assert e.value.jupyterhub_message == (
-        "No cloud identity is configured for user 'bob' with groups ['/other']; ask your hub admin."
+        "No cloud identity is configured for user 'bob' (group /other); ask your hub admin."
     )
     assert any("no identity rule matches user 'bob'" in r.getMessage() for r in caplog.records)
     assert await read("pod", namespace, spawner.pod_name) is None

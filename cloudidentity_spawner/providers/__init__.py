@@ -38,9 +38,8 @@ def backend_for(settings: Any, provider: str) -> Any:
     common = {"cache_seconds": settings.cloud_cache_seconds, "log": settings.log}
     if provider == "aws":
         kwargs = dict(settings.aws_client_kwargs)
-        every_namespace = bool(getattr(settings, "enable_user_namespaces", False))  # a KubeSpawner setting
-        return _shared(("aws", json.dumps(kwargs, sort_keys=True, default=str), every_namespace), "aws_iam", "ManagedRoles",
-                       kwargs, every_namespace=every_namespace, max_concurrent_calls=settings.aws_max_concurrent_calls,
+        return _shared(("aws", json.dumps(kwargs, sort_keys=True, default=str)), "aws_iam", "ManagedRoles", kwargs,
+                       max_concurrent_calls=settings.aws_max_concurrent_calls,
                        propagation_seconds=settings.aws_role_propagation_seconds, **common)
     if provider == "eks":
         kwargs = dict(settings.aws_eks_client_kwargs or settings.aws_client_kwargs)

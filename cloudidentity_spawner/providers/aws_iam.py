@@ -15,7 +15,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -45,12 +45,6 @@ class ManagedRoles(BotoBackend):
     service, provider = "iam", "aws"
     default_propagation_seconds = 10.0
 
-    def __init__(self, *args: Any, every_namespace: bool = False, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.every_namespace = every_namespace
-        """User namespaces: a user's servers may run in several namespaces (each server keeps the
-        one it started in), so a user's role keeps trusting its account in each, like a shared
-        role; the user's accounts in namespaces none of their servers use are revoked one by one."""
 
     @property
     def iam(self) -> Any:
@@ -61,15 +55,18 @@ class ManagedRoles(BotoBackend):
     def iam(self, value: Any) -> None:
         self.client = value
 
-    async def ensure(self, plan: IdentityPlan, recheck: bool = False) -> str:
+    async def ensure(self, plan: IdentityPlan, recheck: bool = False, namespaces: Collection[str] | None = None) -> str:
         """Make the plan's role exist exactly as planned; returns created, updated or unchanged.
 
         A warm spawn whose role was made right within ``cache_seconds`` makes no IAM call, unless
         *recheck* (the account is new, or ``gc`` is removing it: the role may be gone since).
+        With user namespaces a user's servers may run in several namespaces (each keeps the one it
+        started in): *namespaces* are those, and a user's role trusts its account in each of them
+        and no other.
         """
         role = plan.cloud.resources["role"]
         name = role["name"]
-        planned = fingerprint(role)
+        planned = fingerprint({**role, "namespaces": sorted(namespaces)} if namespaces is not None else role)
         if not recheck and self.converged.fresh(name, planned):
             return "unchanged"
         # One spawn at a time per role: the others then find it made.
@@ -77,7 +74,7 @@ class ManagedRoles(BotoBackend):
             if not recheck and self.converged.fresh(name, planned):
                 return "unchanged"  # a concurrent spawn (a double click) just made it right
             try:
-                outcome = await self._ensure(plan, role)
+                outcome = await self._ensure(plan, role, namespaces)
             except ClientError as e:
                 raise self._error(plan, e) from None
             except BotoCoreError as e:
@@ -89,7 +86,7 @@ class ManagedRoles(BotoBackend):
             self.converged.remember(name, planned)
             return outcome
 
-    async def _ensure(self, plan: IdentityPlan, role: Mapping[str, Any]) -> str:
+    async def _ensure(self, plan: IdentityPlan, role: Mapping[str, Any], namespaces: Collection[str] | None) -> str:
         name = role["name"]
         try:
             current = (await self._call("GetRole", RoleName=name))["Role"]
@@ -108,7 +105,8 @@ class ManagedRoles(BotoBackend):
                     raise
             current = (await self._call("GetRole", RoleName=name))["Role"]
         self._check_ours(plan, current)
-        if await self._converge(role, current, shared=plan.scope != "user" or self.every_namespace):
+        if await self._converge(role, current, shared=plan.scope != "user" or namespaces is not None,
+                                namespaces=namespaces if plan.scope == "user" else None):
             # A changed trust or policy is eventually consistent too: the pod's first
             # AssumeRoleWithWebIdentity (new namespace in the trust) or call must not race it.
             await self._settle(name)
@@ -175,17 +173,18 @@ class ManagedRoles(BotoBackend):
                 f"{plan.cloud.resources['role']['path']!r}; IAM cannot move a role: delete it or change role_name.",
             )
 
-    async def _converge(self, role: Mapping[str, Any], current: Mapping[str, Any], shared: bool = False) -> bool:
+    async def _converge(self, role: Mapping[str, Any], current: Mapping[str, Any], shared: bool = False,
+                        namespaces: Collection[str] | None = None) -> bool:
         """Write only what differs; True if anything was written."""
         name = role["name"]
         changed = False
         trust = thaw(role["trust_policy"])
         if shared:
-            trust = trust_for_every_namespace(trust, current.get("AssumeRolePolicyDocument"))
+            trust = trust_for_every_namespace(trust, current.get("AssumeRolePolicyDocument"), namespaces)
             size = len(json.dumps(trust, separators=(",", ":")))
             if size > TRUST_POLICY_LIMIT:
                 raise IdentityError(
-                    "Your group's cloud identity cannot trust one more namespace; ask your hub admin.",
+                    "Your cloud identity cannot trust one more namespace; ask your hub admin.",
                     f"the trust policy of shared role {name} would be {size} characters for "
                     f"{len(trust['Statement'][0]['Condition']['StringEquals'])} keys, over IAM's default "
                     f"{TRUST_POLICY_LIMIT}: raise the 'Role trust policy length' quota, or remove namespaces that "
@@ -364,13 +363,16 @@ def _without_subject(trust: Any, subject: str) -> tuple[dict[str, Any] | None, l
     return trust, rest
 
 
-def trust_for_every_namespace(planned: dict[str, Any], current: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A shared (group or hub) role's trust, keeping the same ServiceAccount in other namespaces.
+def trust_for_every_namespace(planned: dict[str, Any], current: Mapping[str, Any] | None,
+                              namespaces: Collection[str] | None = None) -> dict[str, Any]:
+    """A role's trust that keeps the same ServiceAccount in other namespaces.
 
     With ``enable_user_namespaces`` each member's pod runs in their own namespace, under
-    their copy of the shared ServiceAccount. Each spawn plans trust for its namespace only;
-    keeping the subjects already trusted - exactly that account name, in any namespace, each
-    listed exactly (never a wildcard) - stops spawns from rewriting each other's trust.
+    their copy of a shared ServiceAccount (and a user's servers may run in several). Each spawn
+    plans trust for its namespace only; keeping the subjects already trusted - exactly that
+    account name, each listed exactly (never a wildcard) - stops spawns from rewriting each
+    other's trust. A user's role keeps only the *namespaces* their servers use; a shared role
+    (None) every namespace, until the account there is revoked.
     """
     statement = planned["Statement"][0]
     condition = statement["Condition"]["StringEquals"]
@@ -381,7 +383,8 @@ def trust_for_every_namespace(planned: dict[str, Any], current: Mapping[str, Any
     known: set[str] = set()
     for old in (current or {}).get("Statement", []):
         values = ((old.get("Condition") or {}).get("StringEquals") or {}).get(key, [])
-        known.update(v for v in ([values] if isinstance(values, str) else values) if same_account.fullmatch(v))
+        known.update(v for v in ([values] if isinstance(values, str) else values) if same_account.fullmatch(v)
+                     and (namespaces is None or v.split(":")[2] in namespaces))
     subjects = sorted(known | {subject})
     if len(subjects) > 1:
         condition[key] = subjects
