@@ -258,7 +258,8 @@ def _add_hub_options(command: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cloudidentity-spawner", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="cloudidentity-spawner", description=(
+        "Plan, survey and clean up the cloud identities CloudIdentitySpawner gives a hub's users; run the local demo."))
     commands = parser.add_subparsers(dest="command", required=True)
     plan = commands.add_parser("plan", help="show the identity a user would get, without touching anything")
     plan.add_argument("--config", required=True, help="path to jupyterhub_config.py")

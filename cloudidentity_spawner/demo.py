@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -113,13 +114,14 @@ def _wait_for_port(host: str, port: int, timeout: float) -> bool:
     return False
 
 
-def _wait_for_hub(url: str, timeout: float) -> bool:
-    """True once JupyterHub answers through its proxy (the port opens before the hub route exists)."""
+def _wait_for_hub(url: str, timeout: float, process: subprocess.Popen | None = None) -> bool:
+    """True once JupyterHub answers through its proxy (the port opens before the hub route exists);
+    False at once if its *process* exits."""
     import urllib.error
     import urllib.request
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (process is None or process.poll() is None):
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -274,7 +276,8 @@ class LocalKubelet:
                 process.kill()
 
 
-def hub_config(*, moto_url: str, oidc_url: str, port: int, hub_port: int, eks_url: str = "", arm_url: str = "") -> str:
+def hub_config(*, moto_url: str, oidc_url: str, port: int, hub_port: int, eks_url: str = "", arm_url: str = "",
+               operator_token: str = "") -> str:
     """The demo's jupyterhub_config.py (the hub finds the emulator through $KUBECONFIG)."""
     rules = demo_rules(pod_identity=bool(eks_url), azure=bool(arm_url))
     azure_factory = "" if not arm_url else (
@@ -287,6 +290,10 @@ c = get_config()
 # The admin page, /services/cloudidentity/ (hub admins: alice).
 c.JupyterHub.services = [admin_service(__file__, port={_free_port()})]
 c.JupyterHub.load_roles = admin_roles()
+# The token `status` and `gc` use from the terminal (operator.env).
+c.JupyterHub.services.append({{"name": "demo-operator", "api_token": {operator_token!r}}})
+c.JupyterHub.load_roles.append({{"name": "demo-operator", "services": ["demo-operator"],
+                                 "scopes": ["list:users", "read:users", "admin:auth_state"]}})
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {port}
 c.JupyterHub.hub_ip = "127.0.0.1"
@@ -425,8 +432,17 @@ class Demo:
         self.oidc_url = f"http://localhost:{oidc.server_port}"
 
         config = Path(self.workdir) / "jupyterhub_config.py"
-        config.write_text(hub_config(moto_url=self.moto_url, oidc_url=self.oidc_url, port=self.port,
-                                     hub_port=_free_port(), eks_url=self.eks_url, arm_url=self.arm_url) + self.extra_config)
+        self.config_file = str(config)
+        operator_token = secrets.token_hex(16)
+        config.write_text(hub_config(moto_url=self.moto_url, oidc_url=self.oidc_url, port=self.port, hub_port=_free_port(),
+                                     eks_url=self.eks_url, arm_url=self.arm_url, operator_token=operator_token)
+                          + self.extra_config)
+        # What `status` and `gc` need from a terminal, as the hub has it.
+        self.operator_env = str(Path(self.workdir) / "operator.env")
+        Path(self.operator_env).write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in {
+            "KUBECONFIG": kubeconfig, "JUPYTERHUB_API_URL": f"http://127.0.0.1:{self.port}/hub/api",
+            "JUPYTERHUB_API_TOKEN": operator_token, "AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo",
+        }.items()))
         env = dict(os.environ)
         env.update(
             KUBECONFIG=kubeconfig,
@@ -440,10 +456,12 @@ class Demo:
             cwd=self.workdir, env=env, stdout=self.hub_log, stderr=subprocess.STDOUT,
         )
         self._stack.callback(self._stop_hub)
-        if not _wait_for_hub(f"http://127.0.0.1:{self.port}/hub/api", 90):
-            log = Path(self.hub_log.name).read_text()[-3000:]
+        if not _wait_for_hub(f"http://127.0.0.1:{self.port}/hub/api", 90, self.hub):
+            died = self.hub_died()
+            log = died or "JupyterHub did not answer within 90 s; the end of its log:\n" + \
+                Path(self.hub_log.name).read_text(errors="replace")[-3000:]
             self.stop()
-            raise RuntimeError(f"JupyterHub did not start:\n{log}")
+            raise RuntimeError(log)
         self.url = f"http://127.0.0.1:{self.port}/hub/"
         return self
 
@@ -515,23 +533,44 @@ def _stop_all(processes: list[Any], timeout: float = 5.0) -> None:
     psutil.wait_procs(alive, timeout=timeout)
 
 
+def banner(demo: Demo) -> str:
+    """What runs where, who to log in as, and how to look at it as the operator."""
+    lines = [f"JupyterHub with CloudIdentitySpawner: {demo.url}",
+             f"  Kubernetes API emulator: {demo.kube.url}   moto (AWS): {demo.moto_url}   OIDC: {demo.oidc_url}"]
+    if demo.pod_identity:
+        lines.append(f"  EKS Pod Identity API: {demo.eks_url}   Pod Identity agent: {demo.agent.url}")
+    if demo.azure:
+        lines.append(f"  Azure Resource Manager: {demo.arm_url}   Microsoft Entra token endpoint: {demo.entra.url}")
+    lines += ["Log in as any of these (pick the name on the identity provider's page):", *demo.mapping()]
+    if demo.azure:
+        lines.append("From a notebook: GET /user/<you>/api/cloudcreds/azure?resource=https://storage.azure.com"
+                     "  # a token for your identity")
+    else:
+        lines.append("In a notebook: import boto3; boto3.client('sts').get_caller_identity()  # you, as your role")
+    lines += [
+        f"alice is the hub's admin: the admin page is {demo.url.removesuffix('hub/')}services/cloudidentity/",
+        f"Logs: the hub's in {demo.hub_log.name}, each notebook server's in {demo.workdir}/<pod>.log",
+        "As the operator, in another terminal:",
+        f"  . {demo.operator_env}",
+        f"  cloudidentity-spawner status --config {demo.config_file}",
+        f"  cloudidentity-spawner gc --config {demo.config_file}        # a dry run; --apply deletes",
+        f"  kubectl get serviceaccounts -n {NAMESPACE}                 # if you have kubectl",
+        "Ctrl-C stops everything (and deletes the temporary folder).",
+    ]
+    return "\n".join(lines)
+
+
 def main(port: int = 8000, pod_identity: bool = False, azure: bool = False) -> int:
     # Ctrl-C stops the demo even when it was started with SIGINT ignored (e.g. as a background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    demo = Demo(port, pod_identity=pod_identity, azure=azure).start()
-    print(f"JupyterHub with CloudIdentitySpawner: {demo.url}")
-    print(f"  Kubernetes API emulator: {demo.kube.url}   moto (AWS): {demo.moto_url}   OIDC: {demo.oidc_url}")
-    if pod_identity:
-        print(f"  EKS Pod Identity API: {demo.eks_url}   Pod Identity agent: {demo.agent.url}")
-    if azure:
-        print(f"  Azure Resource Manager: {demo.arm_url}   Microsoft Entra token endpoint: {demo.entra.url}")
-    print("Log in as any of these (pick the name on the identity provider's page):")
-    print("\n".join(demo.mapping()))
-    if azure:
-        print("From a notebook: GET /user/<you>/api/cloudcreds/azure?resource=https://storage.azure.com  # a token for your identity")
-    else:
-        print("In a notebook: import boto3; boto3.client('sts').get_caller_identity()  # you, as your role")
-    print("Ctrl-C stops everything.", flush=True)
+    try:
+        demo = Demo(port, pod_identity=pod_identity, azure=azure).start()
+    except RuntimeError as e:
+        print(f"cloudidentity-spawner demo: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(banner(demo), flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     died = None

@@ -16,14 +16,10 @@ import requests
 
 pytest.importorskip("oidc_provider_mock", reason="the demo extra is not installed")
 
-from cloudidentity_spawner.demo import NAMESPACE, Demo, _free_port, pod_environment  # noqa: E402
+from cloudidentity_spawner.demo import NAMESPACE, Demo, _free_port, banner, pod_environment  # noqa: E402
 
 TOKEN = secrets.token_hex(16)
-OPERATOR_TOKEN = secrets.token_hex(16)
 CHECKER = f"""
-c.JupyterHub.services.append({{"name": "operator", "api_token": "{OPERATOR_TOKEN}"}})
-c.JupyterHub.load_roles.append({{"name": "operator", "services": ["operator"],
-    "scopes": ["list:users", "read:users", "admin:auth_state"]}})
 c.JupyterHub.services.append({{"name": "checker", "api_token": "{TOKEN}"}})
 c.JupyterHub.load_roles.append({{"name": "checker", "services": ["checker"],
     "scopes": ["read:users", "read:servers", "access:servers", "read:metrics"]}})
@@ -145,7 +141,13 @@ def test_status_asks_the_running_hub_and_refuses_a_token_that_cannot_see_every_u
     refused = run_status(demo, TOKEN)  # read:users, but not list:users
     assert refused.returncode == 1
     assert "lacks the scopes list:users" in refused.stderr and "Traceback" not in refused.stderr
-    out = run_status(demo, OPERATOR_TOKEN)
+    # The commands the banner gives, as a shell in another terminal runs them.
+    commands = [line.strip() for line in banner(demo).splitlines() if line.startswith("  . ")
+                or line.startswith("  cloudidentity-spawner status")]
+    assert len(commands) == 2
+    script = f"{commands[0]} && PATH={os.path.dirname(sys.executable)}:$PATH {commands[1]} --json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "AWS_", "KUBECONFIG"))}
+    out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd="/")
     assert out.returncode == 0, out.stderr
     accounts = {a["service_account"]: a for a in json.loads(out.stdout)["accounts"]}
     carol = accounts[f"{NAMESPACE}/jupyter-carol"]  # she spawned in the first test

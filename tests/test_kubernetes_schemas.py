@@ -11,7 +11,6 @@ import pytest
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="the test extra is not installed")
 
-from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
 from cloudidentity_spawner.hooks import pre_spawn_hook  # noqa: E402
 from kubespawner import KubeSpawner  # noqa: E402
 
