@@ -77,8 +77,10 @@ class LocalStack:
         c.CloudIdentitySpawner.gcp_annotation_settle_seconds = 0
         return c
 
-    def spawner(self, name: str, config=None):
+    def spawner(self, name: str, config=None, plain: bool = False):
+        """A CloudIdentitySpawner for user *name* (with *plain*: KubeSpawner itself, the baseline)."""
         from jupyterhub.objects import Hub
+        from kubespawner import KubeSpawner
 
         from cloudidentity_spawner import CloudIdentitySpawner
 
@@ -93,8 +95,9 @@ class LocalStack:
         class OrmSpawner:
             name, display_name, server, last_activity = "", "", None, None
 
-        return CloudIdentitySpawner(config=config or self.config(), user=User(name), hub=Hub(), orm_spawner=OrmSpawner(),
-                                    api_token="t", oauth_client_id=f"jupyterhub-user-{name}", _mock=True)
+        cls = KubeSpawner if plain else CloudIdentitySpawner
+        return cls(config=config or self.config(), user=User(name), hub=Hub(), orm_spawner=OrmSpawner(),
+                   api_token="t", oauth_client_id=f"jupyterhub-user-{name}", _mock=True)
 
     def preload(self, count: int) -> None:
         """*count* users who spawned before: their ServiceAccounts and their cloud side, as the

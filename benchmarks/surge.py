@@ -1,11 +1,14 @@
-"""500 first logins at once, with throttling switched on: nothing fails, nothing is made twice.
+"""500 first logins at once, with throttling switched on: nothing fails, nothing is made twice,
+and how much longer it takes than with plain KubeSpawner.
 
-Every user spawns for the first time at the same moment, through CloudIdentitySpawner.start()
-to a running pod, against the Kubernetes API emulator and the local clouds, while a share of
-ServiceAccount requests answer 429 TooManyRequests and a share of cloud calls answer 429
-(EKS ThrottlingException; Cloud Storage rateLimitExceeded). Printed: failed spawns, duplicate
-ServiceAccounts and cloud identities, throttled answers, the peak of concurrent cloud calls
-from the hub, and the time to a running pod (p50, p99, max).
+Every user spawns for the first time at the same moment, through start() to a running pod,
+against the Kubernetes API emulator (each request taking --latency) and the local clouds: first
+with plain KubeSpawner (the baseline), then with CloudIdentitySpawner in each mode, while a
+share of ServiceAccount requests answer 429 TooManyRequests and a share of cloud calls answer
+429 (EKS ThrottlingException; Cloud Storage rateLimitExceeded). Printed: failed spawns,
+duplicate ServiceAccounts and cloud identities, throttled answers, the peak of concurrent cloud
+calls from the hub, the time to a running pod (p50, p99, max), and the ratios of wall time and
+of p50 to the baseline's.
 
     python benchmarks/surge.py                 # 500 users, both modes
     python benchmarks/surge.py --users 50 --modes principal
@@ -31,7 +34,9 @@ def parse_args(argv=None):
     parser.add_argument("--kube-throttle", type=float, default=0.1, help="share of ServiceAccount requests answered 429 (default 0.1)")
     parser.add_argument("--cloud-throttle", type=float, default=0.2, help="share of cloud calls answered 429 (default 0.2)")
     parser.add_argument("--cloud-delay", type=float, default=0.02, help="seconds each cloud call takes (default 0.02)")
+    parser.add_argument("--latency", type=float, default=0.005, help="seconds each Kubernetes request takes (default 0.005)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # one mode, in a process of its own
+    parser.add_argument("--baseline", help=argparse.SUPPRESS)  # plain KubeSpawner's "wall,p50"
     return parser.parse_args(argv)
 
 
@@ -43,13 +48,14 @@ def percentile(values, p):
 async def surge(args, mode: str) -> dict:
     from cloudidentity_spawner.metrics import CLOUD_CALLS_IN_FLIGHT
 
-    stack = LocalStack(mode, kubelet_delay=0.05, cloud_delay=args.cloud_delay)
+    stack = LocalStack("principal" if mode == "plain" else mode, kubelet_delay=0.05, cloud_delay=args.cloud_delay)
+    stack.kube.latency = args.latency
     provider = "eks" if mode == "pod_identity" else "gcp"
     try:
         config = stack.config()
         config.KubeSpawner.start_timeout = 600
         config.KubeSpawner.http_timeout = 600
-        spawners = [stack.spawner(f"learner-{i}", config) for i in range(args.users)]
+        spawners = [stack.spawner(f"learner-{i}", config, plain=mode == "plain") for i in range(args.users)]
         await spawners[0]._start_watching_pods()  # the hub's pod watch, before the crowd
         stack.kube.throttle_share = args.kube_throttle
         stack.eks.throttle_share = stack.gcp.throttle_share = args.cloud_throttle
@@ -75,7 +81,9 @@ async def surge(args, mode: str) -> dict:
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         times = [o for o in outcomes if not isinstance(o, BaseException)]
         accounts = [o for o in stack.kube.list("serviceaccounts", NAMESPACE) if o["metadata"]["name"].startswith("jupyter-learner-")]
-        if mode == "pod_identity":
+        if mode == "plain":
+            made, throttled = collections.Counter(), 0
+        elif mode == "pod_identity":
             made = collections.Counter(a["serviceAccount"] for a in stack.eks.associations.values() if a["clusterName"] == CLUSTER)
             throttled = stack.eks.throttled
         else:
@@ -96,6 +104,12 @@ async def surge(args, mode: str) -> dict:
 def report(args, mode: str) -> None:
     r = asyncio.run(surge(args, mode))
     times = r["times"] or [float("nan")]
+    if mode == "plain":
+        print(f"plain KubeSpawner: {args.users} first logins at once in {r['wall']:.1f} s; {len(r['failures'])} failed "
+              f"spawns; time to a running pod p50 {percentile(times, 50):.2f} s, p99 {percentile(times, 99):.2f} s, "
+              f"max {max(times):.2f} s", flush=True)
+        print(f"BASELINE {r['wall']} {percentile(times, 50)}", flush=True)
+        return
     print(f"{mode}: {args.users} first logins at once in {r['wall']:.1f} s; {len(r['failures'])} failed spawns; "
           f"{r['accounts']} ServiceAccounts ({r['accounts'] - r['distinct_accounts']} duplicate), "
           f"{r['identities']} cloud identities for {r['distinct_identities']} accounts "
@@ -104,6 +118,9 @@ def report(args, mode: str) -> None:
     print(f"  peak concurrent cloud calls from the hub {r['peak']:.0f}{throttled}; "
           f"time to a running pod p50 {percentile(times, 50):.2f} s, p99 {percentile(times, 99):.2f} s, max {max(times):.2f} s",
           flush=True)
+    if args.baseline:
+        wall, p50 = (float(v) for v in args.baseline.split(","))
+        print(f"  against plain KubeSpawner: wall {r['wall'] / wall:.2f}x, p50 {percentile(times, 50) / p50:.2f}x", flush=True)
     for failure in r["failures"][:3]:
         print(f"  failure: {type(failure).__name__}: {failure}", flush=True)
     for line in REFUSALS[:3]:
@@ -133,11 +150,15 @@ def main(argv=None):
         return
     started = time.perf_counter()
     print(f"surge: {args.kube_throttle:.0%} of ServiceAccount requests and {args.cloud_throttle:.0%} of cloud calls answer 429; "
-          f"{args.cloud_delay * 1000:.0f} ms per cloud call; kubelet 50 ms", flush=True)
+          f"{args.latency * 1000:.0f} ms per Kubernetes request, {args.cloud_delay * 1000:.0f} ms per cloud call; "
+          "kubelet 50 ms", flush=True)
+    options = sum(([f"--{k.replace('_', '-')}", str(getattr(args, k))]
+                   for k in ("users", "kube_throttle", "cloud_throttle", "cloud_delay", "latency")), [])
+    plain = subprocess.run([sys.executable, __file__, "--one", "plain", *options], check=True, capture_output=True, text=True)
+    baseline = next(line.split()[1:] for line in plain.stdout.splitlines() if line.startswith("BASELINE "))
+    print("\n".join(line for line in plain.stdout.splitlines() if not line.startswith("BASELINE ")), flush=True)
     for mode in args.modes:
-        subprocess.run([sys.executable, __file__, "--one", mode, *sum(
-            ([f"--{k.replace('_', '-')}", str(getattr(args, k))] for k in ("users", "kube_throttle", "cloud_throttle", "cloud_delay")), [])],
-            check=True)
+        subprocess.run([sys.executable, __file__, "--one", mode, *options, "--baseline", ",".join(baseline)], check=True)
     print(f"total {time.perf_counter() - started:.0f} s")
 
 

@@ -41,8 +41,12 @@ def test_surge_benchmark_runs_and_nothing_fails_or_is_made_twice():
         capture_output=True, text=True, timeout=600, cwd=ROOT / "benchmarks",
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    results = [l for l in out.stdout.splitlines() if "first logins at once" in l]
+    lines = out.stdout.splitlines()
+    assert any(l.startswith("plain KubeSpawner: 25 first logins at once") and "0 failed spawns" in l for l in lines), out.stdout
+    results = [l for l in lines if "first logins at once" in l and not l.startswith("plain")]
     assert len(results) == 2, out.stdout
+    assert len([l for l in lines if "against plain KubeSpawner: wall" in l]) == 2, out.stdout
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr[-3000:]
     for line in results:
         assert "0 failed spawns; 25 ServiceAccounts (0 duplicate), 25 cloud identities for 25 accounts (0 duplicate)" in line, out.stdout
     throttled = [l for l in out.stdout.splitlines() if "cloud calls throttled" in l]

@@ -371,7 +371,9 @@ class KubernetesAPI:
         self._ip_counter = itertools.count(2)
         self._state = _State()
         self._lock = threading.RLock()
-        self._changed: asyncio.Condition | None = None
+        self._changed: asyncio.Event | None = None
+        """Set (and replaced) at each change: what watches wait on (no lock held across a wait, so a
+        watch closed at any moment - its client gone, the server stopping - leaves nothing half-done)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
         for ns in namespaces:
@@ -398,11 +400,11 @@ class KubernetesAPI:
         if self._changed is None or self._loop is None:
             return
 
-        async def wake():
-            async with self._changed:
-                self._changed.notify_all()
+        def wake() -> None:
+            self._changed.set()
+            self._changed = asyncio.Event()
 
-        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(wake()))
+        self._loop.call_soon_threadsafe(wake)
 
     def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A copy of a stored object, or None (for assertions)."""
@@ -471,7 +473,7 @@ class KubernetesAPI:
         return app
 
     async def _on_startup(self, app: web.Application) -> None:
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
 
     async def _on_shutdown(self, app: web.Application) -> None:
@@ -851,14 +853,14 @@ class KubernetesAPI:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
-                async with self._changed:
-                    with self._lock:
-                        fresh = len(self._state.history) > position
-                    if not fresh:
-                        try:
-                            await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 1.0))
-                        except asyncio.TimeoutError:
-                            pass
+                changed = self._changed  # before looking: a change after this sets it
+                with self._lock:
+                    fresh = len(self._state.history) > position
+                if not fresh:
+                    try:
+                        await asyncio.wait_for(changed.wait(), timeout=min(remaining, 1.0))
+                    except asyncio.TimeoutError:
+                        pass
                 with self._lock:
                     pending = self._state.history[position:]
                     position = len(self._state.history)
