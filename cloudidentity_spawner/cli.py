@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--azure", action="store_true",
                       help="an AKS hub: ESCAPE members get hub-made Azure managed identities (a local Azure Resource "
                            "Manager), and a local Microsoft Entra token endpoint exchanges their pods' tokens")
+    demo.add_argument("--gcp", action="store_true",
+                      help="a GKE hub: ESCAPE members' ServiceAccounts get grants of their own on a managed folder each "
+                           "(Workload Identity Federation principals) in a local Google Cloud, and a local GKE metadata "
+                           "server gives their pods tokens")
     return parser
 
 
@@ -330,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import main as demo_main
 
-        return demo_main(args.port, args.pod_identity, args.azure)
+        return demo_main(args.port, args.pod_identity, args.azure, args.gcp)
     try:
         if args.command == "gcp-hub-condition":
             rules = identity_settings(load_config(args.config)).compiled_rules

@@ -53,6 +53,7 @@ ISSUER_PATH = "oidc.eks.us-east-1.amazonaws.com/id/DEMO0CLUSTER0OIDC"
 
 
 CLUSTER = "demo-eks"
+GCP_PROJECT, GCP_PROJECT_NUMBER, GCP_BUCKET = "demo-project", "424242424242", "demo-scratch"
 NOTEBOOK_ROLE = f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/notebooks"
 AZURE_SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"
 AZURE_ISSUER = "https://demo.oic.prod-aks.azure.com/72f988bf-86f1-41af-91ab-2d7cd011db47/0d3e5f7a-demo/"
@@ -60,7 +61,18 @@ AZURE_SCRATCH = (f"/subscriptions/{AZURE_SUBSCRIPTION}/resourceGroups/demo-data/
                  "storageAccounts/demoscratch/blobServices/default/containers/scratch")
 
 
-def demo_rules(pod_identity: bool = False, azure: bool = False) -> list[dict[str, Any]]:
+def demo_rules(pod_identity: bool = False, azure: bool = False, gcp: bool = False) -> list[dict[str, Any]]:
+    if gcp:  # GKE: grants to each ServiceAccount's own Workload Identity Federation principal
+        principal = {"project": GCP_PROJECT, "project_number": GCP_PROJECT_NUMBER}
+        return [
+            {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
+             "gcp": {"principal": {**principal, "bucket_roles": [
+                 {"bucket": GCP_BUCKET, "role": "roles/storage.objectUser", "prefix": "groups/atlas"}]}}},
+            {"name": "escape-members", "match": {"groups": ["/escape"]}, "scope": "user",
+             "gcp": {"principal": {**principal, "bucket_roles": [
+                 {"bucket": GCP_BUCKET, "role": "roles/storage.objectUser", "prefix": "users/{username}"}]}},
+             "env": {"SCRATCH_PREFIX": f"gs://{GCP_BUCKET}/users/{{username}}/"}},
+        ]
     if azure:  # AKS: a managed identity for the ATLAS group, and one per other ESCAPE member
         managed = {"subscription_id": AZURE_SUBSCRIPTION, "resource_group": "jupyterhub-identities",
                    "location": "westeurope", "oidc_issuer": AZURE_ISSUER}
@@ -133,7 +145,8 @@ def _wait_for_hub(url: str, timeout: float, process: subprocess.Popen | None = N
 
 
 def pod_environment(pod: dict[str, Any], service_account: dict[str, Any] | None, moto_url: str, token_dir: str,
-                    agent: PodIdentityAgent | None = None, entra: Any = None) -> dict[str, str]:
+                    agent: PodIdentityAgent | None = None, entra: Any = None,
+                    metadata: GkeMetadataServer | None = None) -> dict[str, str]:
     """What a pod's process sees: its container env plus what EKS's IRSA webhook injects
     for a ServiceAccount annotated with a role (pointed at moto instead of AWS), what the
     Pod Identity webhook injects for an associated ServiceAccount (pointed at the local agent),
@@ -145,6 +158,10 @@ def pod_environment(pod: dict[str, Any], service_account: dict[str, Any] | None,
     meta = pod["metadata"]
     account = pod["spec"].get("serviceAccountName", "")
     labels = meta.get("labels") or {}
+    if metadata is not None:  # GKE: every pod reaches the node's metadata server
+        host = metadata.register(meta["namespace"], account)
+        env.update(GCE_METADATA_HOST=host, GCE_METADATA_IP=host, GOOGLE_CLOUD_PROJECT=metadata.project)
+        return env
     if entra is not None and labels.get("azure.workload.identity/use") == "true" and \
             annotations.get("azure.workload.identity/client-id"):
         token = Path(token_dir) / f"{meta['namespace']}-{meta['name']}.azure-identity-token"
@@ -225,13 +242,65 @@ class PodIdentityAgent:
                 "AccountId": ACCOUNT}
 
 
+class GkeMetadataServer:
+    """GKE's metadata server for the demo's pods, on 127.0.0.1. The real one knows a pod by its
+    IP; here each pod's ``GCE_METADATA_HOST`` carries a path of its own. A pod whose
+    ServiceAccount names a Google account (``iam.gke.io/gcp-service-account``) gets that
+    account's token only if IAM lets the ServiceAccount act as it (Workload Identity); any
+    other pod gets a federated token for its ServiceAccount's own principal."""
+
+    def __init__(self, state: Any, kube: Any, project: str):
+        self.state, self.kube, self.project = state, kube, project
+        self._pods: dict[str, tuple[str, str]] = {}
+        self.url = ""
+
+    def register(self, namespace: str, service_account: str) -> str:
+        """The host:port/path a pod's ``GCE_METADATA_HOST`` names."""
+        path = "pod-" + secrets.token_urlsafe(16)
+        self._pods[path] = (namespace, service_account)
+        return f"{self.url.removeprefix('http://')}/{path}"
+
+    def app(self):
+        from aiohttp import web
+
+        async def token(request):
+            if request.headers.get("Metadata-Flavor") != "Google":
+                return web.Response(status=403, text="Missing Metadata-Flavor:Google header.")
+            pod = self._pods.get(request.match_info["pod"])
+            if pod is None:
+                return web.Response(status=404, text="not a pod of this node")
+            namespace, account = pod
+            sa = self.kube.get("serviceaccounts", namespace, account) or {}
+            email = ((sa.get("metadata") or {}).get("annotations") or {}).get("iam.gke.io/gcp-service-account")
+            try:
+                if email:
+                    pool = f"{self.project}.svc.id.goog"
+                    issued = self.state.exchange_token(f"serviceAccount:{pool}[{namespace}/{account}]")
+                else:
+                    issued = self.state.federated_token(namespace, account, self.project)
+            except PermissionError as e:
+                return web.Response(status=403, text=str(e))
+            return web.json_response({"access_token": issued, "expires_in": 3599, "token_type": "Bearer"})
+
+        async def ping(request):
+            return web.Response(text="ok", headers={"Metadata-Flavor": "Google"})
+
+        app = web.Application()
+        app.router.add_get("/{pod}/computeMetadata/v1/instance/service-accounts/default/token", token)
+        app.router.add_get("/{pod}", ping)
+        app.router.add_get("/{pod}/", ping)
+        return app
+
+
 class LocalKubelet:
     """Runs ``jupyterhub-singleuser`` for each pod on 127.0.0.N:8888, N per pod."""
 
-    def __init__(self, api: Any, moto_url: str, workdir: str, agent: PodIdentityAgent | None = None, entra: Any = None):
+    def __init__(self, api: Any, moto_url: str, workdir: str, agent: PodIdentityAgent | None = None, entra: Any = None,
+                 metadata: GkeMetadataServer | None = None):
         self.api = api
         self.agent = agent
         self.entra = entra
+        self.metadata = metadata
         self.moto_url = moto_url
         self.workdir = workdir
         self.processes: dict[str, subprocess.Popen] = {}
@@ -245,7 +314,7 @@ class LocalKubelet:
         meta = pod["metadata"]
         sa = self.api.get("serviceaccounts", meta["namespace"], pod["spec"].get("serviceAccountName", ""))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "AWS_", "AZURE_"))}
-        env.update(pod_environment(pod, sa, self.moto_url, self.workdir, self.agent, self.entra))
+        env.update(pod_environment(pod, sa, self.moto_url, self.workdir, self.agent, self.entra, self.metadata))
         service_url = env.get("JUPYTERHUB_SERVICE_URL", "http://0.0.0.0:8888/")
         env["JUPYTERHUB_SERVICE_URL"] = service_url.replace("0.0.0.0", ip)
         home = Path(self.workdir) / "home" / meta["name"]
@@ -277,9 +346,14 @@ class LocalKubelet:
 
 
 def hub_config(*, moto_url: str, oidc_url: str, port: int, hub_port: int, eks_url: str = "", arm_url: str = "",
-               operator_token: str = "") -> str:
-    """The demo's jupyterhub_config.py (the hub finds the emulator through $KUBECONFIG)."""
-    rules = demo_rules(pod_identity=bool(eks_url), azure=bool(arm_url))
+               operator_token: str = "", gcp: tuple[str, str] | None = None) -> str:
+    """The demo's jupyterhub_config.py (the hub finds the emulator through $KUBECONFIG; *gcp* is the
+    local Google server's gRPC target and REST URL)."""
+    rules = demo_rules(pod_identity=bool(eks_url), azure=bool(arm_url), gcp=gcp is not None)
+    gcp_factory = "" if gcp is None else (
+        "from cloudidentity_spawner.testing.gcp import client_factory_for\n"
+        f"c.CloudIdentitySpawner.gcp_client_factory = client_factory_for{gcp!r}\n"
+        "c.CloudIdentitySpawner.gcp_activation_seconds = 0\n")
     azure_factory = "" if not arm_url else (
         "from cloudidentity_spawner.testing.azure import AzureResourceManager\n"
         f"c.CloudIdentitySpawner.azure_client_factory = AzureResourceManager.client_factory({arm_url!r})\n")
@@ -327,7 +401,7 @@ c.CloudIdentitySpawner.aws_role_propagation_seconds = 0
 c.CloudIdentitySpawner.aws_pod_identity_propagation_seconds = 0
 c.CloudIdentitySpawner.identity_rules = {rules!r}
 c.CloudIdentitySpawner.aws_eks_client_kwargs = {{"endpoint_url": "{eks_url or moto_url}", "region_name": "us-east-1"}}
-{azure_factory}"""
+{azure_factory}{gcp_factory}"""
 
 
 def _prepare_aws(moto_url: str) -> None:
@@ -372,9 +446,11 @@ def _running(server: Any):
 class Demo:
     """Everything the demo runs; ``start()`` then ``stop()`` (or use it as a context manager)."""
 
-    def __init__(self, port: int = 8000, extra_config: str = "", pod_identity: bool = False, azure: bool = False):
+    def __init__(self, port: int = 8000, extra_config: str = "", pod_identity: bool = False, azure: bool = False,
+                 gcp: bool = False):
         self.pod_identity = pod_identity
         self.azure = azure
+        self.gcp = gcp
         self.port = port
         self.extra_config = extra_config
         self.workdir = tempfile.mkdtemp(prefix="cloudidentity-demo-")
@@ -419,7 +495,19 @@ class Demo:
             self.arm_url = self._stack.enter_context(_running(KubernetesAPIServer(self.arm))).url
             self.entra = EntraTokenEndpoint(self.arm, AZURE_ISSUER)
             self.entra.url = self._stack.enter_context(_running(KubernetesAPIServer(self.entra))).url
-        self.kubelet = LocalKubelet(api, self.moto_url, self.workdir, self.agent, self.entra)
+        self.gcs_url, self.metadata = "", None
+        if self.gcp:
+            from .testing.gcp import GoogleCloudServer, GoogleCloudState
+
+            self.google = GoogleCloudState(projects=(GCP_PROJECT,), buckets=(),
+                                           project_numbers={GCP_PROJECT: GCP_PROJECT_NUMBER})
+            self.google.add_bucket(GCP_BUCKET, project=GCP_PROJECT)
+            google = GoogleCloudServer(self.google).start()
+            self._stack.callback(google.stop)
+            self.gcs_url, self.gcp_target = google.rest_url, google.grpc_target
+            self.metadata = GkeMetadataServer(self.google, api, GCP_PROJECT)
+            self.metadata.url = self._stack.enter_context(_running(KubernetesAPIServer(self.metadata))).url
+        self.kubelet = LocalKubelet(api, self.moto_url, self.workdir, self.agent, self.entra, self.metadata)
         api.pod_runner = self.kubelet.run
         api.pod_stopper = self.kubelet.stop
         self.kube = KubernetesAPIServer(api).start()
@@ -435,7 +523,8 @@ class Demo:
         self.config_file = str(config)
         operator_token = secrets.token_hex(16)
         config.write_text(hub_config(moto_url=self.moto_url, oidc_url=self.oidc_url, port=self.port, hub_port=_free_port(),
-                                     eks_url=self.eks_url, arm_url=self.arm_url, operator_token=operator_token)
+                                     eks_url=self.eks_url, arm_url=self.arm_url, operator_token=operator_token,
+                                     gcp=(self.gcp_target, self.gcs_url) if self.gcp else None)
                           + self.extra_config)
         # What `status` and `gc` need from a terminal, as the hub has it.
         self.operator_env = str(Path(self.workdir) / "operator.env")
@@ -495,14 +584,19 @@ class Demo:
         from .errors import IdentityError
         from .rules import IdentityRules
 
-        rules = IdentityRules.from_config(demo_rules(self.pod_identity, self.azure), "demo")
+        rules = IdentityRules.from_config(demo_rules(self.pod_identity, self.azure, self.gcp), "demo")
         lines = []
         for name, claims in DEMO_USERS.items():
             try:
                 plan = rules.resolve(Claims(name, tuple(claims["wlcg.groups"]), claims), NAMESPACE)
                 how = " through a Pod Identity association" if plan.cloud.mode == "pod_identity" else ""
-                what = (f"managed identity {plan.cloud.resources['managed_identity']['name']}" if plan.cloud.provider == "azure"
-                        else f"role {plan.cloud.identity}")
+                if plan.cloud.provider == "azure":
+                    what = f"managed identity {plan.cloud.resources['managed_identity']['name']}"
+                elif plan.cloud.provider == "gcp":
+                    what = f"its own principal, {plan.cloud.resources['bindings'][0]['role']} on gs://{GCP_BUCKET}/" + \
+                           plan.cloud.resources["bindings"][0]["resource"].split("/managedFolders/", 1)[1]
+                else:
+                    what = f"role {plan.cloud.identity}"
                 lines.append(f"  {name:6} {claims['name']:24} -> ServiceAccount {plan.service_account.name}, "
                              f"{what}{how} ({plan.rule}, {plan.scope} scope)")
             except IdentityError as e:
@@ -541,10 +635,15 @@ def banner(demo: Demo) -> str:
         lines.append(f"  EKS Pod Identity API: {demo.eks_url}   Pod Identity agent: {demo.agent.url}")
     if demo.azure:
         lines.append(f"  Azure Resource Manager: {demo.arm_url}   Microsoft Entra token endpoint: {demo.entra.url}")
+    if demo.gcp:
+        lines.append(f"  Google Cloud (IAM, Cloud Storage): {demo.gcs_url}   GKE metadata server: {demo.metadata.url}")
     lines += ["Log in as any of these (pick the name on the identity provider's page):", *demo.mapping()]
     if demo.azure:
         lines.append("From a notebook: GET /user/<you>/api/cloudcreds/azure?resource=https://storage.azure.com"
                      "  # a token for your identity")
+    elif demo.gcp:
+        lines.append("From a notebook: GET /user/<you>/api/cloudcreds/gcp  # a token for your principal; with it, "
+                     f"{demo.gcs_url}/storage/v1/b/{GCP_BUCKET}/o?prefix=users/<you>/ lists your folder (and nobody else's)")
     else:
         lines.append("In a notebook: import boto3; boto3.client('sts').get_caller_identity()  # you, as your role")
     lines += [
@@ -560,11 +659,11 @@ def banner(demo: Demo) -> str:
     return "\n".join(lines)
 
 
-def main(port: int = 8000, pod_identity: bool = False, azure: bool = False) -> int:
+def main(port: int = 8000, pod_identity: bool = False, azure: bool = False, gcp: bool = False) -> int:
     # Ctrl-C stops the demo even when it was started with SIGINT ignored (e.g. as a background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        demo = Demo(port, pod_identity=pod_identity, azure=azure).start()
+        demo = Demo(port, pod_identity=pod_identity, azure=azure, gcp=gcp).start()
     except RuntimeError as e:
         print(f"cloudidentity-spawner demo: {e}", file=sys.stderr, flush=True)
         return 1

@@ -479,24 +479,34 @@ class GoogleCloudServer:
         """A plain function returning :meth:`clients`, for ``c.CloudIdentity.gcp_client_factory``
         (a function, not a bound method: traitlets deep-copies config values)."""
         if not hasattr(self, "_factory"):
-            def factory():
-                return self.clients()
-
-            self._factory = factory
+            self._factory = client_factory_for(self.grpc_target, self.rest_url)
         return self._factory
 
     def clients(self):
         """Real client libraries pointed at this server: (IAMClient, ProjectsClient, storage.Client)."""
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import iam_admin_v1, resourcemanager_v3, storage
-        from google.cloud.iam_admin_v1.services.iam.transports import IAMGrpcTransport
+        return clients_for(self.grpc_target, self.rest_url)
 
-        iam = iam_admin_v1.IAMClient(transport=IAMGrpcTransport(channel=grpc.insecure_channel(self.grpc_target)))
-        projects = resourcemanager_v3.ProjectsClient(
-            credentials=AnonymousCredentials(), transport="rest", client_options={"api_endpoint": self.rest_url}
-        )
-        buckets = storage.Client(project="my-project", credentials=AnonymousCredentials(), client_options={"api_endpoint": self.rest_url})
-        return iam, projects, buckets
+
+def clients_for(grpc_target: str, rest_url: str, project: str = "my-project"):
+    """Real client libraries pointed at a local server: (IAMClient, ProjectsClient, storage.Client)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import iam_admin_v1, resourcemanager_v3, storage
+    from google.cloud.iam_admin_v1.services.iam.transports import IAMGrpcTransport
+
+    iam = iam_admin_v1.IAMClient(transport=IAMGrpcTransport(channel=grpc.insecure_channel(grpc_target)))
+    projects = resourcemanager_v3.ProjectsClient(
+        credentials=AnonymousCredentials(), transport="rest", client_options={"api_endpoint": rest_url}
+    )
+    buckets = storage.Client(project=project, credentials=AnonymousCredentials(), client_options={"api_endpoint": rest_url})
+    return iam, projects, buckets
+
+
+def client_factory_for(grpc_target: str, rest_url: str):
+    """``c.CloudIdentity.gcp_client_factory`` for a local server another process runs (the demo's hub)."""
+    def factory():
+        return clients_for(grpc_target, rest_url)
+
+    return factory
 
 
 class _AppProvider:
