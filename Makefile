@@ -16,6 +16,9 @@ OLDEST_PINS := jupyterhub==5.0.0 jupyterhub-kubespawner==7.0.0
 SPAWN_PATH_TESTS := tests/test_spawner_kube.py tests/test_profiles.py tests/test_startup.py tests/test_package.py \
 	tests/test_aws.py tests/test_gcp.py tests/test_azure.py tests/test_dask.py tests/test_auth.py tests/test_browser.py
 
+# One worker per CPU; a test file's tests stay together (they share its servers).
+PYTEST_PARALLEL ?= -n auto --dist loadfile
+
 .PHONY: install install-chromium install-iam-judge install-demo install-test install-oldest demo docs plan test test-oldest
 install: $(BIN)/activate
 	$(BIN)/python -m pip install --quiet -e .
@@ -53,10 +56,10 @@ install-oldest: $(OLDEST_VENV)/bin/activate install-chromium
 	$(OLDEST_VENV)/bin/python -m pip install --quiet -e '.[test]' $(OLDEST_PINS)
 
 test-oldest: install-oldest
-	$(OLDEST_VENV)/bin/python -m pytest $(SPAWN_PATH_TESTS)
+	$(OLDEST_VENV)/bin/python -m pytest $(PYTEST_PARALLEL) $(SPAWN_PATH_TESTS)
 
 # Everything: the whole suite (docs build included) on the newest supported versions,
 # then the spawn path on the oldest.
 test: install-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 	$(MAKE) test-oldest
