@@ -12,6 +12,7 @@ of p50 to the baseline's.
 
     python benchmarks/surge.py                 # 500 users, both modes
     python benchmarks/surge.py --users 50 --modes principal
+    python benchmarks/surge.py --think 10      # each user reads the form 10 s; identities made at login
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def parse_args(argv=None):
     parser.add_argument("--cloud-throttle", type=float, default=0.2, help="share of cloud calls answered 429 (default 0.2)")
     parser.add_argument("--cloud-delay", type=float, default=0.02, help="seconds each cloud call takes (default 0.02)")
     parser.add_argument("--latency", type=float, default=0.005, help="seconds each Kubernetes request takes (default 0.005)")
+    parser.add_argument("--think", type=float, default=0.0,
+                        help="seconds from each login to its spawn (the profile form); with it, identities are prepared "
+                             "at login (prepare_at_login) and the baseline spawns as late (default 0: all spawn at once)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # one mode, in a process of its own
     parser.add_argument("--baseline", help=argparse.SUPPRESS)  # plain KubeSpawner's "wall,p50"
     return parser.parse_args(argv)
@@ -68,8 +72,14 @@ async def surge(args, mode: str) -> dict:
                 await asyncio.sleep(0.002)
 
         async def start(spawner):
+            if args.think:  # logged in now; presses Start after reading the form
+                if mode != "plain":
+                    preparing = asyncio.ensure_future(spawner.prepare_identity())
+                await asyncio.sleep(args.think)
             t0 = time.perf_counter()
             await spawner.start()
+            if args.think and mode != "plain":
+                await preparing
             return time.perf_counter() - t0
 
         sampler = asyncio.create_task(sample())
@@ -151,9 +161,10 @@ def main(argv=None):
     started = time.perf_counter()
     print(f"surge: {args.kube_throttle:.0%} of ServiceAccount requests and {args.cloud_throttle:.0%} of cloud calls answer 429; "
           f"{args.latency * 1000:.0f} ms per Kubernetes request, {args.cloud_delay * 1000:.0f} ms per cloud call; "
-          "kubelet 50 ms", flush=True)
+          "kubelet 50 ms" + (f"; {args.think:.0f} s from login to spawn, identities prepared at login" if args.think else ""),
+          flush=True)
     options = sum(([f"--{k.replace('_', '-')}", str(getattr(args, k))]
-                   for k in ("users", "kube_throttle", "cloud_throttle", "cloud_delay", "latency")), [])
+                   for k in ("users", "kube_throttle", "cloud_throttle", "cloud_delay", "latency", "think")), [])
     plain = subprocess.run([sys.executable, __file__, "--one", "plain", *options], check=True, capture_output=True, text=True)
     baseline = next(line.split()[1:] for line in plain.stdout.splitlines() if line.startswith("BASELINE "))
     print("\n".join(line for line in plain.stdout.splitlines() if not line.startswith("BASELINE ")), flush=True)

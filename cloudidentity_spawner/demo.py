@@ -389,6 +389,9 @@ c.GenericOAuthenticator.manage_groups = True
 c.GenericOAuthenticator.auth_state_groups_key = auth_state_groups
 c.GenericOAuthenticator.enable_auth_state = True
 c.Authenticator.admin_users = {{"alice"}}
+# Each user's identity is made as they log in, while they read the profile form.
+from cloudidentity_spawner.hooks import prepare_at_login
+c.Authenticator.post_auth_hook = prepare_at_login
 c.JupyterHub.spawner_class = "cloudidentity"
 c.KubeSpawner.namespace = "{NAMESPACE}"
 c.KubeSpawner.image = "quay.io/jupyter/base-notebook:latest"
@@ -432,6 +435,12 @@ def _prepare_aws(moto_url: str) -> None:
         except ClientError as e:
             if e.response["Error"]["Code"] not in ("EntityAlreadyExists", "BucketAlreadyOwnedByYou"):
                 raise
+    # A demo starts without hub-made roles: one an earlier demo in this process left (its users
+    # logged in at another identity provider's address) is not this demo's users'.
+    for role in iam.list_roles(PathPrefix="/jupyterhub/demo/")["Roles"]:
+        for name in iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"]:
+            iam.delete_role_policy(RoleName=role["RoleName"], PolicyName=name)
+        iam.delete_role(RoleName=role["RoleName"])
 
 
 @contextlib.contextmanager

@@ -13,12 +13,13 @@ profile's ``kubespawner_override`` cannot pick another account.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from jupyterhub.utils import maybe_future
 
 from .config import CloudIdentity
-from .errors import SpawnRefused
+from .errors import IdentityError, SpawnRefused
 from .pinning import apply_plan, pinning_hook
 from .profiles import unenforceable_profile_setting
 from .provisioner import IdentityProvisioner
@@ -51,6 +52,57 @@ async def refuse_what_the_hook_cannot_enforce(spawner: Any) -> None:
     if problem:
         spawner.log.error("cloudidentity: spawn refused for %s: %s", spawner.user.name, problem)
         raise SpawnRefused("This hub's server profiles need a setting the hub cannot enforce; ask your hub admin.")
+
+
+_PREPARING: set[asyncio.Future] = set()
+"""Identities being prepared after a login (a reference each, so none is collected early)."""
+
+
+def prepare_at_login(authenticator: Any, handler: Any, authentication: dict[str, Any]) -> dict[str, Any]:
+    """A ``post_auth_hook``: start making the user's identity as they log in, so the spawn that
+    follows (the user reads the profile form meanwhile) finds it made - under a surge of first
+    logins the identity step is what the spawn waits for::
+
+        from cloudidentity_spawner.hooks import prepare_at_login
+        c.Authenticator.post_auth_hook = prepare_at_login
+
+    It works in the background and never delays or fails the login: what it cannot do, the spawn
+    does (and reports) as usual. It prepares what the default profile gives; a spawn with a profile
+    that names another rule revokes that again. Only with ``CloudIdentitySpawner``."""
+    name = authentication.get("name") if isinstance(authentication, dict) else None
+    if name:
+        task = asyncio.ensure_future(_prepare_when_stored(handler, name))
+        _PREPARING.add(task)
+        task.add_done_callback(_PREPARING.discard)
+    return authentication
+
+
+async def _prepare_when_stored(handler: Any, name: str, wait: float = 10.0) -> None:
+    from .spawner import CloudIdentitySpawner
+
+    log = handler.log
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        user = handler.find_user(name)
+        # The hook runs before JupyterHub stores the user and their login: wait for both.
+        while (user is None or (handler.authenticator.enable_auth_state and not await user.get_auth_state())) \
+                and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            user = handler.find_user(name)
+        if user is None:
+            return
+        spawner = user.spawner
+        if not isinstance(spawner, CloudIdentitySpawner) or spawner.active or spawner.pending:
+            return
+        plan = await spawner.prepare_identity()
+        log.info("cloudidentity: prepared %s's identity at login (rule %s)", name, plan.rule)
+    except IdentityError as e:  # no rule for them: their spawn page says why
+        log.debug("cloudidentity: no identity to prepare at login for %s: %s", name, e.admin_detail)
+    except SpawnRefused as e:  # logged above; said again, to the user, when they spawn
+        log.info("cloudidentity: %s's identity not prepared at login: %s", name, e)
+    except Exception as e:
+        log.warning("cloudidentity: %s's identity not prepared at login: %s: %s", name, type(e).__name__, e)
 
 
 # Last, so a check that runs at once (a hub already configured) finds this module complete.

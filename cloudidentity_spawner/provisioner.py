@@ -151,25 +151,28 @@ class IdentityProvisioner:
         self.accounts = ServiceAccounts(shared_client("CoreV1Api"), backoff, request_timeout, spawner.log)
 
     async def prepare(
-        self, namespace: str, cache: Any = None, rule_name: str | None = None, claims: Claims | None = None
+        self, namespace: str, cache: Any = None, rule_name: str | None = None, claims: Claims | None = None, counted: bool = True
     ) -> IdentityPlan:
         """Resolve and ensure; on failure log one admin line and raise :class:`SpawnRefused`.
 
         *cache* is a ServiceAccount watch cache (a mapping of ``namespace/name``
-        to the account) or None; *claims*, if the caller has read them already.
+        to the account) or None; *claims*, if the caller has read them already. Not *counted*
+        (preparing at login): not a spawn's decision in the metrics.
         """
         started = time.perf_counter()
         shown = PROGRESS.set(self.show_progress)
         try:
             plan = await self._prepare(namespace, cache, rule_name, claims)
         except SpawnRefused:
-            IDENTITY_STEP_SECONDS.labels("refused").observe(time.perf_counter() - started)
-            SPAWN_DECISIONS.labels("refused", "", "").inc()
+            if counted:
+                IDENTITY_STEP_SECONDS.labels("refused").observe(time.perf_counter() - started)
+                SPAWN_DECISIONS.labels("refused", "", "").inc()
             raise
         finally:
             PROGRESS.reset(shown)
-        IDENTITY_STEP_SECONDS.labels("ok").observe(time.perf_counter() - started)
-        SPAWN_DECISIONS.labels("ok", plan.scope, plan.cloud.provider if plan.cloud else "none").inc()
+        if counted:
+            IDENTITY_STEP_SECONDS.labels("ok").observe(time.perf_counter() - started)
+            SPAWN_DECISIONS.labels("ok", plan.scope, plan.cloud.provider if plan.cloud else "none").inc()
         return plan
 
     @property

@@ -266,6 +266,18 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         # After the profile's kubespawner_override, which may set its own modify_pod_hook.
         self.modify_pod_hook = pinning_hook(self.modify_pod_hook, plan, self._configured_automount, self.irsa_pod_spec)
 
+    async def prepare_identity(self) -> IdentityPlan:
+        """Make the default profile's ServiceAccount and cloud identity now, before the spawn (see
+        :func:`cloudidentity_spawner.hooks.prepare_at_login`): the spawn then finds them made and
+        right, and its identity step costs no Kubernetes or cloud write. Raises IdentityError when
+        no rule gives the user an identity, SpawnRefused when it cannot be made."""
+        claims = await user_claims(self, self.user)
+        await plan_for(self, self, claims, self.namespace)  # no rule for the user: nothing to make, the spawn says why
+        if self.enable_user_namespaces:
+            await self._ensure_namespace()
+        cache = await self._service_account_cache()
+        return await self._provisioner().prepare(self.namespace, cache, None, claims, counted=False)
+
     async def _make_create_pod_request(self, pod: Any, request_timeout: float) -> bool:
         """Create the pod; if the cluster says its ServiceAccount is gone (deleted after the
         watch cache last saw it, e.g. by ``kubectl delete sa``), make the account again and

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,14 @@ def test_alice_sees_her_profiles_and_her_server_starts_under_her_account(browser
     line = page.locator(".cloudidentity-identity").inner_text()
     assert line == ("Your server will run as arn:aws:iam::123456789012:role/jupyterhub/escape-atlas "
                     "(rule atlas, shared with group /escape/atlas).")
+    # While she reads the form, the hub has made her account at login (prepare_at_login).
+    for _ in range(100):
+        made = [a for a in demo.kube.api.list("serviceaccounts", NAMESPACE)
+                if a["metadata"]["name"].startswith("jupyter-group-escape-atlas")]
+        if made:
+            break
+        time.sleep(0.1)
+    assert made and demo.kube.api.get("pods", NAMESPACE, "jupyter-alice") is None
     # The profile that names its own rule says what it gives her instead.
     personal = page.locator("label", has_text="Personal analysis with a role of your own").inner_text()
     assert "Runs as arn:aws:iam::123456789012:role/jupyterhub/demo/demo-alice (rule escape-members, your own)." in personal
@@ -142,7 +151,9 @@ def test_admins_see_who_runs_as_what_and_others_are_kept_out(browser, demo):
     assert "user zed is no longer on the hub" in zed.inner_text()
     users = page.locator("#users")
     assert "no identity: no identity rule matches user 'bob'" in users.locator("tr[data-user='bob']").inner_text()
-    assert "demo-carol (rule escape-members, user scope)" in users.locator("tr[data-user='carol']").inner_text()
+    # carol logged in and never started a server: her account was made at login, and is right.
+    carol = page.locator(f"#accounts tr[data-account='{NAMESPACE}/jupyter-carol']")
+    assert carol.locator("td").nth(0).inner_text() == "ok" and "demo-carol" in carol.inner_text()
     assert "escape-atlas (rule atlas, group scope)" in users.locator("tr[data-user='alice']").inner_text()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "admin-page.png"), full_page=True)
