@@ -267,16 +267,29 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         self.modify_pod_hook = pinning_hook(self.modify_pod_hook, plan, self._configured_automount, self.irsa_pod_spec)
 
     async def prepare_identity(self) -> IdentityPlan:
-        """Make the default profile's ServiceAccount and cloud identity now, before the spawn (see
+        """Make the ServiceAccount and cloud identity of the profile the user last chose (else the
+        default profile's) now, before the spawn (see
         :func:`cloudidentity_spawner.hooks.prepare_at_login`): the spawn then finds them made and
         right, and its identity step costs no Kubernetes or cloud write. Raises IdentityError when
         no rule gives the user an identity, SpawnRefused when it cannot be made."""
         claims = await user_claims(self, self.user)
-        await plan_for(self, self, claims, self.namespace)  # no rule for the user: nothing to make, the spawn says why
+        self._profile_groups = list(claims.groups)
+        rule = None
+        if self.profile_list:  # the profile the user last chose (JupyterHub keeps it), else the default
+            profile_list = self.profile_list
+            if callable(profile_list):
+                profile_list = await maybe_future(profile_list(self))
+            visible = self._get_initialized_profile_list(self._sorted_dict_values(profile_list) or [])
+            try:
+                profile = check_selection(visible, self.user_options or {}, True)
+            except ProfileNotAllowed:
+                profile = check_selection(visible, {}, True)
+            rule = (profile or {}).get("identity_rule")
+        await plan_for(self, self, claims, self.namespace, rule)  # no rule for the user: nothing to make, the spawn says why
         if self.enable_user_namespaces:
             await self._ensure_namespace()
         cache = await self._service_account_cache()
-        return await self._provisioner().prepare(self.namespace, cache, None, claims, counted=False)
+        return await self._provisioner().prepare(self.namespace, cache, rule, claims, counted=False)
 
     async def _make_create_pod_request(self, pod: Any, request_timeout: float) -> bool:
         """Create the pod; if the cluster says its ServiceAccount is gone (deleted after the

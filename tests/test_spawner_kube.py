@@ -689,3 +689,39 @@ async def test_a_jupyterhub_admin_gets_the_admin_rules_identity(namespace):
     assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("role/jupyterhub/hub-admins")
     _, member = await start_and_stop(spawner_for(namespace, "ben", ["/escape"], rules=rules))
     assert member["spec"]["serviceAccountName"] == "jupyter-ben"  # not an admin: the members rule
+
+
+# -- identities made at login ----------------------------------------------------------------------
+
+
+class LoginHandler:
+    """What prepare_at_login uses of JupyterHub's login handler: the stored users, the log."""
+
+    def __init__(self, users, log):
+        self.users, self.log = users, log
+        self.authenticator = type("A", (), {"enable_auth_state": True})()
+
+    def find_user(self, name):
+        return self.users.get(name)
+
+
+async def test_the_identity_is_made_at_login_for_the_profile_the_user_last_chose(namespace, caplog):
+    from cloudidentity_spawner.hooks import _PREPARING, prepare_at_login
+
+    profiles = [{"display_name": "Standard", "slug": "standard", "default": True},
+                {"display_name": "Personal", "slug": "personal", "identity_rule": "members"}]
+    ann = spawner_for(namespace, "ann", ["/escape", "/escape/atlas"], KubeSpawner__profile_list=profiles)
+    ann.user_options = {"profile": "personal"}  # what JupyterHub kept from her last spawn
+    bob = spawner_for(namespace, "bob", ["/other"])
+    users = {name: type("U", (), {"spawner": s, "get_auth_state": s.user.get_auth_state})()
+             for name, s in (("ann", ann), ("bob", bob))}
+    handler = LoginHandler(users, ann.log)
+    for name in ("ann", "bob", "nobody"):
+        authentication = {"name": name, "auth_state": {}}
+        assert prepare_at_login(None, handler, authentication) is authentication  # at once: the login goes on
+    await asyncio.wait_for(asyncio.gather(*list(_PREPARING)), 30)
+    account = await read("serviceaccount", namespace, "jupyter-ann")
+    assert account["metadata"]["annotations"]["cloudidentity-spawner/rule"] == "members"  # her profile's, not atlas
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == ROLE.format(username="ann")
+    assert await read("serviceaccount", namespace, "jupyter-bob") is None  # no rule: nothing, and no error
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
