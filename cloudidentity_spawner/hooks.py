@@ -23,7 +23,7 @@ from .errors import IdentityError, SpawnRefused
 from .pinning import apply_plan, pinning_hook
 from .profiles import unenforceable_profile_setting
 from .provisioner import IdentityProvisioner
-from .retry import Backoff
+from .retry import Backoff, describe
 from .startup import guard_jupyterhub_startup
 
 
@@ -54,55 +54,60 @@ async def refuse_what_the_hook_cannot_enforce(spawner: Any) -> None:
         raise SpawnRefused("This hub's server profiles need a setting the hub cannot enforce; ask your hub admin.")
 
 
-_PREPARING: set[asyncio.Future] = set()
-"""Identities being prepared after a login (a reference each, so none is collected early)."""
+_PREPARING: dict[str, asyncio.Future] = {}
+"""User name -> the identity being prepared after their login (one at a time per user)."""
 
 
 def prepare_at_login(authenticator: Any, handler: Any, authentication: dict[str, Any]) -> dict[str, Any]:
-    """A ``post_auth_hook``: start making the user's identity as they log in, so the spawn that
-    follows (the user reads the profile form meanwhile) finds it made - under a surge of first
+    """A ``post_auth_hook``: start making a new user's identity as they log in, so their first
+    spawn (the user reads the profile form meanwhile) finds it made - under a surge of first
     logins the identity step is what the spawn waits for::
 
         from cloudidentity_spawner.hooks import prepare_at_login
         c.Authenticator.post_auth_hook = prepare_at_login
 
-    It works in the background and never delays or fails the login: what it cannot do, the spawn
-    does (and reports) as usual. It prepares what the default profile gives; a spawn with a profile
-    that names another rule revokes that again. Only with ``CloudIdentitySpawner``."""
+    It works in the background, after JupyterHub has stored this login, and never delays or fails
+    the login. It only makes what is missing (an account that exists is the spawns' to change:
+    nothing is revoked or changed), and nothing while a server of the user runs or starts; what it
+    cannot make, the spawn makes or reports as usual. Only with ``CloudIdentitySpawner``."""
     name = authentication.get("name") if isinstance(authentication, dict) else None
-    if name:
-        task = asyncio.ensure_future(_prepare_when_stored(handler, name))
-        _PREPARING.add(task)
-        task.add_done_callback(_PREPARING.discard)
+    if name and name not in _PREPARING:
+        user = handler.find_user(name)
+        before = getattr(user, "_auth_refreshed", None) if user is not None else None
+        task = asyncio.ensure_future(_prepare_when_stored(handler, name, before))
+        _PREPARING[name] = task
+        task.add_done_callback(lambda _: _PREPARING.pop(name, None))
     return authentication
 
 
-async def _prepare_when_stored(handler: Any, name: str, wait: float = 10.0) -> None:
+async def _prepare_when_stored(handler: Any, name: str, before: float | None, wait: float = 10.0) -> None:
     from .spawner import CloudIdentitySpawner
 
     log = handler.log
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        user = handler.find_user(name)
-        # The hook runs before JupyterHub stores the user and their login: wait for both.
-        while (user is None or (handler.authenticator.enable_auth_state and not await user.get_auth_state())) \
-                and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        # The hook runs before JupyterHub stores the user, their groups and this login (auth_state):
+        # planning earlier would use the previous login's. JupyterHub marks the stored login.
+        while True:
             user = handler.find_user(name)
-        if user is None:
-            return
+            if user is not None and getattr(user, "_auth_refreshed", None) not in (None, before):
+                break
+            if loop.time() >= deadline:  # e.g. a token request that authenticates without a login
+                return
+            await asyncio.sleep(0.1)
         spawner = user.spawner
-        if not isinstance(spawner, CloudIdentitySpawner) or spawner.active or spawner.pending:
+        if not isinstance(spawner, CloudIdentitySpawner):
             return
         plan = await spawner.prepare_identity()
-        log.info("cloudidentity: prepared %s's identity at login (rule %s)", name, plan.rule)
+        if plan is not None:
+            log.info("cloudidentity: prepared %s's identity at login (rule %s)", name, plan.rule)
     except IdentityError as e:  # no rule for them: their spawn page says why
         log.debug("cloudidentity: no identity to prepare at login for %s: %s", name, e.admin_detail)
     except SpawnRefused as e:  # logged above; said again, to the user, when they spawn
         log.info("cloudidentity: %s's identity not prepared at login: %s", name, e)
     except Exception as e:
-        log.warning("cloudidentity: %s's identity not prepared at login: %s: %s", name, type(e).__name__, e)
+        log.warning("cloudidentity: %s's identity not prepared at login: %s", name, describe(e))
 
 
 # Last, so a check that runs at once (a hub already configured) finds this module complete.

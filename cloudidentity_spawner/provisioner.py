@@ -151,18 +151,21 @@ class IdentityProvisioner:
         self.accounts = ServiceAccounts(shared_client("CoreV1Api"), backoff, request_timeout, spawner.log)
 
     async def prepare(
-        self, namespace: str, cache: Any = None, rule_name: str | None = None, claims: Claims | None = None, counted: bool = True
-    ) -> IdentityPlan:
+        self, namespace: str, cache: Any = None, rule_name: str | None = None, claims: Claims | None = None,
+        counted: bool = True, only_new: bool = False,
+    ) -> IdentityPlan | None:
         """Resolve and ensure; on failure log one admin line and raise :class:`SpawnRefused`.
 
         *cache* is a ServiceAccount watch cache (a mapping of ``namespace/name``
         to the account) or None; *claims*, if the caller has read them already. Not *counted*
-        (preparing at login): not a spawn's decision in the metrics.
+        (preparing at login): not a spawn's decision in the metrics. With *only_new*, nothing is
+        done (None) to an account that exists or appears meanwhile: only what is missing is made,
+        nothing revoked or changed.
         """
         started = time.perf_counter()
         shown = PROGRESS.set(self.show_progress)
         try:
-            plan = await self._prepare(namespace, cache, rule_name, claims)
+            plan = await self._prepare(namespace, cache, rule_name, claims, only_new)
         except SpawnRefused:
             if counted:
                 IDENTITY_STEP_SECONDS.labels("refused").observe(time.perf_counter() - started)
@@ -170,7 +173,7 @@ class IdentityProvisioner:
             raise
         finally:
             PROGRESS.reset(shown)
-        if counted:
+        if counted and plan is not None:
             IDENTITY_STEP_SECONDS.labels("ok").observe(time.perf_counter() - started)
             SPAWN_DECISIONS.labels("ok", plan.scope, plan.cloud.provider if plan.cloud else "none").inc()
         return plan
@@ -186,7 +189,8 @@ class IdentityProvisioner:
         if progress is not None:
             progress.append(message)
 
-    async def _prepare(self, namespace: str, cache: Any, rule_name: str | None, claims: Claims | None) -> IdentityPlan:
+    async def _prepare(self, namespace: str, cache: Any, rule_name: str | None, claims: Claims | None,
+                       only_new: bool = False) -> IdentityPlan | None:
         who = self.spawner.user.name + (f"/{self.spawner.name}" if self.spawner.name else "")
         plan = None
         try:
@@ -194,6 +198,8 @@ class IdentityProvisioner:
                 claims = await user_claims(self.settings, self.spawner.user)
             plan = await plan_for(self.settings, self.spawner, claims, namespace, rule_name)
             existing = await self.accounts.current(plan, cache)
+            if only_new and existing is not None:
+                return None
             # The account must be this plan's to take (ours, this owner's) before anything is
             # granted to it: a name two rules both produce must not collect grants (pure; no call).
             service_account_change(existing, plan)
@@ -215,6 +221,8 @@ class IdentityProvisioner:
             async def revoke_what_it_no_longer_plans(found: Any) -> None:
                 # Before the new pod exists: the account's token must not reach what it no longer plans.
                 # Also called with what a create that met 409 found, so a stale cache cannot skip it.
+                if only_new and found is not None:
+                    raise _MadeMeanwhile()
                 old = identity_to_revoke(found, plan, self.settings.compiled_rules.managed_places)
                 if old:
                     await self.refuse_while_other_pods_use(plan, old)
@@ -232,7 +240,10 @@ class IdentityProvisioner:
                     await self.revoke_assignments(plan.cloud.identity, dropped)
 
             await revoke_what_it_no_longer_plans(existing)
-            outcome = await self.accounts.ensure(plan, existing, before_change=revoke_what_it_no_longer_plans)
+            try:
+                outcome = await self.accounts.ensure(plan, existing, before_change=revoke_what_it_no_longer_plans)
+            except _MadeMeanwhile:  # a spawn made the account meanwhile: it is the spawn's to change
+                return None
             if plan.scope == "user" and self.user_namespaces and outcome == "created":
                 await self.leave_old_namespaces(plan, cache)
             if outcome != "unchanged" or cloud_outcome in ("created", "updated"):
@@ -264,8 +275,11 @@ class IdentityProvisioner:
                 "try again in a minute, or ask your hub admin.",
                 503,
             ) from None
-        SERVICE_ACCOUNT_CHANGES.labels(outcome).inc()
+        if not only_new:  # what spawns did
+            SERVICE_ACCOUNT_CHANGES.labels(outcome).inc()
         record = audit_record(plan, self.spawner.name, outcome, cloud_outcome)
+        if only_new:
+            record["event"] = "cloudidentity.prepare"  # at login, not a spawn
         if revoked:
             record["revoked_cloud_identity"] = revoked[0]
         self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
@@ -455,6 +469,10 @@ class IdentityProvisioner:
             except Exception as e:
                 self.log.error("cloudidentity: could not clean up %s's ServiceAccount %s in a namespace their servers no "
                                "longer use: %s", username, account.where, describe(e))
+
+
+class _MadeMeanwhile(Exception):
+    """Preparing only what is missing, an account was found made meanwhile (by a spawn)."""
 
 
 def server_namespaces(spawner: Any, include_self: bool = True) -> set[str]:

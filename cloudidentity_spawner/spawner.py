@@ -266,20 +266,24 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         # After the profile's kubespawner_override, which may set its own modify_pod_hook.
         self.modify_pod_hook = pinning_hook(self.modify_pod_hook, plan, self._configured_automount, self.irsa_pod_spec)
 
-    async def prepare_identity(self) -> IdentityPlan:
-        """Make the ServiceAccount and cloud identity of the profile the user last chose (else the
-        default profile's) now, before the spawn (see
-        :func:`cloudidentity_spawner.hooks.prepare_at_login`): the spawn then finds them made and
-        right, and its identity step costs no Kubernetes or cloud write. Raises IdentityError when
-        no rule gives the user an identity, SpawnRefused when it cannot be made."""
+    async def prepare_identity(self) -> IdentityPlan | None:
+        """Make what is missing of the user's identity now, before their first spawn (see
+        :func:`cloudidentity_spawner.hooks.prepare_at_login`): the ServiceAccount and cloud identity
+        of the profile the user last chose (else the default profile). Only a missing account is
+        made - nothing is revoked or changed, and nothing is done while any server of the user
+        runs or starts - so the spawn finds it made and right. None when nothing was done. Raises
+        IdentityError when no rule gives the user an identity, SpawnRefused when it cannot be made."""
+        if _any_server_busy(self.user):
+            return None
         claims = await user_claims(self, self.user)
-        self._profile_groups = list(claims.groups)
+        groups = list(claims.groups)
         rule = None
         if self.profile_list:  # the profile the user last chose (JupyterHub keeps it), else the default
             profile_list = self.profile_list
             if callable(profile_list):
                 profile_list = await maybe_future(profile_list(self))
-            visible = self._get_initialized_profile_list(self._sorted_dict_values(profile_list) or [])
+            visible = visible_profiles(KubeSpawner._get_initialized_profile_list(self, self._sorted_dict_values(profile_list) or []),
+                                       groups)
             try:
                 profile = check_selection(visible, self.user_options or {}, True)
             except ProfileNotAllowed:
@@ -289,7 +293,9 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         if self.enable_user_namespaces:
             await self._ensure_namespace()
         cache = await self._service_account_cache()
-        return await self._provisioner().prepare(self.namespace, cache, rule, claims, counted=False)
+        provisioner = self._provisioner()
+        provisioner.show_progress = lambda message: None  # not on a spawn's progress page
+        return await provisioner.prepare(self.namespace, cache, rule, claims, counted=False, only_new=True)
 
     async def _make_create_pod_request(self, pod: Any, request_timeout: float) -> bool:
         """Create the pod; if the cluster says its ServiceAccount is gone (deleted after the
@@ -330,6 +336,11 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         else:
             self.log.info("cloudidentity: named server %s/%s deleted; keeping the user's ServiceAccount in %s, which their "
                           "other servers use", self.user.name, self.name, self.namespace)
+
+
+def _any_server_busy(user: Any) -> bool:
+    """Whether any server of the user runs or is starting or stopping."""
+    return any(s.active or s.pending for s in list((getattr(user, "spawners", None) or {}).values()))
 
 
 # Last, so a check that runs at once (a hub already configured) finds this module complete.

@@ -694,6 +694,12 @@ async def test_a_jupyterhub_admin_gets_the_admin_rules_identity(namespace):
 # -- identities made at login ----------------------------------------------------------------------
 
 
+async def patch_annotation(namespace, name, key, value):
+    api_client, api = await cluster_api()
+    async with api_client:
+        await api.patch_namespaced_service_account(name, namespace, {"metadata": {"annotations": {key: value}}})
+
+
 class LoginHandler:
     """What prepare_at_login uses of JupyterHub's login handler: the stored users, the log."""
 
@@ -708,20 +714,32 @@ class LoginHandler:
 async def test_the_identity_is_made_at_login_for_the_profile_the_user_last_chose(namespace, caplog):
     from cloudidentity_spawner.hooks import _PREPARING, prepare_at_login
 
+    caplog.set_level("INFO")
     profiles = [{"display_name": "Standard", "slug": "standard", "default": True},
                 {"display_name": "Personal", "slug": "personal", "identity_rule": "members"}]
     ann = spawner_for(namespace, "ann", ["/escape", "/escape/atlas"], KubeSpawner__profile_list=profiles)
     ann.user_options = {"profile": "personal"}  # what JupyterHub kept from her last spawn
     bob = spawner_for(namespace, "bob", ["/other"])
+    dee = spawner_for(namespace, "dee", ["/escape"])
+    await start_and_stop(dee)  # dee's account exists: it is her spawns' to change
+    await patch_annotation(namespace, "jupyter-dee", "eks.amazonaws.com/role-arn", "arn:aws:iam::123456789012:role/by-hand")
     users = {name: type("U", (), {"spawner": s, "get_auth_state": s.user.get_auth_state})()
-             for name, s in (("ann", ann), ("bob", bob))}
+             for name, s in (("ann", ann), ("bob", bob), ("dee", dee))}
     handler = LoginHandler(users, ann.log)
-    for name in ("ann", "bob", "nobody"):
+    for name in ("ann", "bob", "dee", "nobody"):
         authentication = {"name": name, "auth_state": {}}
         assert prepare_at_login(None, handler, authentication) is authentication  # at once: the login goes on
-    await asyncio.wait_for(asyncio.gather(*list(_PREPARING)), 30)
+    await asyncio.sleep(0.5)
+    # Until JupyterHub has stored this login (groups, auth_state), nothing is planned from the last one.
+    assert await read("serviceaccount", namespace, "jupyter-ann") is None
+    for user in users.values():
+        user._auth_refreshed = 1.0  # what JupyterHub's login_user sets once the login is stored
+    await asyncio.wait_for(asyncio.gather(*list(_PREPARING.values())), 30)
     account = await read("serviceaccount", namespace, "jupyter-ann")
     assert account["metadata"]["annotations"]["cloudidentity-spawner/rule"] == "members"  # her profile's, not atlas
     assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == ROLE.format(username="ann")
     assert await read("serviceaccount", namespace, "jupyter-bob") is None  # no rule: nothing, and no error
+    dee_account = await read("serviceaccount", namespace, "jupyter-dee")
+    assert dee_account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("role/by-hand")  # not changed
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert any('"event": "cloudidentity.prepare"' in r.getMessage() for r in caplog.records)
