@@ -285,7 +285,7 @@ async def stale_grants(settings: Any, accounts: ServiceAccounts, actions: list[A
             stale.append(Action("remove-grant", "its Google service account was deleted", grant=grant))
             continue
         if account not in present:
-            present[account] = await _account_exists(accounts, *account)
+            present[account] = await accounts.exists(*account)
         if present[account] is False:
             action = Action("remove-grant", f"ServiceAccount {account[0]}/{account[1]} does not exist", grant=grant)
             if min_age > 0:
@@ -293,20 +293,6 @@ async def stale_grants(settings: Any, accounts: ServiceAccounts, actions: list[A
                                   "account: run gc --min-age 0 when no first spawn is under way")
             stale.append(action)
     return stale + unread
-
-
-async def _account_exists(accounts: ServiceAccounts, namespace: str, name: str) -> bool | None:
-    """Whether the ServiceAccount exists; None if the hub may not read it."""
-    try:
-        await accounts.call(lambda: accounts.api.read_namespaced_service_account(
-            name, namespace, _request_timeout=accounts.request_timeout), f"read ServiceAccount {namespace}/{name}")
-    except ApiException as e:
-        if e.status == 404:
-            return False
-        if e.status == 403:
-            return None
-        raise
-    return True
 
 
 async def apply(actions: list[Action], settings: Any, accounts: ServiceAccounts, hub_users: Any, namespace: str,
@@ -425,7 +411,7 @@ async def _remove_grant(action: Action, settings: Any, accounts: ServiceAccounts
     grant = action.grant
     if not grant.member.startswith("deleted:"):  # judged a moment ago: a spawn may have made the account since
         namespace, _, name = grant.member.rpartition("/ns/")[2].partition("/sa/")
-        if await _account_exists(accounts, namespace, name) is not False:
+        if await accounts.exists(namespace, name) is not False:
             action.skipped = f"ServiceAccount {namespace}/{name} exists now"
             return
     try:

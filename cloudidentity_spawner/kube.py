@@ -233,6 +233,12 @@ def _metadata(sa: Any) -> dict[str, Any]:
     return {"labels": meta.labels or {}, "annotations": meta.annotations or {}, "name": meta.name}
 
 
+def user_labels(username: str, hub: str) -> dict[str, str]:
+    """The labels of *username*'s own accounts on *hub* (values hashed: :func:`is_users_own` checks exactly)."""
+    return {MANAGED_BY_LABEL: MANAGED_BY, SCOPE_LABEL: "user", USER_LABEL: names.label_value(username),
+            HUB_LABEL: names.label_value(hub)}
+
+
 def is_users_own(labels: Mapping[str, str], annotations: Mapping[str, str], username: str, hub: str) -> bool:
     """Whether an account of ours is *username*'s own on *hub* (not adopted; hub label ours, or
     absent on accounts made before it)."""
@@ -373,20 +379,31 @@ class ServiceAccounts:
         hashed) and the hub label (accounts made before it count in *namespace* only); adopted
         and group/hub accounts never qualify.
         """
-        selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{SCOPE_LABEL}=user,{USER_LABEL}={names.label_value(username)}"
+        labels = user_labels(username, hub)
         if namespace is None:
+            selector = ",".join(f"{k}={v}" for k, v in labels.items())
             listing = await self.call(
                 lambda: self.api.list_service_account_for_all_namespaces(
-                    label_selector=f"{selector},{HUB_LABEL}={names.label_value(hub)}", _request_timeout=self.request_timeout),
+                    label_selector=selector, _request_timeout=self.request_timeout),
                 f"list ServiceAccounts of {username!r} in all namespaces",
             )
-        else:
+        else:  # accounts made before the hub label count here too
+            selector = ",".join(f"{k}={v}" for k, v in labels.items() if k != HUB_LABEL)
             listing = await self.call(
                 lambda: self.api.list_namespaced_service_account(namespace, label_selector=selector, _request_timeout=self.request_timeout),
                 f"list ServiceAccounts of {username!r}",
             )
         return [sa for sa in listing.items if is_users_own(dict(sa.metadata.labels or {}), dict(sa.metadata.annotations or {}),
                                                            username, hub)]
+
+    async def exists(self, namespace: str, name: str) -> bool | None:
+        """Whether the ServiceAccount exists; None if the hub may not read it."""
+        try:
+            return await self.call(lambda: self._read(name, namespace), f"read ServiceAccount {namespace}/{name}") is not None
+        except ApiException as e:
+            if e.status == 403:
+                return None
+            raise
 
     async def running_pods(self, namespace: str, name: str) -> list[str]:
         """Pods (not being deleted) that run under ServiceAccount *namespace*/*name*."""

@@ -24,10 +24,19 @@ from .claims import Claims, user_claims
 from .config import CloudIdentity
 from .errors import ConfigError, IdentityError, SpawnRefused
 from .inventory import Account
-from . import names
-from .kube import ServiceAccounts, assignments_to_remove, bindings_to_remove, hub_made_identity, identity_to_revoke, is_retryable, is_users_own, service_account_change
+from .kube import (
+    ServiceAccounts,
+    assignments_to_remove,
+    bindings_to_remove,
+    hub_made_identity,
+    identity_to_revoke,
+    is_retryable,
+    is_users_own,
+    service_account_change,
+    user_labels,
+)
 from .metrics import IDENTITY_STEP_SECONDS, SERVICE_ACCOUNT_CHANGES, SPAWN_DECISIONS
-from .plan import GC_PENDING_ANNOTATION, HUB_LABEL, SCOPE_LABEL, USER_LABEL, IdentityPlan
+from .plan import GC_PENDING_ANNOTATION, IdentityPlan
 from .providers import azure, backend_for, backend_for_plan, gcp
 from .providers.managed import PROGRESS
 from .retry import Backoff, describe
@@ -440,7 +449,7 @@ class IdentityProvisioner:
         try:
             if cache is not None:  # with user namespaces the watch cache holds every namespace: no request
                 # This hub's label, always: an account without it may be another hub's (as gc judges it).
-                wanted = {USER_LABEL: names.label_value(username), HUB_LABEL: names.label_value(hub), SCOPE_LABEL: "user"}
+                wanted = user_labels(username, hub)
                 found = [Account.from_json(item) for item in cache.values()
                          if all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in wanted.items())]
                 found = [a for a in found if is_users_own(a.labels, a.annotations, username, hub)]

@@ -159,11 +159,21 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         return claims
 
     def _get_initialized_profile_list(self, profile_list: list):
-        initialized = super()._get_initialized_profile_list(profile_list)
         groups = self._profile_groups
         if groups is None:
             groups = hub_groups(self.user)
-        return visible_profiles(initialized, groups)
+        return self._visible_for(profile_list, groups)
+
+    def _visible_for(self, profile_list: list, groups: list[str]) -> list[Any]:
+        """KubeSpawner's initialized profile list, with only what *groups* allow."""
+        return visible_profiles(super()._get_initialized_profile_list(profile_list), groups)
+
+    async def _profile_list_for_user(self) -> list[Any]:
+        """The configured profile list (a callable's result for this spawner), in order."""
+        profiles = self.profile_list
+        if callable(profiles):
+            profiles = await maybe_future(profiles(self))
+        return self._sorted_dict_values(profiles) or []
 
     @default("options_form")
     def _options_form_default(self):
@@ -176,10 +186,7 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         group membership can change between visits), under a line saying which cloud identity
         the server will run as - or, when the user has none, why, and no Start button."""
         claims = await self._claims_for_profiles()
-        profile_list = self.profile_list
-        if callable(profile_list):
-            profile_list = await maybe_future(profile_list(spawner))
-        profiles = self._sorted_dict_values(profile_list)
+        profiles = await self._profile_list_for_user()
         line, default = await self._identity_line(claims)
         return line + self._render_options_form(await self._with_identity_notes(profiles, claims, default))
 
@@ -229,10 +236,8 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
     async def _selected_profile(self) -> Any:
         """Check the submitted profile, choices and values against what the user may see
         (``_profile_groups`` must be set)."""
-        profile_list = self._sorted_dict_values(self.profile_list)
-        if callable(profile_list):
-            profile_list = await maybe_future(profile_list(self))
-        visible = self._get_initialized_profile_list(profile_list or [])
+        profile_list = await self._profile_list_for_user()
+        visible = self._get_initialized_profile_list(profile_list)
         try:
             return check_selection(visible, self.user_options or {}, bool(profile_list))
         except ProfileNotAllowed as e:
@@ -276,14 +281,9 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         if _any_server_busy(self.user):
             return None
         claims = await user_claims(self, self.user)
-        groups = list(claims.groups)
         rule = None
         if self.profile_list:  # the profile the user last chose (JupyterHub keeps it), else the default
-            profile_list = self.profile_list
-            if callable(profile_list):
-                profile_list = await maybe_future(profile_list(self))
-            visible = visible_profiles(KubeSpawner._get_initialized_profile_list(self, self._sorted_dict_values(profile_list) or []),
-                                       groups)
+            visible = self._visible_for(await self._profile_list_for_user(), list(claims.groups))
             try:
                 profile = check_selection(visible, self.user_options or {}, True)
             except ProfileNotAllowed:

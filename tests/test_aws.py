@@ -608,6 +608,14 @@ def namespaced_spawner(namespace, moto_endpoint, hub, name, template, server_nam
     return with_saved_servers(make_spawner(CloudIdentitySpawner, c, user, server_name), **saved)
 
 
+async def default_in_old_and_gpu_in_new(namespace, moto_endpoint, hub, name, old):
+    """*name*'s default server started under template a- (namespace *old*), then named server
+    gpu under template b-, while the default server's state keeps *old*."""
+    await spawn(namespaced_spawner(namespace, moto_endpoint, hub, name, f"{namespace}-a-{{username}}", default=None))
+    await spawn(namespaced_spawner(namespace, moto_endpoint, hub, name, f"{namespace}-b-{{username}}",
+                                   server_name="gpu", default=old, gpu=None))
+
+
 async def test_a_server_in_a_new_namespace_takes_the_old_accounts_grant_away(namespace, moto_endpoint, hub, caplog):
     """The namespace template changed (or the server's saved namespace was lost): the role stops
     trusting the old namespace's account, and that account goes."""
@@ -627,10 +635,8 @@ async def test_a_server_in_a_new_namespace_takes_the_old_accounts_grant_away(nam
 async def test_an_old_namespace_another_server_still_uses_keeps_its_account(namespace, moto_endpoint, hub):
     old, new = f"{namespace}-a-bea", f"{namespace}-b-bea"
     async with user_namespaces(old, new):
-        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "bea", f"{namespace}-a-{{username}}", default=None))
         # Her default server keeps its saved namespace; a new named server gets the new template's.
-        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "bea", f"{namespace}-b-{{username}}",
-                                       server_name="gpu", default=old, gpu=None))
+        await default_in_old_and_gpu_in_new(namespace, moto_endpoint, hub, "bea", old)
         assert trusts(moto_endpoint, f"{hub}-bea", old, "jupyter-bea") and trusts(moto_endpoint, f"{hub}-bea", new, "jupyter-bea")
         assert await read("serviceaccount", old, "jupyter-bea") is not None
         # Deleting the named server takes only its namespace's grant; the default server's stays.
@@ -644,9 +650,7 @@ async def test_an_old_namespace_another_server_still_uses_keeps_its_account(name
 async def test_deleting_a_user_finds_their_accounts_in_every_namespace(namespace, moto_endpoint, hub):
     old, new = f"{namespace}-a-cal", f"{namespace}-b-cal"
     async with user_namespaces(old, new):
-        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "cal", f"{namespace}-a-{{username}}", default=None))
-        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "cal", f"{namespace}-b-{{username}}",
-                                       server_name="gpu", default=old, gpu=None))
+        await default_in_old_and_gpu_in_new(namespace, moto_endpoint, hub, "cal", old)
         # JupyterHub deletes the default server's resources last-known in the template's namespace.
         await namespaced_spawner(namespace, moto_endpoint, hub, "cal", f"{namespace}-b-{{username}}",
                                  default=None, gpu=new).delete_forever()
@@ -686,9 +690,7 @@ async def test_an_account_without_this_hubs_label_elsewhere_is_left_alone(namesp
 async def test_deleting_a_user_goes_on_past_an_account_it_cannot_delete(namespace, moto_endpoint, hub, emulator, caplog):
     old, new = f"{namespace}-a-fox", f"{namespace}-b-fox"
     async with user_namespaces(old, new):
-        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "fox", f"{namespace}-a-{{username}}", default=None))
-        await spawn(namespaced_spawner(namespace, moto_endpoint, hub, "fox", f"{namespace}-b-{{username}}",
-                                       server_name="gpu", default=old, gpu=None))
+        await default_in_old_and_gpu_in_new(namespace, moto_endpoint, hub, "fox", old)
         emulator.fail("DELETE", f"/namespaces/{old}/serviceaccounts/jupyter-fox$", 500, count=50)
         await namespaced_spawner(namespace, moto_endpoint, hub, "fox", f"{namespace}-b-{{username}}",
                                  default=None, gpu=new).delete_forever()
