@@ -26,7 +26,7 @@ from .claims import user_claims
 from .config import identity_settings
 from .errors import ConfigError, IdentityError
 from .providers import gcp
-from .provisioner import plan_for
+from .rules import plan_for
 
 
 class _PlanUser:

@@ -40,7 +40,7 @@ from .plan import GC_PENDING_ANNOTATION, IdentityPlan
 from .providers import azure, backend_for, backend_for_plan, gcp
 from .providers.managed import PROGRESS
 from .retry import Backoff, describe
-from .rules import ownership_markers
+from .rules import plan_for
 
 
 def api_message(error: ApiException) -> str:
@@ -67,25 +67,6 @@ def audit_record(plan: IdentityPlan, spawner_name: str, outcome: str, cloud_outc
         "cloud_identity": plan.cloud.identity if plan.cloud else None,
         "cloud_identity_change": cloud_outcome,
     }
-
-
-async def plan_for(
-    settings: Any, spawner: Any, claims: Claims, namespace: str, rule_name: str | None = None
-) -> IdentityPlan:
-    """The plan for one spawn: the operator's ``identity_resolver`` if it answers, else the rules."""
-    rules = settings.compiled_rules
-    if settings.identity_resolver is not None:
-        plan = settings.identity_resolver(spawner, claims)
-        if inspect.isawaitable(plan):
-            plan = await plan
-        if plan is not None:
-            if not isinstance(plan, IdentityPlan):
-                raise IdentityError(
-                    "Your cloud identity could not be chosen; ask your hub admin.",
-                    f"identity_resolver returned {type(plan).__name__}, expected an IdentityPlan or None",
-                )
-            return ownership_markers(plan, settings.hub_name)
-    return rules.resolve(claims, namespace, rule_name)
 
 
 def identity_sentence(plan: IdentityPlan) -> str:

@@ -11,6 +11,7 @@ does I/O; the spawner calls :meth:`IdentityRules.resolve` on every spawn.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -392,3 +393,22 @@ def _groups_phrase(claims: Claims) -> str:
     if not groups:
         return "no groups"
     return ("group " if len(groups) == 1 else "groups ") + ", ".join(groups)
+
+
+async def plan_for(
+    settings: Any, spawner: Any, claims: Claims, namespace: str, rule_name: str | None = None
+) -> IdentityPlan:
+    """The plan for one spawn: the operator's ``identity_resolver`` if it answers, else the rules."""
+    rules = settings.compiled_rules
+    if settings.identity_resolver is not None:
+        plan = settings.identity_resolver(spawner, claims)
+        if inspect.isawaitable(plan):
+            plan = await plan
+        if plan is not None:
+            if not isinstance(plan, IdentityPlan):
+                raise IdentityError(
+                    "Your cloud identity could not be chosen; ask your hub admin.",
+                    f"identity_resolver returned {type(plan).__name__}, expected an IdentityPlan or None",
+                )
+            return ownership_markers(plan, settings.hub_name)
+    return rules.resolve(claims, namespace, rule_name)

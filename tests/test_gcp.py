@@ -164,12 +164,14 @@ async def test_quota_is_a_clear_message(namespace, gcp_server, hub, caplog):
     state = gcp_server.state
     old = state.quota
     state.quota = sum(1 for a in state.accounts.values() if a["project_id"] == PROJECT)
+    creates = state.calls.count("CreateServiceAccount")
     try:
         with pytest.raises(SpawnRefused) as e:
             await gcp_spawner(namespace, gcp_server, hub, "erik").start()
     finally:
         state.quota = old
     assert "service account quota is reached" in e.value.jupyterhub_message
+    assert state.calls.count("CreateServiceAccount") == creates + 1  # a count no wait lowers: asked once
     [line] = [r.getMessage() for r in caplog.records if "spawn refused for erik" in r.getMessage()]
     assert "100 service accounts per project" in line and "group scope" in line
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -18,7 +19,7 @@ from google.oauth2.credentials import Credentials  # noqa: E402
 from cloudidentity_spawner import ConfigError  # noqa: E402
 from cloudidentity_spawner.claims import Claims  # noqa: E402
 from cloudidentity_spawner.errors import SpawnRefused  # noqa: E402
-from cloudidentity_spawner.providers import _backends  # noqa: E402
+from cloudidentity_spawner.providers import _backends, gcp_iam  # noqa: E402
 from cloudidentity_spawner.rules import IdentityRules  # noqa: E402
 
 from .kubehelpers import (  # noqa: E402
@@ -209,8 +210,10 @@ async def test_a_name_two_rules_share_gets_no_grant_before_the_owner_check(names
     assert members(gcp_server, folder(bucket, "shared"), "roles/storage.objectViewer") == set()
 
 
-async def test_a_user_whose_grants_cannot_be_removed_keeps_the_record(namespace, gcp_server, bucket, caplog):
+async def test_a_user_whose_grants_cannot_be_removed_keeps_the_record(namespace, gcp_server, bucket, caplog, monkeypatch):
     await spawn(spawner_for(namespace, gcp_server, "kim", principal_rules(bucket)))
+    # every retry, without their waits (the schedule's own length is not what this test is about)
+    monkeypatch.setattr(gcp_iam, "RATE_LIMIT_BACKOFF", replace(gcp_iam.RATE_LIMIT_BACKOFF, base_delay=0.001, max_delay=0.002))
     gcp_server.state.throttle_share = 1.0  # Google refuses every call, past every retry
     try:
         await spawner_for(namespace, gcp_server, "kim", principal_rules(bucket)).delete_forever()

@@ -216,7 +216,7 @@ def test_rules_must_be_a_list():
 async def test_identity_resolver_decides_first_and_can_fall_through():
     from cloudidentity_spawner.config import CloudIdentity
     from cloudidentity_spawner.plan import IdentityPlan, ServiceAccountPlan
-    from cloudidentity_spawner.provisioner import plan_for
+    from cloudidentity_spawner.rules import plan_for
 
     async def resolver(spawner, claims):
         if claims.username == "special":

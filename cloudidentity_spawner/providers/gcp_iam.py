@@ -31,12 +31,14 @@ CONFLICTS = (gexc.Aborted, gexc.Conflict, gexc.PreconditionFailed)
 PROPAGATION_BACKOFF = Backoff(attempts=10_000, base_delay=0.25, max_delay=8.0, floor=0.5)
 """Waiting for IAM to know a new account: bounded by time (``propagation_seconds``), not tries."""
 RATE_LIMIT_BACKOFF = Backoff(attempts=8, base_delay=0.25, max_delay=8.0, floor=0.5)
+_ACCOUNT_QUOTA = "Maximum number of service accounts"
 
 
 def _rate_limited(error: BaseException) -> bool:
-    """429 and 503: Google asks to slow down and try again (quota exhaustion of a project is 429
-    too over REST, but a create that hit the service-account quota answers RESOURCE_EXHAUSTED
-    over gRPC, which is not retried)."""
+    """429 and 503: Google asks to slow down and try again - except the project's service-account
+    quota (RESOURCE_EXHAUSTED too, but a count that no wait lowers: the user is told at once)."""
+    if isinstance(error, gexc.ResourceExhausted) and _ACCOUNT_QUOTA in str(error.message):
+        return False
     return isinstance(error, (gexc.TooManyRequests, gexc.ServiceUnavailable))
 
 
