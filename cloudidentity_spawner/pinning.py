@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import SpawnRefused
 from .plan import RULE_LABEL, SCOPE_LABEL, IdentityPlan
-from .providers import aws, azure
+from .providers import aws, azure, s3_sts
 
 
 def apply_plan(spawner: Any, plan: IdentityPlan, automount: bool) -> None:
@@ -93,6 +93,15 @@ def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) ->
         pin_irsa(pod, plan, role_arn)
     if irsa and plan.cloud is not None and plan.cloud.mode == "pod_identity":
         pin_pod_identity(pod, plan.cloud.identity)
+    if plan.cloud is not None and plan.cloud.provider == s3_sts.PROVIDER:
+        pin_store_token(pod, plan.cloud.resources["pod"])
+
+
+def pin_store_token(pod: Any, settings: Mapping[str, Any]) -> None:
+    """An S3-compatible store's web identity: the projected token with the store's audience and
+    the variables the AWS SDKs read. No webhook exists on such clusters, so it is always added."""
+    _project_token(pod, s3_sts.TOKEN_VOLUME, s3_sts.TOKEN_MOUNT_PATH, settings["audience"], settings["expiration"],
+                   dict(settings["env"]))
 
 
 def pin_irsa(pod: Any, plan: IdentityPlan, role_arn: str) -> None:

@@ -80,6 +80,8 @@ def identity_sentence(plan: IdentityPlan) -> str:
     elif cloud.provider == "azure":
         what = (f"the Azure managed identity {cloud.resources['managed_identity']['name']}" if cloud.mode == "managed"
                 else f"the Azure managed identity with client id {cloud.identity}")
+    elif cloud.provider == "s3_sts":
+        what = f"the role {cloud.identity} at the object store {cloud.resources['pod']['env']['AWS_ENDPOINT_URL_S3']}"
     elif cloud.mode == "pod_identity":
         what = f"{cloud.identity} through an EKS Pod Identity association"
     else:
@@ -109,7 +111,7 @@ async def revoke_identity(settings: Any, identity: str, owner: str | None, annot
     provider, _, name = identity.partition(":")
     try:
         backend = backend_for(settings, provider)
-        if provider == "aws":
+        if provider in ("aws", "s3_sts"):
             return await backend.delete(name, owner, settings.hub_name, account)
         if provider == "eks":
             return await backend.delete(name, owner, settings.hub_name)
@@ -200,7 +202,7 @@ class IdentityProvisioner:
                 # cache last saw it right (gc runs outside the hub), so the cloud is asked.
                 recheck = existing is None or GC_PENDING_ANNOTATION in (existing.get("annotations") or {})
                 backend = backend_for_plan(self.settings, plan.cloud)
-                if plan.cloud.provider == "aws" and plan.cloud.mode == "managed" and self.user_namespaces:
+                if plan.cloud.provider in ("aws", "s3_sts") and plan.cloud.mode == "managed" and self.user_namespaces:
                     cloud_outcome = await backend.ensure(plan, recheck=recheck, namespaces=server_namespaces(self.spawner))
                 else:
                     cloud_outcome = await backend.ensure(plan, recheck=recheck)

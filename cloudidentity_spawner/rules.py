@@ -39,13 +39,15 @@ from .plan import (
     IdentityPlan,
     ServiceAccountPlan,
 )
-from .providers import aws, azure, gcp
+from .providers import aws, azure, gcp, s3_sts
 from .providers._common import check_keys, check_template
 from .templates import TemplateError, raw, render
 
 ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 """Kubernetes' rule for environment variable names (its ``IsEnvVarName``)."""
-RULE_KEYS = {"name", "match", "scope", "service_account", "aws", "gcp", "azure", "env", "adopt"}
+PROVIDERS = {"aws": aws, "gcp": gcp, "azure": azure, "s3_sts": s3_sts}
+"""Each rule block that gives a cloud identity, and the module that plans it."""
+RULE_KEYS = {"name", "match", "scope", "service_account", "aws", "gcp", "azure", "s3_sts", "env", "adopt"}
 MATCH_KEYS = {"groups", "users", "admin", "roles"}
 DEFAULT_SERVICE_ACCOUNT = {
     "user": "jupyter-{username}",
@@ -72,12 +74,13 @@ class Rule:
     aws: aws.AwsSettings | None = None
     gcp: gcp.GcpSettings | None = None
     azure: azure.AzureSettings | None = None
+    s3_sts: s3_sts.S3StsSettings | None = None
     adopt: bool = False
 
     @property
     def provider(self) -> Any:
-        """The rule's provider block (``aws``, ``gcp`` or ``azure`` settings), or None."""
-        return self.aws or self.gcp or self.azure
+        """The rule's provider block (``aws``, ``gcp``, ``azure`` or ``s3_sts`` settings), or None."""
+        return self.aws or self.gcp or self.azure or self.s3_sts
 
     @property
     def matches_everyone(self) -> bool:
@@ -157,12 +160,13 @@ def parse_rule(raw_rule: Any, index: int, trusted_claims: Collection[str] = ()) 
                               "digits, '_', '-' and '.', not starting with a digit (ASCII only)")
         check_template(value, f"{where}.env.{key}", group_fields)
 
-    blocks = [p for p in ("aws", "gcp", "azure") if p in raw_rule]
+    blocks = [p for p in PROVIDERS if p in raw_rule]
     if len(blocks) > 1:
         raise ConfigError(f"{where}: has both {blocks[0]!r} and {blocks[1]!r}; give exactly one provider block per rule (or none)")
     aws_settings = aws.parse(raw_rule["aws"], f"{where}.aws", forbidden, trusted_claims) if "aws" in raw_rule else None
     gcp_settings = gcp.parse(raw_rule["gcp"], f"{where}.gcp", forbidden, trusted_claims) if "gcp" in raw_rule else None
     azure_settings = azure.parse(raw_rule["azure"], f"{where}.azure", forbidden, trusted_claims) if "azure" in raw_rule else None
+    store_settings = s3_sts.parse(raw_rule["s3_sts"], f"{where}.s3_sts", forbidden, trusted_claims) if "s3_sts" in raw_rule else None
 
     adopt = raw_rule.get("adopt", False)
     if not isinstance(adopt, bool):
@@ -181,6 +185,7 @@ def parse_rule(raw_rule: Any, index: int, trusted_claims: Collection[str] = ()) 
         aws=aws_settings,
         gcp=gcp_settings,
         azure=azure_settings,
+        s3_sts=store_settings,
         adopt=adopt,
     )
 
@@ -189,7 +194,7 @@ def named_templates(rule: Rule) -> list[Named]:
     """Every template of *rule* that names an identity or what it reaches (:mod:`.overlap`)."""
     found = [Named(f"{rule.label}.service_account", rule.name, rule.scope, "ServiceAccount", rule.service_account,
                    "raw", scoped=True)]
-    for key, provider in (("aws", aws), ("gcp", gcp), ("azure", azure)):
+    for key, provider in PROVIDERS.items():
         settings = getattr(rule, key)
         if settings is not None:
             found += provider.named_templates(settings, f"{rule.label}.{key}", rule.name, rule.scope)
@@ -365,7 +370,7 @@ class IdentityRules:
             annotations[PERSON_ANNOTATION] = context["person"]
 
         cloud = None
-        provider = aws if rule.aws else gcp if rule.gcp else azure if rule.azure else None
+        provider = next((module for key, module in PROVIDERS.items() if getattr(rule, key) is not None), None)
         if provider is not None:
             extra, cloud = provider.plan(rule.provider, context, rule.scope, owner, namespace, sa_name)
             annotations.update(extra)

@@ -24,16 +24,22 @@ def check_config(config: Config) -> None:
     """Raise ConfigError (naming the rule and key) if the identity settings are wrong."""
     settings = identity_settings(config)
     for rule in settings.compiled_rules.rules:
-        for provider, block, module in (("aws", rule.aws, "boto3"), ("gcp", rule.gcp, "google.cloud.iam_admin_v1"),
-                                        ("azure", rule.azure, "azure.mgmt.msi")):
+        for provider, block, module, extra in (("aws", rule.aws, "boto3", "aws"), ("gcp", rule.gcp, "google.cloud.iam_admin_v1", "gcp"),
+                                               ("azure", rule.azure, "azure.mgmt.msi", "azure"), ("s3_sts", rule.s3_sts, "boto3", "aws")):
             if block is not None and block.hub_made:
                 try:
                     __import__(module)
                 except ImportError:
                     raise ConfigError(
-                        f"{rule.label}.{provider}.{block.mode}: needs the {provider} extra "
-                        f"(pip install 'cloudidentity-spawner[{provider}]')"
+                        f"{rule.label}.{provider}.{block.mode}: needs the {extra} extra "
+                        f"(pip install 'cloudidentity-spawner[{extra}]')"
                     ) from None
+        if rule.s3_sts is not None and rule.s3_sts.hub_made and not settings.s3_sts_client_kwargs.get("endpoint_url"):
+            raise ConfigError(
+                f"{rule.label}.s3_sts.managed: the hub makes roles through the store's IAM API; set "
+                "c.CloudIdentitySpawner.s3_sts_client_kwargs = {'endpoint_url': ..., 'aws_access_key_id': ..., "
+                "'aws_secret_access_key': ...} (an account of the store allowed to manage roles)"
+            )
     check_group_authorities(config)
 
 

@@ -46,6 +46,10 @@ def backend_for(settings: Any, provider: str) -> Any:
         return _shared(("eks", json.dumps(kwargs, sort_keys=True, default=str)), "eks_pod_identity", "PodIdentityAssociations",
                        kwargs, max_concurrent_calls=settings.aws_max_concurrent_calls,
                        propagation_seconds=settings.aws_pod_identity_propagation_seconds, **common)
+    if provider == "s3_sts":
+        kwargs = dict(settings.s3_sts_client_kwargs)
+        return _shared(("s3_sts", json.dumps(kwargs, sort_keys=True, default=str)), "s3_sts_iam", "StoreRoles", kwargs,
+                       max_concurrent_calls=settings.aws_max_concurrent_calls, **common)
     if provider == "gcp":
         factory = settings.gcp_client_factory
         return _shared(("gcp", id(factory)), "gcp_iam", "ManagedServiceAccounts", factory,

@@ -31,12 +31,37 @@ TRUST_POLICY_LIMIT = 2048
 """IAM's default quota for the length of a role's trust policy (adjustable with AWS)."""
 
 
+_CODE_BY_STATUS = {404: "NoSuchEntity", 409: "EntityAlreadyExists", 403: "AccessDenied"}
+
+
 def _code(error: ClientError) -> str:
-    return error.response.get("Error", {}).get("Code", "")
+    """IAM's error code; an object store's IAM API (Ceph RGW) sends none, only the HTTP status."""
+    code = error.response.get("Error", {}).get("Code", "")
+    if code in ("", "Unknown"):
+        return _CODE_BY_STATUS.get(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode"), code)
+    return code
 
 
 def _tags(tag_list: list[dict[str, str]]) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in tag_list or []}
+    """Tags as a mapping. Ceph RGW lists each tag's Key and Value as members of their own
+    (``[{"Key": k}, {"Value": v}, ...]``): a Value then belongs to the Key before it."""
+    tags: dict[str, str] = {}
+    key = None
+    for tag in tag_list or []:
+        if "Key" in tag and "Value" in tag:
+            tags[tag["Key"]] = tag["Value"]
+        elif "Key" in tag:
+            key = tag["Key"]
+            tags[key] = ""
+        elif "Value" in tag and key is not None:
+            tags[key], key = tag["Value"], None
+    return tags
+
+
+def _document(policy: Any) -> str:
+    """A policy document as sent: compact JSON (an object store's form decoding may not turn
+    '+' back into a space, and IAM's limits count these characters)."""
+    return json.dumps(policy, separators=(",", ":"))
 
 
 class ManagedRoles(BotoBackend):
@@ -44,6 +69,15 @@ class ManagedRoles(BotoBackend):
 
     service, provider = "iam", "aws"
     default_propagation_seconds = 10.0
+    where = "AWS"
+    """Who answers, for the user's message when nobody does."""
+    updates_role = True
+    """Whether UpdateRole (session duration, description) exists; an object store may lack it."""
+    attaches_policies = True
+    """Whether managed policies can be attached; an object store may have inline ones only."""
+
+    def role_name(self, role_arn: str) -> str:
+        return parse_role_arn(role_arn).name
 
 
     @property
@@ -79,7 +113,7 @@ class ManagedRoles(BotoBackend):
                 raise self._error(plan, e) from None
             except BotoCoreError as e:
                 raise IdentityError(
-                    "Your cloud identity could not be set up because AWS did not answer; try again in a minute, "
+                    f"Your cloud identity could not be set up because {self.where} did not answer; try again in a minute, "
                     "or ask your hub admin.",
                     f"IAM call for role {name} failed: {e}",
                 ) from None
@@ -115,19 +149,20 @@ class ManagedRoles(BotoBackend):
 
     async def _create(self, role: Mapping[str, Any]) -> None:
         name = role["name"]
+        boundary = {} if role["permissions_boundary"] is None else {"PermissionsBoundary": role["permissions_boundary"]}
         await self._call(
             "CreateRole",
             RoleName=name,
             Path=role["path"],
-            AssumeRolePolicyDocument=json.dumps(thaw(role["trust_policy"])),
-            PermissionsBoundary=role["permissions_boundary"],
+            AssumeRolePolicyDocument=_document(thaw(role["trust_policy"])),
             Description=role["description"],
             MaxSessionDuration=role["max_session_duration"],
             Tags=[{"Key": k, "Value": v} for k, v in role["tags"].items()],
+            **boundary,
         )
         if role["inline_policy"] is not None:
             await self._call(
-                "PutRolePolicy", RoleName=name, PolicyName=INLINE_POLICY_NAME, PolicyDocument=json.dumps(thaw(role["inline_policy"]))
+                "PutRolePolicy", RoleName=name, PolicyName=INLINE_POLICY_NAME, PolicyDocument=_document(thaw(role["inline_policy"]))
             )
         for arn in role["policy_arns"]:
             await self._call("AttachRolePolicy", RoleName=name, PolicyArn=arn)
@@ -192,13 +227,14 @@ class ManagedRoles(BotoBackend):
                 )
         # botocore decodes IAM's URL-encoded policy documents into dicts.
         if current.get("AssumeRolePolicyDocument") != trust:
-            await self._call("UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=json.dumps(trust))
+            await self._call("UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=_document(trust))
             changed = True
         boundary = (current.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
         if boundary != role["permissions_boundary"]:
             await self._call("PutRolePermissionsBoundary", RoleName=name, PermissionsBoundary=role["permissions_boundary"])
             changed = True
-        if current.get("MaxSessionDuration") != role["max_session_duration"] or current.get("Description", "") != role["description"]:
+        if self.updates_role and (current.get("MaxSessionDuration") != role["max_session_duration"]
+                                  or current.get("Description", "") != role["description"]):
             await self._call("UpdateRole", RoleName=name, MaxSessionDuration=role["max_session_duration"], Description=role["description"])
             changed = True
         tags = _tags(current.get("Tags", []))
@@ -216,12 +252,14 @@ class ManagedRoles(BotoBackend):
                 raise
             existing = None
         if inline is not None and existing != inline:
-            await self._call("PutRolePolicy", RoleName=name, PolicyName=INLINE_POLICY_NAME, PolicyDocument=json.dumps(inline))
+            await self._call("PutRolePolicy", RoleName=name, PolicyName=INLINE_POLICY_NAME, PolicyDocument=_document(inline))
             changed = True
         elif inline is None and existing is not None:
             await self._call("DeleteRolePolicy", RoleName=name, PolicyName=INLINE_POLICY_NAME)
             changed = True
 
+        if not self.attaches_policies:
+            return changed
         attached = {p["PolicyArn"] for p in (await self._call("ListAttachedRolePolicies", RoleName=name))["AttachedPolicies"]}
         for arn in sorted(set(role["policy_arns"]) - attached):
             await self._call("AttachRolePolicy", RoleName=name, PolicyArn=arn)
@@ -234,7 +272,7 @@ class ManagedRoles(BotoBackend):
     async def present(self, role_arn: str) -> bool:
         """Whether the role exists (``status``)."""
         try:
-            await self._call("GetRole", RoleName=parse_role_arn(role_arn).name)
+            await self._call("GetRole", RoleName=self.role_name(role_arn))
         except ClientError as e:
             if _code(e) == "NoSuchEntity":
                 return False
@@ -251,7 +289,7 @@ class ManagedRoles(BotoBackend):
                 # ListRoles leaves the tags out.
                 tags = _tags((await self._call("ListRoleTags", RoleName=role["RoleName"]))["Tags"])
                 if tags.get(TAG_MANAGED_BY) == MANAGED_BY and tags.get(TAG_HUB) == tag_value(hub):
-                    found.append({"identity": f"aws:{role['Arn']}", "owner": tags.get(TAG_OWNER, ""), "created": role["CreateDate"]})
+                    found.append({"identity": f"{self.provider}:{role['Arn']}", "owner": tags.get(TAG_OWNER, ""), "created": role["CreateDate"]})
             if not page.get("IsTruncated"):
                 return found
             marker = page["Marker"]
@@ -267,7 +305,7 @@ class ManagedRoles(BotoBackend):
         Inline policies are deleted and managed policies detached first, as IAM
         requires; the data the role could reach is never touched.
         """
-        name = parse_role_arn(role_arn).name
+        name = self.role_name(role_arn)
         async with self.converged.lock(name):  # not while a spawn of another namespace edits its trust
             return await self._delete(name, owner, hub, account)
 
@@ -291,11 +329,12 @@ class ManagedRoles(BotoBackend):
                                              f"system:serviceaccount:{account[0]}:{account[1]}")
             if others:  # other namespaces' accounts still use it: only this one's trust goes
                 if trust is not None:
-                    await self._call("UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=json.dumps(trust))
+                    await self._call("UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=_document(trust))
                 return True
         for policy in (await self._call("ListRolePolicies", RoleName=name))["PolicyNames"]:
             await self._gone_is_done("DeleteRolePolicy", RoleName=name, PolicyName=policy)
-        for policy in (await self._call("ListAttachedRolePolicies", RoleName=name))["AttachedPolicies"]:
+        attached = (await self._call("ListAttachedRolePolicies", RoleName=name))["AttachedPolicies"] if self.attaches_policies else []
+        for policy in attached:
             await self._gone_is_done("DetachRolePolicy", RoleName=name, PolicyArn=policy["PolicyArn"])
         await self._gone_is_done("DeleteRole", RoleName=name)
         self.converged.forget(name)

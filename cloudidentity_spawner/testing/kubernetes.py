@@ -73,6 +73,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .tokens import DISCOVERY_PATH, JWKS_PATH, TokenIssuer
+
 NAMESPACED = {
     "pods": "Pod",
     "serviceaccounts": "ServiceAccount",
@@ -369,6 +371,8 @@ class KubernetesAPI:
         self.pod_stopper: Callable[[dict[str, Any]], Any] | None = None
         """``(pod) -> None``: stop what ``pod_runner`` started, when the pod is deleted."""
         self._ip_counter = itertools.count(2)
+        self.issuer = TokenIssuer()
+        """Signs ServiceAccount tokens (TokenRequest, projected volumes); its issuer is the server's URL."""
         self._state = _State()
         self._lock = threading.RLock()
         self._changed: asyncio.Event | None = None
@@ -467,6 +471,8 @@ class KubernetesAPI:
         r.add_route("*", "/api/v1/namespaces/{namespace}/{resource}/{name}", self._object)
         r.add_route("*", "/api/v1/namespaces/{namespace}/{resource}/{name}/{sub}", self._subresource)
         r.add_route("*", "/api/v1/{resource}", self._collection_all)
+        r.add_get(DISCOVERY_PATH, self._issuer_discovery)
+        r.add_get(JWKS_PATH, self._issuer_keys)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
@@ -569,8 +575,57 @@ class KubernetesAPI:
         resource = self._resource(request.match_info["resource"])
         return await self._object_request(request, resource, request.match_info["namespace"], request.match_info["name"])
 
+    async def _issuer_discovery(self, request):
+        return web.json_response(self.issuer.discovery())
+
+    async def _issuer_keys(self, request):
+        return web.json_response(self.issuer.jwks(), content_type="application/jwk-set+json")
+
+    async def _token_request(self, request, namespace: str, name: str):
+        """TokenRequest (``POST .../serviceaccounts/<name>/token``): a token for an existing account."""
+        if request.method != "POST":
+            raise APIError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        body = await self._body(request)
+        spec = (body or {}).get("spec") or {}
+        expiration = spec.get("expirationSeconds", 3600)
+        if not isinstance(expiration, int) or isinstance(expiration, bool) or expiration < 600:
+            raise APIError(422, "Invalid", "spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes")
+        with self._lock:
+            account = copy.deepcopy(self._state.objects.get(("serviceaccounts", namespace, name)))
+        if account is None:
+            raise APIError(404, "NotFound", f'serviceaccounts "{name}" not found', {"name": name, "kind": "serviceaccounts"})
+        audiences = spec.get("audiences") or [self.issuer.issuer]
+        token, exp = self.issuer.issue(namespace, account, audiences, expiration)
+        stamp = datetime.datetime.fromtimestamp(exp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return web.json_response({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                                  "metadata": {"name": name, "namespace": namespace},
+                                  "spec": {"audiences": audiences, "expirationSeconds": expiration},
+                                  "status": {"token": token, "expirationTimestamp": stamp}}, status=201)
+
+    def projected_token(self, namespace: str, pod_name: str, volume: str) -> str:
+        """The token the kubelet writes into a pod's projected ServiceAccount token volume: for
+        the pod's ServiceAccount, bound to the pod, with the volume's audience and lifetime."""
+        with self._lock:
+            pod = copy.deepcopy(self._state.objects.get(("pods", namespace, pod_name)))
+            if pod is None:
+                raise KeyError(f"no pod {namespace}/{pod_name}")
+            account = copy.deepcopy(self._state.objects.get(
+                ("serviceaccounts", namespace, pod["spec"].get("serviceAccountName") or "default")))
+        if account is None:
+            raise KeyError(f"the ServiceAccount of pod {namespace}/{pod_name} does not exist")
+        for v in pod["spec"].get("volumes") or []:
+            if v.get("name") == volume:
+                for source in (v.get("projected") or {}).get("sources") or []:
+                    token = source.get("serviceAccountToken")
+                    if token:
+                        audiences = [token["audience"]] if token.get("audience") else [self.issuer.issuer]
+                        return self.issuer.issue(namespace, account, audiences, token.get("expirationSeconds", 3600), pod)[0]
+        raise KeyError(f"pod {namespace}/{pod_name} has no projected ServiceAccount token volume {volume!r}")
+
     async def _subresource(self, request):
         resource = self._resource(request.match_info["resource"])
+        if resource == "serviceaccounts" and request.match_info["sub"] == "token":
+            return await self._token_request(request, request.match_info["namespace"], request.match_info["name"])
         if request.match_info["sub"] != "status":
             raise APIError(404, "NotFound", "the server could not find the requested resource", {})
         return await self._object_request(request, resource, request.match_info["namespace"], request.match_info["name"], status=True)
@@ -991,6 +1046,7 @@ class KubernetesAPIServer:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        self.api.issuer.issuer = self.url
 
     def stop(self) -> None:
         """Close every connection (watches included), then stop the thread."""

@@ -1,0 +1,257 @@
+"""S3-compatible object stores that speak STS (Ceph RADOS Gateway, MinIO): plan the role a
+ServiceAccount assumes with its own Kubernetes token (pure; no boto3 here).
+
+On a cluster without a cloud (bare metal, OpenStack) the store itself is the identity
+provider's relying party: the operator registers the cluster's ServiceAccount token issuer at
+the store as an OpenID Connect provider, and a pod calls the store's
+``AssumeRoleWithWebIdentity`` with a projected token whose audience the store accepts. No
+webhook exists there, so the hub adds the token volume and the AWS SDK variables to the pod
+itself (:mod:`..pinning`). Two modes, chosen by the rule's ``s3_sts`` block:
+
+* ``{"role_arn": "<template>", ...}`` - a role that exists at the store;
+* ``{"managed": {...}, ...}`` - the hub creates the role through the store's IAM API, with a
+  trust policy that names exactly this ServiceAccount, and deletes it with its user.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .. import names
+from ..errors import ConfigError
+from ..overlap import Named
+from ..plan import MANAGED_BY, CloudPlan
+from ..templates import SAMPLE_CONTEXT, TemplateError, raw, render
+from ._common import (
+    check_keys,
+    check_template,
+    json_strings,
+    json_template_fields,
+    load_json_template,
+    render_json_template,
+)
+from .aws import (
+    DEFAULT_ROLE_NAME,
+    TAG_HUB,
+    TAG_MANAGED_BY,
+    TAG_OWNER,
+    TAG_PERSON,
+    _after_last_literal_slash,
+    _description,
+    tag_value,
+)
+
+PROVIDER = "s3_sts"
+TOKEN_VOLUME = "cloudidentity-s3-sts-token"
+TOKEN_MOUNT_PATH = "/var/run/secrets/cloudidentity/s3-sts"
+TOKEN_FILE = f"{TOKEN_MOUNT_PATH}/token"
+
+# A store's ARNs carry a tenant (often empty) where AWS has a 12-digit account.
+_TENANT = r"[A-Za-z0-9_]{0,64}"
+_ROLE_ARN = re.compile(rf"arn:aws:iam::(?P<tenant>{_TENANT}):role(?P<path>/(?:[\x21-\x7e]*/)?)(?P<name>[\w+=,.@-]{{1,64}})", re.ASCII)
+_OIDC_PROVIDER_ARN = re.compile(rf"arn:aws:iam::(?P<tenant>{_TENANT}):oidc-provider/(?P<issuer>[A-Za-z0-9.:-]+(?:/[\x21-\x7e]+)?)",
+                                re.ASCII)
+_ROLE_PATH = re.compile(r"/(?:[\x21-\x7e]+/)?", re.ASCII)
+_AUDIENCE = re.compile(r"[\x21-\x7e]{1,256}", re.ASCII)
+_TOKEN_EXPIRATION = range(600, 86401)
+_MODE_KEYS = {"role_arn", "managed"}
+_KEYS = {"endpoint", "sts_endpoint", "audience", "region", "token_expiration"} | _MODE_KEYS
+_MANAGED_KEYS = {"oidc_provider_arn", "role_path", "role_name", "inline_policy", "tags", "max_session_duration", "description"}
+
+
+@dataclass(frozen=True)
+class S3StsSettings:
+    """A rule's validated ``s3_sts`` block."""
+
+    endpoint: str
+    sts_endpoint: str
+    audience: str
+    region: str | None = None
+    token_expiration: int = 3600
+    role_arn: str | None = None
+    managed: Mapping[str, Any] | None = None
+
+    @property
+    def mode(self) -> str:
+        return "managed" if self.managed is not None else "existing"
+
+    @property
+    def hub_made(self) -> bool:
+        return self.managed is not None
+
+
+def parse_role_arn(arn: str) -> tuple[str, str, str]:
+    """``(tenant, path, name)`` of a store's role ARN such as ``arn:aws:iam:::role/jupyterhub/alice``."""
+    match = _ROLE_ARN.fullmatch(arn) if isinstance(arn, str) else None
+    if not match:
+        raise ValueError(f"invalid role ARN {arn!r}: expected arn:aws:iam::<tenant, often empty>:role/<path/>name, "
+                         "the name 1-64 of [A-Za-z0-9+=,.@_-]")
+    return match["tenant"], match["path"], match["name"]
+
+
+def parse_oidc_provider_arn(arn: str) -> tuple[str, str]:
+    """``(tenant, issuer)`` of the store's OpenID Connect provider ARN, e.g.
+    ``arn:aws:iam:::oidc-provider/kubernetes.default.svc`` (the issuer without ``https://``)."""
+    match = _OIDC_PROVIDER_ARN.fullmatch(arn) if isinstance(arn, str) else None
+    if not match:
+        raise ValueError(f"invalid OIDC provider ARN {arn!r}: expected arn:aws:iam::<tenant>:oidc-provider/<issuer host and path>")
+    return match["tenant"], match["issuer"]
+
+
+def _endpoint(value: Any, where: str) -> str:
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment \
+            or parts.username or parts.password:
+        raise ConfigError(f"{where}: expected the store's URL, like 'https://s3.example.org', got {value!r}")
+    return value.rstrip("/")
+
+
+def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collection[str] = ()) -> S3StsSettings:
+    """Validate a rule's ``s3_sts`` block at start-up (ConfigError names *where* and the key)."""
+    check_keys(block, _KEYS, where, {"endpoint", "audience"})
+    if ("managed" in block) == ("role_arn" in block):
+        raise ConfigError(f"{where}: give exactly one of 'role_arn' (a role that exists at the store) or 'managed' "
+                          "(the hub creates it through the store's IAM API)")
+    endpoint = _endpoint(block["endpoint"], f"{where}.endpoint")
+    sts_endpoint = _endpoint(block.get("sts_endpoint", endpoint), f"{where}.sts_endpoint")
+    audience = block["audience"]
+    if not isinstance(audience, str) or not _AUDIENCE.fullmatch(audience):
+        raise ConfigError(f"{where}.audience: expected the audience the store accepts (one of its OIDC provider's "
+                          f"client ids, printable ASCII without spaces), got {audience!r}")
+    region = block.get("region")
+    if region is not None and (not isinstance(region, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,64}", region)):
+        raise ConfigError(f"{where}.region: expected the store's region name (its zonegroup), got {region!r}")
+    expiration = block.get("token_expiration", 3600)
+    if isinstance(expiration, bool) or expiration not in _TOKEN_EXPIRATION:
+        raise ConfigError(f"{where}.token_expiration: expected seconds between 600 and 86400, got {expiration!r}")
+    common = {"endpoint": endpoint, "sts_endpoint": sts_endpoint, "audience": audience, "region": region,
+              "token_expiration": expiration}
+    if "role_arn" in block:
+        template = check_template(block["role_arn"], f"{where}.role_arn", forbidden, trusted_claims)
+        try:
+            parse_role_arn(render_role_arn(template, SAMPLE_CONTEXT))
+        except (ValueError, TemplateError) as e:
+            raise ConfigError(f"{where}.role_arn: {e}") from None
+        return S3StsSettings(role_arn=template, **common)
+
+    managed_where = f"{where}.managed"
+    managed = dict(check_keys(block["managed"], _MANAGED_KEYS, managed_where, {"oidc_provider_arn", "role_path"}))
+    try:
+        parse_oidc_provider_arn(managed["oidc_provider_arn"])
+    except ValueError as e:
+        raise ConfigError(f"{managed_where}.oidc_provider_arn: {e}") from None
+    path = managed["role_path"]
+    if not isinstance(path, str) or not _ROLE_PATH.fullmatch(path) or len(path) > 512:
+        raise ConfigError(f"{managed_where}.role_path: expected a path like '/jupyterhub/myhub/' (starts and ends with '/'), got {path!r}")
+    if "role_name" in managed:
+        check_template(managed["role_name"], f"{managed_where}.role_name", forbidden, trusted_claims)
+    if "inline_policy" in managed:
+        managed["inline_policy"] = load_json_template(managed["inline_policy"], f"{managed_where}.inline_policy")
+        json_template_fields(managed["inline_policy"], f"{managed_where}.inline_policy", forbidden, trusted_claims)
+    tags = managed.get("tags", {})
+    if not isinstance(tags, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+        raise ConfigError(f"{managed_where}.tags: expected a mapping of strings to strings")
+    duration = managed.get("max_session_duration", 3600)
+    if isinstance(duration, bool) or duration not in range(3600, 43201):
+        raise ConfigError(f"{managed_where}.max_session_duration: expected seconds between 3600 and 43200, got {duration!r}")
+    return S3StsSettings(managed=managed, **common)
+
+
+def render_role_arn(template: str, context: Mapping[str, Any]) -> str:
+    """A role ARN from its template: the path with each value escaped (no '/', '*'), the name
+    encoded as a whole (valid, at most 64 characters, a hash when it had to change)."""
+    start = _after_last_literal_slash(template)
+    return render(template[:start], context, names.resource_part) + names.iam_role_name(render(template[start:], context, raw))
+
+
+def session_name(username: str) -> str:
+    """The role session name that names the user in the store's log (``AWS_ROLE_SESSION_NAME``):
+    2-64 of ``[A-Za-z0-9+=,.@_-]``, a hash when the name had to change."""
+    return names.iam_role_name(username if len(username) > 1 else f"{username}-")
+
+
+def trust_policy(provider_arn: str, audience: str, namespace: str, service_account: str) -> dict[str, Any]:
+    """Exactly one ServiceAccount of this cluster, with this audience: exact-match conditions only."""
+    _, issuer = parse_oidc_provider_arn(provider_arn)
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Federated": [provider_arn]},
+            "Action": ["sts:AssumeRoleWithWebIdentity"],
+            "Condition": {"StringEquals": {
+                f"{issuer}:sub": f"system:serviceaccount:{namespace}:{service_account}",
+                f"{issuer}:aud": audience,
+            }},
+        }],
+    }
+
+
+def pod_settings(settings: S3StsSettings, role_arn: str, username: str) -> dict[str, Any]:
+    """What the pod gets: a projected token for the store's audience and the variables with
+    which boto3, s3fs and the AWS CLI assume the role at the store."""
+    env = {
+        "AWS_ROLE_ARN": role_arn,
+        "AWS_WEB_IDENTITY_TOKEN_FILE": TOKEN_FILE,
+        "AWS_ROLE_SESSION_NAME": session_name(username),
+        "AWS_ENDPOINT_URL_STS": settings.sts_endpoint,
+        "AWS_ENDPOINT_URL_S3": settings.endpoint,
+    }
+    if settings.region:
+        env["AWS_DEFAULT_REGION"] = env["AWS_REGION"] = settings.region
+    return {"audience": settings.audience, "expiration": settings.token_expiration, "env": env}
+
+
+def plan(settings: S3StsSettings, context: Mapping[str, Any], scope: str, owner: str, namespace: str, service_account: str):
+    """Return ``(annotations, CloudPlan)`` for one identity (no annotation: nothing reads one)."""
+    if settings.role_arn is not None:
+        arn = render_role_arn(settings.role_arn, context)
+        parse_role_arn(arn)
+        return {}, CloudPlan(provider=PROVIDER, mode="existing", identity=arn,
+                             resources={"pod": pod_settings(settings, arn, context["username"])})
+    managed = settings.managed
+    tenant, _ = parse_oidc_provider_arn(managed["oidc_provider_arn"])
+    role_name = names.iam_role_name(render(managed.get("role_name", DEFAULT_ROLE_NAME[scope]), context, raw), scope)
+    path = managed["role_path"]
+    arn = f"arn:aws:iam::{tenant}:role{path}{role_name}"
+    parse_role_arn(arn)
+    inline = managed.get("inline_policy")
+    role = {
+        "name": role_name,
+        "path": path,
+        "arn": arn,
+        "trust_policy": trust_policy(managed["oidc_provider_arn"], settings.audience, namespace, service_account),
+        "permissions_boundary": None,  # the store has none
+        "inline_policy": None if inline is None else render_json_template(inline, context, names.resource_part),
+        "policy_arns": [],
+        "tags": {**managed.get("tags", {}), TAG_MANAGED_BY: MANAGED_BY, TAG_HUB: tag_value(context["hub"]),
+                 TAG_OWNER: tag_value(owner), **({TAG_PERSON: context["person"]} if context.get("person") else {})},
+        "max_session_duration": managed.get("max_session_duration", 3600),
+        "description": _description(managed.get("description", f"JupyterHub {context['hub']} identity for {owner}")),
+    }
+    return {}, CloudPlan(provider=PROVIDER, mode="managed", identity=arn,
+                         resources={"role": role, "pod": pod_settings(settings, arn, context["username"])})
+
+
+ROLE_NAME_KIND = "store role (role names are unique in a tenant, whatever the path)"
+
+
+def named_templates(settings: S3StsSettings, where: str, rule: str, scope: str) -> list[Named]:
+    """The block's templates that name a role or what it reaches (:mod:`..overlap`)."""
+    found = []
+    if settings.role_arn is not None:
+        head, _, rest = settings.role_arn.partition(":role/")
+        found.append(Named(f"{where}.role_arn", rule, scope, ROLE_NAME_KIND, f"{head}:{rest[_after_last_literal_slash(rest):]}",
+                           "raw", written=settings.role_arn, casefold=True))
+    if settings.managed is not None:
+        tenant, _ = parse_oidc_provider_arn(settings.managed["oidc_provider_arn"])
+        template = settings.managed.get("role_name", DEFAULT_ROLE_NAME[scope])
+        found.append(Named(f"{where}.managed.role_name", rule, scope, ROLE_NAME_KIND, f"arn:aws:iam::{tenant}:{template}",
+                           "raw", scoped=True, written=template, casefold=True))
+        found += [Named(f"{where}.managed.inline_policy", rule, scope, "policy value", text, "resource_part", covers=True)
+                  for text in json_strings(settings.managed.get("inline_policy") or {})]
+    return found
