@@ -19,7 +19,7 @@ SPAWN_PATH_TESTS := tests/test_spawner_kube.py tests/test_profiles.py tests/test
 # One worker per CPU; a test file's tests stay together (they share its servers).
 PYTEST_PARALLEL ?= -n auto --dist loadfile
 
-.PHONY: install install-chromium install-iam-judge install-demo install-test install-oldest demo docs plan test test-oldest
+.PHONY: install install-chromium install-ceph install-iam-judge install-demo install-test install-oldest demo docs plan test test-oldest
 install: $(BIN)/activate
 	$(BIN)/python -m pip install --quiet -e .
 
@@ -29,7 +29,7 @@ install-demo: $(BIN)/activate
 demo: install-demo
 	$(BIN)/cloudidentity-spawner demo
 
-install-test: $(BIN)/activate install-chromium install-iam-judge
+install-test: $(BIN)/activate install-chromium install-ceph install-iam-judge
 	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
 
 # The documentation site (the test suite builds it too, with warnings as errors).
@@ -39,6 +39,10 @@ docs: $(BIN)/activate
 
 install-chromium:
 	./scripts/install-chromium.sh
+
+# A real Ceph RADOS Gateway (STS, IAM, S3) for the s3_sts tests.
+install-ceph:
+	./scripts/install-ceph.sh
 
 # The IAM policy tests' second judge (Node.js and @cloud-copilot/iam-simulate).
 install-iam-judge:

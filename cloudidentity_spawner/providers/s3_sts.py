@@ -70,7 +70,7 @@ class S3StsSettings:
     endpoint: str
     sts_endpoint: str
     audience: str
-    region: str | None = None
+    region: str = "us-east-1"
     token_expiration: int = 3600
     role_arn: str | None = None
     managed: Mapping[str, Any] | None = None
@@ -122,8 +122,8 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
     if not isinstance(audience, str) or not _AUDIENCE.fullmatch(audience):
         raise ConfigError(f"{where}.audience: expected the audience the store accepts (one of its OIDC provider's "
                           f"client ids, printable ASCII without spaces), got {audience!r}")
-    region = block.get("region")
-    if region is not None and (not isinstance(region, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,64}", region)):
+    region = block.get("region", "us-east-1")  # the AWS SDKs sign with a region; MinIO and RGW take this one
+    if not isinstance(region, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,64}", region):
         raise ConfigError(f"{where}.region: expected the store's region name (its zonegroup), got {region!r}")
     expiration = block.get("token_expiration", 3600)
     if isinstance(expiration, bool) or expiration not in _TOKEN_EXPIRATION:
@@ -182,7 +182,10 @@ def trust_policy(provider_arn: str, audience: str, namespace: str, service_accou
         "Statement": [{
             "Effect": "Allow",
             "Principal": {"Federated": [provider_arn]},
-            "Action": ["sts:AssumeRoleWithWebIdentity"],
+            # Ceph RGW refuses a role that carries tags (ours do) unless its trust allows
+            # sts:TagSession too; session tags could only come from the token, which the
+            # cluster issues without any.
+            "Action": ["sts:AssumeRoleWithWebIdentity", "sts:TagSession"],
             "Condition": {"StringEquals": {
                 f"{issuer}:sub": f"system:serviceaccount:{namespace}:{service_account}",
                 f"{issuer}:aud": audience,
@@ -200,9 +203,9 @@ def pod_settings(settings: S3StsSettings, role_arn: str, username: str) -> dict[
         "AWS_ROLE_SESSION_NAME": session_name(username),
         "AWS_ENDPOINT_URL_STS": settings.sts_endpoint,
         "AWS_ENDPOINT_URL_S3": settings.endpoint,
+        "AWS_DEFAULT_REGION": settings.region,  # boto3 and the CLI sign every call with one
+        "AWS_REGION": settings.region,
     }
-    if settings.region:
-        env["AWS_DEFAULT_REGION"] = env["AWS_REGION"] = settings.region
     return {"audience": settings.audience, "expiration": settings.token_expiration, "env": env}
 
 
