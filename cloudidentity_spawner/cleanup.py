@@ -147,6 +147,8 @@ async def cloud_made(settings: Any, recorded: Iterable[str] = (), role_paths: It
     for rule in settings.compiled_rules.rules:
         if rule.aws is not None and rule.aws.managed is not None:
             places[("aws", rule.aws.managed["role_path"])] = True
+        if rule.s3_sts is not None and rule.s3_sts.managed is not None:
+            places[("s3_sts", rule.s3_sts.managed["role_path"])] = True
         if rule.aws is not None and rule.aws.pod_identity is not None:
             places[("eks", rule.aws.pod_identity["cluster"])] = True
         if rule.gcp is not None and rule.gcp.managed is not None:
@@ -198,8 +200,8 @@ def _said(error: Exception) -> str:
 def _place_of(identity: str) -> tuple[str, str] | None:
     """Where a hub-made identity was made, as :func:`cloud_made` searches places."""
     provider, _, name = identity.partition(":")
-    if provider == "aws" and ":role/" in name:  # arn:...:role/<path>/<name>, the path "/" or "/a/b/"
-        return "aws", name.split(":role", 1)[1].rpartition("/")[0] + "/"
+    if provider in ("aws", "s3_sts") and ":role/" in name:  # arn:...:role/<path>/<name>, the path "/" or "/a/b/"
+        return provider, name.split(":role", 1)[1].rpartition("/")[0] + "/"
     if provider == "eks":
         return "eks", name.split("/", 1)[0]
     if provider == "gcp" and name.endswith(".iam.gserviceaccount.com"):

@@ -34,7 +34,7 @@ from .plan import (
     SCOPE_LABEL,
     IdentityPlan,
 )
-from .providers import aws, azure, backend_for, gcp, with_what_the_cloud_assigned
+from .providers import aws, azure, backend_for, gcp, s3_sts, with_what_the_cloud_assigned
 from .rules import IdentityRules
 
 STATES = ("ok", "drift", "orphaned", "unknown")
@@ -114,6 +114,8 @@ def account_identity(annotations: Mapping[str, str]) -> str | None:
         return f"gcp:{annotations[gcp.GSA_ANNOTATION]}"
     if annotations.get(azure.CLIENT_ID_ANNOTATION):
         return f"azure:{annotations[azure.CLIENT_ID_ANNOTATION]}"
+    if annotations.get(s3_sts.ROLE_ARN_ANNOTATION):
+        return f"s3_sts:{annotations[s3_sts.ROLE_ARN_ANNOTATION]}"
     return None
 
 

@@ -269,6 +269,9 @@ class IdentityRules:
             if rule.aws is not None and rule.aws.managed is not None:
                 partition, account, _ = aws.parse_oidc_provider_arn(rule.aws.managed["oidc_provider_arn"])
                 places.append(f"arn:{partition}:iam::{account}:role{rule.aws.managed['role_path']}")
+            if rule.s3_sts is not None and rule.s3_sts.managed is not None:
+                tenant, _ = s3_sts.parse_oidc_provider_arn(rule.s3_sts.managed["oidc_provider_arn"])
+                places.append(f"arn:aws:iam::{tenant}:role{rule.s3_sts.managed['role_path']}")
             if rule.gcp is not None and rule.gcp.managed is not None:
                 places.append(f"@{rule.gcp.managed['project']}.iam.gserviceaccount.com")
         return tuple(places)

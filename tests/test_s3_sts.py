@@ -357,3 +357,28 @@ async def test_what_the_pod_gets_cannot_be_overridden_by_a_profile(namespace, ga
     assert env["AWS_ENDPOINT_URL_STS"] == gateway.url
     [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == s3_sts.TOKEN_VOLUME]
     assert volume["projected"]["sources"][0]["serviceAccountToken"]["audience"] == AUDIENCE
+
+
+async def test_status_and_gc_know_the_stores_roles(namespace, gateway, store, hub):
+    """status sees alice's role at the store; gc deletes the role of bob, whose account was
+    deleted by hand (nothing records it any more), and leaves alone an operator's role under
+    the same path that another hub tagged."""
+    from .kubehelpers import delete_service_account, run_gc
+
+    rules = managed_rules(gateway, store, hub)
+    for name in ("alice", "bob"):
+        spawner = store_spawner(namespace, gateway, hub, name, rules)
+        await spawner.start()
+        await spawner.stop()
+    await delete_service_account(namespace, "jupyter-bob")
+    store["iam"].create_role(RoleName=f"{hub}-operator", Path=f"/jupyterhub/{hub}/", AssumeRolePolicyDocument=json.dumps(
+        s3_sts.trust_policy(store["provider_arn"], AUDIENCE, namespace, "jupyter-operator"), separators=(",", ":")), Tags=[{"Key": "cloudidentity-spawner/hub", "Value": "another-hub"},
+                                                          {"Key": "app.kubernetes.io/managed-by", "Value": "cloudidentity-spawner"}])
+    c = store_spawner(namespace, gateway, hub, "x", rules).config
+    found, actions = await run_gc(c, namespace, {"alice": oidc_state(**{"wlcg.groups": ["/escape"]})})
+    [alice] = [e for e in found.entries if e.account.name == "jupyter-alice"]
+    assert alice.state == "ok", alice.problems
+    assert [(a.kind, a.identity, a.done) for a in actions] == [
+        ("delete-identity", f"s3_sts:arn:aws:iam:::role/jupyterhub/{hub}/{hub}-bob", True)]
+    left = {r["RoleName"] for r in store["iam"].list_roles(PathPrefix=f"/jupyterhub/{hub}/")["Roles"]}
+    assert left == {f"{hub}-alice", f"{hub}-operator"}

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from .. import names
 from ..errors import ConfigError
 from ..overlap import Named
-from ..plan import MANAGED_BY, CloudPlan
+from ..plan import MANAGED_BY, PREFIX, CloudPlan
 from ..templates import SAMPLE_CONTEXT, TemplateError, raw, render
 from ._common import (
     check_keys,
@@ -46,6 +46,9 @@ from .aws import (
 )
 
 PROVIDER = "s3_sts"
+ROLE_ARN_ANNOTATION = PREFIX + "s3-sts-role-arn"
+"""The role the account's pods assume at the store (for ``status`` and the admin page; nothing
+else reads it: the pod's variables are pinned by the hub)."""
 TOKEN_VOLUME = "cloudidentity-s3-sts-token"
 TOKEN_MOUNT_PATH = "/var/run/secrets/cloudidentity/s3-sts"
 TOKEN_FILE = f"{TOKEN_MOUNT_PATH}/token"
@@ -210,11 +213,11 @@ def pod_settings(settings: S3StsSettings, role_arn: str, username: str) -> dict[
 
 
 def plan(settings: S3StsSettings, context: Mapping[str, Any], scope: str, owner: str, namespace: str, service_account: str):
-    """Return ``(annotations, CloudPlan)`` for one identity (no annotation: nothing reads one)."""
+    """Return ``(annotations, CloudPlan)`` for one identity."""
     if settings.role_arn is not None:
         arn = render_role_arn(settings.role_arn, context)
         parse_role_arn(arn)
-        return {}, CloudPlan(provider=PROVIDER, mode="existing", identity=arn,
+        return {ROLE_ARN_ANNOTATION: arn}, CloudPlan(provider=PROVIDER, mode="existing", identity=arn,
                              resources={"pod": pod_settings(settings, arn, context["username"])})
     managed = settings.managed
     tenant, _ = parse_oidc_provider_arn(managed["oidc_provider_arn"])
@@ -236,7 +239,7 @@ def plan(settings: S3StsSettings, context: Mapping[str, Any], scope: str, owner:
         "max_session_duration": managed.get("max_session_duration", 3600),
         "description": _description(managed.get("description", f"JupyterHub {context['hub']} identity for {owner}")),
     }
-    return {}, CloudPlan(provider=PROVIDER, mode="managed", identity=arn,
+    return {ROLE_ARN_ANNOTATION: arn}, CloudPlan(provider=PROVIDER, mode="managed", identity=arn,
                          resources={"role": role, "pod": pod_settings(settings, arn, context["username"])})
 
 
