@@ -142,7 +142,7 @@ class CloudIdentity(LoggingConfigurable):
         How the hub reaches the object store's IAM API to make the roles of rules with
         s3_sts.managed (Ceph RADOS Gateway, MinIO): boto3 client arguments, e.g.
         {"endpoint_url": "https://s3.example.org", "aws_access_key_id": "...",
-        "aws_secret_access_key": "...", "region_name": "default"}. The account needs the
+        "aws_secret_access_key": "..."}. The account needs the
         store's role capabilities (Ceph: caps "roles=*"). Required by those rules; the
         pods use the rule's own endpoint.
         """,
