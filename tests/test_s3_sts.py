@@ -382,3 +382,38 @@ async def test_status_and_gc_know_the_stores_roles(namespace, gateway, store, hu
         ("delete-identity", f"s3_sts:arn:aws:iam:::role/jupyterhub/{hub}/{hub}-bob", True)]
     left = {r["RoleName"] for r in store["iam"].list_roles(PathPrefix=f"/jupyterhub/{hub}/")["Roles"]}
     assert left == {f"{hub}-alice", f"{hub}-operator"}
+
+
+def test_managed_roles_without_the_stores_iam_settings_stop_the_hub():
+    from traitlets.config import Config
+
+    from cloudidentity_spawner.startup import check_config
+
+    c = Config()
+    c.CloudIdentitySpawner.identity_rules = [{"name": "members", "match": {}, "s3_sts": {
+        "endpoint": "https://s3.example.org", "audience": "sts.example.org",
+        "managed": {"oidc_provider_arn": "arn:aws:iam:::oidc-provider/k8s.example.org", "role_path": "/j/"}}}]
+    with pytest.raises(ConfigError) as e:
+        check_config(c)
+    assert "identity_rules[0] ('members').s3_sts.managed" in str(e.value) and "s3_sts_client_kwargs" in str(e.value)
+    c.CloudIdentitySpawner.s3_sts_client_kwargs = {"endpoint_url": "https://s3.example.org"}
+    check_config(c)
+
+
+def test_plan_json_names_the_provider_and_what_the_pod_gets(tmp_path, capsys):
+    from cloudidentity_spawner.cli import main
+
+    config = tmp_path / "jupyterhub_config.py"
+    config.write_text(
+        "c.CloudIdentitySpawner.hub_name = 'h'\n"
+        "c.CloudIdentitySpawner.s3_sts_client_kwargs = {'endpoint_url': 'https://s3.example.org'}\n"
+        "c.CloudIdentitySpawner.identity_rules = [{'name': 'members', 'match': {}, 's3_sts': {"
+        "'endpoint': 'https://s3.example.org', 'audience': 'sts.example.org', 'managed': {"
+        "'oidc_provider_arn': 'arn:aws:iam:::oidc-provider/k8s.example.org', 'role_path': '/jupyterhub/h/'}}}]\n")
+    assert main(["plan", "--config", str(config), "--user", "alice", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["cloud"]["provider"] == "s3_sts" and plan["cloud"]["mode"] == "managed"
+    assert plan["cloud"]["identity"] == "arn:aws:iam:::role/jupyterhub/h/h-alice"
+    assert plan["cloud"]["pod"]["env"]["AWS_ROLE_SESSION_NAME"] == "alice"
+    assert plan["cloud"]["role"]["trust_policy"]["Statement"][0]["Condition"]["StringEquals"] == {
+        "k8s.example.org:sub": "system:serviceaccount:default:jupyter-alice", "k8s.example.org:aud": "sts.example.org"}
