@@ -40,7 +40,6 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-_STS_NS = {"sts": "https://sts.amazonaws.com/doc/2011-06-15/"}
 
 
 class CredentialsError(Exception):
@@ -132,7 +131,7 @@ async def caller_arn(env: dict[str, str], credentials: dict[str, str]) -> str | 
         response = await AsyncHTTPClient().fetch(HTTPRequest(url, headers=headers, request_timeout=20))
     except (HTTPClientError, OSError):
         return None
-    arn = ET.fromstring(response.body).find(".//sts:Arn", _STS_NS)
+    arn = ET.fromstring(response.body).find(".//{*}Arn")
     return None if arn is None else arn.text
 
 
@@ -156,7 +155,8 @@ async def aws_credentials(user: str, env: dict[str, str], duration: int = 3600) 
         "Action": "AssumeRoleWithWebIdentity",
         "Version": "2011-06-15",
         "RoleArn": role_arn,
-        "RoleSessionName": _session_name(user),
+        # The pod's own session name when the hub set one (s3_sts): the same name in the store's log.
+        "RoleSessionName": env.get("AWS_ROLE_SESSION_NAME") or _session_name(user),
         "WebIdentityToken": token,
         "DurationSeconds": str(duration),
     })
@@ -173,13 +173,14 @@ async def aws_credentials(user: str, env: dict[str, str], duration: int = 3600) 
     except OSError as e:
         raise CredentialsError(502, f"STS is not reachable: {e}") from None
     root = ET.fromstring(response.body)
-    creds = root.find(".//sts:Credentials", _STS_NS)
-    assumed = root.find(".//sts:AssumedRoleUser/sts:Arn", _STS_NS)
+    # Any namespace: AWS's (https://sts.amazonaws.com/doc/2011-06-15/), or none (Ceph RGW).
+    creds = root.find(".//{*}Credentials")
+    assumed = root.find(".//{*}AssumedRoleUser/{*}Arn")
     if creds is None:
         raise CredentialsError(502, "STS answered without credentials")
 
     def field(name: str) -> str:
-        return creds.findtext(f"sts:{name}", default="", namespaces=_STS_NS)
+        return creds.findtext(f"{{*}}{name}", default="")
 
     return {
         "AccessKeyId": field("AccessKeyId"),

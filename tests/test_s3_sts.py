@@ -417,3 +417,25 @@ def test_plan_json_names_the_provider_and_what_the_pod_gets(tmp_path, capsys):
     assert plan["cloud"]["pod"]["env"]["AWS_ROLE_SESSION_NAME"] == "alice"
     assert plan["cloud"]["role"]["trust_policy"]["Statement"][0]["Condition"]["StringEquals"] == {
         "k8s.example.org:sub": "system:serviceaccount:default:jupyter-alice", "k8s.example.org:aud": "sts.example.org"}
+
+
+async def test_the_credentials_endpoint_serves_the_stores_credentials(namespace, gateway, store, hub, emulator, tmp_path):
+    """What /api/cloudcreds/aws answers in alice's server: the store's temporary credentials for
+    her role, with her session name, that reach her prefix only."""
+    from cloudidentity_spawner.creds import aws_credentials
+
+    spawner = store_spawner(namespace, gateway, hub, "alice", managed_rules(gateway, store, hub))
+    pod = await start(spawner)
+    try:
+        env = pod_env(pod)
+        token_file = tmp_path / "token"
+        token_file.write_text(emulator.projected_token(namespace, pod["metadata"]["name"], s3_sts.TOKEN_VOLUME))
+        creds = await aws_credentials("alice", {**env, "AWS_WEB_IDENTITY_TOKEN_FILE": str(token_file)})
+    finally:
+        await spawner.stop()
+    assert creds["RoleArn"] == env["AWS_ROLE_ARN"]
+    assert creds["AssumedRoleArn"] == f"arn:aws:sts:::assumed-role/jupyterhub/{hub}/{hub}-alice/alice"
+    s3 = boto3.client("s3", **gateway.client_kwargs(creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"]))
+    s3.put_object(Bucket=BUCKET, Key="alice/from-the-endpoint", Body=b"x")
+    with pytest.raises(ClientError):
+        s3.get_object(Bucket=BUCKET, Key="bob/secret.txt")

@@ -1046,7 +1046,8 @@ class KubernetesAPIServer:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.api.issuer.issuer = self.url
+        if isinstance(self.api, KubernetesAPI):  # (the runner also serves other local APIs)
+            self.api.issuer.issuer = self.url
 
     def stop(self) -> None:
         """Close every connection (watches included), then stop the thread."""
