@@ -69,7 +69,7 @@ def managed_rules(gateway, store, hub, **managed):
     return [{
         "name": "members",
         "match": {"groups": ["/escape"]},
-        "s3_sts": {"endpoint": gateway.url, "audience": AUDIENCE, "managed": {
+        "s3_sts": {"endpoint": gateway.url, "audience": AUDIENCE, "allow_http": True, "managed": {
             "oidc_provider_arn": store["provider_arn"],
             "role_path": f"/jupyterhub/{hub}/",
             "inline_policy": scratch_prefix_policy(BUCKET),  # the shipped policy, as operators use it
@@ -291,7 +291,7 @@ async def test_an_existing_role_is_only_pointed_at(namespace, gateway, store, hu
                                                 "Condition": {"StringEquals": {f"{issuer}:sub": f"system:serviceaccount:{namespace}:jupyter-carol"}}}]},
         separators=(",", ":")))
     rules = [{"name": "carol", "match": {"users": ["carol"]},
-              "s3_sts": {"endpoint": gateway.url, "audience": AUDIENCE, "role_arn": f"arn:aws:iam:::role/operators/{name}"}}]
+              "s3_sts": {"endpoint": gateway.url, "audience": AUDIENCE, "allow_http": True, "role_arn": f"arn:aws:iam:::role/operators/{name}"}}]
     before = {r["RoleName"] for r in store["iam"].list_roles()["Roles"]}
     spawner = store_spawner(namespace, gateway, hub, "carol", rules)
     pod = await start(spawner)
@@ -322,11 +322,29 @@ def rules_with(block: dict) -> IdentityRules:
         "oidc_provider_arn": "arn:aws:iam:::oidc-provider/k8s.example.org", "role_path": "j"}}, "role_path"),
     ({"endpoint": "https://s3.example.org", "audience": "a", "token_expiration": 60, "role_arn": "arn:aws:iam:::role/x"},
      "token_expiration"),
+    ({"endpoint": "http://s3.example.org", "audience": "a", "role_arn": "arn:aws:iam:::role/x"}, "plain http"),
+    ({"endpoint": "https://s3.example.org", "sts_endpoint": "http://sts.example.org", "audience": "a",
+      "role_arn": "arn:aws:iam:::role/x"}, "s3_sts.sts_endpoint"),
+    ({"endpoint": "https://s3.example.org", "audience": "sts.amazonaws.com", "role_arn": "arn:aws:iam:::role/x"},
+     "another service accepts"),
+    ({"endpoint": "https://s3.example.org", "audience": "https://kubernetes.default.svc.cluster.local",
+      "role_arn": "arn:aws:iam:::role/x"}, "another service accepts"),
 ])
 def test_a_bad_block_fails_at_start_up_naming_the_key(block, where):
     with pytest.raises(ConfigError) as e:
         rules_with(block)
     assert "identity_rules[0] ('r').s3_sts" in str(e.value) and where in str(e.value)
+
+
+def test_an_error_without_a_code_is_not_taken_for_a_missing_role():
+    """Ceph's IAM errors carry their code where botocore puts S3's (the top of the response):
+    DeleteConflict stays DeleteConflict; a 404 without any code (a proxy's page) is not NoSuchEntity."""
+    from cloudidentity_spawner.providers.aws_iam import _code
+
+    top = ClientError({"Code": "DeleteConflict", "ResponseMetadata": {"HTTPStatusCode": 409}}, "DeleteRole")
+    bare = ClientError({"ResponseMetadata": {"HTTPStatusCode": 404}}, "GetRole")
+    aws = ClientError({"Error": {"Code": "NoSuchEntity"}, "ResponseMetadata": {"HTTPStatusCode": 404}}, "GetRole")
+    assert (_code(top), _code(bare), _code(aws)) == ("DeleteConflict", "", "NoSuchEntity")
 
 
 def test_a_user_name_cannot_widen_the_role_or_the_prefix_and_the_session_names_the_user():
@@ -439,3 +457,47 @@ async def test_the_credentials_endpoint_serves_the_stores_credentials(namespace,
     s3.put_object(Bucket=BUCKET, Key="alice/from-the-endpoint", Body=b"x")
     with pytest.raises(ClientError):
         s3.get_object(Bucket=BUCKET, Key="bob/secret.txt")
+
+
+async def test_another_clusters_account_of_the_same_name_cannot_reach_alices_objects(namespace, gateway, store, hub, emulator):
+    """Two clusters sharing a store both name alice's account system:serviceaccount:<ns>:jupyter-alice.
+    The store makes a session's objects its subject's; a role that trusts the other cluster's
+    issuer (with no grant on the bucket) must still get nothing of what alice wrote."""
+    from cloudidentity_spawner.testing.kubernetes import KubernetesAPIServer
+
+    other = KubernetesAPIServer().start()
+    try:
+        store["iam"].create_open_id_connect_provider(Url=other.url, ClientIDList=[AUDIENCE], ThumbprintList=["0" * 40])
+        other_provider = f"arn:aws:iam:::oidc-provider/{urlsplit(other.url).netloc}"
+        name = f"{hub}-other-cluster"
+        store["iam"].create_role(RoleName=name, Path="/", AssumeRolePolicyDocument=json.dumps(
+            s3_sts.trust_policy(other_provider, AUDIENCE, namespace, "jupyter-alice"), separators=(",", ":")))
+        spawner = store_spawner(namespace, gateway, hub, "alice", managed_rules(gateway, store, hub))
+        pod = await start(spawner)
+        try:
+            mine = session(gateway, pod_env(pod)["AWS_ROLE_ARN"],
+                           emulator.projected_token(namespace, pod["metadata"]["name"], s3_sts.TOKEN_VOLUME))
+            mine.put_object(Bucket=BUCKET, Key="alice/private.txt", Body=b"alice's")
+        finally:
+            await spawner.stop()
+        other.api.put("namespaces", "", {"metadata": {"name": namespace}})
+        twin = other.api.put("serviceaccounts", namespace, {"metadata": {"name": "jupyter-alice"}})
+        theirs = session(gateway, f"arn:aws:iam:::role/{name}", other.api.issuer.issue(namespace, twin, [AUDIENCE], 3600)[0])
+        refused = {}
+        for what, call in (("get", lambda: theirs.get_object(Bucket=BUCKET, Key="alice/private.txt")),
+                           ("delete", lambda: theirs.delete_object(Bucket=BUCKET, Key="alice/private.txt")),
+                           ("read acl", lambda: theirs.get_object_acl(Bucket=BUCKET, Key="alice/private.txt")),
+                           ("put", lambda: theirs.put_object(Bucket=BUCKET, Key="alice/planted.txt", Body=b"x"))):
+            with pytest.raises(ClientError) as e:
+                call()
+            refused[what] = e.value.response["ResponseMetadata"]["HTTPStatusCode"]
+        assert refused == {"get": 403, "delete": 403, "read acl": 403, "put": 403}
+    finally:
+        other.stop()
+
+
+def session(gateway, role_arn: str, token: str):
+    """An S3 client with the credentials the store gives *token* for *role_arn*."""
+    sts = boto3.client("sts", endpoint_url=gateway.url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    c = sts.assume_role_with_web_identity(RoleArn=role_arn, RoleSessionName="alice", WebIdentityToken=token)["Credentials"]
+    return boto3.client("s3", **gateway.client_kwargs(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"]))

@@ -31,15 +31,11 @@ TRUST_POLICY_LIMIT = 2048
 """IAM's default quota for the length of a role's trust policy (adjustable with AWS)."""
 
 
-_CODE_BY_STATUS = {404: "NoSuchEntity", 409: "EntityAlreadyExists", 403: "AccessDenied"}
-
-
 def _code(error: ClientError) -> str:
-    """IAM's error code; an object store's IAM API (Ceph RGW) sends none, only the HTTP status."""
-    code = error.response.get("Error", {}).get("Code", "")
-    if code in ("", "Unknown"):
-        return _CODE_BY_STATUS.get(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode"), code)
-    return code
+    """IAM's error code. Ceph RGW answers IAM calls with S3-style errors, whose code botocore
+    puts at the top of the response instead of under ``Error``. No code at all (a proxy's page,
+    say) is no code: never taken for NoSuchEntity."""
+    return error.response.get("Error", {}).get("Code") or error.response.get("Code") or ""
 
 
 def _tags(tag_list: list[dict[str, str]]) -> dict[str, str]:

@@ -62,7 +62,9 @@ _ROLE_PATH = re.compile(r"/(?:[\x21-\x7e]+/)?", re.ASCII)
 _AUDIENCE = re.compile(r"[\x21-\x7e]{1,256}", re.ASCII)
 _TOKEN_EXPIRATION = range(600, 86401)
 _MODE_KEYS = {"role_arn", "managed"}
-_KEYS = {"endpoint", "sts_endpoint", "audience", "region", "token_expiration"} | _MODE_KEYS
+_KEYS = {"endpoint", "sts_endpoint", "audience", "region", "token_expiration", "allow_http"} | _MODE_KEYS
+_OTHER_AUDIENCES = ("sts.amazonaws.com", "pods.eks.amazonaws.com", "api://AzureADTokenExchange", "https://kubernetes.default.svc")
+"""Audiences other relying parties accept: a token sent to the store must not be one of theirs."""
 _MANAGED_KEYS = {"oidc_provider_arn", "role_path", "role_name", "inline_policy", "tags", "max_session_duration", "description"}
 
 
@@ -105,11 +107,15 @@ def parse_oidc_provider_arn(arn: str) -> tuple[str, str]:
     return match["tenant"], match["issuer"]
 
 
-def _endpoint(value: Any, where: str) -> str:
+def _endpoint(value: Any, where: str, allow_http: bool) -> str:
     parts = urlsplit(value) if isinstance(value, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment \
             or parts.username or parts.password:
         raise ConfigError(f"{where}: expected the store's URL, like 'https://s3.example.org', got {value!r}")
+    if parts.scheme == "http" and not allow_http:
+        raise ConfigError(f"{where}: {value!r} is plain http: the pod sends its token (a bearer credential, valid until it "
+                          "expires) and gets keys back in the clear. Use https, or set \"allow_http\": true in the block "
+                          "if the network between pods and store is trusted")
     return value.rstrip("/")
 
 
@@ -119,12 +125,18 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
     if ("managed" in block) == ("role_arn" in block):
         raise ConfigError(f"{where}: give exactly one of 'role_arn' (a role that exists at the store) or 'managed' "
                           "(the hub creates it through the store's IAM API)")
-    endpoint = _endpoint(block["endpoint"], f"{where}.endpoint")
-    sts_endpoint = _endpoint(block.get("sts_endpoint", endpoint), f"{where}.sts_endpoint")
+    allow_http = block.get("allow_http", False)
+    if not isinstance(allow_http, bool):
+        raise ConfigError(f"{where}.allow_http: expected true or false, got {allow_http!r}")
+    endpoint = _endpoint(block["endpoint"], f"{where}.endpoint", allow_http)
+    sts_endpoint = _endpoint(block.get("sts_endpoint", endpoint), f"{where}.sts_endpoint", allow_http)
     audience = block["audience"]
     if not isinstance(audience, str) or not _AUDIENCE.fullmatch(audience):
         raise ConfigError(f"{where}.audience: expected the audience the store accepts (one of its OIDC provider's "
                           f"client ids, printable ASCII without spaces), got {audience!r}")
+    if audience.rstrip("/") in _OTHER_AUDIENCES or audience.startswith("https://kubernetes.default.svc"):
+        raise ConfigError(f"{where}.audience: {audience!r} is what another service accepts; a token for the store must "
+                          "be good at the store only: use an audience of its own, e.g. 'sts.<your store's host>'")
     region = block.get("region", "us-east-1")  # the AWS SDKs sign with a region; MinIO and RGW take this one
     if not isinstance(region, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,64}", region):
         raise ConfigError(f"{where}.region: expected the store's region name (its zonegroup), got {region!r}")
