@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .claims import Claims
+from .providers import s3_sts
 from .errors import IdentityError
 from .rules import IdentityRules
 
@@ -43,12 +44,28 @@ SERVICE_ACCOUNT_ENV = "CLOUDIDENTITY_SERVICE_ACCOUNT"
 NAMESPACE_ENV = "CLOUDIDENTITY_NAMESPACE"
 
 
-def _pod_config_with_account(extra: Mapping[str, Any] | None, service_account: str) -> dict[str, Any]:
+def _pod_config_with_account(extra: Mapping[str, Any] | None, service_account: str,
+                             store: Mapping[str, Any] | None = None) -> dict[str, Any]:
     config = copy.deepcopy(dict(extra or {}))
     config["serviceAccountName"] = service_account
     config.pop("serviceAccount", None)  # the deprecated alias must not say otherwise
     config["automountServiceAccountToken"] = False
+    if store is not None:  # an S3-compatible store's token: no webhook adds it there
+        volumes = [v for v in config.get("volumes") or [] if v.get("name") != s3_sts.TOKEN_VOLUME]
+        config["volumes"] = volumes + [s3_sts.token_volume(store["audience"], store["expiration"])]
     return config
+
+
+def _container_config_with_token(extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    config = copy.deepcopy(dict(extra or {}))
+    mounts = [m for m in config.get("volumeMounts") or [] if m.get("name") != s3_sts.TOKEN_VOLUME]
+    config["volumeMounts"] = mounts + [dict(s3_sts.TOKEN_MOUNT)]
+    return config
+
+
+def _store_settings(plan: Any) -> Mapping[str, Any] | None:
+    cloud = plan.cloud
+    return cloud.resources["pod"] if cloud is not None and cloud.provider == s3_sts.PROVIDER else None
 
 
 def gateway_options_handler(
@@ -74,10 +91,17 @@ def gateway_options_handler(
         else:
             result = dict(options)
         plan = plan_for_gateway_user(rules, user, namespace)
-        for key in ("scheduler_extra_pod_config", "worker_extra_pod_config"):
-            result[key] = _pod_config_with_account(result.get(key), plan.service_account.name)
+        store = _store_settings(plan)
+        for part in ("scheduler", "worker"):
+            key = f"{part}_extra_pod_config"
+            result[key] = _pod_config_with_account(result.get(key), plan.service_account.name, store)
+            if store is not None:
+                key = f"{part}_extra_container_config"
+                result[key] = _container_config_with_token(result.get(key))
         environment = dict(result.get("environment") or {})
         environment.update(plan.env)
+        if store is not None:
+            environment.update(store["env"])
         result["environment"] = environment
         return result
 
@@ -110,15 +134,35 @@ def kubecluster_spec(name: str, *, service_account: str | None = None, **make_cl
             f"{SERVICE_ACCOUNT_ENV} is not set: this notebook was not started by CloudIdentitySpawner; "
             "pass service_account= explicitly"
         )
-    return pin_cluster_spec(make_cluster_spec(name, **make_cluster_spec_kwargs), account)
+    return pin_cluster_spec(make_cluster_spec(name, **make_cluster_spec_kwargs), account, store_from_environment(os.environ))
 
 
-def pin_cluster_spec(spec: Mapping[str, Any], service_account: str) -> dict[str, Any]:
-    """Put the scheduler and worker pods of a ``DaskCluster`` spec under *service_account*."""
+def store_from_environment(environ: Mapping[str, str]) -> dict[str, Any] | None:
+    """The notebook's S3-compatible store token settings (audience, lifetime, the AWS SDK
+    variables), when its identity is one (``s3_sts``); else None."""
+    audience = environ.get(s3_sts.AUDIENCE_ENV)
+    if not audience:
+        return None
+    names = ("AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_SESSION_NAME", "AWS_ENDPOINT_URL_STS",
+             "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", s3_sts.AUDIENCE_ENV, s3_sts.EXPIRATION_ENV)
+    return {"audience": audience, "expiration": int(environ.get(s3_sts.EXPIRATION_ENV, "3600")),
+            "env": {k: environ[k] for k in names if k in environ}}
+
+
+def pin_cluster_spec(spec: Mapping[str, Any], service_account: str, store: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Put the scheduler and worker pods of a ``DaskCluster`` spec under *service_account*
+    (and with *store*, give their containers the store's token and variables)."""
     pinned = copy.deepcopy(dict(spec))
     for part in ("scheduler", "worker"):
         pod_spec = pinned["spec"][part]["spec"]
         pod_spec["serviceAccountName"] = service_account
         pod_spec.pop("serviceAccount", None)
         pod_spec["automountServiceAccountToken"] = False
+        if store is not None:
+            pod_spec.update({k: v for k, v in _pod_config_with_account(pod_spec, service_account, store).items()
+                             if k == "volumes"})
+            for container in pod_spec.get("containers") or []:
+                container.update(_container_config_with_token(container))
+                env = [e for e in container.get("env") or [] if e.get("name") not in store["env"]]
+                container["env"] = env + [{"name": k, "value": v} for k, v in store["env"].items()]
     return pinned

@@ -111,3 +111,56 @@ def test_pin_cluster_spec_overrides_a_foreign_account():
     assert pinned["spec"]["scheduler"]["spec"]["serviceAccountName"] == "jupyter-eve"
     assert "serviceAccount" not in pinned["spec"]["worker"]["spec"]
     assert spec["spec"]["scheduler"]["spec"]["serviceAccountName"] == "admin"  # input untouched
+
+
+STORE_RULES = [{"name": "members", "match": {"groups": ["escape"]}, "s3_sts": {
+    "endpoint": "https://s3.example.org", "audience": "sts.example.org",
+    "role_arn": "arn:aws:iam:::role/jupyterhub/{username}"}}]
+
+
+def test_gateway_pods_get_the_stores_token_and_variables():
+    """On an S3-compatible store no webhook exists: the scheduler and workers get the same
+    projected token (audience) and AWS SDK variables as the notebook, whatever the options say."""
+    Options, String = options_module.Options, options_module.String
+
+    def operators(options):
+        return {"scheduler_extra_pod_config": {"volumes": [{"name": "cloudidentity-s3-sts-token", "emptyDir": {}}]},
+                "worker_extra_container_config": {"volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+                "environment": {"AWS_ROLE_ARN": "arn:aws:iam:::role/admin", "MINE": "kept"}}
+
+    options = Options(String("image", default="ghcr.io/dask/dask:latest"),
+                      handler=gateway_options_handler(STORE_RULES, namespace="jupyterhub", handler=operators))
+    config = configure(options, models.User("alice", groups=["escape"]))
+    for part in ("scheduler", "worker"):
+        [volume] = [v for v in config[f"{part}_extra_pod_config"]["volumes"] if v["name"] == "cloudidentity-s3-sts-token"]
+        assert volume["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "sts.example.org"
+        mounts = config[f"{part}_extra_container_config"]["volumeMounts"]
+        assert {"name": "cloudidentity-s3-sts-token", "mountPath": "/var/run/secrets/cloudidentity/s3-sts",
+                "readOnly": True} in mounts
+    assert {"name": "data", "mountPath": "/data"} in config["worker_extra_container_config"]["volumeMounts"]
+    env = config["environment"]
+    assert env["AWS_ROLE_ARN"] == "arn:aws:iam:::role/jupyterhub/alice" and env["MINE"] == "kept"
+    assert env["AWS_ROLE_SESSION_NAME"] == "alice" and env["AWS_ENDPOINT_URL_S3"] == "https://s3.example.org"
+
+
+def test_kubecluster_spec_gives_dask_pods_the_notebooks_store_token(monkeypatch):
+    pytest.importorskip("dask_kubernetes.operator", reason="dask-kubernetes is not installed")
+    from cloudidentity_spawner.dask import kubecluster_spec
+    from cloudidentity_spawner.pinning import planned_env
+    from cloudidentity_spawner.rules import IdentityRules
+    from cloudidentity_spawner.claims import Claims
+
+    plan = IdentityRules.from_config(STORE_RULES, "h").resolve(Claims(username="alice", groups=("escape",)), "jupyterhub")
+    for key, value in {**planned_env(plan), **plan.cloud.resources["pod"]["env"]}.items():
+        monkeypatch.setenv(key, value)  # the notebook's environment, as the spawner pins it
+    spec = kubecluster_spec("analysis", n_workers=1, image="ghcr.io/dask/dask:latest")
+    for part in ("scheduler", "worker"):
+        pod = spec["spec"][part]["spec"]
+        [volume] = [v for v in pod["volumes"] if v["name"] == "cloudidentity-s3-sts-token"]
+        assert volume["projected"]["sources"][0]["serviceAccountToken"] == {
+            "audience": "sts.example.org", "expirationSeconds": 3600, "path": "token"}
+        for container in pod["containers"]:
+            env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+            assert env["AWS_ROLE_ARN"] == "arn:aws:iam:::role/jupyterhub/alice"
+            assert env["AWS_WEB_IDENTITY_TOKEN_FILE"] == "/var/run/secrets/cloudidentity/s3-sts/token"
+            assert any(m["name"] == "cloudidentity-s3-sts-token" for m in container["volumeMounts"])

@@ -209,6 +209,21 @@ def trust_policy(provider_arn: str, audience: str, namespace: str, service_accou
     }
 
 
+AUDIENCE_ENV = "CLOUDIDENTITY_S3_STS_AUDIENCE"
+EXPIRATION_ENV = "CLOUDIDENTITY_S3_STS_TOKEN_EXPIRATION"
+"""Where a notebook finds its token's audience and lifetime, to give its Dask pods the same
+(:func:`..dask.kubecluster_spec`)."""
+
+
+def token_volume(audience: str, expiration: int) -> dict[str, Any]:
+    """The projected token volume, as a pod spec holds it (plain Kubernetes JSON)."""
+    return {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+        "audience": audience, "expirationSeconds": expiration, "path": "token"}}]}}
+
+
+TOKEN_MOUNT = {"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH, "readOnly": True}
+
+
 def pod_settings(settings: S3StsSettings, role_arn: str, username: str) -> dict[str, Any]:
     """What the pod gets: a projected token for the store's audience and the variables with
     which boto3, s3fs and the AWS CLI assume the role at the store."""
@@ -220,6 +235,8 @@ def pod_settings(settings: S3StsSettings, role_arn: str, username: str) -> dict[
         "AWS_ENDPOINT_URL_S3": settings.endpoint,
         "AWS_DEFAULT_REGION": settings.region,  # boto3 and the CLI sign every call with one
         "AWS_REGION": settings.region,
+        AUDIENCE_ENV: settings.audience,
+        EXPIRATION_ENV: str(settings.token_expiration),
     }
     return {"audience": settings.audience, "expiration": settings.token_expiration, "env": env}
 
