@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a GKE hub: ESCAPE members' ServiceAccounts get grants of their own on a managed folder each "
                            "(Workload Identity Federation principals) in a local Google Cloud, and a local GKE metadata "
                            "server gives their pods tokens")
+    demo.add_argument("--ceph", action="store_true",
+                      help="an on-premises hub: ESCAPE members get a role each at a real Ceph RADOS Gateway (Debian's "
+                           "radosgw; scripts/install-ceph.sh), assumed with their pods' own ServiceAccount tokens")
     return parser
 
 
@@ -334,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import main as demo_main
 
-        return demo_main(args.port, args.pod_identity, args.azure, args.gcp)
+        return demo_main(args.port, args.pod_identity, args.azure, args.gcp, args.ceph)
     try:
         if args.command == "gcp-hub-condition":
             rules = identity_settings(load_config(args.config)).compiled_rules

@@ -30,6 +30,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from .providers import s3_sts
+
 ACCOUNT = "123456789012"
 NAMESPACE = "demo"
 DEMO_USERS = {
@@ -61,7 +63,23 @@ AZURE_SCRATCH = (f"/subscriptions/{AZURE_SUBSCRIPTION}/resourceGroups/demo-data/
                  "storageAccounts/demoscratch/blobServices/default/containers/scratch")
 
 
-def demo_rules(pod_identity: bool = False, azure: bool = False, gcp: bool = False) -> list[dict[str, Any]]:
+CEPH_AUDIENCE = "sts.demo.ceph"
+CEPH_BUCKET = "demo-scratch"
+
+
+def demo_rules(pod_identity: bool = False, azure: bool = False, gcp: bool = False,
+               ceph: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+    """The demo's rules; *ceph* is the gateway's URL and the cluster issuer's provider ARN there."""
+    if ceph is not None:  # on-premises: roles at a Ceph RADOS Gateway, assumed with the pods' own tokens
+        store = {"endpoint": ceph[0], "audience": CEPH_AUDIENCE, "allow_http": True}
+        managed = {"oidc_provider_arn": ceph[1], "role_path": "/jupyterhub/demo/"}
+        return [
+            {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
+             "s3_sts": {**store, "managed": {**managed, "inline_policy": scratch_prefix_policy(CEPH_BUCKET, "groups/atlas")}}},
+            {"name": "escape-members", "match": {"groups": ["/escape"]}, "scope": "user",
+             "s3_sts": {**store, "managed": {**managed, "inline_policy": scratch_prefix_policy(CEPH_BUCKET)}},
+             "env": {"SCRATCH_BUCKET": f"s3://{CEPH_BUCKET}/{{username}}"}},
+        ]
     if gcp:  # GKE: grants to each ServiceAccount's own Workload Identity Federation principal
         principal = {"project": GCP_PROJECT, "project_number": GCP_PROJECT_NUMBER}
         return [
@@ -104,9 +122,13 @@ def demo_rules(pod_identity: bool = False, azure: bool = False, gcp: bool = Fals
 
 
 def _scratch_policy() -> dict[str, Any]:
+    return scratch_prefix_policy("demo-scratch")
+
+
+def scratch_prefix_policy(bucket: str, prefix: str = "{username}") -> dict[str, Any]:
     from .providers.aws import scratch_prefix_policy
 
-    return scratch_prefix_policy("demo-scratch")
+    return scratch_prefix_policy(bucket, prefix)
 
 
 def _free_port() -> int:
@@ -304,6 +326,8 @@ class LocalKubelet:
         self.moto_url = moto_url
         self.workdir = workdir
         self.processes: dict[str, subprocess.Popen] = {}
+        self.projected_tokens: Any = None
+        """``(namespace, pod, volume) -> token``: the cluster's tokens for projected volumes."""
         self._next = 10
         self._lock = threading.Lock()
 
@@ -315,6 +339,11 @@ class LocalKubelet:
         sa = self.api.get("serviceaccounts", meta["namespace"], pod["spec"].get("serviceAccountName", ""))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "AWS_", "AZURE_"))}
         env.update(pod_environment(pod, sa, self.moto_url, self.workdir, self.agent, self.entra, self.metadata))
+        if self.projected_tokens is not None and env.get("AWS_WEB_IDENTITY_TOKEN_FILE") == s3_sts.TOKEN_FILE:
+            # What the kubelet does: the volume's token, in a file the process reads.
+            token = Path(self.workdir) / f"{meta['namespace']}-{meta['name']}.s3-sts-token"
+            token.write_text(self.projected_tokens(meta["namespace"], meta["name"], s3_sts.TOKEN_VOLUME))
+            env["AWS_WEB_IDENTITY_TOKEN_FILE"] = str(token)
         service_url = env.get("JUPYTERHUB_SERVICE_URL", "http://0.0.0.0:8888/")
         env["JUPYTERHUB_SERVICE_URL"] = service_url.replace("0.0.0.0", ip)
         home = Path(self.workdir) / "home" / meta["name"]
@@ -346,10 +375,13 @@ class LocalKubelet:
 
 
 def hub_config(*, moto_url: str, oidc_url: str, port: int, hub_port: int, eks_url: str = "", arm_url: str = "",
-               operator_token: str = "", gcp: tuple[str, str] | None = None) -> str:
+               operator_token: str = "", gcp: tuple[str, str] | None = None,
+               ceph: tuple[str, str, dict[str, Any]] | None = None) -> str:
     """The demo's jupyterhub_config.py (the hub finds the emulator through $KUBECONFIG; *gcp* is the
     local Google server's gRPC target and REST URL)."""
-    rules = demo_rules(pod_identity=bool(eks_url), azure=bool(arm_url), gcp=gcp is not None)
+    rules = demo_rules(pod_identity=bool(eks_url), azure=bool(arm_url), gcp=gcp is not None,
+                       ceph=None if ceph is None else ceph[:2])
+    store = "" if ceph is None else f"c.CloudIdentitySpawner.s3_sts_client_kwargs = {ceph[2]!r}\n"
     gcp_factory = "" if gcp is None else (
         "from cloudidentity_spawner.testing.gcp import client_factory_for\n"
         f"c.CloudIdentitySpawner.gcp_client_factory = client_factory_for{gcp!r}\n"
@@ -404,7 +436,7 @@ c.CloudIdentitySpawner.aws_role_propagation_seconds = 0
 c.CloudIdentitySpawner.aws_pod_identity_propagation_seconds = 0
 c.CloudIdentitySpawner.identity_rules = {rules!r}
 c.CloudIdentitySpawner.aws_eks_client_kwargs = {{"endpoint_url": "{eks_url or moto_url}", "region_name": "us-east-1"}}
-{azure_factory}{gcp_factory}"""
+{azure_factory}{gcp_factory}{store}"""
 
 
 def _prepare_aws(moto_url: str) -> None:
@@ -456,10 +488,12 @@ class Demo:
     """Everything the demo runs; ``start()`` then ``stop()`` (or use it as a context manager)."""
 
     def __init__(self, port: int = 8000, extra_config: str = "", pod_identity: bool = False, azure: bool = False,
-                 gcp: bool = False):
+                 gcp: bool = False, ceph: bool = False):
         self.pod_identity = pod_identity
         self.azure = azure
         self.gcp = gcp
+        self.ceph = ceph
+        self.gateway: Any = None
         self.port = port
         self.extra_config = extra_config
         self.workdir = tempfile.mkdtemp(prefix="cloudidentity-demo-")
@@ -522,6 +556,8 @@ class Demo:
         self.kube = KubernetesAPIServer(api).start()
         self._stack.callback(self.kube.stop)
         self._stack.callback(self.kubelet.stop_all)
+        if self.ceph:
+            self._start_ceph()
         kubeconfig = self.kube.write_kubeconfig(os.path.join(self.workdir, "kubeconfig"), NAMESPACE)
 
         users = [User(sub=name, claims={"preferred_username": name, **claims}) for name, claims in DEMO_USERS.items()]
@@ -533,7 +569,8 @@ class Demo:
         operator_token = secrets.token_hex(16)
         config.write_text(hub_config(moto_url=self.moto_url, oidc_url=self.oidc_url, port=self.port, hub_port=_free_port(),
                                      eks_url=self.eks_url, arm_url=self.arm_url, operator_token=operator_token,
-                                     gcp=(self.gcp_target, self.gcs_url) if self.gcp else None)
+                                     gcp=(self.gcp_target, self.gcs_url) if self.gcp else None,
+                                     ceph=self.store if self.ceph else None)
                           + self.extra_config)
         # What `status` and `gc` need from a terminal, as the hub has it.
         self.operator_env = str(Path(self.workdir) / "operator.env")
@@ -562,6 +599,26 @@ class Demo:
             raise RuntimeError(log)
         self.url = f"http://127.0.0.1:{self.port}/hub/"
         return self
+
+    def _start_ceph(self) -> None:
+        """A real Ceph RADOS Gateway, set up as the site's storage team would: the cluster's token
+        issuer (the emulator's) registered as an OIDC provider, and the scratch bucket."""
+        import boto3
+
+        from .testing import ceph
+
+        if not ceph.available():
+            raise RuntimeError("--ceph needs Debian's Ceph daemons (radosgw, ceph-mon, ceph-osd, ceph-common): "
+                               "run scripts/install-ceph.sh (as root, or with sudo)")
+        self.gateway = ceph.CephGateway(Path(self.workdir) / "ceph").start()
+        self._stack.callback(self.gateway.stop)
+        admin = self.gateway.admin_kwargs()
+        iam = boto3.client("iam", **admin)
+        iam.create_open_id_connect_provider(Url=self.kube.url, ClientIDList=[CEPH_AUDIENCE], ThumbprintList=["0" * 40])
+        boto3.client("s3", **admin).create_bucket(Bucket=CEPH_BUCKET)
+        provider = "arn:aws:iam:::oidc-provider/" + self.kube.url.split("://", 1)[1]
+        self.store = (self.gateway.url, provider, admin)
+        self.kubelet.projected_tokens = self.kube.api.projected_token
 
     def _stop_hub(self) -> None:
         if self.hub and self.hub.poll() is None:
@@ -593,7 +650,8 @@ class Demo:
         from .errors import IdentityError
         from .rules import IdentityRules
 
-        rules = IdentityRules.from_config(demo_rules(self.pod_identity, self.azure, self.gcp), "demo")
+        rules = IdentityRules.from_config(
+            demo_rules(self.pod_identity, self.azure, self.gcp, self.store[:2] if self.ceph else None), "demo")
         lines = []
         for name, claims in DEMO_USERS.items():
             try:
@@ -601,6 +659,9 @@ class Demo:
                 how = " through a Pod Identity association" if plan.cloud.mode == "pod_identity" else ""
                 if plan.cloud.provider == "azure":
                     what = f"managed identity {plan.cloud.resources['managed_identity']['name']}"
+                elif plan.cloud.provider == "s3_sts":
+                    prefix = plan.cloud.resources["role"]["inline_policy"]["Statement"][0]["Resource"].split(":::", 1)[1]
+                    what = f"role {plan.cloud.identity} at the Ceph gateway (s3://{prefix})"
                 elif plan.cloud.provider == "gcp":
                     what = f"its own principal, {plan.cloud.resources['bindings'][0]['role']} on gs://{GCP_BUCKET}/" + \
                            plan.cloud.resources["bindings"][0]["resource"].split("/managedFolders/", 1)[1]
@@ -646,10 +707,15 @@ def banner(demo: Demo) -> str:
         lines.append(f"  Azure Resource Manager: {demo.arm_url}   Microsoft Entra token endpoint: {demo.entra.url}")
     if demo.gcp:
         lines.append(f"  Google Cloud (IAM, Cloud Storage): {demo.gcs_url}   GKE metadata server: {demo.metadata.url}")
+    if demo.ceph:
+        lines.append(f"  Ceph RADOS Gateway (S3, STS, IAM): {demo.gateway.url}   its logs: {demo.gateway.folder}")
     lines += ["Log in as any of these (pick the name on the identity provider's page):", *demo.mapping()]
     if demo.azure:
         lines.append("From a notebook: GET /user/<you>/api/cloudcreds/azure?resource=https://storage.azure.com"
                      "  # a token for your identity")
+    elif demo.ceph:
+        lines.append(f"In a notebook: import boto3; boto3.client('s3').list_objects_v2(Bucket='{CEPH_BUCKET}', "
+                     "Prefix='<you>/')  # your prefix at the gateway (and nobody else's)")
     elif demo.gcp:
         lines.append("From a notebook: GET /user/<you>/api/cloudcreds/gcp  # a token for your principal; with it, "
                      f"{demo.gcs_url}/storage/v1/b/{GCP_BUCKET}/o?prefix=users/<you>/ lists your folder (and nobody else's)")
@@ -668,11 +734,11 @@ def banner(demo: Demo) -> str:
     return "\n".join(lines)
 
 
-def main(port: int = 8000, pod_identity: bool = False, azure: bool = False, gcp: bool = False) -> int:
+def main(port: int = 8000, pod_identity: bool = False, azure: bool = False, gcp: bool = False, ceph: bool = False) -> int:
     # Ctrl-C stops the demo even when it was started with SIGINT ignored (e.g. as a background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        demo = Demo(port, pod_identity=pod_identity, azure=azure, gcp=gcp).start()
+        demo = Demo(port, pod_identity=pod_identity, azure=azure, gcp=gcp, ceph=ceph).start()
     except RuntimeError as e:
         print(f"cloudidentity-spawner demo: {e}", file=sys.stderr, flush=True)
         return 1
