@@ -77,8 +77,8 @@ def demo_rules(pod_identity: bool = False, azure: bool = False, gcp: bool = Fals
             {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
              "s3_sts": {**store, "managed": {**managed, "inline_policy": scratch_prefix_policy(CEPH_BUCKET, "groups/atlas")}}},
             {"name": "escape-members", "match": {"groups": ["/escape"]}, "scope": "user",
-             "s3_sts": {**store, "managed": {**managed, "inline_policy": scratch_prefix_policy(CEPH_BUCKET)}},
-             "env": {"SCRATCH_BUCKET": f"s3://{CEPH_BUCKET}/{{username}}"}},
+             "s3_sts": {**store, "managed": {**managed, "inline_policy": scratch_prefix_policy(CEPH_BUCKET, "users/{username}")}},
+             "env": {"SCRATCH_PREFIX": f"s3://{CEPH_BUCKET}/users/{{username}}/"}},
         ]
     if gcp:  # GKE: grants to each ServiceAccount's own Workload Identity Federation principal
         principal = {"project": GCP_PROJECT, "project_number": GCP_PROJECT_NUMBER}
@@ -715,7 +715,7 @@ def banner(demo: Demo) -> str:
                      "  # a token for your identity")
     elif demo.ceph:
         lines.append(f"In a notebook: import boto3; boto3.client('s3').list_objects_v2(Bucket='{CEPH_BUCKET}', "
-                     "Prefix='<you>/')  # your prefix at the gateway (and nobody else's)")
+                     "Prefix='users/<you>/')  # your prefix at the gateway (and nobody else's)")
     elif demo.gcp:
         lines.append("From a notebook: GET /user/<you>/api/cloudcreds/gcp  # a token for your principal; with it, "
                      f"{demo.gcs_url}/storage/v1/b/{GCP_BUCKET}/o?prefix=users/<you>/ lists your folder (and nobody else's)")

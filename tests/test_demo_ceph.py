@@ -29,7 +29,7 @@ def demo():
 
 
 def test_carols_notebook_reaches_her_prefix_at_the_gateway_and_nobody_elses(demo):
-    assert any("carol" in line and f"s3://{CEPH_BUCKET}/carol/*" in line for line in demo.mapping()), demo.mapping()
+    assert any("carol" in line and f"s3://{CEPH_BUCKET}/users/carol/*" in line for line in demo.mapping()), demo.mapping()
     assert "Ceph RADOS Gateway" in banner(demo)
     login(demo, "carol")
     assert wait_ready(demo, "carol")["servers"][""]["ready"]
@@ -48,10 +48,10 @@ def test_carols_notebook_reaches_her_prefix_at_the_gateway_and_nobody_elses(demo
     creds = r.json()
     assert creds["AssumedRoleArn"] == "arn:aws:sts:::assumed-role/jupyterhub/demo/demo-carol/carol"
     s3 = boto3.client("s3", **demo.gateway.client_kwargs(creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"]))
-    s3.put_object(Bucket=CEPH_BUCKET, Key="carol/notes.txt", Body=b"hi")
-    assert [o["Key"] for o in s3.list_objects_v2(Bucket=CEPH_BUCKET, Prefix="carol/")["Contents"]] == ["carol/notes.txt"]
-    for refused in (lambda: s3.put_object(Bucket=CEPH_BUCKET, Key="alice/x.txt", Body=b"x"),
-                    lambda: s3.list_objects_v2(Bucket=CEPH_BUCKET, Prefix="alice/"),
+    s3.put_object(Bucket=CEPH_BUCKET, Key="users/carol/notes.txt", Body=b"hi")
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=CEPH_BUCKET, Prefix="users/carol/")["Contents"]] == ["users/carol/notes.txt"]
+    for refused in (lambda: s3.put_object(Bucket=CEPH_BUCKET, Key="users/alice/x.txt", Body=b"x"),
+                    lambda: s3.list_objects_v2(Bucket=CEPH_BUCKET, Prefix="users/alice/"),
                     lambda: s3.list_objects_v2(Bucket=CEPH_BUCKET, Prefix="")):
         with pytest.raises(ClientError) as e:
             refused()
