@@ -295,3 +295,33 @@ async def test_deletecollection_deletes_what_the_selector_selects(http, namespac
     assert sorted(i["metadata"]["name"] for i in body["items"]) == ["a", "b"]
     _, left = await call(http, "GET", base)
     assert [i["metadata"]["name"] for i in left["items"]] == ["c"]
+
+
+async def test_token_requests_are_signed_like_the_api_servers_and_checkable_with_its_published_keys(http, namespace):
+    """TokenRequest gives an RS256 token for an existing account; the issuer's discovery document
+    and JWKS (with x5c, which Ceph RGW needs) verify it - as a relying party outside the cluster does."""
+    import jwt
+
+    status, _ = await call(http, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
+                           {"metadata": {"name": "reader"}})
+    assert status == 201
+    status, body = await call(http, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/reader/token",
+                              {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                               "spec": {"audiences": ["sts.example.org"], "expirationSeconds": 600}})
+    assert status == 201 and body["kind"] == "TokenRequest"
+    status, missing = await call(http, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/nobody/token", {"spec": {}})
+    assert status == 404
+    status, short = await call(http, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/reader/token",
+                               {"spec": {"expirationSeconds": 60}})
+    assert status == 422
+    _, discovery = await call(http, "GET", "/.well-known/openid-configuration")
+    _, keys = await call(http, "GET", "/openid/v1/jwks")
+    [key] = keys["keys"]
+    assert key["x5c"] and key["alg"] == "RS256"
+    public = jwt.PyJWK(key).key
+    claims = jwt.decode(body["status"]["token"], public, algorithms=["RS256"], audience="sts.example.org",
+                        issuer=discovery["issuer"])
+    assert claims["sub"] == f"system:serviceaccount:{namespace}:reader"
+    assert claims["kubernetes.io"]["serviceaccount"]["name"] == "reader"
+    assert claims["exp"] - claims["iat"] == 600
+    assert discovery["jwks_uri"].endswith("/openid/v1/jwks")

@@ -24,6 +24,11 @@ server does - including when the request is wrong:
   ``kubelet_delay``) becomes ``Running`` with a podIP, Ready conditions and
   complete container statuses, with Scheduled/Pulled/Created/Started events;
   a ``pod_runner`` callback can start a real process for the pod;
+* ServiceAccount tokens as kube-apiserver issues them (RS256; ``sub``, ``aud``, ``exp`` and the
+  ``kubernetes.io`` claims): TokenRequest (``POST .../serviceaccounts/<name>/token``), a pod's
+  projected token volumes (:meth:`KubernetesAPI.projected_token`, what the kubelet writes), and
+  the issuer discovery document and keys (``/.well-known/openid-configuration``,
+  ``/openid/v1/jwks``) that an object store or cloud fetches to check them;
 * fault injection (``fail(...)``: the next N matching requests get an error
   status), per-request ``latency``, watches that hear of changes late
   (``watch_delays``), and a request log for counting calls.
@@ -48,8 +53,10 @@ v1 and resources other than those above, server-side apply, ``generateName``
 retries, ``ownerReferences`` and garbage collection, finalizers, quotas and
 LimitRanges, webhooks (EKS's pod-identity webhook, GKE's metadata server),
 scheduling and images (the kubelet simulator starts every pod), watch
-bookmarks and ``410 Gone`` for expired resource versions, and the token volume
-the ServiceAccount admission plugin mounts.
+bookmarks and ``410 Gone`` for expired resource versions, the token volume
+the ServiceAccount admission plugin mounts, and TokenReview (a token of a deleted pod
+or account still verifies until it expires, as it does for any relying party outside
+the cluster).
 
 Start it with :class:`KubernetesAPIServer`; it runs its own event loop in a
 thread so tests in any loop (and blocking code) can use it.
