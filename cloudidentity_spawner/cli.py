@@ -20,13 +20,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from traitlets.config.loader import ConfigFileNotFound, PyFileConfigLoader
-
-from .claims import user_claims
-from .config import identity_settings
-from .errors import ConfigError, IdentityError
-from .providers import gcp
-from .rules import plan_for
+# Only the standard library here: ``credentials`` runs on a laptop with nothing but this package
+# (pip install --no-deps); the hub-side commands import what they need when they run.
 
 
 class _PlanUser:
@@ -48,6 +43,10 @@ def load_config(path: str):
 
     What the file prints goes to stderr (zero-to-jupyterhub's config prints "Loading ..."
     lines), so ``--json`` output on stdout stays one JSON object."""
+    from traitlets.config.loader import ConfigFileNotFound, PyFileConfigLoader
+
+    from .errors import ConfigError
+
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     directory, filename = os.path.split(os.path.abspath(path))
@@ -61,6 +60,8 @@ def load_config(path: str):
 
 
 def _read_claims(path: str | None, user: str) -> Any:
+    from .errors import ConfigError
+
     if path is None:
         # No recorded login: plan from the name and --group alone.
         return {"oauth_user": {"sub": user}}
@@ -100,6 +101,10 @@ def _configured_namespace(config: Any) -> str:
 
 
 async def plan_command(args: argparse.Namespace) -> dict[str, Any]:
+    from .claims import user_claims
+    from .config import identity_settings
+    from .rules import plan_for
+
     config = load_config(args.config)
     settings = identity_settings(config)
     namespace = args.namespace or _configured_namespace(config)
@@ -165,6 +170,7 @@ async def _operations(args: argparse.Namespace, run: Any) -> Any:
     """Load the config, connect to Kubernetes and the hub's users, and run *run* with them."""
     from kubernetes_asyncio import client as kube_client
 
+    from .config import identity_settings
     from .hubusers import hub_users
     from .kube import ServiceAccounts
 
@@ -295,6 +301,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the IAM condition that limits the hub's own GCP role to the roles its rules grant",
     )
     condition.add_argument("--config", required=True, help="path to jupyterhub_config.py")
+    creds = commands.add_parser(
+        "credentials",
+        help="your running server's cloud credentials, from any computer (AWS credential_process JSON, env lines, "
+             "or an access token); needs only this package and Python",
+        description="Ask your running server on the hub for its cloud credentials. The API token comes from "
+                    "$JUPYTERHUB_API_TOKEN or --token-file (make one at <hub>/hub/token with scope "
+                    "access:servers!user=<your name>). In ~/.aws/config: credential_process = "
+                    "cloudidentity-spawner credentials --hub https://hub.example.org --token-file ~/.jupyterhub-token aws")
+    creds.add_argument("cloud", choices=("aws", "azure", "gcp"), help="which of your server's identities")
+    creds.add_argument("--hub", required=True, help="the hub's URL, e.g. https://hub.example.org")
+    creds.add_argument("--server", default="", help="a named server of yours (default: the default server)")
+    creds.add_argument("--user", help="whose server (default: the token's owner)")
+    creds.add_argument("--token-file", help="a file holding the API token (default: $JUPYTERHUB_API_TOKEN)")
+    creds.add_argument("--format", choices=("credential_process", "env", "json"),
+                       help="aws: credential_process (default), env (export lines) or json; azure and gcp: the bare "
+                            "token (default), env or json")
+    creds.add_argument("--resource", help="azure: the resource the token is for, e.g. https://storage.azure.com")
     demo = commands.add_parser("demo", help="run JupyterHub, a Kubernetes emulator, moto and an OIDC provider on 127.0.0.1")
     demo.add_argument("--port", type=int, default=8000, help="JupyterHub's port on 127.0.0.1 (default 8000)")
     demo.add_argument("--pod-identity", action="store_true",
@@ -334,6 +357,14 @@ def _unreachable(error: Exception) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "credentials":
+        from .client import credentials_command
+
+        return credentials_command(args)
+    from .config import identity_settings
+    from .errors import ConfigError, IdentityError
+    from .providers import gcp
+
     if args.command == "demo":
         from .demo import main as demo_main
 

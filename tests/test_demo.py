@@ -186,3 +186,90 @@ def test_ctrl_c_stops_the_demo_at_once_and_leaves_nothing_running():
     assert took < 5, f"{took:.1f} s"
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/hub/api", timeout=2)
+
+
+def user_token(session: requests.Session, demo, user: str, scopes: list[str]) -> str:
+    """A token made as on the hub's token page (the logged-in user's own request)."""
+    r = session.post(f"http://127.0.0.1:{demo.port}/hub/api/users/{user}/tokens", json={"scopes": scopes, "note": "laptop"},
+                     headers={"X-XSRFToken": xsrf(session)}, timeout=30)
+    assert r.status_code == 201, r.text
+    return r.json()["token"]
+
+
+def credentials(demo, *args: str, token: str | None = None, tmp_path=None) -> subprocess.CompletedProcess:
+    exe = os.path.join(os.path.dirname(sys.executable), "cloudidentity-spawner")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "JUPYTERHUB_"))}
+    if token is not None:
+        env["JUPYTERHUB_API_TOKEN"] = token
+    return subprocess.run([exe, "credentials", "--hub", f"http://127.0.0.1:{demo.port}", *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_credentials_from_another_computer_act_as_carols_role(demo, tmp_path):
+    """boto3 on a laptop with `credential_process = cloudidentity-spawner credentials ... aws` in its
+    config: the credentials are carol's role's, and each run of the process gets fresh ones."""
+    session = login(demo, "carol")
+    assert wait_ready(demo, "carol")["servers"][""]["ready"]
+    token_file = tmp_path / "jupyterhub-token"
+    token_file.write_text(user_token(session, demo, "carol", ["access:servers!user=carol"]))
+    exe = os.path.join(os.path.dirname(sys.executable), "cloudidentity-spawner")
+    config = tmp_path / "aws-config"
+    config.write_text(f"[default]\ncredential_process = {exe} credentials --hub http://127.0.0.1:{demo.port} "
+                      f"--token-file {token_file} aws\nregion = us-east-1\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "JUPYTERHUB_"))}
+    env.update(AWS_CONFIG_FILE=str(config), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_ENDPOINT_URL=demo.moto_url)
+    laptop = subprocess.run([sys.executable, "-c", "import boto3; print(boto3.client('sts').get_caller_identity()['Arn'])"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert laptop.returncode == 0, laptop.stderr[-2000:]
+    assert ":assumed-role/demo-carol/" in laptop.stdout
+    runs = [json.loads(credentials(demo, "--token-file", str(token_file), "aws").stdout) for _ in range(2)]
+    assert all(r["Version"] == 1 and r["Expiration"] for r in runs)
+    assert runs[0]["AccessKeyId"] != runs[1]["AccessKeyId"]
+    shell = credentials(demo, "--token-file", str(token_file), "--format", "env", "aws")
+    assert shell.returncode == 0 and shell.stdout.startswith("export AWS_ACCESS_KEY_ID=")
+    # With nothing but Python and this package (no site-packages at all: pip install --no-deps).
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__import__("cloudidentity_spawner").__file__)))
+    bare = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {package_root!r}); "
+                           "from cloudidentity_spawner.cli import main; sys.exit(main())",
+                           "credentials", "--hub", f"http://127.0.0.1:{demo.port}", "--token-file", str(token_file), "aws"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert bare.returncode == 0, bare.stderr[-2000:]
+    assert json.loads(bare.stdout)["SessionToken"]
+
+
+def signed_in(demo, user: str) -> requests.Session:
+    """A browser session of *user* (logged in at the identity provider; no server started)."""
+    session = requests.Session()
+    page = session.get(f"http://127.0.0.1:{demo.port}/hub/oauth_login", timeout=30)
+    session.post(page.url, data={"sub": user}, timeout=60)
+    assert xsrf(session), "not logged in"
+    return session
+
+
+def xsrf(session: requests.Session) -> str:
+    """The hub's _xsrf cookie (the hub and the user's server may each set one: the hub's path is /hub/)."""
+    cookies = [c for c in session.cookies if c.name == "_xsrf"]
+    return next((c.value for c in cookies if c.path.startswith("/hub")), cookies[0].value if cookies else "")
+
+
+def test_credentials_refuses_in_one_line(demo, tmp_path):
+    """No token, a token without the scope, another user's token, a stopped server: one line, exit 1."""
+    carol = signed_in(demo, "carol")
+    narrow = user_token(carol, demo, "carol", ["read:users:name!user=carol"])
+    bob = signed_in(demo, "bob")  # bob has no identity: his server does not run
+    bobs = user_token(bob, demo, "bob", ["access:servers!user=bob"])
+    cases = {
+        "no token": credentials(demo, "aws"),
+        "no scope": credentials(demo, "aws", token=narrow),
+        "another user's": credentials(demo, "--user", "carol", "aws", token=bobs),
+        "stopped": credentials(demo, "aws", token=bobs),
+        "bad token": credentials(demo, "aws", token="not-a-token"),
+    }
+    for name, done in cases.items():
+        assert done.returncode == 1 and done.stdout == "", (name, done)
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, (name, done.stderr)
+    assert "JUPYTERHUB_API_TOKEN" in cases["no token"].stderr
+    assert "access:servers!user=carol" in cases["no scope"].stderr
+    assert "access:servers!user=carol" in cases["another user's"].stderr
+    assert "bob's server is not running" in cases["stopped"].stderr
+    assert "refused the API token" in cases["bad token"].stderr
