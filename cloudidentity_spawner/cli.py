@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="aws: credential_process (default), env (export lines) or json; azure and gcp: the bare "
                             "token (default), env or json")
     creds.add_argument("--resource", help="azure: the resource the token is for, e.g. https://storage.azure.com")
+    creds.add_argument("--insecure-http", action="store_true",
+                       help="allow a plain-http --hub other than this computer (the token and the credentials cross "
+                            "the network in the clear)")
     demo = commands.add_parser("demo", help="run JupyterHub, a Kubernetes emulator, moto and an OIDC provider on 127.0.0.1")
     demo.add_argument("--port", type=int, default=8000, help="JupyterHub's port on 127.0.0.1 (default 8000)")
     demo.add_argument("--pod-identity", action="store_true",

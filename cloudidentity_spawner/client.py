@@ -15,8 +15,11 @@ users of the machine can read command lines). Every failure is one line on stder
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
+import shlex
 import sys
 import urllib.error
 import urllib.parse
@@ -24,6 +27,10 @@ import urllib.request
 from typing import Any
 
 SCOPE_HINT = "access:servers!user={user}"
+_VALUE = re.compile(r"[A-Za-z0-9+/=._~:-]{1,8192}")
+"""What a key, secret, session token, expiry or access token is made of (no quote, space,
+``$``, ``;`` or newline): anything else is refused, never printed into a shell."""
+_TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")
 
 
 class ClientError(Exception):
@@ -48,13 +55,16 @@ def read_token(token_file: str | None, environ: dict[str, str]) -> str:
                 token = f.read().strip()
         except OSError as e:
             raise ClientError(f"cannot read --token-file {token_file}: {e.strerror}") from None
-        if not token:
-            raise ClientError(f"--token-file {token_file} is empty")
+        if not _TOKEN.fullmatch(token):
+            raise ClientError(f"--token-file {token_file} does not hold one API token (it should be the token alone, "
+                              "one line of printable characters)")
         return token
     token = environ.get("JUPYTERHUB_API_TOKEN", "").strip()
     if not token:
         raise ClientError("no API token: set JUPYTERHUB_API_TOKEN or give --token-file; make one on the hub's token "
                           "page (<hub>/hub/token) with scope access:servers!user=<your name>")
+    if not _TOKEN.fullmatch(token):
+        raise ClientError("JUPYTERHUB_API_TOKEN does not hold one API token (printable characters, no spaces)")
     return token
 
 
@@ -77,7 +87,8 @@ def _said(body: str) -> str:
     except ValueError:
         return ""
     message = data.get("error") or data.get("message") if isinstance(data, dict) else None
-    return " ".join(str(message).split())[:300] if message else ""
+    # one line, without control characters (a terminal must not take escapes from a server)
+    return "".join(c for c in " ".join(str(message).split()) if c.isprintable())[:300] if message else ""
 
 
 def whoami(hub: str, token: str, timeout: float) -> str:
@@ -94,7 +105,35 @@ def whoami(hub: str, token: str, timeout: float) -> str:
     raise ClientError(f"the hub answered {status} to who the token belongs to{': ' + _said(body) if _said(body) else ''}")
 
 
+def _check_name(value: str, what: str) -> None:
+    if value in (".", "..") or (what == "user" and not value):
+        raise ClientError(f"{value!r} is not a {what} name")
+
+
+def check_hub(hub: str, insecure_http: bool = False) -> str:
+    """The hub's URL: https, or plain http to this computer (or with --insecure-http)."""
+    parts = urllib.parse.urlsplit(hub)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password \
+            or parts.query or parts.fragment:
+        raise ClientError(f"--hub must be the hub's URL, like https://hub.example.org, got {hub!r}")
+    if parts.scheme == "http" and not insecure_http and not _loopback(parts.hostname):
+        raise ClientError(f"--hub {hub} is plain http: the token and the credentials would cross the network in the "
+                          "clear. Use the hub's https URL (or --insecure-http on a network you trust)")
+    return hub.rstrip("/")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def server_url(hub: str, user: str, server: str) -> str:
+    _check_name(user, "user")
+    _check_name(server, "server")
     path = f"/user/{urllib.parse.quote(user, safe='')}/"
     if server:
         path += f"{urllib.parse.quote(server, safe='')}/"
@@ -102,27 +141,37 @@ def server_url(hub: str, user: str, server: str) -> str:
 
 
 def fetch(hub: str, token: str, kind: str, *, user: str | None = None, server: str = "",
-          query: dict[str, str] | None = None, timeout: float = 60.0) -> str:
-    """The body of the server's ``api/cloudcreds/<kind>`` answer, or ClientError saying why not."""
-    hub = hub.rstrip("/")
-    if not hub.startswith(("https://", "http://")):
-        raise ClientError(f"--hub must be the hub's URL, like https://hub.example.org, got {hub!r}")
-    user = user or whoami(hub, token, timeout)
+          query: dict[str, str] | None = None, timeout: float = 60.0) -> dict[str, Any]:
+    """The server's ``api/cloudcreds/<kind>`` answer (a JSON object), or ClientError saying why not."""
+    owner = whoami(hub, token, timeout) if not user else None
+    user = user or owner
     base = server_url(hub, user, server)
     url = f"{base}api/cloudcreds/{kind}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
     status, body, headers = _get(url, token, timeout)
     name = f"{user}'s server" + (f" {server!r}" if server else "")
+    said = _said(body)
     if status == 200:
-        return body
-    if 300 <= status < 400 or status in (424, 503):
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or "json" not in headers.get("Content-Type", ""):
+            raise ClientError(f"{url} did not answer as a credentials endpoint does (no JSON object): is --hub the hub?")
+        return answer
+    if 300 <= status < 400:
+        where = headers.get("Location", "")
+        raise ClientError(f"{name} is not running, or the hub is behind a login page (redirected to {where[:200]}): "
+                          f"start it at {hub}/hub/home, then try again")
+    if status in (424, 503):
         raise ClientError(f"{name} is not running: start it at {hub}/hub/home, then try again")
     if status in (401, 403):
-        raise ClientError(f"the hub or {name} refused the token: it needs scope {SCOPE_HINT.format(user=user)} "
-                          "(and to be yours, or to be given access to it)")
-    if status == 404 and "cloudcreds" not in body:
+        if owner is None:  # --user: the server is someone's, the token may be another's
+            raise ClientError(f"the hub or {name} refused the token: only {user}'s own tokens with scope "
+                              f"{SCOPE_HINT.format(user=user)}, or tokens of those given access to it, are taken")
+        raise ClientError(f"the hub or {name} refused the token: it needs scope {SCOPE_HINT.format(user=user)}")
+    if status == 404 and not said:
         raise ClientError(f"{name} has no credentials endpoint (not started by CloudIdentitySpawner, or the "
                           "cloudidentity_spawner.creds extension is off in its image)")
-    said = _said(body)
     raise ClientError(f"{name} answered {status}" + (f": {said}" if said else ""))
 
 
@@ -132,31 +181,56 @@ def credentials_command(args: Any, environ: dict[str, str] | None = None, out: A
     out = out or sys.stdout
     try:
         token = read_token(args.token_file, environ)
+        hub = check_hub(args.hub, args.insecure_http)
         if args.cloud == "aws":
-            fmt = {"credential_process": "credential_process", "env": "env", "json": "json"}[args.format or "credential_process"]
-            body = fetch(args.hub, token, "aws", user=args.user, server=args.server, query={"format": fmt})
+            answer = fetch(hub, token, "aws", user=args.user, server=args.server, query={"format": "json"})
+            body = _aws_output(answer, args.format or "credential_process")
         elif args.cloud == "azure":
             if not args.resource:
                 raise ClientError("azure needs --resource, e.g. --resource https://storage.azure.com")
-            answer = json.loads(fetch(args.hub, token, "azure", user=args.user, server=args.server,
-                                      query={"resource": args.resource}))
+            answer = fetch(hub, token, "azure", user=args.user, server=args.server, query={"resource": args.resource})
             body = _token_output(answer, args.format, "AZURE_ACCESS_TOKEN")
         else:
-            answer = json.loads(fetch(args.hub, token, "gcp", user=args.user, server=args.server))
+            answer = fetch(hub, token, "gcp", user=args.user, server=args.server)
             body = _token_output(answer, args.format, "GOOGLE_OAUTH_ACCESS_TOKEN")
     except ClientError as e:
         print(f"cloudidentity-spawner credentials: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # never a traceback (it could carry the token into a tool's log)
+        print(f"cloudidentity-spawner credentials: failed: {type(e).__name__}", file=sys.stderr)
         return 1
     out.write(body if body.endswith("\n") else body + "\n")
     return 0
 
 
+def _checked(answer: dict[str, Any], *keys: str) -> dict[str, str]:
+    """The answer's *keys*, each a plain token-like value (what a shell and a JSON reader take as is)."""
+    values = {}
+    for key in keys:
+        value = answer.get(key)
+        if not isinstance(value, str) or not _VALUE.fullmatch(value):
+            raise ClientError(f"the server's answer has no usable {key}")
+        values[key] = value
+    return values
+
+
+def _aws_output(answer: dict[str, Any], fmt: str) -> str:
+    """Made here from the checked values (not the server's text): AWS ``credential_process``
+    JSON, ``export`` lines, or the JSON answer."""
+    creds = _checked(answer, "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")
+    if fmt == "env":
+        return "".join(f"export {variable}={shlex.quote(creds[key])}\n" for variable, key in (
+            ("AWS_ACCESS_KEY_ID", "AccessKeyId"), ("AWS_SECRET_ACCESS_KEY", "SecretAccessKey"),
+            ("AWS_SESSION_TOKEN", "SessionToken")))
+    if fmt == "json":
+        return json.dumps(answer)
+    return json.dumps({"Version": 1, **creds})
+
+
 def _token_output(answer: dict[str, Any], fmt: str | None, variable: str) -> str:
-    token = answer.get("access_token")
-    if not token:
-        raise ClientError("the server answered without an access token")
+    token = _checked(answer, "access_token")["access_token"]
     if fmt == "json":
         return json.dumps(answer)
     if fmt == "env":
-        return f"export {variable}={token}\n"
+        return f"export {variable}={shlex.quote(token)}\n"
     return token

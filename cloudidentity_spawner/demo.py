@@ -206,7 +206,6 @@ def pod_environment(pod: dict[str, Any], service_account: dict[str, Any] | None,
         env.update(
             AWS_ROLE_ARN=role_arn,
             AWS_WEB_IDENTITY_TOKEN_FILE=str(token),
-            AWS_ROLE_SESSION_NAME=pod["metadata"]["name"],
             AWS_REGION="us-east-1",
             AWS_DEFAULT_REGION="us-east-1",
             AWS_STS_REGIONAL_ENDPOINTS="regional",

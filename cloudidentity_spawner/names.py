@@ -53,6 +53,7 @@ __all__ = [
     "azure_identity_name",
     "gsa_account_id",
     "iam_role_name",
+    "role_session_name",
     "is_valid_gsa_account_id",
     "is_valid_iam_role_name",
     "is_valid_ksa_name",
@@ -130,6 +131,13 @@ _IAM_ROLE = _Rules(
     unsafe_run=re.compile(r"[^a-z0-9+=,.@_]+"),
     max_length=64,
 )
+_ROLE_SESSION = _Rules(
+    # STS role session names: 2-64 of [\w+=,.@-]; the user's name as CloudTrail shows it.
+    valid=re.compile(r"[a-z0-9+=,.@_-]+"),
+    unsafe_run=re.compile(r"[^a-z0-9+=,.@_]+"),
+    max_length=64,
+    min_length=2,
+)
 _GSA_ID = _Rules(
     valid=re.compile(r"[a-z][a-z0-9-]*[a-z0-9]"),
     unsafe_run=re.compile(r"[^a-z0-9]+"),
@@ -186,6 +194,12 @@ def ksa_name(value: str, scope: str = "user") -> str:
     """Encode *value* as a valid, collision-free Kubernetes ServiceAccount name (a group's or
     hub rule's with *scope*: see the module's docstring)."""
     return _KSA.encode(value, scope)
+
+
+def role_session_name(username: str) -> str:
+    """The STS role session name that names *username* (``assumed-role/<role>/<session>`` in
+    CloudTrail and a store's log): valid, at most 64 characters, distinct for distinct users."""
+    return _ROLE_SESSION.encode(username)
 
 
 def iam_role_name(value: str, scope: str = "user") -> str:

@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from . import names
 from .errors import SpawnRefused
 from .plan import RULE_LABEL, SCOPE_LABEL, IdentityPlan
 from .providers import aws, azure, s3_sts
@@ -89,6 +90,11 @@ def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) ->
     if azure_pod_labels(plan):
         pod.metadata.labels = {**(pod.metadata.labels or {}), **azure_pod_labels(plan)}
     role_arn = plan.service_account.annotations.get(aws.ROLE_ARN_ANNOTATION)
+    if role_arn:
+        # The session names the person (CloudTrail: assumed-role/<role>/<user>), also on a group's
+        # role; the webhook sets none, and the SDKs would name it botocore-session-<time>.
+        for container in [*pod.spec.containers, *(pod.spec.init_containers or [])]:
+            _set_env(container, {"AWS_ROLE_SESSION_NAME": names.role_session_name(plan.user)})
     if irsa and role_arn:
         pin_irsa(pod, plan, role_arn)
     if irsa and plan.cloud is not None and plan.cloud.mode == "pod_identity":

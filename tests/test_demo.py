@@ -88,13 +88,14 @@ def test_carol_gets_her_own_role_and_a_running_notebook(demo):
     )
     assert out.returncode == 0, out.stderr
     identity = json.loads(out.stdout)
-    assert re.fullmatch(r"arn:aws:sts::123456789012:assumed-role/demo-carol/jupyter-carol", identity["Arn"]), identity
+    # The session names carol (AWS_ROLE_SESSION_NAME, set by the hub): CloudTrail says who.
+    assert re.fullmatch(r"arn:aws:sts::123456789012:assumed-role/demo-carol/carol", identity["Arn"]), identity
 
     # And her server hands out short-lived credentials for that role, through the hub's proxy.
     creds = requests.get(f"http://127.0.0.1:{demo.port}/user/carol/api/cloudcreds/aws",
                          headers={"Authorization": f"token {TOKEN}"}, timeout=60)
     assert creds.status_code == 200, creds.text
-    assert ":assumed-role/demo-carol/" in creds.json()["AssumedRoleArn"]
+    assert creds.json()["AssumedRoleArn"].endswith(":assumed-role/demo-carol/carol")  # the same session name
 
 
 def test_atlas_members_share_the_group_account(demo):
@@ -208,7 +209,8 @@ def credentials(demo, *args: str, token: str | None = None, tmp_path=None) -> su
 def test_credentials_from_another_computer_act_as_carols_role(demo, tmp_path):
     """boto3 on a laptop with `credential_process = cloudidentity-spawner credentials ... aws` in its
     config: the credentials are carol's role's, and each run of the process gets fresh ones."""
-    session = login(demo, "carol")
+    running = hub_api(demo, "/users/carol")["servers"].get("")
+    session = signed_in(demo, "carol") if running else login(demo, "carol")
     assert wait_ready(demo, "carol")["servers"][""]["ready"]
     token_file = tmp_path / "jupyterhub-token"
     token_file.write_text(user_token(session, demo, "carol", ["access:servers!user=carol"]))
@@ -221,7 +223,7 @@ def test_credentials_from_another_computer_act_as_carols_role(demo, tmp_path):
     laptop = subprocess.run([sys.executable, "-c", "import boto3; print(boto3.client('sts').get_caller_identity()['Arn'])"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert laptop.returncode == 0, laptop.stderr[-2000:]
-    assert ":assumed-role/demo-carol/" in laptop.stdout
+    assert ":assumed-role/demo-carol/carol" in laptop.stdout  # the session names her, from the laptop too
     runs = [json.loads(credentials(demo, "--token-file", str(token_file), "aws").stdout) for _ in range(2)]
     assert all(r["Version"] == 1 and r["Expiration"] for r in runs)
     assert runs[0]["AccessKeyId"] != runs[1]["AccessKeyId"]

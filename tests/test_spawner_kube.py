@@ -605,6 +605,17 @@ async def test_irsa_in_the_pod_spec_can_be_left_to_the_webhook(namespace):
     _, pod = await start_and_stop(spawner_for(namespace, "zed", ["/escape"], irsa_pod_spec=False))
     assert "AWS_ROLE_ARN" not in env_of(pod)
     assert not any(v["name"] == "aws-iam-token" for v in pod["spec"].get("volumes", []))
+    assert env_of(pod)["AWS_ROLE_SESSION_NAME"] == "zed"  # the webhook sets none: the log still names zed
+
+
+async def test_the_role_session_names_the_person_also_on_a_groups_role(namespace):
+    """CloudTrail shows assumed-role/<role>/<session>: on the ATLAS group's shared role, each
+    member's session is their own name (escaped: a name cannot pose as another)."""
+    _, pod = await start_and_stop(spawner_for(namespace, "Amy.Lee@cern.ch", ["/escape", "/escape/atlas"]))
+    env = env_of(pod)
+    assert env["AWS_ROLE_ARN"].endswith("/atlas")
+    assert env["AWS_ROLE_SESSION_NAME"] == "amy.lee@cern.ch---" + env["AWS_ROLE_SESSION_NAME"].split("---")[1]
+    assert len(env["AWS_ROLE_SESSION_NAME"]) <= 64
 
 
 @pytest.mark.emulator_only

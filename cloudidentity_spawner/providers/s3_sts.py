@@ -183,12 +183,6 @@ def render_role_arn(template: str, context: Mapping[str, Any]) -> str:
     return render(template[:start], context, names.resource_part) + names.iam_role_name(render(template[start:], context, raw))
 
 
-def session_name(username: str) -> str:
-    """The role session name that names the user in the store's log (``AWS_ROLE_SESSION_NAME``):
-    2-64 of ``[A-Za-z0-9+=,.@_-]``, a hash when the name had to change."""
-    return names.iam_role_name(username if len(username) > 1 else f"{username}-")
-
-
 def trust_policy(provider_arn: str, audience: str, namespace: str, service_account: str) -> dict[str, Any]:
     """Exactly one ServiceAccount of this cluster, with this audience: exact-match conditions only."""
     _, issuer = parse_oidc_provider_arn(provider_arn)
@@ -230,7 +224,7 @@ def pod_settings(settings: S3StsSettings, role_arn: str, username: str) -> dict[
     env = {
         "AWS_ROLE_ARN": role_arn,
         "AWS_WEB_IDENTITY_TOKEN_FILE": TOKEN_FILE,
-        "AWS_ROLE_SESSION_NAME": session_name(username),
+        "AWS_ROLE_SESSION_NAME": names.role_session_name(username),
         "AWS_ENDPOINT_URL_STS": settings.sts_endpoint,
         "AWS_ENDPOINT_URL_S3": settings.endpoint,
         "AWS_DEFAULT_REGION": settings.region,  # boto3 and the CLI sign every call with one

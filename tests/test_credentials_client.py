@@ -1,0 +1,123 @@
+"""`cloudidentity-spawner credentials` against a hub that answers badly or maliciously: nothing it
+says reaches a shell unquoted, the token never leaves the hub's URL or shows in an error, and
+every failure is one line. (The end-to-end use, with boto3 and the demo hub: tests/test_demo.py.)"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from cloudidentity_spawner.cli import build_parser
+from cloudidentity_spawner.client import credentials_command
+
+GOOD = {"AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "c2VjcmV0/+=", "SessionToken": "FwoGZXIvYXdzE+/=",
+        "Expiration": "2026-12-03T10:00:00Z", "AssumedRoleArn": "arn:aws:sts::1:assumed-role/r/alice"}
+
+
+class Hub:
+    """A stub hub: /hub/api/user names alice; her server answers with *answer* (status, body, type)."""
+
+    def __init__(self, answer):
+        self.answer, self.seen = answer, []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                hub.seen.append((self.path, self.headers.get("Authorization")))
+                status, body, kind = (200, json.dumps({"name": "alice"}), "application/json") \
+                    if self.path == "/hub/api/user" else hub.answer
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                if 300 <= status < 400:
+                    self.send_header("Location", "https://sso.example.org/login")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hub(request):
+    stub = Hub(request.param)
+    yield stub
+    stub.close()
+
+
+def run(hub_url, *args, token="tok-123", capsys=None):
+    parsed = build_parser().parse_args(["credentials", "--hub", hub_url, *args])
+    out = io.StringIO()
+    code = credentials_command(parsed, {"JUPYTERHUB_API_TOKEN": token} if token is not None else {}, out)
+    return code, out.getvalue(), capsys.readouterr().err if capsys else ""
+
+
+@pytest.mark.parametrize("hub", [(200, json.dumps(GOOD), "application/json")], indirect=True)
+def test_the_outputs_are_made_from_checked_values(hub, capsys):
+    code, out, _ = run(hub.url, "aws", capsys=capsys)
+    assert code == 0 and json.loads(out) == {"Version": 1, **{k: GOOD[k] for k in
+                                                               ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")}}
+    code, out, _ = run(hub.url, "--format", "env", "aws", capsys=capsys)
+    assert out.splitlines()[0] == "export AWS_ACCESS_KEY_ID=ASIAEXAMPLE"
+    assert hub.seen[-1] == ("/user/alice/api/cloudcreds/aws?format=json", "token tok-123")
+
+
+@pytest.mark.parametrize("hub", [
+    (200, json.dumps({**GOOD, "AccessKeyId": "x;touch /tmp/pwned"}), "application/json"),
+    (200, json.dumps({**GOOD, "SessionToken": "$(id)"}), "application/json"),
+    (200, json.dumps({"access_token": "a'b\nexport PATH=/evil"}), "application/json"),
+    (200, "<html>Welcome to the captive portal</html>", "text/html"),
+], indirect=True)
+def test_nothing_a_server_says_reaches_a_shell(hub, capsys):
+    for args in (["--format", "env", "aws"], ["aws"], ["--format", "env", "gcp"]):
+        code, out, err = run(hub.url, *args, capsys=capsys)
+        assert code == 1 and out == "", (args, out)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("hub", [(404, json.dumps({"error": "This server has no AWS identity: AWS_ROLE_ARN ..."}),
+                                  "application/json")], indirect=True)
+def test_the_servers_own_reason_is_told(hub, capsys):
+    code, _, err = run(hub.url, "aws", capsys=capsys)
+    assert code == 1 and "no AWS identity" in err
+
+
+@pytest.mark.parametrize("hub", [(302, "", "text/html")], indirect=True)
+def test_a_redirect_is_not_followed_and_says_where_it_went(hub, capsys):
+    code, _, err = run(hub.url, "aws", capsys=capsys)
+    assert code == 1 and "not running" in err and "sso.example.org" in err
+    assert [p for p, _ in hub.seen] == ["/hub/api/user", "/user/alice/api/cloudcreds/aws?format=json"]
+
+
+@pytest.mark.parametrize("hub", [(200, json.dumps(GOOD), "application/json")], indirect=True)
+def test_names_cannot_leave_the_users_server_path(hub, capsys):
+    for args in (["--server", "..", "aws"], ["--user", ".", "aws"], ["--user", "..", "aws"]):
+        code, _, err = run(hub.url, *args, capsys=capsys)
+        assert code == 1 and "is not a" in err
+    code, _, _ = run(hub.url, "--user", "a/../b?x#y", "aws", capsys=capsys)
+    assert hub.seen[-1][0] == "/user/a%2F..%2Fb%3Fx%23y/api/cloudcreds/aws?format=json"
+
+
+def test_plain_http_to_another_computer_is_refused_before_anything_is_sent(capsys):
+    code, _, err = run("http://hub.example.org", "aws", capsys=capsys)
+    assert code == 1 and "plain http" in err and "--insecure-http" in err
+
+
+def test_a_token_file_that_is_not_one_token_is_refused_without_showing_it(tmp_path, capsys):
+    token_file = tmp_path / "token"
+    token_file.write_text("SECRET-TOKEN-VALUE\n# my hub token\n")
+    code, _, err = run("http://127.0.0.1:9", "--token-file", str(token_file), "aws", token=None, capsys=capsys)
+    assert code == 1 and "SECRET-TOKEN-VALUE" not in err and len(err.strip().splitlines()) == 1
