@@ -16,7 +16,7 @@ import boto3  # noqa: E402
 
 from cloudidentity_spawner.demo import CLUSTER, NAMESPACE, NOTEBOOK_ROLE, Demo, _free_port  # noqa: E402
 
-from .test_demo import TOKEN, login, wait_ready  # noqa: E402
+from .test_demo import TOKEN, credentials, login, signed_in, user_token, wait_ready  # noqa: E402
 
 ADMIN = f"""
 c.JupyterHub.services.append({{"name": "checker", "api_token": "{TOKEN}"}})
@@ -55,6 +55,14 @@ def test_carol_runs_under_her_association_with_the_shared_role(demo):
     s3 = session.client("s3", endpoint_url=demo.moto_url)
     s3.put_object(Bucket="demo-scratch", Key="carol/hello.txt", Body=b"hi")
     assert s3.get_object(Bucket="demo-scratch", Key="carol/hello.txt")["Body"].read() == b"hi"
+
+    # From her laptop: the same association's credentials, named after her pod (EKS sets the name).
+    token = user_token(signed_in(demo, "carol"), demo, "carol", ["access:servers!user=carol"])
+    laptop = json.loads(credentials(demo, "aws", token=token).stdout)
+    who = boto3.Session(aws_access_key_id=laptop["AccessKeyId"], aws_secret_access_key=laptop["SecretAccessKey"],
+                        aws_session_token=laptop["SessionToken"], region_name="us-east-1").client(
+        "sts", endpoint_url=demo.moto_url).get_caller_identity()
+    assert who["Arn"].startswith("arn:aws:sts::123456789012:assumed-role/notebooks/eks-demo-eks-jupyter-carol")
 
 
 def test_stopping_keeps_the_association_and_deleting_carol_deletes_it(demo):
