@@ -25,7 +25,7 @@ from .errors import IdentityError
 from .inventory import Account, Survey, hub_made_identity, our_accounts
 from .kube import ServiceAccounts
 from .plan import GC_PENDING_ANNOTATION, MANAGED_IDENTITY_ANNOTATION
-from .providers import backend_for, gcp
+from .providers import backend_for, gcp, provider_for
 from .provisioner import revoke_identity
 
 
@@ -145,17 +145,9 @@ async def cloud_made(settings: Any, recorded: Iterable[str] = (), role_paths: It
     for path in role_paths:
         places[("aws", path)] = False
     for rule in settings.compiled_rules.rules:
-        if rule.aws is not None and rule.aws.managed is not None:
-            places[("aws", rule.aws.managed["role_path"])] = True
-        if rule.s3_sts is not None and rule.s3_sts.managed is not None:
-            places[("s3_sts", rule.s3_sts.managed["role_path"])] = True
-        if rule.aws is not None and rule.aws.pod_identity is not None:
-            places[("eks", rule.aws.pod_identity["cluster"])] = True
-        if rule.gcp is not None and rule.gcp.managed is not None:
-            places[("gcp", rule.gcp.managed["project"])] = True
-        if rule.azure is not None and rule.azure.managed is not None:
-            managed = rule.azure.managed
-            places[("azure", f"/subscriptions/{managed['subscription_id']}/resourceGroups/{managed['resource_group']}")] = True
+        provider = provider_for(rule.cloud_key)
+        for place in provider.search_places(rule.cloud) if provider is not None else ():
+            places[place] = True
     found: list[dict[str, Any]] = []
     for (provider, place), named_by_rules in places.items():
         try:

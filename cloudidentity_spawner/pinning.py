@@ -14,7 +14,7 @@ from typing import Any
 from . import names
 from .errors import SpawnRefused
 from .plan import RULE_LABEL, SCOPE_LABEL, IdentityPlan
-from .providers import aws, azure, s3_sts
+from .providers import aws, provider_for, s3_sts
 
 
 def apply_plan(spawner: Any, plan: IdentityPlan, automount: bool) -> None:
@@ -26,13 +26,14 @@ def apply_plan(spawner: Any, plan: IdentityPlan, automount: bool) -> None:
         **spawner.extra_labels,
         SCOPE_LABEL: plan.service_account.labels[SCOPE_LABEL],
         RULE_LABEL: plan.service_account.labels[RULE_LABEL],
-        **azure_pod_labels(plan),
+        **provider_pod_labels(plan),
     }
 
 
-def azure_pod_labels(plan: IdentityPlan) -> dict[str, str]:
-    """AKS's Workload Identity webhook only gives labelled pods their Azure token and settings."""
-    return {azure.USE_LABEL: "true"} if plan.cloud is not None and plan.cloud.provider == "azure" else {}
+def provider_pod_labels(plan: IdentityPlan) -> dict[str, str]:
+    """The labels the plan's provider needs on the pod (AKS's webhook selects pods by one)."""
+    provider = provider_for(plan.cloud.provider) if plan.cloud is not None else None
+    return provider.pod_labels(plan) if provider is not None else {}
 
 
 def planned_env(plan: IdentityPlan) -> dict[str, str]:
@@ -87,20 +88,19 @@ def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) ->
     pod.spec.service_account = None
     pod.spec.automount_service_account_token = automount
     _set_env(pod.spec.containers[0], planned_env(plan))
-    if azure_pod_labels(plan):
-        pod.metadata.labels = {**(pod.metadata.labels or {}), **azure_pod_labels(plan)}
-    role_arn = plan.service_account.annotations.get(aws.ROLE_ARN_ANNOTATION)
-    if role_arn:
-        # The session names the person (CloudTrail: assumed-role/<role>/<user>), also on a group's
-        # role; the webhook sets none, and the SDKs would name it botocore-session-<time>.
-        for container in [*pod.spec.containers, *(pod.spec.init_containers or [])]:
-            _set_env(container, {"AWS_ROLE_SESSION_NAME": names.role_session_name(plan.user)})
-    if irsa and role_arn:
-        pin_irsa(pod, plan, role_arn)
-    if irsa and plan.cloud is not None and plan.cloud.mode == "pod_identity":
-        pin_pod_identity(pod, plan.cloud.identity)
-    if plan.cloud is not None and plan.cloud.provider == s3_sts.PROVIDER:
-        pin_store_token(pod, plan.cloud.resources["pod"])
+    labels = provider_pod_labels(plan)
+    if labels:
+        pod.metadata.labels = {**(pod.metadata.labels or {}), **labels}
+    provider = provider_for(plan.cloud.provider) if plan.cloud is not None else None
+    if provider is not None:
+        provider.pin(pod, plan, irsa)
+
+
+def name_the_session(pod: Any, plan: IdentityPlan) -> None:
+    """The session names the person (CloudTrail: assumed-role/<role>/<user>), also on a group's
+    role; the webhook sets none, and the SDKs would name it botocore-session-<time>."""
+    for container in [*pod.spec.containers, *(pod.spec.init_containers or [])]:
+        _set_env(container, {"AWS_ROLE_SESSION_NAME": names.role_session_name(plan.user)})
 
 
 def pin_store_token(pod: Any, settings: Mapping[str, Any]) -> None:

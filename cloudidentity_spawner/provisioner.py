@@ -37,7 +37,7 @@ from .kube import (
 )
 from .metrics import IDENTITY_STEP_SECONDS, SERVICE_ACCOUNT_CHANGES, SPAWN_DECISIONS
 from .plan import GC_PENDING_ANNOTATION, IdentityPlan
-from .providers import azure, backend_for, backend_for_plan, gcp
+from .providers import azure, backend_for, backend_for_plan, gcp, provider_for
 from .providers.managed import PROGRESS
 from .retry import Backoff, describe
 from .rules import plan_for
@@ -75,17 +75,8 @@ def identity_sentence(plan: IdentityPlan) -> str:
     cloud = plan.cloud
     if cloud is None:
         return f"Your server will run with no cloud identity (rule {plan.rule}, ServiceAccount {plan.service_account.name})."
-    if cloud.mode == "principal":
-        what = f"its own Google principal (ServiceAccount {plan.service_account.namespace}/{plan.service_account.name})"
-    elif cloud.provider == "azure":
-        what = (f"the Azure managed identity {cloud.resources['managed_identity']['name']}" if cloud.mode == "managed"
-                else f"the Azure managed identity with client id {cloud.identity}")
-    elif cloud.provider == "s3_sts":
-        what = f"the role {cloud.identity} at the object store {cloud.resources['pod']['env']['AWS_ENDPOINT_URL_S3']}"
-    elif cloud.mode == "pod_identity":
-        what = f"{cloud.identity} through an EKS Pod Identity association"
-    else:
-        what = cloud.identity
+    provider = provider_for(cloud.provider)
+    what = provider.describe(cloud, plan) if provider is not None else cloud.identity
     return f"Your server will run as {what} (rule {plan.rule}, {why})."
 
 

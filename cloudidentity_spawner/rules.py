@@ -39,15 +39,14 @@ from .plan import (
     IdentityPlan,
     ServiceAccountPlan,
 )
-from .providers import aws, azure, gcp, s3_sts
+from .providers import registered
 from .providers._common import check_keys, check_template
 from .templates import TemplateError, raw, render
 
 ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 """Kubernetes' rule for environment variable names (its ``IsEnvVarName``)."""
-PROVIDERS = {"aws": aws, "gcp": gcp, "azure": azure, "s3_sts": s3_sts}
-"""Each rule block that gives a cloud identity, and the module that plans it."""
-RULE_KEYS = {"name", "match", "scope", "service_account", "aws", "gcp", "azure", "s3_sts", "env", "adopt"}
+RULE_KEYS = {"name", "match", "scope", "service_account", "env", "adopt"}
+"""A rule's keys besides its provider blocks (one per registered provider: :func:`.providers.registered`)."""
 MATCH_KEYS = {"groups", "users", "admin", "roles"}
 DEFAULT_SERVICE_ACCOUNT = {
     "user": "jupyter-{username}",
@@ -71,16 +70,35 @@ class Rule:
     roles: tuple[str, ...] = ()
     service_account: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
-    aws: aws.AwsSettings | None = None
-    gcp: gcp.GcpSettings | None = None
-    azure: azure.AzureSettings | None = None
-    s3_sts: s3_sts.S3StsSettings | None = None
+    cloud_key: str | None = None
+    """The rule's provider block's key (``aws``, ``gcp``, ``azure``, ``s3_sts`` or a site's), or None."""
+    cloud: Any = None
+    """That block's validated settings."""
     adopt: bool = False
 
     @property
     def provider(self) -> Any:
-        """The rule's provider block (``aws``, ``gcp``, ``azure`` or ``s3_sts`` settings), or None."""
-        return self.aws or self.gcp or self.azure or self.s3_sts
+        """The rule's provider block's settings, or None."""
+        return self.cloud
+
+    def _block(self, key: str) -> Any:
+        return self.cloud if self.cloud_key == key else None
+
+    @property
+    def aws(self) -> Any:
+        return self._block("aws")
+
+    @property
+    def gcp(self) -> Any:
+        return self._block("gcp")
+
+    @property
+    def azure(self) -> Any:
+        return self._block("azure")
+
+    @property
+    def s3_sts(self) -> Any:
+        return self._block("s3_sts")
 
     @property
     def matches_everyone(self) -> bool:
@@ -124,7 +142,7 @@ def parse_rule(raw_rule: Any, index: int, trusted_claims: Collection[str] = ()) 
     if not isinstance(name, str) or not name:
         raise ConfigError(f"identity_rules[{index}].name: expected a non-empty string, got {name!r}")
     where = f"identity_rules[{index}] ({name!r})"
-    check_keys(raw_rule, RULE_KEYS, where)
+    check_keys(raw_rule, RULE_KEYS | set(registered()), where)
 
     match = check_keys(raw_rule.get("match", None), MATCH_KEYS, f"{where}.match") if "match" in raw_rule else None
     if match is None:
@@ -160,13 +178,12 @@ def parse_rule(raw_rule: Any, index: int, trusted_claims: Collection[str] = ()) 
                               "digits, '_', '-' and '.', not starting with a digit (ASCII only)")
         check_template(value, f"{where}.env.{key}", group_fields)
 
-    blocks = [p for p in PROVIDERS if p in raw_rule]
+    blocks = [key for key in registered() if key in raw_rule]
     if len(blocks) > 1:
         raise ConfigError(f"{where}: has both {blocks[0]!r} and {blocks[1]!r}; give exactly one provider block per rule (or none)")
-    aws_settings = aws.parse(raw_rule["aws"], f"{where}.aws", forbidden, trusted_claims) if "aws" in raw_rule else None
-    gcp_settings = gcp.parse(raw_rule["gcp"], f"{where}.gcp", forbidden, trusted_claims) if "gcp" in raw_rule else None
-    azure_settings = azure.parse(raw_rule["azure"], f"{where}.azure", forbidden, trusted_claims) if "azure" in raw_rule else None
-    store_settings = s3_sts.parse(raw_rule["s3_sts"], f"{where}.s3_sts", forbidden, trusted_claims) if "s3_sts" in raw_rule else None
+    cloud_key = blocks[0] if blocks else None
+    cloud = registered()[cloud_key].parse(raw_rule[cloud_key], f"{where}.{cloud_key}", forbidden, trusted_claims) \
+        if cloud_key else None
 
     adopt = raw_rule.get("adopt", False)
     if not isinstance(adopt, bool):
@@ -182,10 +199,8 @@ def parse_rule(raw_rule: Any, index: int, trusted_claims: Collection[str] = ()) 
         roles=roles,
         service_account=service_account,
         env=dict(env),
-        aws=aws_settings,
-        gcp=gcp_settings,
-        azure=azure_settings,
-        s3_sts=store_settings,
+        cloud_key=cloud_key,
+        cloud=cloud,
         adopt=adopt,
     )
 
@@ -194,10 +209,8 @@ def named_templates(rule: Rule) -> list[Named]:
     """Every template of *rule* that names an identity or what it reaches (:mod:`.overlap`)."""
     found = [Named(f"{rule.label}.service_account", rule.name, rule.scope, "ServiceAccount", rule.service_account,
                    "raw", scoped=True)]
-    for key, provider in PROVIDERS.items():
-        settings = getattr(rule, key)
-        if settings is not None:
-            found += provider.named_templates(settings, f"{rule.label}.{key}", rule.name, rule.scope)
+    if rule.cloud_key is not None:
+        found += registered()[rule.cloud_key].named_templates(rule.cloud, f"{rule.label}.{rule.cloud_key}", rule.name, rule.scope)
     return found
 
 
@@ -264,17 +277,8 @@ class IdentityRules:
     def managed_places(self) -> tuple[str, ...]:
         """Where the rules make identities: role ARN prefixes (``arn:...:role/<path>``) and
         Google account e-mail suffixes (``@<project>.iam.gserviceaccount.com``)."""
-        places = []
-        for rule in self.rules:
-            if rule.aws is not None and rule.aws.managed is not None:
-                partition, account, _ = aws.parse_oidc_provider_arn(rule.aws.managed["oidc_provider_arn"])
-                places.append(f"arn:{partition}:iam::{account}:role{rule.aws.managed['role_path']}")
-            if rule.s3_sts is not None and rule.s3_sts.managed is not None:
-                tenant, _ = s3_sts.parse_oidc_provider_arn(rule.s3_sts.managed["oidc_provider_arn"])
-                places.append(f"arn:aws:iam::{tenant}:role{rule.s3_sts.managed['role_path']}")
-            if rule.gcp is not None and rule.gcp.managed is not None:
-                places.append(f"@{rule.gcp.managed['project']}.iam.gserviceaccount.com")
-        return tuple(places)
+        return tuple(place for rule in self.rules if rule.cloud_key is not None
+                     for place in registered()[rule.cloud_key].managed_places(rule.cloud))
 
     def find(self, claims: Claims) -> tuple[Rule, str | None]:
         for rule in self.rules:
@@ -373,9 +377,8 @@ class IdentityRules:
             annotations[PERSON_ANNOTATION] = context["person"]
 
         cloud = None
-        provider = next((module for key, module in PROVIDERS.items() if getattr(rule, key) is not None), None)
-        if provider is not None:
-            extra, cloud = provider.plan(rule.provider, context, rule.scope, owner, namespace, sa_name)
+        if rule.cloud_key is not None:
+            extra, cloud = registered()[rule.cloud_key].plan(rule.cloud, context, rule.scope, owner, namespace, sa_name)
             annotations.update(extra)
             if cloud.hub_made:
                 annotations[MANAGED_IDENTITY_ANNOTATION] = cloud.recorded

@@ -18,28 +18,29 @@ from traitlets.config import Config
 
 from .config import SECTIONS, identity_settings
 from .errors import ConfigError
+from .providers import registered
+from .providers.builtin import BUILTIN
 
 
 def check_config(config: Config) -> None:
     """Raise ConfigError (naming the rule and key) if the identity settings are wrong."""
     settings = identity_settings(config)
     for rule in settings.compiled_rules.rules:
-        for provider, block, module, extra in (("aws", rule.aws, "boto3", "aws"), ("gcp", rule.gcp, "google.cloud.iam_admin_v1", "gcp"),
-                                               ("azure", rule.azure, "azure.mgmt.msi", "azure"), ("s3_sts", rule.s3_sts, "boto3", "aws")):
-            if block is not None and block.hub_made:
-                try:
-                    __import__(module)
-                except ImportError:
-                    raise ConfigError(
-                        f"{rule.label}.{provider}.{block.mode}: needs the {extra} extra "
-                        f"(pip install 'cloudidentity-spawner[{extra}]')"
-                    ) from None
-        if rule.s3_sts is not None and rule.s3_sts.hub_made and not settings.s3_sts_client_kwargs.get("endpoint_url"):
-            raise ConfigError(
-                f"{rule.label}.s3_sts.managed: the hub makes roles through the store's IAM API; set "
-                "c.CloudIdentitySpawner.s3_sts_client_kwargs = {'endpoint_url': ..., 'aws_access_key_id': ..., "
-                "'aws_secret_access_key': ...} (an account of the store allowed to manage roles)"
-            )
+        if rule.cloud_key is None:
+            continue
+        provider, block, where = registered()[rule.cloud_key], rule.cloud, f"{rule.label}.{rule.cloud_key}"
+        if block.hub_made and provider.sdk_module:
+            try:
+                __import__(provider.sdk_module)
+            except ImportError:
+                raise ConfigError(
+                    f"{where}.{block.mode}: needs the {provider.extra} extra "
+                    f"(pip install 'cloudidentity-spawner[{provider.extra}]')"
+                ) from None
+        if block.hub_made and provider not in BUILTIN:
+            raise ConfigError(f"{where}: provider {rule.cloud_key!r} plans an identity for the hub to make, but only "
+                              "the built-in providers have backends that make, revoke and delete identities")
+        provider.check(block, settings, where)
     check_group_authorities(config)
 
 

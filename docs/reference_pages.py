@@ -38,6 +38,34 @@ def settings(cls: type, section: str) -> str:
     return "\n\n".join(parts)
 
 
+def provider_interface() -> str:
+    """The provider interface, from :class:`cloudidentity_spawner.providers.base.Provider`."""
+    from cloudidentity_spawner.providers import base
+    from cloudidentity_spawner.providers.builtin import BUILTIN
+
+    def text(doc: str | None) -> str:
+        return re.sub(r":\w+:`\.*([^`]+)`", r"`\1`", re.sub(r"``([^`]+)``", r"`\1`", inspect.cleandoc(doc or "")))
+
+    parts = [text(base.__doc__), "## `Provider`\n\n" + text(base.Provider.__doc__)]
+    for name, member in vars(base.Provider).items():
+        if name.startswith("_"):
+            continue
+        if callable(member):
+            signature = str(inspect.signature(member)).replace("(self, ", "(").replace("(self)", "()").replace("'", "")
+            parts.append(f"### `{name}{signature}`\n\n{text(member.__doc__)}")
+    documented = {n: text(d) for n, d in _attribute_docs(base).items()}
+    for name, doc in documented.items():
+        parts.append(f"### `{name}`\n\n{doc}")
+    parts.append("## Built in\n\n" + "\n".join(f"- `{p.key}`: `{type(p).__name__}` (extra `{p.extra}`)" for p in BUILTIN))
+    return "\n\n".join(parts)
+
+
+def _attribute_docs(module) -> dict[str, str]:
+    """``name: type = value`` followed by a docstring, in the class body of ``Provider``."""
+    source = inspect.getsource(module.Provider)
+    return dict(re.findall(r'\n    (\w+): [^=\n]+ = [^\n]+\n    """(.*?)"""', source, re.S))
+
+
 def pages() -> dict[Path, dict[str, str]]:
     """Page -> generated part name -> its text."""
     from cloudidentity_spawner.config import CloudIdentity
@@ -45,6 +73,7 @@ def pages() -> dict[Path, dict[str, str]]:
 
     return {
         DOCS / "reference" / "cli.md": {"command help": cli_help()},
+        DOCS / "reference" / "providers.md": {"provider interface": provider_interface()},
         DOCS / "reference" / "configuration.md": {
             "identity settings": settings(CloudIdentity, "CloudIdentity"),
             "spawner settings": settings(CloudIdentitySpawner, "CloudIdentitySpawner"),

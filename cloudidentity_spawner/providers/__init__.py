@@ -14,6 +14,43 @@ from typing import Any
 from ..errors import ConfigError
 
 _backends: dict[tuple, Any] = {}
+_registered: dict[str, Any] | None = None
+
+
+def registered() -> dict[str, Any]:
+    """Every provider (:class:`.base.Provider`) by its rule block's key: the built-in ones, and
+    those a site registers under the entry-point group ``cloudidentity_spawner.providers``
+    (loaded once per process). A site's provider cannot take a built-in key."""
+    global _registered
+    if _registered is None:
+        from importlib.metadata import entry_points
+
+        from .base import ENTRY_POINT_GROUP
+        from .builtin import BUILTIN
+
+        found = {p.key: p for p in BUILTIN}
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            if entry.name in found:
+                raise ConfigError(f"entry point {entry.value!r} ({ENTRY_POINT_GROUP}) registers provider {entry.name!r}, "
+                                  "a key that is taken; choose another")
+            try:
+                provider = entry.load()
+            except Exception as e:  # the site's package: say which, in one line
+                raise ConfigError(f"provider {entry.name!r} ({entry.value}) cannot be loaded: {type(e).__name__}: {e}") from None
+            provider = provider() if isinstance(provider, type) else provider
+            missing = [m for m in ("parse", "plan", "named_templates") if not callable(getattr(provider, m, None))]
+            if missing:
+                raise ConfigError(f"provider {entry.name!r} ({entry.value}) lacks {', '.join(missing)}: "
+                                  "see cloudidentity_spawner.providers.base.Provider")
+            provider.key = entry.name
+            found[entry.name] = provider
+        _registered = found
+    return _registered
+
+
+def provider_for(key: str | None) -> Any:
+    """The provider of rule block *key* (a plan's ``cloud.provider``), or None."""
+    return registered().get(key) if key else None
 
 
 def backend_for_plan(settings: Any, cloud: Any) -> Any:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import copy
 import itertools
-import json
 import random
 import re
 import secrets
