@@ -25,7 +25,7 @@ from .errors import IdentityError
 from .inventory import Account, Survey, hub_made_identity, our_accounts
 from .kube import ServiceAccounts
 from .plan import GC_PENDING_ANNOTATION, MANAGED_IDENTITY_ANNOTATION
-from .providers import backend_for, gcp, provider_for
+from .providers import backend_for, gcp, provider_for, provider_of_backend
 from .provisioner import revoke_identity
 
 
@@ -191,17 +191,9 @@ def _said(error: Exception) -> str:
 
 def _place_of(identity: str) -> tuple[str, str] | None:
     """Where a hub-made identity was made, as :func:`cloud_made` searches places."""
-    provider, _, name = identity.partition(":")
-    if provider in ("aws", "s3_sts") and ":role/" in name:  # arn:...:role/<path>/<name>, the path "/" or "/a/b/"
-        return provider, name.split(":role", 1)[1].rpartition("/")[0] + "/"
-    if provider == "eks":
-        return "eks", name.split("/", 1)[0]
-    if provider == "gcp" and name.endswith(".iam.gserviceaccount.com"):
-        return "gcp", name.rsplit("@", 1)[1].split(".", 1)[0]
-    if provider == "azure" and name.lower().startswith("/subscriptions/"):
-        parts = name.strip("/").split("/")
-        return "azure", f"/subscriptions/{parts[1]}/resourceGroups/{parts[3]}"
-    return None
+    kind, _, name = identity.partition(":")
+    provider = provider_of_backend(kind)
+    return provider.place_of(kind, name) if provider is not None else None
 
 
 async def stale_grants(settings: Any, accounts: ServiceAccounts, actions: list[Action], ours: set[str], min_age: float,

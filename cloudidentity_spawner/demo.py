@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import secrets
 import shlex
 import shutil
@@ -135,6 +136,12 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
 
 
 def _wait_for_port(host: str, port: int, timeout: float) -> bool:
@@ -327,13 +334,16 @@ class LocalKubelet:
         self.processes: dict[str, subprocess.Popen] = {}
         self.projected_tokens: Any = None
         """``(namespace, pod, volume) -> token``: the cluster's tokens for projected volumes."""
-        self._next = 10
+        self._next = random.randrange(10, 250)  # two demos on one machine (parallel tests) start apart
         self._lock = threading.Lock()
 
     async def run(self, pod: dict[str, Any]) -> str:
         with self._lock:
-            ip = f"127.0.0.{self._next}"
-            self._next = self._next + 1 if self._next < 250 else 10
+            for _ in range(240):  # an address whose port 8888 no other demo's server holds
+                ip = f"127.0.0.{self._next}"
+                self._next = self._next + 1 if self._next < 250 else 10
+                if not _listening(ip, 8888):
+                    break
         meta = pod["metadata"]
         sa = self.api.get("serviceaccounts", meta["namespace"], pod["spec"].get("serviceAccountName", ""))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "AWS_", "AZURE_"))}

@@ -37,7 +37,7 @@ from .kube import (
 )
 from .metrics import IDENTITY_STEP_SECONDS, SERVICE_ACCOUNT_CHANGES, SPAWN_DECISIONS
 from .plan import GC_PENDING_ANNOTATION, IdentityPlan
-from .providers import azure, backend_for, backend_for_plan, gcp, provider_for
+from .providers import azure, backend_for, backend_for_plan, gcp, provider_for, provider_of_backend
 from .providers.managed import PROGRESS
 from .retry import Backoff, describe
 from .rules import plan_for
@@ -99,22 +99,13 @@ async def revoke_identity(settings: Any, identity: str, owner: str | None, annot
     ServiceAccount leaving the identity: a shared role, Google account or Azure identity then only
     stops trusting that account while other namespaces' accounts still use it. An SDK error
     becomes an IdentityError."""
-    provider, _, name = identity.partition(":")
+    kind, _, name = identity.partition(":")
     try:
-        backend = backend_for(settings, provider)
-        if provider in ("aws", "s3_sts"):
-            return await backend.delete(name, owner, settings.hub_name, account)
-        if provider == "eks":
-            return await backend.delete(name, owner, settings.hub_name)
-        if provider == "azure":
-            assignments = json.loads(annotations.get(azure.ROLE_ASSIGNMENTS_ANNOTATION, "[]"))
-            credential = None if account is None else azure.credential_name(*account)
-            return await backend.delete(name, owner, settings.hub_name, assignments, credential)
-        bindings = json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
-        if name.startswith("principal://"):  # no account: the recorded grants to the principal
-            await backend.remove_bindings(name, bindings)
-            return True
-        return await backend.delete(name, owner, settings.hub_name, bindings, account)
+        provider = provider_of_backend(kind)
+        if provider is None:
+            raise IdentityError("Your server was not started: your previous cloud identity could not be revoked; "
+                                "ask your hub admin.", f"no provider makes {identity!r}: nothing to revoke it with")
+        return await provider.revoke(backend_for(settings, kind), kind, name, owner, settings.hub_name, annotations, account)
     except IdentityError:
         raise
     except Exception as e:  # the SDKs' own errors: fail closed, saying what could not be revoked

@@ -181,8 +181,10 @@ async def test_a_pool_that_does_not_exist_fails_the_spawn_clearly(namespace, gcp
     assert "Identity Pool does not exist" in line
 
 
-async def test_rate_limited_calls_are_tried_again(namespace, gcp_server, bucket):
-    # Managed-folder calls get no retry from the storage client; the hub tries 429s again itself.
+async def test_rate_limited_calls_are_tried_again(namespace, gcp_server, bucket, monkeypatch):
+    # Managed-folder calls get no retry from the storage client; the hub tries 429s again itself
+    # (every retry of the schedule, without its waits: their length is not what this is about).
+    monkeypatch.setattr(gcp_iam, "RATE_LIMIT_BACKOFF", replace(gcp_iam.RATE_LIMIT_BACKOFF, base_delay=0.001, max_delay=0.002))
     gcp_server.state.throttle_share, gcp_server.state.throttled_count = 0.5, 0
     try:
         await spawn(spawner_for(namespace, gcp_server, "hana", principal_rules(bucket)))

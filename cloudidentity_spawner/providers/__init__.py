@@ -48,6 +48,11 @@ def registered() -> dict[str, Any]:
     return _registered
 
 
+def provider_of_backend(kind: str) -> Any:
+    """The provider whose backend *kind* makes an identity recorded as ``<kind>:<name>``, or None."""
+    return next((p for p in registered().values() if kind in getattr(p, "backends", ())), None)
+
+
 def provider_for(key: str | None) -> Any:
     """The provider of rule block *key* (a plan's ``cloud.provider``), or None."""
     return registered().get(key) if key else None

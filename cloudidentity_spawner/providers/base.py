@@ -36,6 +36,9 @@ class Provider:
     """A module that must import when a rule has the hub make identities (None: nothing)."""
     extra: str = ""
     """The package extra that installs :attr:`sdk_module` (``pip install 'cloudidentity-spawner[<extra>]'``)."""
+    backends: tuple[str, ...] = ()
+    """The backends (:func:`.backend_for`) that make this provider's identities; an account records
+    a hub-made identity as ``<backend>:<name>`` (``aws:<role ARN>``, ``eks:<association>``)."""
 
     def parse(self, block: Any, where: str, forbidden: set[str], trusted_claims: Collection[str]) -> Any:
         """Validate the rule block at start-up; return its settings (with ``mode`` and
@@ -75,3 +78,15 @@ class Provider:
         """Give the pod what the identity needs, last (after profiles and hooks): environment,
         projected tokens. *webhook_parts*: also what a cloud's own webhook would add (IRSA,
         EKS Pod Identity), so a pod made before the webhook's cache caught up still works."""
+
+    async def revoke(self, backend: Any, kind: str, name: str, owner: str | None, hub: str,
+                     annotations: Mapping[str, str], account: tuple[str, str] | None) -> bool:
+        """Delete the hub-made identity ``<kind>:<name>`` made for *owner* on *hub* (None: any
+        owner, for ``gc``), with what *annotations* record of its grants; with *account*
+        (``(namespace, name)``), a shared identity only stops trusting that account while others
+        use it. Never one without the hub's markers. False if it was not there or not ours."""
+        raise NotImplementedError(f"provider {self.key!r} has no backend")
+
+    def place_of(self, kind: str, name: str) -> tuple[str, str] | None:
+        """Where the hub-made identity ``<kind>:<name>`` was made, as :meth:`search_places` names places."""
+        return None

@@ -5,6 +5,7 @@ and :mod:`.s3_sts`; what their pods need, in :mod:`..pinning`."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping
 from types import ModuleType
 from typing import Any
@@ -30,8 +31,24 @@ class _Planned(Provider):
         return self.module.named_templates(settings, where, rule, scope)
 
 
+def _role_path(name: str) -> str:
+    """The path of a role ARN (``arn:...:role/<path>/<name>``): ``/`` or ``/a/b/``."""
+    return name.split(":role", 1)[1].rpartition("/")[0] + "/"
+
+
 class AwsProvider(_Planned):
-    key, module, sdk_module, extra = "aws", aws, "boto3", "aws"
+    key, module, sdk_module, extra, backends = "aws", aws, "boto3", "aws", ("aws", "eks")
+
+    async def revoke(self, backend: Any, kind: str, name: str, owner: str | None, hub: str,
+                     annotations: Mapping[str, str], account: tuple[str, str] | None) -> bool:
+        if kind == "eks":  # an association names its one account
+            return await backend.delete(name, owner, hub)
+        return await backend.delete(name, owner, hub, account)
+
+    def place_of(self, kind: str, name: str) -> tuple[str, str] | None:
+        if kind == "eks":
+            return "eks", name.split("/", 1)[0]
+        return ("aws", _role_path(name)) if ":role/" in name else None
 
     def managed_places(self, settings: Any) -> list[str]:
         if settings.managed is None:
@@ -64,7 +81,18 @@ class AwsProvider(_Planned):
 
 
 class GcpProvider(_Planned):
-    key, module, sdk_module, extra = "gcp", gcp, "google.cloud.iam_admin_v1", "gcp"
+    key, module, sdk_module, extra, backends = "gcp", gcp, "google.cloud.iam_admin_v1", "gcp", ("gcp",)
+
+    async def revoke(self, backend: Any, kind: str, name: str, owner: str | None, hub: str,
+                     annotations: Mapping[str, str], account: tuple[str, str] | None) -> bool:
+        bindings = json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
+        if name.startswith("principal://"):  # no account: the recorded grants to the principal
+            await backend.remove_bindings(name, bindings)
+            return True
+        return await backend.delete(name, owner, hub, bindings, account)
+
+    def place_of(self, kind: str, name: str) -> tuple[str, str] | None:
+        return ("gcp", name.rsplit("@", 1)[1].split(".", 1)[0]) if name.endswith(".iam.gserviceaccount.com") else None
 
     def managed_places(self, settings: Any) -> list[str]:
         return [f"@{settings.managed['project']}.iam.gserviceaccount.com"] if settings.managed is not None else []
@@ -80,7 +108,19 @@ class GcpProvider(_Planned):
 
 
 class AzureProvider(_Planned):
-    key, module, sdk_module, extra = "azure", azure, "azure.mgmt.msi", "azure"
+    key, module, sdk_module, extra, backends = "azure", azure, "azure.mgmt.msi", "azure", ("azure",)
+
+    async def revoke(self, backend: Any, kind: str, name: str, owner: str | None, hub: str,
+                     annotations: Mapping[str, str], account: tuple[str, str] | None) -> bool:
+        assignments = json.loads(annotations.get(azure.ROLE_ASSIGNMENTS_ANNOTATION, "[]"))
+        credential = None if account is None else azure.credential_name(*account)
+        return await backend.delete(name, owner, hub, assignments, credential)
+
+    def place_of(self, kind: str, name: str) -> tuple[str, str] | None:
+        if not name.lower().startswith("/subscriptions/"):
+            return None
+        parts = name.strip("/").split("/")
+        return "azure", f"/subscriptions/{parts[1]}/resourceGroups/{parts[3]}"
 
     def search_places(self, settings: Any) -> list[tuple[str, str]]:
         managed = settings.managed
@@ -99,7 +139,14 @@ class AzureProvider(_Planned):
 
 
 class StoreProvider(_Planned):
-    key, module, sdk_module, extra = "s3_sts", s3_sts, "boto3", "aws"
+    key, module, sdk_module, extra, backends = "s3_sts", s3_sts, "boto3", "aws", ("s3_sts",)
+
+    async def revoke(self, backend: Any, kind: str, name: str, owner: str | None, hub: str,
+                     annotations: Mapping[str, str], account: tuple[str, str] | None) -> bool:
+        return await backend.delete(name, owner, hub, account)
+
+    def place_of(self, kind: str, name: str) -> tuple[str, str] | None:
+        return ("s3_sts", _role_path(name)) if ":role/" in name else None
 
     def check(self, settings: Any, identity_settings: Any, where: str) -> None:
         if settings.hub_made and not identity_settings.s3_sts_client_kwargs.get("endpoint_url"):
