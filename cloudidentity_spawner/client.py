@@ -48,7 +48,7 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_NoRedirects)
 
 
-def read_token(token_file: str | None, environ: dict[str, str]) -> str:
+def read_token(token_file: str | None, environ: dict[str, str], hub: str = "") -> str:
     if token_file:
         try:
             with open(token_file, encoding="utf-8") as f:
@@ -60,12 +60,23 @@ def read_token(token_file: str | None, environ: dict[str, str]) -> str:
                               "one line of printable characters)")
         return token
     token = environ.get("JUPYTERHUB_API_TOKEN", "").strip()
+    own_hub = environ.get("JUPYTERHUB_API_URL", "")
+    if token and own_hub and hub and _origin(own_hub) != _origin(hub):
+        # In a notebook (or a batch job) of another hub, the variable is that hub's server token:
+        # it must not be sent to --hub.
+        raise ClientError(f"JUPYTERHUB_API_TOKEN here belongs to {_origin(own_hub)} (JUPYTERHUB_API_URL), not to "
+                          f"--hub {_origin(hub)}: give the token for {_origin(hub)} with --token-file")
     if not token:
         raise ClientError("no API token: set JUPYTERHUB_API_TOKEN or give --token-file; make one on the hub's token "
                           "page (<hub>/hub/token) with scope access:servers!user=<your name>")
     if not _TOKEN.fullmatch(token):
         raise ClientError("JUPYTERHUB_API_TOKEN does not hold one API token (printable characters, no spaces)")
     return token
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def _get(url: str, token: str, timeout: float) -> tuple[int, str, dict[str, str]]:
@@ -180,8 +191,8 @@ def credentials_command(args: Any, environ: dict[str, str] | None = None, out: A
     environ = dict(os.environ if environ is None else environ)
     out = out or sys.stdout
     try:
-        token = read_token(args.token_file, environ)
         hub = check_hub(args.hub, args.insecure_http)
+        token = read_token(args.token_file, environ, hub)
         if args.cloud == "aws":
             answer = fetch(hub, token, "aws", user=args.user, server=args.server, query={"format": "json"})
             body = _aws_output(answer, args.format or "credential_process")

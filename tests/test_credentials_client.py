@@ -121,3 +121,17 @@ def test_a_token_file_that_is_not_one_token_is_refused_without_showing_it(tmp_pa
     token_file.write_text("SECRET-TOKEN-VALUE\n# my hub token\n")
     code, _, err = run("http://127.0.0.1:9", "--token-file", str(token_file), "aws", token=None, capsys=capsys)
     assert code == 1 and "SECRET-TOKEN-VALUE" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("hub", [(200, json.dumps(GOOD), "application/json")], indirect=True)
+def test_another_hubs_token_in_the_environment_is_not_sent(hub, capsys):
+    """Inside a notebook of hub A, JUPYTERHUB_API_TOKEN is A's server token: asking hub B with it
+    would hand it to B. It is refused before any request; the same hub's token is used."""
+    parsed = build_parser().parse_args(["credentials", "--hub", hub.url, "aws"])
+    elsewhere = {"JUPYTERHUB_API_TOKEN": "a-hubs-token", "JUPYTERHUB_API_URL": "https://hub-a.example.org/hub/api"}
+    assert credentials_command(parsed, elsewhere, io.StringIO()) == 1
+    assert "--token-file" in capsys.readouterr().err and hub.seen == []
+    same = {"JUPYTERHUB_API_TOKEN": "tok-123", "JUPYTERHUB_API_URL": hub.url + "/hub/api"}
+    assert credentials_command(parsed, same, io.StringIO()) == 0
+    assert hub.seen[-1][1] == "token tok-123"
+
