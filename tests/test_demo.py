@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -61,6 +62,20 @@ def wait_ready(demo, user: str, timeout: float = 90) -> dict:
             return model
         time.sleep(0.5)
     raise AssertionError(f"{user}'s server did not become ready")
+
+
+def notebook_credentials(demo, user: str, cloud: str) -> dict:
+    """What ``/user/<user>/api/cloudcreds/<cloud>`` answers (asked again while a server just
+    started has not checked the token with the hub yet); on failure, the server's log."""
+    for _ in range(20):
+        r = requests.get(f"http://127.0.0.1:{demo.port}/user/{user}/api/cloudcreds/{cloud}",
+                         headers={"Authorization": f"token {TOKEN}"}, timeout=60)
+        if r.status_code != 403:
+            break
+        time.sleep(0.5)
+    log = next(Path(demo.workdir).glob(f"jupyter-{user}*.log"), None)
+    assert r.status_code == 200, (r.text, log.read_text()[-3000:] if log else "")
+    return r.json()
 
 
 def test_carol_gets_her_own_role_and_a_running_notebook(demo):

@@ -248,30 +248,47 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
         parse_oidc_provider_arn(managed["oidc_provider_arn"])
     except ValueError as e:
         raise ConfigError(f"{managed_where}.oidc_provider_arn: {e}") from None
-    path = managed["role_path"]
-    if not isinstance(path, str) or not _ROLE_PATH.fullmatch(path) or len(path) > 512:
-        raise ConfigError(f"{managed_where}.role_path: expected a path like '/jupyterhub/myhub/' (starts and ends with '/'), got {path!r}")
     boundary = managed["permissions_boundary"]
     if not isinstance(boundary, str) or not _POLICY_ARN.fullmatch(boundary):
         raise ConfigError(
             f"{managed_where}.permissions_boundary: expected a managed policy ARN "
             f"(arn:aws:iam::123456789012:policy/...), got {boundary!r}; managed roles always carry a boundary"
         )
-    if "role_name" in managed:
-        check_template(managed["role_name"], f"{managed_where}.role_name", forbidden, trusted_claims)
-    if "inline_policy" in managed:
-        managed["inline_policy"] = load_json_template(managed["inline_policy"], f"{managed_where}.inline_policy")
-        json_template_fields(managed["inline_policy"], f"{managed_where}.inline_policy", forbidden, trusted_claims)
     for index, arn in enumerate(check_string_list(managed.get("policy_arns", []), f"{managed_where}.policy_arns")):
         if not _POLICY_ARN.fullmatch(arn):
             raise ConfigError(f"{managed_where}.policy_arns[{index}]: invalid managed policy ARN {arn!r}")
+    check_managed_role(managed, managed_where, forbidden, trusted_claims)
+    return AwsSettings(sts_regional_endpoints=sts, token_expiration=expiration, managed=managed)
+
+
+def check_managed_role(managed: dict[str, Any], where: str, forbidden: set[str], trusted_claims: Collection[str]) -> None:
+    """Validate what a hub-made role's block shares with an object store's (:mod:`.s3_sts`): its
+    path, name template, inline policy (loaded in place), tags and session duration."""
+    path = managed["role_path"]
+    if not isinstance(path, str) or not _ROLE_PATH.fullmatch(path) or len(path) > 512:
+        raise ConfigError(f"{where}.role_path: expected a path like '/jupyterhub/myhub/' (starts and ends with '/'), got {path!r}")
+    if "role_name" in managed:
+        check_template(managed["role_name"], f"{where}.role_name", forbidden, trusted_claims)
+    if "inline_policy" in managed:
+        managed["inline_policy"] = load_json_template(managed["inline_policy"], f"{where}.inline_policy")
+        json_template_fields(managed["inline_policy"], f"{where}.inline_policy", forbidden, trusted_claims)
     tags = managed.get("tags", {})
     if not isinstance(tags, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
-        raise ConfigError(f"{managed_where}.tags: expected a mapping of strings to strings")
+        raise ConfigError(f"{where}.tags: expected a mapping of strings to strings")
     duration = managed.get("max_session_duration", 3600)
     if isinstance(duration, bool) or duration not in range(3600, 43201):
-        raise ConfigError(f"{managed_where}.max_session_duration: expected seconds between 3600 and 43200, got {duration!r}")
-    return AwsSettings(sts_regional_endpoints=sts, token_expiration=expiration, managed=managed)
+        raise ConfigError(f"{where}.max_session_duration: expected seconds between 3600 and 43200, got {duration!r}")
+
+
+def managed_role_tags(managed: Mapping[str, Any], context: Mapping[str, Any], owner: str) -> dict[str, str]:
+    """A hub-made role's tags: the operator's, then the ownership markers (which win)."""
+    return {
+        **managed.get("tags", {}),
+        TAG_MANAGED_BY: MANAGED_BY,
+        TAG_HUB: tag_value(context["hub"]),
+        TAG_OWNER: tag_value(owner),
+        **({TAG_PERSON: context["person"]} if context.get("person") else {}),
+    }
 
 
 def _parse_pod_identity(block: Any, where: str, forbidden: set[str], trusted_claims: Collection[str]) -> dict[str, Any]:
@@ -365,13 +382,7 @@ def plan(settings: AwsSettings, context: Mapping[str, Any], scope: str, owner: s
     path = managed["role_path"]
     arn = f"arn:{partition}:iam::{account}:role{path}{role_name}"
     parse_role_arn(arn)
-    tags = {
-        **managed.get("tags", {}),
-        TAG_MANAGED_BY: MANAGED_BY,
-        TAG_HUB: tag_value(context["hub"]),
-        TAG_OWNER: tag_value(owner),
-        **({TAG_PERSON: context["person"]} if context.get("person") else {}),
-    }
+    tags = managed_role_tags(managed, context, owner)
     inline = managed.get("inline_policy")
     resources = {
         "role": {

@@ -24,25 +24,16 @@ from urllib.parse import urlsplit
 from .. import names
 from ..errors import ConfigError
 from ..overlap import Named
-from ..plan import MANAGED_BY, PREFIX, CloudPlan
+from ..plan import PREFIX, CloudPlan
 from ..templates import SAMPLE_CONTEXT, TemplateError, raw, render
-from ._common import (
-    check_keys,
-    check_template,
-    json_strings,
-    json_template_fields,
-    load_json_template,
-    render_json_template,
-)
+from ._common import check_keys, check_template, json_strings, render_json_template
 from .aws import (
     DEFAULT_ROLE_NAME,
-    TAG_HUB,
-    TAG_MANAGED_BY,
-    TAG_OWNER,
-    TAG_PERSON,
     _after_last_literal_slash,
     _description,
-    tag_value,
+    check_managed_role,
+    managed_role_tags,
+    render_role_arn,
 )
 
 PROVIDER = "s3_sts"
@@ -58,7 +49,6 @@ _TENANT = r"[A-Za-z0-9_]{0,64}"
 _ROLE_ARN = re.compile(rf"arn:aws:iam::(?P<tenant>{_TENANT}):role(?P<path>/(?:[\x21-\x7e]*/)?)(?P<name>[\w+=,.@-]{{1,64}})", re.ASCII)
 _OIDC_PROVIDER_ARN = re.compile(rf"arn:aws:iam::(?P<tenant>{_TENANT}):oidc-provider/(?P<issuer>[A-Za-z0-9.:-]+(?:/[\x21-\x7e]+)?)",
                                 re.ASCII)
-_ROLE_PATH = re.compile(r"/(?:[\x21-\x7e]+/)?", re.ASCII)
 _AUDIENCE = re.compile(r"[\x21-\x7e]{1,256}", re.ASCII)
 _TOKEN_EXPIRATION = range(600, 86401)
 _MODE_KEYS = {"role_arn", "managed"}
@@ -159,28 +149,8 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
         parse_oidc_provider_arn(managed["oidc_provider_arn"])
     except ValueError as e:
         raise ConfigError(f"{managed_where}.oidc_provider_arn: {e}") from None
-    path = managed["role_path"]
-    if not isinstance(path, str) or not _ROLE_PATH.fullmatch(path) or len(path) > 512:
-        raise ConfigError(f"{managed_where}.role_path: expected a path like '/jupyterhub/myhub/' (starts and ends with '/'), got {path!r}")
-    if "role_name" in managed:
-        check_template(managed["role_name"], f"{managed_where}.role_name", forbidden, trusted_claims)
-    if "inline_policy" in managed:
-        managed["inline_policy"] = load_json_template(managed["inline_policy"], f"{managed_where}.inline_policy")
-        json_template_fields(managed["inline_policy"], f"{managed_where}.inline_policy", forbidden, trusted_claims)
-    tags = managed.get("tags", {})
-    if not isinstance(tags, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
-        raise ConfigError(f"{managed_where}.tags: expected a mapping of strings to strings")
-    duration = managed.get("max_session_duration", 3600)
-    if isinstance(duration, bool) or duration not in range(3600, 43201):
-        raise ConfigError(f"{managed_where}.max_session_duration: expected seconds between 3600 and 43200, got {duration!r}")
+    check_managed_role(managed, managed_where, forbidden, trusted_claims)
     return S3StsSettings(managed=managed, **common)
-
-
-def render_role_arn(template: str, context: Mapping[str, Any]) -> str:
-    """A role ARN from its template: the path with each value escaped (no '/', '*'), the name
-    encoded as a whole (valid, at most 64 characters, a hash when it had to change)."""
-    start = _after_last_literal_slash(template)
-    return render(template[:start], context, names.resource_part) + names.iam_role_name(render(template[start:], context, raw))
 
 
 def trust_policy(provider_arn: str, audience: str, namespace: str, service_account: str) -> dict[str, Any]:
@@ -257,8 +227,7 @@ def plan(settings: S3StsSettings, context: Mapping[str, Any], scope: str, owner:
         "permissions_boundary": None,  # the store has none
         "inline_policy": None if inline is None else render_json_template(inline, context, names.resource_part),
         "policy_arns": [],
-        "tags": {**managed.get("tags", {}), TAG_MANAGED_BY: MANAGED_BY, TAG_HUB: tag_value(context["hub"]),
-                 TAG_OWNER: tag_value(owner), **({TAG_PERSON: context["person"]} if context.get("person") else {})},
+        "tags": managed_role_tags(managed, context, owner),
         "max_session_duration": managed.get("max_session_duration", 3600),
         "description": _description(managed.get("description", f"JupyterHub {context['hub']} identity for {owner}")),
     }
