@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,8 @@ from .errors import IdentityError
 from .inventory import Account, Survey, hub_made_identity, our_accounts
 from .kube import ServiceAccounts
 from .plan import GC_PENDING_ANNOTATION, MANAGED_IDENTITY_ANNOTATION
-from .providers import backend_for, gcp, provider_for, provider_of_backend
+from .providers import backend_for, provider_for, provider_of_backend
+from .providers.base import Grant
 from .provisioner import revoke_identity
 
 
@@ -41,10 +41,12 @@ class Action:
     skipped: str | None = None
     done: bool = False
     grant: Grant | None = None
-    """For ``remove-grant``: the grant in an IAM policy whose member is gone."""
-    bindings: list[list[str]] = dataclasses.field(default_factory=list)
-    """For ``delete-identity`` of a Google service account: its grants in the rules' places
-    (``[resource, role, condition title]``), removed before it."""
+    """For ``remove-grant``: the grant in an access policy whose member is gone."""
+    grant_account: tuple[str, str] | None = None
+    """For ``remove-grant`` to a ServiceAccount's principal: that account, which must not exist."""
+    grants: list[Any] = dataclasses.field(default_factory=list)
+    """For ``delete-identity``: its grants in the rules' places (a Google service account's
+    ``[resource, role, condition title]``), removed before it."""
 
     def describe(self) -> str:
         identity = self.identity.split(":", 1)[1] if self.identity else None
@@ -62,19 +64,10 @@ class Action:
         return f"{what}: {self.reason}"
 
     def to_dict(self) -> dict[str, Any]:
+        grant = {k: v for k, v in dataclasses.asdict(self.grant).items() if k != "kind"} if self.grant else None
         return {"action": self.kind, "service_account": self.account.where if self.account else None,
                 "identity": self.identity, "reason": self.reason, "done": self.done, "skipped": self.skipped,
-                **({"grant": dataclasses.asdict(self.grant)} if self.grant else {})}
-
-
-@dataclass(frozen=True)
-class Grant:
-    """One member of one binding (role and condition title) in a resource's IAM policy."""
-
-    resource: str
-    role: str
-    title: str
-    member: str
+                **({"grant": grant} if grant else {})}
 
 
 def cleanup_actions(survey: Survey, cloud_made: Iterable[dict[str, Any]], min_age: float,
@@ -178,11 +171,10 @@ async def plan_cleanup(settings: Any, survey: Survey, accounts: ServiceAccounts,
     unsearched: list[Action] = []
     made = await cloud_made(settings, sorted(recorded), role_paths, unsearched)
     actions = cleanup_actions(survey, made, min_age) + unsearched
-    # Google accounts this hub made: recorded as made (not merely in a managed project) or marked.
+    # Identities this hub made: recorded as made (not merely in a managed place) or marked.
     made_here = {e.account.annotations.get(MANAGED_IDENTITY_ANNOTATION) for e in survey.entries} | {f["identity"] for f in made}
-    ours = {i.split(":", 1)[1] for i in made_here if i and i.startswith("gcp:") and not i.startswith("gcp:principal://")}
     namespaces = ({namespace} | {e.account.namespace for e in survey.entries}) if principal_grants else set()
-    return actions + await stale_grants(settings, accounts, actions, ours, min_age, namespaces - {""})
+    return actions + await stale_grants(settings, accounts, actions, made_here - {None}, min_age, namespaces - {""})
 
 
 def _said(error: Exception) -> str:
@@ -196,88 +188,40 @@ def _place_of(identity: str) -> tuple[str, str] | None:
     return provider.place_of(kind, name) if provider is not None else None
 
 
-async def stale_grants(settings: Any, accounts: ServiceAccounts, actions: list[Action], ours: set[str], min_age: float,
-                       principal_namespaces: Collection[str] = ()) -> list[Action]:
-    """Grants the rules' Google blocks made that outlive their member, in the places the rules
-    grant (the project, whole buckets, each managed folder of a bucket the rules grant prefixes
-    in; only bindings of the roles the rules grant there):
-
-    - to a Google service account this hub made (*ours*: recorded as made by its accounts or
-      carrying its marker) that was deleted - IAM shows ``deleted:serviceAccount:...``: it
-      reaches nothing, but counts against the policy's member limit;
-    - with *principal_namespaces* (``gc --principal-grants``), to the Workload Identity Federation
-      principal of a Kubernetes ServiceAccount in one of those namespaces that does not exist
-      (deleted by hand: a new account of that name would get its grants). Nothing marks a grant
-      as this hub's, and every cluster of a project shares its pool: only on the operator's word;
-    - and a Google service account *actions* delete without an account recording its grants
-      gets them attached, so they go before it (not left as ``deleted:`` members).
-
-    A resource that cannot be read is reported (a ``search`` action, skipped), the rest go on.
-    """
-    wanted: dict[str, set[str]] = {}  # resource (or "folders:<bucket>") -> roles the rules grant there
-    principals: set[str] = set()  # "principal://.../subject/ns/" of the rules' pools
+async def stale_grants(settings: Any, accounts: ServiceAccounts, actions: list[Action], made_here: set[str],
+                       min_age: float, principal_namespaces: Collection[str] = ()) -> list[Action]:
+    """Grants the rules made that outlive their member, as each provider finds them
+    (:meth:`.providers.base.Provider.orphaned_grants`): to an identity this hub made
+    (*made_here*) that was deleted, or with *principal_namespaces* (``gc --principal-grants``)
+    to the principal of a ServiceAccount in one of those namespaces that does not exist. An
+    identity *actions* delete gets its grants attached, so they go before it. What cannot be
+    read is reported (a ``search`` action, skipped), the rest go on."""
+    blocks: dict[str, list[Any]] = {}
     for rule in settings.compiled_rules.rules:
-        block = (rule.gcp.managed or rule.gcp.principal) if rule.gcp is not None else None
-        if block is None:
-            continue
-        if rule.gcp.principal is not None:
-            principals.add(gcp.principal_member(block["project_number"], block["workload_identity_pool"], "", "")
-                           .removesuffix("/sa/"))
-        for role in block.get("project_roles", []):
-            wanted.setdefault(f"projects/{block['project']}", set()).add(role)
-        for item in block.get("bucket_roles", []):
-            where = f"folders:{item['bucket']}" if "prefix" in item else f"projects/_/buckets/{item['bucket']}"
-            wanted.setdefault(where, set()).add(item["role"])
-    if not wanted:
-        return []
-    deleting = {a.identity.split(":", 1)[1]: a for a in actions
-                if a.kind == "delete-identity" and a.identity.startswith("gcp:") and not a.skipped}
-    backend = backend_for(settings, "gcp")
+        if rule.cloud_key is not None and rule.cloud.hub_made:
+            blocks.setdefault(rule.cloud_key, []).append(rule.cloud)
+    deleting = {a.identity: a.grants for a in actions if a.kind == "delete-identity" and not a.skipped}
+    stale: list[Action] = []
     unread: list[Action] = []
-    resources: dict[str, set[str]] = {}
-    for where, roles in wanted.items():
-        if not where.startswith("folders:"):
-            resources.setdefault(where, set()).update(roles)
-            continue
-        try:
-            for folder in await backend.managed_folders(where.removeprefix("folders:")):
-                resources.setdefault(folder, set()).update(roles)
-        except Exception as e:
-            unread.append(Action("search", f"grants on the managed folders of bucket {where.removeprefix('folders:')}",
-                                 skipped=f"could not list them: {_said(e)}"))
-    found: list[tuple[Grant, tuple[str, str] | None]] = []
-    for resource, roles in sorted(resources.items()):
-        try:
-            grants = await backend.grants(resource)
-        except Exception as e:
-            unread.append(Action("search", f"grants on {resource}", skipped=f"could not read them: {_said(e)}"))
-            continue
-        for role, title, member in grants:
-            kind, _, rest = member.partition(":")
-            if role not in roles:
-                continue
-            if kind == "serviceAccount" and rest in deleting:
-                deleting[rest].bindings.append([resource, role, title])
-            elif kind == "deleted" and rest.startswith("serviceAccount:") and rest[15:].partition("?")[0] in ours:
-                found.append((Grant(resource, role, title, member), None))
-            elif any(member.startswith(p) for p in principals):
-                namespace, _, name = member.rpartition("/ns/")[2].partition("/sa/")
-                if namespace in principal_namespaces:
-                    found.append((Grant(resource, role, title, member), (namespace, name)))
-    stale = []
     present: dict[tuple[str, str], bool | None] = {}
-    for grant, account in found:
-        if account is None:
-            stale.append(Action("remove-grant", "its Google service account was deleted", grant=grant))
-            continue
-        if account not in present:
-            present[account] = await accounts.exists(*account)
-        if present[account] is False:
-            action = Action("remove-grant", f"ServiceAccount {account[0]}/{account[1]} does not exist", grant=grant)
-            if min_age > 0:
-                action.skipped = ("IAM does not say when a grant was made, and a first spawn grants before it makes its "
-                                  "account: run gc --min-age 0 when no first spawn is under way")
-            stale.append(action)
+    for key, rule_blocks in blocks.items():
+        provider = provider_for(key)
+        backend = backend_for(settings, provider.backend_kind(rule_blocks[0])) if provider.backends else None
+        found, unreadable = await provider.orphaned_grants(rule_blocks, backend, made_here, deleting, principal_namespaces)
+        unread += [Action("search", what, skipped=why) for what, why in unreadable]
+        for grant, account, reason in found:
+            if account is None:
+                stale.append(Action("remove-grant", reason, grant=grant))
+                continue
+            if account not in present:
+                present[account] = await accounts.exists(*account)
+            if present[account] is False:
+                action = Action("remove-grant", f"ServiceAccount {account[0]}/{account[1]} does not exist", grant=grant,
+                                grant_account=account)
+                if min_age > 0:
+                    action.skipped = ("IAM does not say when a grant was made, and a first spawn grants before it "
+                                      "makes its account: run gc --min-age 0 when no first spawn is under way")
+                stale.append(action)
     return stale + unread
 
 
@@ -379,14 +323,15 @@ async def _delete_unrecorded(action: Action, settings: Any, accounts: ServiceAcc
     if action.identity in listing.recorded:
         action.skipped = "a ServiceAccount records it now (a spawn made it meanwhile)"
         return
-    provider, _, key = action.identity.partition(":")
-    if provider == "eks":  # an association names its account: pods may still run under it
-        _, ns, name = key.split("/", 2)
-        running = await accounts.running_pods(ns, name)
+    kind, _, name = action.identity.partition(":")
+    provider = provider_of_backend(kind)
+    named = provider.account_of(kind, name) if provider is not None else None
+    if named is not None:  # e.g. an association names its account: pods may still run under it
+        running = await accounts.running_pods(*named)
         if running:
-            action.skipped = f"pods still run under {ns}/{name} ({', '.join(running)})"
+            action.skipped = f"pods still run under {named[0]}/{named[1]} ({', '.join(running)})"
             return
-    recorded = {gcp.BINDINGS_ANNOTATION: json.dumps(action.bindings)} if action.bindings else {}
+    recorded = provider.recorded_grants(action.grants) if provider is not None else {}
     if await revoke_identity(settings, action.identity, None, recorded):
         action.done = True
     else:
@@ -395,13 +340,13 @@ async def _delete_unrecorded(action: Action, settings: Any, accounts: ServiceAcc
 
 async def _remove_grant(action: Action, settings: Any, accounts: ServiceAccounts) -> None:
     grant = action.grant
-    if not grant.member.startswith("deleted:"):  # judged a moment ago: a spawn may have made the account since
-        namespace, _, name = grant.member.rpartition("/ns/")[2].partition("/sa/")
+    if action.grant_account is not None:  # judged a moment ago: a spawn may have made the account since
+        namespace, name = action.grant_account
         if await accounts.exists(namespace, name) is not False:
             action.skipped = f"ServiceAccount {namespace}/{name} exists now"
             return
     try:
-        removed = await backend_for(settings, "gcp").remove_grant(grant.resource, grant.role, grant.title, grant.member)
+        removed = await provider_of_backend(grant.kind).remove_grant(backend_for(settings, grant.kind), grant)
     except Exception as e:
         raise IdentityError("", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
     if removed:

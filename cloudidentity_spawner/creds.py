@@ -338,16 +338,55 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
     return [{"module": "cloudidentity_spawner.creds"}]
 
 
+def guarded(handler: type) -> type:
+    """*handler* serving GET only, and only to a caller the server authenticates and its
+    Authorizer allows to execute code (as the built-in routes): a provider's route cannot
+    forget either, nor answer another method."""
+
+    class Guarded(handler, _CredentialsHandler):  # type: ignore[misc, valid-type]
+        SUPPORTED_METHODS = ("GET",)
+
+        @web.authenticated
+        @authorized(CREDENTIALS_ACTION)
+        async def get(self, *args: Any, **kwargs: Any) -> None:
+            result = handler.get(self, *args, **kwargs)
+            if result is not None and hasattr(result, "__await__"):
+                await result
+
+    Guarded.__name__ = Guarded.__qualname__ = f"Guarded{handler.__name__}"
+    return Guarded
+
+
+_ROUTE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+def credentials_routes(log: Any) -> list[tuple[str, type]]:
+    """``(name, handler)`` for ``/api/cloudcreds/<name>``: each provider's
+    (:meth:`.providers.base.Provider.credentials_routes`), the first to claim a name keeps it.
+    A site's provider that cannot be loaded costs its own routes only (logged)."""
+    from .providers import registered
+    from .providers.builtin import BUILTIN
+
+    try:
+        providers = list(registered().values())
+    except Exception as e:  # a site's broken entry point: the built-in routes still work
+        log.error("cloudidentity-spawner: site providers not loaded (%s); serving the built-in credentials routes", e)
+        providers = list(BUILTIN)
+    routes: dict[str, type] = {}
+    for provider in providers:
+        for name, handler in provider.credentials_routes():
+            if not _ROUTE.fullmatch(name) or name in routes:
+                log.error("cloudidentity-spawner: provider %r's credentials route %r is %s; not served", provider.key,
+                          name, "taken" if name in routes else "not a plain lower-case name")
+                continue
+            routes[name] = guarded(handler)
+    return list(routes.items())
+
+
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     from jupyter_server.utils import url_path_join
 
     base = serverapp.web_app.settings["base_url"]
-    serverapp.web_app.add_handlers(
-        ".*$",
-        [
-            (url_path_join(base, "/api/cloudcreds/aws"), AWSCredentialsHandler),
-            (url_path_join(base, "/api/cloudcreds/gcp"), GCPTokenHandler),
-            (url_path_join(base, "/api/cloudcreds/azure"), AzureTokenHandler),
-        ],
-    )
-    serverapp.log.info("cloudidentity-spawner: /api/cloudcreds/aws, /gcp and /azure enabled")
+    routes = credentials_routes(serverapp.log)
+    serverapp.web_app.add_handlers(".*$", [(url_path_join(base, f"/api/cloudcreds/{name}"), h) for name, h in routes])
+    serverapp.log.info("cloudidentity-spawner: %s enabled", ", ".join(f"/api/cloudcreds/{name}" for name, _ in routes))

@@ -34,7 +34,7 @@ from .plan import (
     SCOPE_LABEL,
     IdentityPlan,
 )
-from .providers import aws, azure, backend_for, gcp, s3_sts, with_what_the_cloud_assigned
+from .providers import account_identity, backend_for, with_what_the_cloud_assigned
 from .rules import IdentityRules
 
 STATES = ("ok", "drift", "orphaned", "unknown")
@@ -93,8 +93,9 @@ class Account:
     @property
     def identity(self) -> str | None:
         """The cloud identity the account gives its pods (``aws:<arn>``, ``gcp:<e-mail or
-        principal>``, ``eks:<cluster>/<namespace>/<account>``), or None."""
-        return account_identity(self.annotations)
+        principal>``, ``eks:<cluster>/<namespace>/<account>``), or None: the hub-made one it
+        records, else what its annotations point at."""
+        return self.annotations.get(MANAGED_IDENTITY_ANNOTATION) or account_identity(self.annotations)
 
     @property
     def where(self) -> str:
@@ -104,23 +105,8 @@ class Account:
         return {"labels": dict(self.labels), "annotations": dict(self.annotations)}
 
 
-def account_identity(annotations: Mapping[str, str]) -> str | None:
-    recorded = annotations.get(MANAGED_IDENTITY_ANNOTATION)
-    if recorded:
-        return recorded
-    if annotations.get(aws.ROLE_ARN_ANNOTATION):
-        return f"aws:{annotations[aws.ROLE_ARN_ANNOTATION]}"
-    if annotations.get(gcp.GSA_ANNOTATION):
-        return f"gcp:{annotations[gcp.GSA_ANNOTATION]}"
-    if annotations.get(azure.CLIENT_ID_ANNOTATION):
-        return f"azure:{annotations[azure.CLIENT_ID_ANNOTATION]}"
-    if annotations.get(s3_sts.ROLE_ARN_ANNOTATION):
-        return f"s3_sts:{annotations[s3_sts.ROLE_ARN_ANNOTATION]}"
-    return None
-
-
 def plan_identity(plan: IdentityPlan) -> str | None:
-    """The plan's cloud identity, written as :func:`account_identity` writes an account's."""
+    """The plan's cloud identity, written as :attr:`Account.identity` writes an account's."""
     cloud = plan.cloud
     if cloud is None:
         return None
@@ -338,11 +324,9 @@ async def cloud_presence(settings: Any, identities: Collection[str]) -> dict[str
     grants have no object of their own), or why it could not be checked (no credentials, the
     cloud refused or did not answer)."""
     async def check(identity: str) -> bool | str | None:
-        provider, _, name = identity.partition(":")
-        if name.startswith("principal://"):
-            return None
+        kind, _, name = identity.partition(":")
         try:
-            return await backend_for(settings, provider).present(name)
+            return await backend_for(settings, kind).present(name)
         except Exception as e:  # the SDKs' own errors, whatever they are: said, not raised
             return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
     results = await asyncio.gather(*(check(i) for i in identities))

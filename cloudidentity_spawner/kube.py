@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -34,13 +33,11 @@ from .plan import (
     IdentityPlan,
     refuse_another_person,
 )
-from .providers import aws, azure, gcp
+from .providers import account_identity, owned_annotations, provider_for
 from .retry import Backoff, describe
 
 ADOPTED_ANNOTATION = PREFIX + "adopted"
 """Marks a ServiceAccount we took over (``adopt: true``): we update it but never delete it."""
-
-OWNED_ANNOTATIONS = frozenset(aws.ANNOTATIONS + gcp.ANNOTATIONS + azure.ANNOTATIONS)
 
 T = TypeVar("T")
 
@@ -111,7 +108,8 @@ def service_account_change(existing: Mapping[str, Any] | None, plan: IdentityPla
     label_patch = {k: v for k, v in want_labels.items() if labels.get(k) != v}
     label_patch.update({k: None for k in labels if _owned(k, frozenset({MANAGED_BY_LABEL})) and k not in want_labels})
     annotation_patch = {k: v for k, v in want_annotations.items() if annotations.get(k) != v}
-    annotation_patch.update({k: None for k in annotations if _owned(k, OWNED_ANNOTATIONS) and k not in want_annotations})
+    owned = owned_annotations()  # the providers' annotations outside our prefix (IRSA's, GKE's, AKS's)
+    annotation_patch.update({k: None for k in annotations if _owned(k, owned) and k not in want_annotations})
     if not label_patch and not annotation_patch:
         return Change("none")
     metadata: dict[str, Any] = {}
@@ -140,11 +138,10 @@ def hub_made_identity(annotations: Mapping[str, str], managed_places: Collection
     recorded = annotations.get(MANAGED_IDENTITY_ANNOTATION)
     if recorded:
         return recorded
-    role, email = annotations.get(aws.ROLE_ARN_ANNOTATION), annotations.get(gcp.GSA_ANNOTATION)
-    if role and any(role.startswith(p) for p in managed_places):
-        return f"aws:{role}"
-    if email and any(email.endswith(p) for p in managed_places):
-        return f"gcp:{email}"
+    identity = account_identity(annotations)  # what the pods run as; a place is a name's start or end
+    name = identity.partition(":")[2] if identity else ""
+    if name and any(name.startswith(p) or name.endswith(p) for p in managed_places):
+        return identity
     return None
 
 
@@ -174,35 +171,15 @@ def identity_to_revoke(
     return old
 
 
-def bindings_to_remove(existing: Mapping[str, Any] | None, plan: IdentityPlan) -> list[list[str]]:
-    """Google bindings the account's managed GSA was given and the plan no longer wants
-    (``[resource, role, condition title]``), when the plan keeps the same GSA: a dropped
-    bucket role, or a bucket binding an older version made, must not stay granted."""
+def grants_to_remove(existing: Mapping[str, Any] | None, plan: IdentityPlan) -> list[Any]:
+    """Grants *existing* - this plan's ServiceAccount as it is now - records for its hub-made
+    identity that the plan keeps the identity but no longer wants (a dropped bucket role or role
+    assignment): they must not stay granted (:meth:`.providers.base.Provider.dropped_grants`)."""
     annotations = _owned_for(existing, plan)
-    cloud = plan.cloud
-    if annotations is None or cloud is None or cloud.provider != "gcp" or cloud.mode not in ("managed", "principal"):
+    provider = provider_for(plan.cloud.provider) if plan.cloud is not None else None
+    if annotations is None or provider is None:
         return []
-    same = (annotations.get(MANAGED_IDENTITY_ANNOTATION) == f"gcp:{cloud.identity}" if cloud.mode == "principal"
-            else annotations.get(gcp.GSA_ANNOTATION) == cloud.identity)
-    if not same:
-        return []  # another identity: revoked whole, if it was ours
-    old = json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
-    new = json.loads(plan.service_account.annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
-    return [b for b in old if b not in new]
-
-
-def assignments_to_remove(existing: Mapping[str, Any] | None, plan: IdentityPlan) -> list[list[str]]:
-    """Azure role assignments (``[scope, name]``) the account's managed identity was given and the
-    plan no longer wants, when the plan keeps the same identity: a dropped role must not stay."""
-    annotations = _owned_for(existing, plan)
-    cloud = plan.cloud
-    if annotations is None or cloud is None or cloud.provider != "azure" or cloud.mode != "managed":
-        return []
-    if annotations.get(MANAGED_IDENTITY_ANNOTATION) != cloud.recorded:
-        return []  # another identity: revoked whole, if it was ours
-    old = json.loads(annotations.get(azure.ROLE_ASSIGNMENTS_ANNOTATION, "[]"))
-    new = json.loads(plan.service_account.annotations.get(azure.ROLE_ASSIGNMENTS_ANNOTATION, "[]"))
-    return [a for a in old if a not in new]
+    return provider.dropped_grants(annotations, plan)
 
 
 def is_retryable(error: BaseException) -> bool:

@@ -1,4 +1,5 @@
-"""Pin the pod to its plan: the ServiceAccount, token mount, environment, IRSA role and Azure label.
+"""Pin the pod to its plan: the ServiceAccount, token mount, environment, and what the plan's
+provider adds (:meth:`.providers.base.Provider.pin`: projected tokens, labels, variables).
 
 Profiles, ``kubespawner_override`` and the operator's own hooks all run before
 KubeSpawner's ``modify_pod_hook``; the hook made here runs last and sets what the
@@ -11,10 +12,9 @@ import inspect
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from . import names
 from .errors import SpawnRefused
 from .plan import RULE_LABEL, SCOPE_LABEL, IdentityPlan
-from .providers import aws, provider_for, s3_sts
+from .providers import provider_for
 
 
 def apply_plan(spawner: Any, plan: IdentityPlan, automount: bool) -> None:
@@ -46,10 +46,6 @@ def planned_env(plan: IdentityPlan) -> dict[str, str]:
     }
 
 
-IRSA_VOLUME = "aws-iam-token"
-IRSA_MOUNT_PATH = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
-
-
 # KubeSpawner turns the pod's containers into client models but leaves what is inside them as the
 # operator gave it: z2jh's singleuser.initContainers / extraContainers arrive with env and
 # volumeMounts as plain dicts (camelCase keys), and a container itself may be a dict. These read
@@ -72,8 +68,10 @@ def _name(item: Any) -> Any:
     return item.get("name") if isinstance(item, Mapping) else getattr(item, "name", None)
 
 
-def _set_env(container: Any, env: dict[str, str]) -> None:
-    """*env* in *container*, replacing what it had under those names (the rest stays as it was)."""
+def set_env(container: Any, env: dict[str, str]) -> None:
+    """*env* in *container*, replacing what it had under those names (the rest stays as it was).
+    For a provider's :meth:`~.providers.base.Provider.pin`: a container may be a client model or,
+    as z2jh's extra containers arrive, a plain dict."""
     from kubernetes_asyncio.client.models import V1EnvVar
 
     kept = [e for e in (_get(container, "env") or []) if _name(e) not in env]
@@ -83,11 +81,12 @@ def _set_env(container: Any, env: dict[str, str]) -> None:
 
 def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) -> None:
     """The last word on the pod's ServiceAccount, token mount and the plan's environment,
-    whatever profiles, overrides and hooks said before (and, with *irsa*, the IRSA role)."""
+    whatever profiles, overrides and hooks said before; then the provider's (with *irsa*, also
+    what a cloud's webhook would add)."""
     pod.spec.service_account_name = plan.service_account.name
     pod.spec.service_account = None
     pod.spec.automount_service_account_token = automount
-    _set_env(pod.spec.containers[0], planned_env(plan))
+    set_env(pod.spec.containers[0], planned_env(plan))
     labels = provider_pod_labels(plan)
     if labels:
         pod.metadata.labels = {**(pod.metadata.labels or {}), **labels}
@@ -96,66 +95,11 @@ def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) ->
         provider.pin(pod, plan, irsa)
 
 
-def name_the_session(pod: Any, plan: IdentityPlan) -> None:
-    """The session names the person (CloudTrail: assumed-role/<role>/<user>), also on a group's
-    role; the webhook sets none, and the SDKs would name it botocore-session-<time>."""
-    for container in [*pod.spec.containers, *(pod.spec.init_containers or [])]:
-        _set_env(container, {"AWS_ROLE_SESSION_NAME": names.role_session_name(plan.user)})
-
-
-def pin_store_token(pod: Any, settings: Mapping[str, Any]) -> None:
-    """An S3-compatible store's web identity: the projected token with the store's audience and
-    the variables the AWS SDKs read. No webhook exists on such clusters, so it is always added."""
-    _project_token(pod, s3_sts.TOKEN_VOLUME, s3_sts.TOKEN_MOUNT_PATH, settings["audience"], settings["expiration"],
-                   dict(settings["env"]))
-
-
-def pin_irsa(pod: Any, plan: IdentityPlan, role_arn: str) -> None:
-    """What EKS's pod-identity webhook adds for the account's role, added by us for the plan's role.
-
-    The webhook looks the ServiceAccount up in its own cache; a pod made right after the
-    account was created or re-annotated can miss it (no credentials) or see the old role.
-    The webhook leaves alone a container that already has AWS_ROLE_ARN or
-    AWS_WEB_IDENTITY_TOKEN_FILE, a mount named ``aws-iam-token`` and a pod volume of that
-    name, so nothing is added twice; and the role is the plan's, whatever its cache says.
-    """
-    annotations = plan.service_account.annotations
-    expiration = int(annotations.get(aws.TOKEN_EXPIRATION_ANNOTATION, "86400"))
-    env = {"AWS_ROLE_ARN": role_arn, "AWS_WEB_IDENTITY_TOKEN_FILE": f"{IRSA_MOUNT_PATH}/token"}
-    if annotations.get(aws.STS_REGIONAL_ANNOTATION) == "true":
-        env["AWS_STS_REGIONAL_ENDPOINTS"] = "regional"
-    _project_token(pod, IRSA_VOLUME, IRSA_MOUNT_PATH, "sts.amazonaws.com", expiration, env)
-
-
-POD_IDENTITY_VOLUME = "eks-pod-identity-token"
-POD_IDENTITY_MOUNT_PATH = "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount"
-POD_IDENTITY_AGENT_URI = "http://169.254.170.23/v1/credentials"
-
-
-POD_IDENTITY_ROLE_ENV = "CLOUDIDENTITY_AWS_ROLE_ARN"
-"""The association's role, for the credentials endpoint to name (the Pod Identity agent's answer
-does not); the agent decides what the credentials are, not this variable."""
-
-
-def pin_pod_identity(pod: Any, role_arn: str) -> None:
-    """What EKS's Pod Identity webhook adds to a pod whose ServiceAccount has an association:
-    the container-credentials endpoint of the node's Pod Identity agent and a projected token
-    for it. The webhook checks associations when the pod is created; one made a moment before
-    can be missed, and the pod would start without AWS credentials. Adding them ourselves makes
-    the first notebook cell work; the webhook leaves containers that have them alone."""
-    _project_token(
-        pod, POD_IDENTITY_VOLUME, POD_IDENTITY_MOUNT_PATH, "pods.eks.amazonaws.com", 86400,
-        {"AWS_CONTAINER_CREDENTIALS_FULL_URI": POD_IDENTITY_AGENT_URI,
-         "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": f"{POD_IDENTITY_MOUNT_PATH}/{POD_IDENTITY_VOLUME}",
-         POD_IDENTITY_ROLE_ENV: role_arn},
-        token_path=POD_IDENTITY_VOLUME,
-    )
-
-
-def _project_token(pod: Any, volume_name: str, mount_path: str, audience: str, expiration: int,
-                   env: dict[str, str], token_path: str = "token") -> None:
+def project_token(pod: Any, volume_name: str, mount_path: str, audience: str, expiration: int,
+                  env: dict[str, str], token_path: str = "token") -> None:
     """Add a projected ServiceAccount token volume, its mount and *env* to every container
-    (init containers too, as the EKS webhooks do), replacing what was there under those names."""
+    (init containers too, as the EKS webhooks do), replacing what was there under those names.
+    For a provider's :meth:`~.providers.base.Provider.pin`."""
     from kubernetes_asyncio.client.models import (
         V1ProjectedVolumeSource,
         V1ServiceAccountTokenProjection,
@@ -168,7 +112,7 @@ def _project_token(pod: Any, volume_name: str, mount_path: str, audience: str, e
     volume = V1Volume(name=volume_name, projected=V1ProjectedVolumeSource(sources=[V1VolumeProjection(service_account_token=token)]))
     pod.spec.volumes = [v for v in (pod.spec.volumes or []) if _name(v) != volume_name] + [volume]
     for container in [*pod.spec.containers, *(pod.spec.init_containers or [])]:
-        _set_env(container, env)
+        set_env(container, env)
         mounts = [m for m in (_get(container, "volume_mounts") or []) if _name(m) != volume_name]
         mount = (V1VolumeMount(name=volume_name, mount_path=mount_path, read_only=True) if not isinstance(container, Mapping)
                  else {"name": volume_name, "mountPath": mount_path, "readOnly": True})

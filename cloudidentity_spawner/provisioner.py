@@ -1,17 +1,16 @@
 """The identity step of a spawn, shared by CloudIdentitySpawner and the plain pre_spawn_hook.
 
 In order: the user's claims (:mod:`.claims`) → their plan (:mod:`.rules`, or the
-operator's resolver) → the managed cloud identity, if any (:mod:`.providers`) →
-revoke what the account no longer plans → the ServiceAccount (:mod:`.kube`) → wait
-for a new Google identity to be usable. One audit line per decision; anything
-that goes wrong becomes a :class:`SpawnRefused` with a message for the user and
-a log line for the admin. Pinning the pod to the result is :mod:`.pinning`.
+operator's resolver) → the hub-made cloud identity, if any (the plan's provider,
+:mod:`.providers`) → revoke what the account no longer plans → the ServiceAccount
+(:mod:`.kube`) → wait until the identity is usable (a new Google grant takes minutes: the
+provider's ``settle``). One audit line per decision; anything that goes wrong becomes a
+:class:`SpawnRefused` with a message for the user and a log line for the admin. Pinning the
+pod to the result is :mod:`.pinning`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import time
 from collections.abc import Mapping
@@ -26,8 +25,7 @@ from .errors import ConfigError, IdentityError, SpawnRefused
 from .inventory import Account
 from .kube import (
     ServiceAccounts,
-    assignments_to_remove,
-    bindings_to_remove,
+    grants_to_remove,
     hub_made_identity,
     identity_to_revoke,
     is_retryable,
@@ -37,7 +35,7 @@ from .kube import (
 )
 from .metrics import IDENTITY_STEP_SECONDS, SERVICE_ACCOUNT_CHANGES, SPAWN_DECISIONS
 from .plan import GC_PENDING_ANNOTATION, IdentityPlan
-from .providers import azure, backend_for, backend_for_plan, gcp, provider_for, provider_of_backend
+from .providers import backend_for, backend_for_plan, provider_for, provider_of_backend
 from .providers.managed import PROGRESS
 from .retry import Backoff, describe
 from .rules import plan_for
@@ -183,13 +181,9 @@ class IdentityProvisioner:
                 # A new account, or one gc is removing: the identity may have been deleted since the
                 # cache last saw it right (gc runs outside the hub), so the cloud is asked.
                 recheck = existing is None or GC_PENDING_ANNOTATION in (existing.get("annotations") or {})
-                backend = backend_for_plan(self.settings, plan.cloud)
-                if plan.cloud.provider in ("aws", "s3_sts") and plan.cloud.mode == "managed" and self.user_namespaces:
-                    cloud_outcome = await backend.ensure(plan, recheck=recheck, namespaces=server_namespaces(self.spawner))
-                else:
-                    cloud_outcome = await backend.ensure(plan, recheck=recheck)
-                if plan.cloud.provider == "azure":  # Azure chose the identity's client id when it made it
-                    plan = azure.with_identity_ids(plan, *backend.ids[plan.cloud.identity])
+                namespaces = server_namespaces(self.spawner) if self.user_namespaces else set()
+                cloud_outcome, plan = await provider_for(plan.cloud.provider).ensure(
+                    backend_for_plan(self.settings, plan.cloud), plan, recheck, namespaces)
             revoked: list[str] = []
 
             async def revoke_what_it_no_longer_plans(found: Any) -> None:
@@ -206,12 +200,9 @@ class IdentityProvisioner:
                         self.accounts.record_event(
                             plan, "CloudIdentityRevoked",
                             f"Revoked {old.split(':', 1)[1]} (no longer planned for {plan.owner}; rule {plan.rule!r})")
-                stale = bindings_to_remove(found, plan)
-                if stale:
-                    await self.revoke_bindings(plan.cloud.identity, stale)
-                dropped = assignments_to_remove(found, plan)
+                dropped = grants_to_remove(found, plan)
                 if dropped:
-                    await self.revoke_assignments(plan.cloud.identity, dropped)
+                    await self.revoke_grants(plan, dropped)
 
             await revoke_what_it_no_longer_plans(existing)
             try:
@@ -222,8 +213,8 @@ class IdentityProvisioner:
                 await self.leave_old_namespaces(plan, cache)
             if outcome != "unchanged" or cloud_outcome in ("created", "updated"):
                 self.accounts.record_event(plan, EVENT_REASONS[outcome], event_message(plan, outcome, cloud_outcome))
-            if plan.cloud is not None and plan.cloud.provider == "gcp":
-                await self.await_activation(plan, existing)
+            if plan.cloud is not None:  # e.g. a new Google grant takes minutes to work
+                await provider_for(plan.cloud.provider).settle(self, plan, existing)
         except IdentityError as e:
             self.log.error("cloudidentity: spawn refused for %s: %s", who, e.admin_detail)
             raise SpawnRefused(e.user_message) from None
@@ -259,59 +250,9 @@ class IdentityProvisioner:
         self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
         return plan
 
-    async def await_activation(self, plan: IdentityPlan, before: Any) -> None:
-        """Wait (bounded) until the pod can use its Google account: after a new Workload
-        Identity grant (``gcp_activation_seconds``; Google: IAM changes take minutes), and after
-        the account's ``iam.gke.io/gcp-service-account`` annotation was just set or changed
-        (``gcp_annotation_settle_seconds``; GKE's metadata server learns it from its own watch)."""
-        deadlines = []
-        if plan.cloud.hub_made:
-            since = backend_for(self.settings, "gcp").activation_pending.get(plan.cloud.identity)
-            if since is not None:
-                deadlines.append(since + max(0.0, min(self.settings.gcp_activation_seconds, 900.0)))
-        annotations = (before or {}).get("annotations") or {}
-        if plan.cloud.mode != "principal" and annotations.get(gcp.GSA_ANNOTATION) != plan.cloud.identity:
-            deadlines.append(time.monotonic() + max(0.0, min(self.settings.gcp_annotation_settle_seconds, 300.0)))
-        if not deadlines or max(deadlines) <= time.monotonic():
-            return
-        deadline, started = max(deadlines), time.monotonic()
-        long_wait = len(deadlines) > 1 or plan.cloud.hub_made
-        self.show_progress(
-            "Your new Google identity is being activated (this can take a few minutes)." if long_wait
-            else "Your server is being connected to its Google identity."
-        )
-        check = self.settings.gcp_activation_check
-        while True:
-            if check is not None and await self._check_passes(check, plan, deadline):
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if check is None:
-                    break
-                raise IdentityError(
-                    "Google has not activated your new cloud identity yet; try again in a few minutes.",
-                    f"{plan.cloud.identity} not usable from {plan.service_account.namespace}/{plan.service_account.name} "
-                    f"{time.monotonic() - started:.0f} s into the wait (gcp_activation_seconds, "
-                    "gcp_annotation_settle_seconds); the next spawn starts at once",
-                )
-            await asyncio.sleep(min(1.0 if check is not None else remaining, remaining))
-        self.log.info("cloudidentity: waited %.1f s for %s to become usable for %s%s", time.monotonic() - started,
-                      plan.cloud.identity, plan.user, "" if check is None else " (check passed)")
-        if plan.cloud.hub_made:
-            pending = backend_for(self.settings, "gcp").activation_pending
-            if pending.get(plan.cloud.identity, float("inf")) <= started:
-                pending.pop(plan.cloud.identity, None)  # waited for; a grant added since keeps its own entry
-
-    async def _check_passes(self, check: Any, plan: IdentityPlan, deadline: float) -> bool:
-        """Run the operator's check without blocking the hub or outliving the wait; an error is "not yet"."""
-        try:
-            result = await asyncio.wait_for(asyncio.to_thread(check, plan), max(0.1, deadline - time.monotonic()))
-            if inspect.isawaitable(result):
-                result = await asyncio.wait_for(result, max(0.1, deadline - time.monotonic()))
-            return bool(result)
-        except Exception as e:
-            self.log.debug("cloudidentity: gcp_activation_check for %s: %s", plan.cloud.identity, describe(e))
-            return False
+    def backend(self, kind: str) -> Any:
+        """The hub's backend *kind* (for a provider's :meth:`~.providers.base.Provider.settle`)."""
+        return backend_for(self.settings, kind)
 
     async def refuse_while_other_pods_use(self, plan: IdentityPlan, identity: str) -> None:
         """One ServiceAccount carries one identity: revoking it under a pod that still runs
@@ -330,22 +271,15 @@ class IdentityProvisioner:
     async def revoke(self, identity: str, owner: str, annotations: dict[str, str], account: tuple[str, str] | None = None) -> bool:
         return await revoke_identity(self.settings, identity, owner, annotations, account)
 
-    async def revoke_assignments(self, identity: str, assignments: list[list[str]]) -> None:
+    async def revoke_grants(self, plan: IdentityPlan, grants: list[Any]) -> None:
+        """Take back what the plan's identity keeps but no longer gets (a dropped role)."""
         try:
-            await backend_for(self.settings, "azure").remove_assignments(identity, assignments)
+            await provider_for(plan.cloud.provider).remove_grants(backend_for_plan(self.settings, plan.cloud),
+                                                                  plan.cloud.identity, grants)
         except Exception as e:
             raise IdentityError(
                 "Your server was not started: access you no longer have could not be revoked; ask your hub admin.",
-                f"removing role assignments {assignments} of {identity} (no longer planned) failed: {type(e).__name__}: {e}",
-            ) from None
-
-    async def revoke_bindings(self, email: str, bindings: list[list[str]]) -> None:
-        try:
-            await backend_for(self.settings, "gcp").remove_bindings(email, bindings)
-        except Exception as e:
-            raise IdentityError(
-                "Your server was not started: access you no longer have could not be revoked; ask your hub admin.",
-                f"removing bindings {bindings} of {email} (no longer planned) failed: {type(e).__name__}: {e}",
+                f"removing grants {grants} of {plan.cloud.identity} (no longer planned) failed: {type(e).__name__}: {e}",
             ) from None
 
     async def forget_user(self, username: str, namespace: str, everywhere: bool = True, why: str = "user deleted") -> None:

@@ -19,7 +19,7 @@ from traitlets.config import Config
 from .config import SECTIONS, identity_settings
 from .errors import ConfigError
 from .providers import registered
-from .providers.builtin import BUILTIN
+from .providers.base import Provider
 
 
 def check_config(config: Config) -> None:
@@ -37,11 +37,17 @@ def check_config(config: Config) -> None:
                     f"{where}.{block.mode}: needs the {provider.extra} extra "
                     f"(pip install 'cloudidentity-spawner[{provider.extra}]')"
                 ) from None
-        if block.hub_made and provider not in BUILTIN:
-            raise ConfigError(f"{where}: provider {rule.cloud_key!r} plans an identity for the hub to make, but only "
-                              "the built-in providers have backends that make, revoke and delete identities")
+        if block.hub_made and not makes_identities(provider):
+            raise ConfigError(f"{where}: provider {rule.cloud_key!r} plans an identity for the hub to make, but has no "
+                              "backends that make, revoke and delete identities (Provider.backends, make_backend, revoke)")
         provider.check(block, settings, where)
     check_group_authorities(config)
+
+
+def makes_identities(provider: Any) -> bool:
+    """Whether *provider* names backends and implements making and revoking with them."""
+    implemented = [getattr(type(provider), m, None) is not getattr(Provider, m) for m in ("make_backend", "revoke")]
+    return bool(getattr(provider, "backends", ())) and all(implemented)
 
 
 def check_group_authorities(config: Config) -> None:

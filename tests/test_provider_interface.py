@@ -1,6 +1,9 @@
 """A site's own provider, registered through the entry-point group ``cloudidentity_spawner.providers``,
 works like a built-in one: its rule block is validated at start-up, planned, described to the
-user and pinned into the pod - without changing this package."""
+user and pinned into the pod; with a backend, the hub makes its identities at spawn, revokes
+them when the plan moves on or the user goes, ``status`` and ``gc`` see them; its credentials
+route is served in the notebook behind the same checks as the built-in ones - all without
+changing this package."""
 
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from cloudidentity_spawner.rules import IdentityRules
 from .kubehelpers import SpawnUser, make_spawner, oidc_state, read, spawner_config
 
 SITE_PROVIDER = '''
+import datetime
+
 from cloudidentity_spawner.errors import ConfigError
 from cloudidentity_spawner.plan import CloudPlan
 from cloudidentity_spawner.providers.base import Provider
@@ -25,21 +30,86 @@ from cloudidentity_spawner import names
 
 
 class Settings:
-    mode, hub_made = "existing", False
+    def __init__(self, bucket, managed=False):
+        self.bucket, self.managed = bucket, managed
 
-    def __init__(self, bucket):
-        self.bucket = bucket
+    mode = property(lambda self: "managed" if self.managed else "existing")
+    hub_made = property(lambda self: self.managed)
+
+
+STORE = {}  # the tape library's accounts: name -> {"hub", "owner", "trusts"}
+LONG_AGO = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+class Library:
+    """The site's API for tape accounts, as a backend: makes, lists and deletes them."""
+
+    def __init__(self, hub):
+        self.hub = hub
+
+    async def ensure(self, plan, recheck=False):
+        sa = plan.service_account
+        entry = STORE.setdefault(plan.cloud.identity, {"hub": self.hub, "owner": plan.owner, "trusts": set()})
+        if (entry["hub"], entry["owner"]) != (self.hub, plan.owner):
+            raise RuntimeError("another's tape account")
+        if (sa.namespace, sa.name) in entry["trusts"]:
+            return "unchanged"
+        entry["trusts"].add((sa.namespace, sa.name))
+        return "created" if len(entry["trusts"]) == 1 else "updated"
+
+    async def delete(self, name, owner, hub):
+        entry = STORE.get(name)
+        if entry is None or entry["hub"] != hub or owner not in (None, entry["owner"]):
+            return False
+        del STORE[name]
+        return True
+
+    async def present(self, name):
+        return name in STORE
+
+    async def hub_made(self, place, hub):
+        return [{"identity": f"tape:{n}", "created": LONG_AGO} for n, e in STORE.items()
+                if e["hub"] == hub and n.startswith(place)]
 
 
 class TapeStore(Provider):
+    backends = ("tape",)
+
     def parse(self, block, where, forbidden, trusted_claims):
-        if not isinstance(block, dict) or set(block) != {"bucket"}:
-            raise ConfigError(f"{where}: expected {{'bucket': <template>}}")
-        return Settings(block["bucket"])
+        if not isinstance(block, dict) or not set(block) <= {"bucket", "managed"} or "bucket" not in block:
+            raise ConfigError(f"{where}: expected {{'bucket': <template>, 'managed': bool}}")
+        return Settings(block["bucket"], bool(block.get("managed")))
 
     def plan(self, settings, context, scope, owner, namespace, service_account):
         bucket = render(settings.bucket, context, names.resource_part)
-        return {"tape.example.org/bucket": bucket}, CloudPlan(provider=self.key, mode="existing", identity=bucket)
+        return {"tape.example.org/bucket": bucket}, CloudPlan(provider=self.key, mode=settings.mode, identity=bucket)
+
+    def make_backend(self, settings, kind):
+        return Library(settings.hub_name)
+
+    async def revoke(self, backend, kind, name, owner, hub, annotations, account):
+        return await backend.delete(name, owner, hub)
+
+    def managed_places(self, settings):
+        return ["archive"] if settings.managed else []
+
+    def search_places(self, settings):
+        return [("tape", "archive")] if settings.managed else []
+
+    def place_of(self, kind, name):
+        return ("tape", "archive") if name.startswith("archive") else None
+
+    def credentials_routes(self):
+        from tornado.web import RequestHandler
+
+        class TapeTicket(RequestHandler):  # no checks of its own: the endpoint adds them
+            def get(self):
+                self.finish({"ticket": "tape-ticket-for-this-server"})
+
+            def post(self):
+                self.finish({"ticket": "posted"})
+
+        return [("tape", TapeTicket), ("aws", TapeTicket), ("../x", TapeTicket)]
 
     def named_templates(self, settings, where, rule, scope):
         return []
@@ -113,21 +183,104 @@ def test_a_site_provider_cannot_take_a_built_in_key(tmp_path, monkeypatch):
         providers._registered = None
 
 
-def test_a_site_provider_cannot_have_the_hub_make_identities_yet(site_provider):
-    """Making, revoking and deleting identities needs a backend; only the built-in ones have one,
-    so a site's block that asks for it stops the hub at start-up instead of failing each spawn."""
+def test_a_site_provider_without_a_backend_cannot_have_the_hub_make_identities(site_provider):
+    """Making, revoking and deleting identities needs a backend: a site's block that asks for it
+    of a provider that has none stops the hub at start-up instead of failing each spawn."""
     from traitlets.config import Config
 
     from cloudidentity_spawner.startup import check_config
 
     import tape_site
 
-    tape_site.Settings.hub_made = True
+    c = Config()
+    c.CloudIdentitySpawner.identity_rules = MANAGED
+    check_config(c)  # with its backend: fine
+    tape_site.TapeStore.backends = ()
     try:
-        c = Config()
-        c.CloudIdentitySpawner.identity_rules = RULES
         with pytest.raises(ConfigError) as e:
             check_config(c)
         assert "identity_rules[0] ('archive').tape" in str(e.value) and "backends" in str(e.value)
     finally:
-        tape_site.Settings.hub_made = False
+        tape_site.TapeStore.backends = ("tape",)
+
+
+MANAGED = [{"name": "archive", "match": {"groups": ["/escape"]}, "tape": {"bucket": "archive-{username}", "managed": True}}]
+
+
+@pytest.fixture
+def library(site_provider):
+    import tape_site
+
+    from cloudidentity_spawner.providers import _backends
+
+    tape_site.STORE.clear()
+    _backends.clear()
+    yield tape_site.STORE
+    _backends.clear()
+
+
+async def test_a_site_providers_identity_is_made_revoked_and_deleted_by_the_hub(library, namespace):
+    from .kubehelpers import list_events, run_gc
+
+    def spawner(bucket: str, user: str = "alice"):
+        rules = [{**MANAGED[0], "tape": {"bucket": bucket, "managed": True}}]
+        return make_spawner(CloudIdentitySpawner, spawner_config(namespace, rules, hub_name="h1"),
+                            SpawnUser(user, oidc_state(**{"wlcg.groups": ["/escape"]})))
+
+    first = spawner("archive-{username}")
+    await first.start()
+    await first.stop()
+    assert library["archive-alice"] == {"hub": "h1", "owner": "user:alice", "trusts": {(namespace, first.service_account)}}
+    account = await read("serviceaccount", namespace, first.service_account)
+    assert account["metadata"]["annotations"]["cloudidentity-spawner/managed-identity"] == "tape:archive-alice"
+
+    # The rule moves on: the old account is revoked before the new pod, and said so.
+    second = spawner("archive2-{username}")
+    await second.start()
+    assert "archive-alice" not in library and "archive2-alice" in library
+    await second.stop()
+    reasons = [e["reason"] for e in await list_events(namespace)]
+    assert "CloudIdentityRevoked" in reasons
+
+    # status sees the identity; gc deletes one this hub made that no account records, and
+    # leaves another hub's.
+    library["archive-zed"] = {"hub": "h1", "owner": "user:zed", "trusts": set()}
+    library["archive-other"] = {"hub": "h2", "owner": "user:other", "trusts": set()}
+    c = spawner_config(namespace, [{**MANAGED[0], "tape": {"bucket": "archive2-{username}", "managed": True}}], hub_name="h1")
+    found, actions = await run_gc(c, namespace, {"alice": oidc_state(**{"wlcg.groups": ["/escape"]})})
+    [entry] = [e for e in found.entries if e.account.user == "alice"]
+    assert (entry.state, entry.account.identity) == ("ok", "tape:archive2-alice")
+    assert [(a.kind, a.identity, a.done) for a in actions] == [("delete-identity", "tape:archive-zed", True)]
+    assert set(library) == {"archive2-alice", "archive-other"}
+
+    # The user goes: their identity goes with their account.
+    await second.delete_forever()
+    assert set(library) == {"archive-other"}
+    assert await read("serviceaccount", namespace, second.service_account) is None
+
+
+def test_a_site_providers_credentials_route_is_served_behind_the_endpoints_checks(site_provider, tmp_path):
+    """The site's handler checks nothing itself; served, it answers only an authenticated GET,
+    cannot take a route another provider has, nor a name that is not a plain one."""
+    import os
+    import sys
+
+    import requests
+
+    from .test_creds import TOKEN, start_server
+
+    site = next(p for p in sys.path if os.path.exists(os.path.join(p, "tape_site.py")))
+    process, url, log = start_server(tmp_path, {"PYTHONPATH": os.pathsep.join([site, os.environ.get("PYTHONPATH", "")])})
+    try:
+        auth = {"Authorization": f"token {TOKEN}"}
+        assert requests.get(f"{url}/api/cloudcreds/tape", timeout=10).status_code == 403
+        answer = requests.get(f"{url}/api/cloudcreds/tape", headers=auth, timeout=10)
+        assert (answer.status_code, answer.json()) == (200, {"ticket": "tape-ticket-for-this-server"})
+        assert requests.post(f"{url}/api/cloudcreds/tape", headers=auth, timeout=10).status_code == 405
+        # "aws" stays the built-in route (a JSON error here: this server has no AWS identity).
+        assert "ticket" not in requests.get(f"{url}/api/cloudcreds/aws", headers=auth, timeout=10).text
+    finally:
+        process.terminate()
+        process.wait(10)
+    text = log.read_text()
+    assert "route 'aws' is taken" in text and "route '../x' is not a plain lower-case name" in text

@@ -1,8 +1,8 @@
 """Cloud providers: the pure planning half of each, and (loaded lazily) the API-calling half.
 
-``aws``, ``gcp`` and ``azure`` import no cloud SDK; the SDK-backed backends for hub-managed
-identities (``aws_iam``, ``eks_pod_identity``, ``gcp_iam``, ``azure_msi``) are imported only when a rule needs them,
-through :func:`backend_for`.
+``aws``, ``gcp``, ``azure`` and ``s3_sts`` import no cloud SDK; the SDK-backed backends for
+hub-managed identities (``aws_iam``, ``eks_pod_identity``, ``gcp_iam``, ``azure_msi``,
+``s3_sts_iam``) are imported only when a rule needs them, through :func:`backend_for`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-_backends: dict[tuple, Any] = {}
+_backends: dict[tuple, Any] = {}  # (kind, client settings) -> backend
 _registered: dict[str, Any] | None = None
 
 
@@ -25,7 +25,7 @@ def registered() -> dict[str, Any]:
     if _registered is None:
         from importlib.metadata import entry_points
 
-        from .base import ENTRY_POINT_GROUP
+        from .base import ENTRY_POINT_GROUP, Provider
         from .builtin import BUILTIN
 
         found = {p.key: p for p in BUILTIN}
@@ -38,6 +38,9 @@ def registered() -> dict[str, Any]:
             except Exception as e:  # the site's package: say which, in one line
                 raise ConfigError(f"provider {entry.name!r} ({entry.value}) cannot be loaded: {type(e).__name__}: {e}") from None
             provider = provider() if isinstance(provider, type) else provider
+            if not isinstance(provider, Provider):
+                raise ConfigError(f"provider {entry.name!r} ({entry.value}) is not a "
+                                  "cloudidentity_spawner.providers.base.Provider (subclass it)")
             missing = [m for m in ("parse", "plan", "named_templates") if not callable(getattr(provider, m, None))]
             if missing:
                 raise ConfigError(f"provider {entry.name!r} ({entry.value}) lacks {', '.join(missing)}: "
@@ -60,59 +63,56 @@ def provider_for(key: str | None) -> Any:
 
 def backend_for_plan(settings: Any, cloud: Any) -> Any:
     """The backend that makes a plan's hub-made identity (Pod Identity associations are EKS's)."""
-    return backend_for(settings, "eks" if cloud.mode == "pod_identity" else cloud.provider)
+    return backend_for(settings, provider_for(cloud.provider).backend_kind(cloud))
 
 
-def _shared(key: tuple, module: str, cls: str, *args: Any, **kwargs: Any) -> Any:
-    """The backend registered under *key*; the first time, ``module.cls(*args, **kwargs)``
-    (imported only then: the SDK-backed modules need their extra)."""
+def backend_for(settings: Any, kind: str) -> Any:
+    """The backend *kind* (``aws``, ``eks``, ``gcp``, ...) for *settings* (a ``CloudIdentity``),
+    made by its provider (:meth:`.base.Provider.make_backend`).
+
+    One per kind and client settings per hub process, so the caches, the per-identity locks and
+    the concurrent-call limit are shared by all spawns.
+    """
+    provider = provider_of_backend(kind)
+    if provider is None:
+        raise ConfigError(f"no backend manages {kind!r} identities")
+    key = (kind, provider.backend_key(settings, kind))
     if key not in _backends:
-        _backends[key] = getattr(importlib.import_module(f"{__name__}.{module}"), cls)(*args, **kwargs)
+        backend = provider.make_backend(settings, kind)
+        if backend is None:
+            raise ConfigError(f"provider {provider.key!r} has no backend {kind!r}")
+        _backends[key] = backend
     return _backends[key]
 
 
-def backend_for(settings: Any, provider: str) -> Any:
-    """The backend that manages *provider* identities for *settings* (a ``CloudIdentity``).
+def load_backend(module: str, cls: str, *args: Any, **kwargs: Any) -> Any:
+    """``<this package>.module.cls(*args, **kwargs)``, imported only then (the SDK-backed
+    modules need their extra)."""
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)(*args, **kwargs)
 
-    One per provider and client settings per hub process, so the caches, the per-identity
-    locks and the concurrent-call limit are shared by all spawns.
-    """
-    common = {"cache_seconds": settings.cloud_cache_seconds, "log": settings.log}
-    if provider == "aws":
-        kwargs = dict(settings.aws_client_kwargs)
-        return _shared(("aws", json.dumps(kwargs, sort_keys=True, default=str)), "aws_iam", "ManagedRoles", kwargs,
-                       max_concurrent_calls=settings.aws_max_concurrent_calls,
-                       propagation_seconds=settings.aws_role_propagation_seconds, **common)
-    if provider == "eks":
-        kwargs = dict(settings.aws_eks_client_kwargs or settings.aws_client_kwargs)
-        return _shared(("eks", json.dumps(kwargs, sort_keys=True, default=str)), "eks_pod_identity", "PodIdentityAssociations",
-                       kwargs, max_concurrent_calls=settings.aws_max_concurrent_calls,
-                       propagation_seconds=settings.aws_pod_identity_propagation_seconds, **common)
-    if provider == "s3_sts":
-        kwargs = dict(settings.s3_sts_client_kwargs)
-        return _shared(("s3_sts", json.dumps(kwargs, sort_keys=True, default=str)), "s3_sts_iam", "StoreRoles", kwargs,
-                       max_concurrent_calls=settings.aws_max_concurrent_calls, **common)
-    if provider == "gcp":
-        factory = settings.gcp_client_factory
-        return _shared(("gcp", id(factory)), "gcp_iam", "ManagedServiceAccounts", factory,
-                       max_concurrent_calls=settings.gcp_max_concurrent_calls,
-                       propagation_seconds=settings.gcp_propagation_seconds, **common)
-    if provider == "azure":
-        factory = settings.azure_client_factory
-        return _shared(("azure", id(factory)), "azure_msi", "ManagedIdentities", factory,
-                       max_concurrent_calls=settings.azure_max_concurrent_calls, **common)
-    raise ConfigError(f"no backend manages {provider!r} identities")
+
+def client_key(kwargs: Any) -> str:
+    """A backend's client settings as a key (the same settings, the same backend)."""
+    return json.dumps(dict(kwargs), sort_keys=True, default=str)
 
 
 def with_what_the_cloud_assigned(plan: Any, annotations: Any) -> Any:
     """*plan* completed with what the cloud chose when it made the identity and the account
     records (an Azure identity's client and tenant ids), for comparing the account with its plan
     outside a spawn (``status``, the admin page) - a spawn learns them from the cloud."""
-    from . import azure
+    provider = provider_for(plan.cloud.provider) if plan.cloud is not None else None
+    return provider.completed(plan, annotations) if provider is not None else plan
 
-    cloud = plan.cloud
-    if cloud is not None and cloud.provider == "azure" and cloud.mode == "managed":
-        client, tenant = (annotations.get(k) for k in azure.ANNOTATIONS)
-        if client and tenant:
-            return azure.with_identity_ids(plan, client, tenant)
-    return plan
+
+def account_identity(annotations: Any) -> str | None:
+    """The identity an account's annotations give its pods, by the first provider that reads one."""
+    for provider in registered().values():
+        found = provider.account_identity(annotations)
+        if found:
+            return found
+    return None
+
+
+def owned_annotations() -> frozenset[str]:
+    """Every provider's :attr:`~.base.Provider.annotations`."""
+    return frozenset(a for p in registered().values() for a in getattr(p, "annotations", ()))

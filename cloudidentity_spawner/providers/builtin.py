@@ -11,8 +11,9 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import ConfigError
-from . import aws, azure, gcp, s3_sts
-from .base import Provider
+from ..plan import MANAGED_IDENTITY_ANNOTATION
+from . import aws, azure, client_key, gcp, load_backend, s3_sts
+from .base import Grant, Provider
 
 
 class _Planned(Provider):
@@ -31,6 +32,14 @@ class _Planned(Provider):
         return self.module.named_templates(settings, where, rule, scope)
 
 
+def _common(settings: Any) -> dict[str, Any]:
+    return {"cache_seconds": settings.cloud_cache_seconds, "log": settings.log}
+
+
+def _recorded(annotations: Mapping[str, str], key: str) -> list[Any]:
+    return json.loads(annotations.get(key, "[]"))
+
+
 def _role_path(name: str) -> str:
     """The path of a role ARN (``arn:...:role/<path>/<name>``): ``/`` or ``/a/b/``."""
     return name.split(":role", 1)[1].rpartition("/")[0] + "/"
@@ -38,6 +47,45 @@ def _role_path(name: str) -> str:
 
 class AwsProvider(_Planned):
     key, module, sdk_module, extra, backends = "aws", aws, "boto3", "aws", ("aws", "eks")
+    annotations = aws.ANNOTATIONS
+
+    def backend_kind(self, cloud: Any) -> str:
+        return "eks" if cloud.mode == "pod_identity" else "aws"
+
+    def _client_kwargs(self, settings: Any, kind: str) -> dict[str, Any]:
+        return dict((settings.aws_eks_client_kwargs or settings.aws_client_kwargs) if kind == "eks" else settings.aws_client_kwargs)
+
+    def backend_key(self, settings: Any, kind: str) -> Any:
+        return client_key(self._client_kwargs(settings, kind))
+
+    def make_backend(self, settings: Any, kind: str) -> Any:
+        if kind == "eks":
+            return load_backend("eks_pod_identity", "PodIdentityAssociations", self._client_kwargs(settings, kind),
+                                max_concurrent_calls=settings.aws_max_concurrent_calls,
+                                propagation_seconds=settings.aws_pod_identity_propagation_seconds, **_common(settings))
+        return load_backend("aws_iam", "ManagedRoles", self._client_kwargs(settings, kind),
+                            max_concurrent_calls=settings.aws_max_concurrent_calls,
+                            propagation_seconds=settings.aws_role_propagation_seconds, **_common(settings))
+
+    async def ensure(self, backend: Any, plan: Any, recheck: bool, namespaces: Collection[str]) -> tuple[str | None, Any]:
+        if plan.cloud.mode == "managed" and namespaces:  # the role trusts each namespace's account of the user
+            return await backend.ensure(plan, recheck=recheck, namespaces=namespaces), plan
+        return await backend.ensure(plan, recheck=recheck), plan
+
+    def credentials_routes(self) -> list[tuple[str, Any]]:
+        from ..creds import AWSCredentialsHandler  # IRSA, Pod Identity and S3-compatible stores alike
+
+        return [("aws", AWSCredentialsHandler)]
+
+    def account_identity(self, annotations: Mapping[str, str]) -> str | None:
+        arn = annotations.get(aws.ROLE_ARN_ANNOTATION)
+        return f"aws:{arn}" if arn else None
+
+    def account_of(self, kind: str, name: str) -> tuple[str, str] | None:
+        if kind != "eks":
+            return None
+        _, namespace, account = name.split("/", 2)  # an association: <cluster>/<namespace>/<account>
+        return namespace, account
 
     async def revoke(self, backend: Any, kind: str, name: str, owner: str | None, hub: str,
                      annotations: Mapping[str, str], account: tuple[str, str] | None) -> bool:
@@ -69,23 +117,74 @@ class AwsProvider(_Planned):
         return cloud.identity
 
     def pin(self, pod: Any, plan: Any, webhook_parts: bool) -> None:
-        from .. import pinning
+        from . import aws_pods
 
         role_arn = plan.service_account.annotations.get(aws.ROLE_ARN_ANNOTATION)
         if role_arn:
-            pinning.name_the_session(pod, plan)
+            aws_pods.name_the_session(pod, plan)
             if webhook_parts:
-                pinning.pin_irsa(pod, plan, role_arn)
+                aws_pods.pin_irsa(pod, plan, role_arn)
         if webhook_parts and plan.cloud.mode == "pod_identity":
-            pinning.pin_pod_identity(pod, plan.cloud.identity)
+            aws_pods.pin_pod_identity(pod, plan.cloud.identity)
 
 
 class GcpProvider(_Planned):
     key, module, sdk_module, extra, backends = "gcp", gcp, "google.cloud.iam_admin_v1", "gcp", ("gcp",)
+    annotations = gcp.ANNOTATIONS
+
+    def backend_key(self, settings: Any, kind: str) -> Any:
+        return id(settings.gcp_client_factory)
+
+    def make_backend(self, settings: Any, kind: str) -> Any:
+        return load_backend("gcp_iam", "ManagedServiceAccounts", settings.gcp_client_factory,
+                            max_concurrent_calls=settings.gcp_max_concurrent_calls,
+                            propagation_seconds=settings.gcp_propagation_seconds, **_common(settings))
+
+    def credentials_routes(self) -> list[tuple[str, Any]]:
+        from ..creds import GCPTokenHandler
+
+        return [("gcp", GCPTokenHandler)]
+
+    def account_identity(self, annotations: Mapping[str, str]) -> str | None:
+        email = annotations.get(gcp.GSA_ANNOTATION)
+        return f"gcp:{email}" if email else None
+
+    def dropped_grants(self, annotations: Mapping[str, str], plan: Any) -> list[Any]:
+        # Bindings the same account (or principal) was given that the plan no longer wants: a
+        # dropped bucket role, or a bucket binding an older version made, must not stay granted.
+        cloud = plan.cloud
+        if cloud.mode not in ("managed", "principal"):
+            return []
+        same = (annotations.get(MANAGED_IDENTITY_ANNOTATION) == f"gcp:{cloud.identity}" if cloud.mode == "principal"
+                else annotations.get(gcp.GSA_ANNOTATION) == cloud.identity)
+        if not same:
+            return []  # another identity: revoked whole, if it was ours
+        new = _recorded(plan.service_account.annotations, gcp.BINDINGS_ANNOTATION)
+        return [b for b in _recorded(annotations, gcp.BINDINGS_ANNOTATION) if b not in new]
+
+    async def remove_grants(self, backend: Any, identity: str, grants: list[Any]) -> None:
+        await backend.remove_bindings(identity, grants)
+
+    async def settle(self, step: Any, plan: Any, before: Mapping[str, Any] | None) -> None:
+        from .gcp_upkeep import await_activation
+
+        await await_activation(step, plan, before)
+
+    def recorded_grants(self, grants: list[Any]) -> dict[str, str]:
+        return {gcp.BINDINGS_ANNOTATION: json.dumps(grants)} if grants else {}
+
+    async def orphaned_grants(self, blocks: list[Any], backend: Any, made_here: Collection[str],
+                              deleting: Mapping[str, list[Any]], namespaces: Collection[str]) -> tuple[list[Any], list[tuple[str, str]]]:
+        from .gcp_upkeep import orphaned_grants
+
+        return await orphaned_grants(blocks, backend, made_here, deleting, namespaces)
+
+    async def remove_grant(self, backend: Any, grant: Grant) -> bool:
+        return await backend.remove_grant(grant.resource, grant.role, grant.title, grant.member)
 
     async def revoke(self, backend: Any, kind: str, name: str, owner: str | None, hub: str,
                      annotations: Mapping[str, str], account: tuple[str, str] | None) -> bool:
-        bindings = json.loads(annotations.get(gcp.BINDINGS_ANNOTATION, "[]"))
+        bindings = _recorded(annotations, gcp.BINDINGS_ANNOTATION)
         if name.startswith("principal://"):  # no account: the recorded grants to the principal
             await backend.remove_bindings(name, bindings)
             return True
@@ -109,10 +208,48 @@ class GcpProvider(_Planned):
 
 class AzureProvider(_Planned):
     key, module, sdk_module, extra, backends = "azure", azure, "azure.mgmt.msi", "azure", ("azure",)
+    annotations = azure.ANNOTATIONS
+
+    def backend_key(self, settings: Any, kind: str) -> Any:
+        return id(settings.azure_client_factory)
+
+    def make_backend(self, settings: Any, kind: str) -> Any:
+        return load_backend("azure_msi", "ManagedIdentities", settings.azure_client_factory,
+                            max_concurrent_calls=settings.azure_max_concurrent_calls, **_common(settings))
+
+    async def ensure(self, backend: Any, plan: Any, recheck: bool, namespaces: Collection[str]) -> tuple[str | None, Any]:
+        outcome = await backend.ensure(plan, recheck=recheck)
+        # Azure chose the identity's client id when it made it.
+        return outcome, azure.with_identity_ids(plan, *backend.ids[plan.cloud.identity])
+
+    def credentials_routes(self) -> list[tuple[str, Any]]:
+        from ..creds import AzureTokenHandler
+
+        return [("azure", AzureTokenHandler)]
+
+    def account_identity(self, annotations: Mapping[str, str]) -> str | None:
+        client = annotations.get(azure.CLIENT_ID_ANNOTATION)
+        return f"azure:{client}" if client else None
+
+    def completed(self, plan: Any, annotations: Mapping[str, str]) -> Any:
+        if plan.cloud.mode != "managed":
+            return plan
+        client, tenant = (annotations.get(k) for k in azure.ANNOTATIONS)
+        return azure.with_identity_ids(plan, client, tenant) if client and tenant else plan
+
+    def dropped_grants(self, annotations: Mapping[str, str], plan: Any) -> list[Any]:
+        # Role assignments the same identity was given that the plan no longer wants.
+        if plan.cloud.mode != "managed" or annotations.get(MANAGED_IDENTITY_ANNOTATION) != plan.cloud.recorded:
+            return []  # another identity: revoked whole, if it was ours
+        new = _recorded(plan.service_account.annotations, azure.ROLE_ASSIGNMENTS_ANNOTATION)
+        return [a for a in _recorded(annotations, azure.ROLE_ASSIGNMENTS_ANNOTATION) if a not in new]
+
+    async def remove_grants(self, backend: Any, identity: str, grants: list[Any]) -> None:
+        await backend.remove_assignments(identity, grants)
 
     async def revoke(self, backend: Any, kind: str, name: str, owner: str | None, hub: str,
                      annotations: Mapping[str, str], account: tuple[str, str] | None) -> bool:
-        assignments = json.loads(annotations.get(azure.ROLE_ASSIGNMENTS_ANNOTATION, "[]"))
+        assignments = _recorded(annotations, azure.ROLE_ASSIGNMENTS_ANNOTATION)
         credential = None if account is None else azure.credential_name(*account)
         return await backend.delete(name, owner, hub, assignments, credential)
 
@@ -140,6 +277,22 @@ class AzureProvider(_Planned):
 
 class StoreProvider(_Planned):
     key, module, sdk_module, extra, backends = "s3_sts", s3_sts, "boto3", "aws", ("s3_sts",)
+
+    def backend_key(self, settings: Any, kind: str) -> Any:
+        return client_key(settings.s3_sts_client_kwargs)
+
+    def make_backend(self, settings: Any, kind: str) -> Any:
+        return load_backend("s3_sts_iam", "StoreRoles", dict(settings.s3_sts_client_kwargs),
+                            max_concurrent_calls=settings.aws_max_concurrent_calls, **_common(settings))
+
+    async def ensure(self, backend: Any, plan: Any, recheck: bool, namespaces: Collection[str]) -> tuple[str | None, Any]:
+        if namespaces:  # the role trusts each namespace's account of the user
+            return await backend.ensure(plan, recheck=recheck, namespaces=namespaces), plan
+        return await backend.ensure(plan, recheck=recheck), plan
+
+    def account_identity(self, annotations: Mapping[str, str]) -> str | None:
+        arn = annotations.get(s3_sts.ROLE_ARN_ANNOTATION)
+        return f"s3_sts:{arn}" if arn else None
 
     async def revoke(self, backend: Any, kind: str, name: str, owner: str | None, hub: str,
                      annotations: Mapping[str, str], account: tuple[str, str] | None) -> bool:
@@ -169,9 +322,9 @@ class StoreProvider(_Planned):
         return f"the role {cloud.identity} at the object store {cloud.resources['pod']['env']['AWS_ENDPOINT_URL_S3']}"
 
     def pin(self, pod: Any, plan: Any, webhook_parts: bool) -> None:
-        from .. import pinning
+        from . import aws_pods
 
-        pinning.pin_store_token(pod, plan.cloud.resources["pod"])  # no webhook exists there: always
+        aws_pods.pin_store_token(pod, plan.cloud.resources["pod"])  # no webhook exists there: always
 
 
 BUILTIN: tuple[Provider, ...] = (AwsProvider(), GcpProvider(), AzureProvider(), StoreProvider())
