@@ -25,7 +25,7 @@ from .inventory import Account, Survey, hub_made_identity, our_accounts
 from .kube import ServiceAccounts
 from .plan import GC_PENDING_ANNOTATION, MANAGED_IDENTITY_ANNOTATION
 from .providers import backend_for, provider_for, provider_of_backend
-from .providers.base import Grant
+from .providers.base import Grant, Provider
 from .provisioner import revoke_identity
 
 
@@ -142,17 +142,19 @@ async def cloud_made(settings: Any, recorded: Iterable[str] = (), role_paths: It
         for place in provider.search_places(rule.cloud) if provider is not None else ():
             places[place] = True
     found: list[dict[str, Any]] = []
-    for (provider, place), named_by_rules in places.items():
+    for (kind, place), named_by_rules in places.items():
         try:
-            found += await backend_for(settings, provider).hub_made(place, settings.hub_name)
+            listed = await backend_for(settings, kind).hub_made(place, settings.hub_name)
+            # A backend answers for its own kind only (gc deletes through the kind's backend).
+            found += [f for f in listed if str(f.get("identity", "")).startswith(f"{kind}:")]
         except IdentityError:
             raise
         except Exception as e:  # no credentials, refused, unreachable: one line, nothing done
             if not named_by_rules and unsearched is not None:  # e.g. the hub's policy covers the rules' paths only
-                unsearched.append(Action("search", f"this hub's {provider} identities in {place}",
+                unsearched.append(Action("search", f"this hub's {kind} identities in {place}",
                                          skipped=f"could not list them: {_said(e)}"))
                 continue
-            raise IdentityError("", f"gc could not list the hub-made {provider} identities in {place}: "
+            raise IdentityError("", f"gc could not list the hub-made {kind} identities in {place}: "
                                     f"{type(e).__name__}: {' '.join(str(e).split())[:300]}. gc needs the hub's cloud "
                                     "credentials: run it where the hub runs (kubectl exec into the hub pod), or give it "
                                     "the same ones (AWS_PROFILE or AWS_* variables, GOOGLE_APPLICATION_CREDENTIALS, "
@@ -206,10 +208,22 @@ async def stale_grants(settings: Any, accounts: ServiceAccounts, actions: list[A
     present: dict[tuple[str, str], bool | None] = {}
     for key, rule_blocks in blocks.items():
         provider = provider_for(key)
-        backend = backend_for(settings, provider.backend_kind(rule_blocks[0])) if provider.backends else None
-        found, unreadable = await provider.orphaned_grants(rule_blocks, backend, made_here, deleting, principal_namespaces)
+        if type(provider).orphaned_grants is Provider.orphaned_grants:
+            continue  # its grants live and die with its identities
+        kinds = set(provider.backends)
+        own = {identity: grants for identity, grants in deleting.items() if identity.partition(":")[0] in kinds}
+        try:
+            backend = backend_for(settings, provider.backend_kind(rule_blocks[0]))
+            found, unreadable = await provider.orphaned_grants(rule_blocks, backend, made_here, own, principal_namespaces)
+        except IdentityError:
+            raise
+        except Exception as e:  # one provider's search: reported, the rest go on
+            unread.append(Action("search", f"grants of the rules' {key} blocks", skipped=f"could not search them: {_said(e)}"))
+            continue
         unread += [Action("search", what, skipped=why) for what, why in unreadable]
         for grant, account, reason in found:
+            if grant.kind not in kinds:  # a provider removes grants through its own backends only
+                continue
             if account is None:
                 stale.append(Action("remove-grant", reason, grant=grant))
                 continue

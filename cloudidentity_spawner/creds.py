@@ -338,16 +338,48 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
     return [{"module": "cloudidentity_spawner.creds"}]
 
 
+class _Guard(_CredentialsHandler):
+    """What a served credentials route keeps whatever its handler defines: the server's own
+    request checks, who the caller is and what they may do, and which methods are answered."""
+
+    SUPPORTED_METHODS = ("GET", "OPTIONS")  # OPTIONS: the server's CORS preflight, no credentials
+    auth_resource = CREDENTIALS_RESOURCE
+
+    async def prepare(self) -> None:
+        # The server's own (host, origin, who the caller is); never the handler's, which could
+        # answer before any of it.
+        await APIHandler.prepare(self)
+
+
+# The handler comes after the guard in the method order: these stay the server's.
+for _name in ("current_user", "get_current_user", "authorizer", "identity_provider", "check_host", "check_origin",
+              "check_xsrf_cookie", "_execute", "options", "set_default_headers"):
+    if _name not in _Guard.__dict__:
+        setattr(_Guard, _name, next(vars(c)[_name] for c in _CredentialsHandler.__mro__ if _name in vars(c)))
+
+
+_SERVER_CLASSES = set(_CredentialsHandler.__mro__)
+_SERVER_STEPS = {"prepare", "current_user", "get_current_user", "authorizer", "identity_provider", "check_host",
+                 "check_origin", "check_xsrf_cookie", "_execute", "auth_resource", "options", "set_default_headers"}
+
+
 def guarded(handler: type) -> type:
-    """*handler* serving GET only, and only to a caller the server authenticates and its
-    Authorizer allows to execute code (as the built-in routes): a provider's route cannot
-    forget either, nor answer another method."""
+    """*handler* serving GET only (and the server's CORS preflight), and only to a caller the
+    server authenticates and its Authorizer allows to execute code (as the built-in routes):
+    a provider's route cannot skip either, nor answer another method."""
+    if not (isinstance(handler, type) and issubclass(handler, web.RequestHandler)) or not callable(getattr(handler, "get", None)):
+        raise TypeError(f"{handler!r} is not a tornado RequestHandler with a get method")
+    # The server's checks run in the request's prepare chain, which reaches a handler's own
+    # prepare; a handler that redefines any step of them could answer before them.
+    own = {name for c in handler.__mro__ if c not in _SERVER_CLASSES for name in vars(c)}
+    redefined = sorted(own & _SERVER_STEPS)
+    if redefined:
+        raise TypeError(f"{handler.__name__} redefines {', '.join(redefined)}: a credentials route defines get "
+                        "(and helpers of its own) only")
 
-    class Guarded(handler, _CredentialsHandler):  # type: ignore[misc, valid-type]
-        SUPPORTED_METHODS = ("GET",)
-
+    class Guarded(_Guard, handler):  # type: ignore[misc, valid-type]
         @web.authenticated
-        @authorized(CREDENTIALS_ACTION)
+        @authorized(CREDENTIALS_ACTION, CREDENTIALS_RESOURCE)
         async def get(self, *args: Any, **kwargs: Any) -> None:
             result = handler.get(self, *args, **kwargs)
             if result is not None and hasattr(result, "__await__"):
@@ -374,12 +406,21 @@ def credentials_routes(log: Any) -> list[tuple[str, type]]:
         providers = list(BUILTIN)
     routes: dict[str, type] = {}
     for provider in providers:
-        for name, handler in provider.credentials_routes():
-            if not _ROUTE.fullmatch(name) or name in routes:
+        try:
+            offered = [(name, handler) for name, handler in provider.credentials_routes()]
+        except Exception as e:  # one provider's mistake costs its own routes only
+            log.error("cloudidentity-spawner: provider %r's credentials routes not served: %s: %s", provider.key,
+                      type(e).__name__, e)
+            continue
+        for name, handler in offered:
+            if not isinstance(name, str) or not _ROUTE.fullmatch(name) or name in routes:
                 log.error("cloudidentity-spawner: provider %r's credentials route %r is %s; not served", provider.key,
                           name, "taken" if name in routes else "not a plain lower-case name")
                 continue
-            routes[name] = guarded(handler)
+            try:
+                routes[name] = guarded(handler)
+            except TypeError as e:
+                log.error("cloudidentity-spawner: provider %r's credentials route %r not served: %s", provider.key, name, e)
     return list(routes.items())
 
 

@@ -34,7 +34,7 @@ from .plan import (
     SCOPE_LABEL,
     IdentityPlan,
 )
-from .providers import account_identity, backend_for, with_what_the_cloud_assigned
+from .providers import account_identity, backend_for, provider_of_backend, with_what_the_cloud_assigned
 from .rules import IdentityRules
 
 STATES = ("ok", "drift", "orphaned", "unknown")
@@ -325,6 +325,9 @@ async def cloud_presence(settings: Any, identities: Collection[str]) -> dict[str
     cloud refused or did not answer)."""
     async def check(identity: str) -> bool | str | None:
         kind, _, name = identity.partition(":")
+        provider = provider_of_backend(kind)
+        if provider is not None and not provider.has_object(kind, name):
+            return None
         try:
             return await backend_for(settings, kind).present(name)
         except Exception as e:  # the SDKs' own errors, whatever they are: said, not raised

@@ -33,7 +33,7 @@ from .plan import (
     IdentityPlan,
     refuse_another_person,
 )
-from .providers import account_identity, owned_annotations, provider_for
+from .providers import owned_annotations, provider_for, registered
 from .retry import Backoff, describe
 
 ADOPTED_ANNOTATION = PREFIX + "adopted"
@@ -138,10 +138,10 @@ def hub_made_identity(annotations: Mapping[str, str], managed_places: Collection
     recorded = annotations.get(MANAGED_IDENTITY_ANNOTATION)
     if recorded:
         return recorded
-    identity = account_identity(annotations)  # what the pods run as; a place is a name's start or end
-    name = identity.partition(":")[2] if identity else ""
-    if name and any(name.startswith(p) or name.endswith(p) for p in managed_places):
-        return identity
+    for provider in registered().values():
+        found = provider.made_before_records(annotations, managed_places)
+        if found:
+            return found
     return None
 
 

@@ -182,8 +182,8 @@ class IdentityProvisioner:
                 # cache last saw it right (gc runs outside the hub), so the cloud is asked.
                 recheck = existing is None or GC_PENDING_ANNOTATION in (existing.get("annotations") or {})
                 namespaces = server_namespaces(self.spawner) if self.user_namespaces else set()
-                cloud_outcome, plan = await provider_for(plan.cloud.provider).ensure(
-                    backend_for_plan(self.settings, plan.cloud), plan, recheck, namespaces)
+                cloud_outcome, plan = await self._provider_step(plan, "ensure", lambda provider: provider.ensure(
+                    backend_for_plan(self.settings, plan.cloud), plan, recheck, namespaces))
             revoked: list[str] = []
 
             async def revoke_what_it_no_longer_plans(found: Any) -> None:
@@ -214,7 +214,7 @@ class IdentityProvisioner:
             if outcome != "unchanged" or cloud_outcome in ("created", "updated"):
                 self.accounts.record_event(plan, EVENT_REASONS[outcome], event_message(plan, outcome, cloud_outcome))
             if plan.cloud is not None:  # e.g. a new Google grant takes minutes to work
-                await provider_for(plan.cloud.provider).settle(self, plan, existing)
+                await self._provider_step(plan, "settle", lambda provider: provider.settle(self, plan, existing))
         except IdentityError as e:
             self.log.error("cloudidentity: spawn refused for %s: %s", who, e.admin_detail)
             raise SpawnRefused(e.user_message) from None
@@ -249,6 +249,21 @@ class IdentityProvisioner:
             record["revoked_cloud_identity"] = revoked[0]
         self.log.info("cloudidentity audit %s", json.dumps(record, sort_keys=True))
         return plan
+
+    async def _provider_step(self, plan: IdentityPlan, step: str, call: Any) -> Any:
+        """A provider's step of the spawn; what it raises other than the package's own errors is
+        a refused spawn with the provider and step in the admin log (never a stack trace to the user)."""
+        provider = provider_for(plan.cloud.provider)
+        try:
+            return await call(provider)
+        except (IdentityError, ConfigError, ApiException):
+            raise
+        except Exception as e:
+            self.log.exception("cloudidentity: provider %r %s failed for %s", provider.key, step, plan.user)
+            raise IdentityError(
+                "Your cloud identity could not be set up; try again in a minute, or ask your hub admin.",
+                f"provider {provider.key!r} {step} of {plan.cloud.identity} failed: {type(e).__name__}: {e}",
+            ) from None
 
     def backend(self, kind: str) -> Any:
         """The hub's backend *kind* (for a provider's :meth:`~.providers.base.Provider.settle`)."""

@@ -47,7 +47,8 @@ def check_config(config: Config) -> None:
 def makes_identities(provider: Any) -> bool:
     """Whether *provider* names backends and implements making and revoking with them."""
     implemented = [getattr(type(provider), m, None) is not getattr(Provider, m) for m in ("make_backend", "revoke")]
-    return bool(getattr(provider, "backends", ())) and all(implemented)
+    # An account records a hub-made identity as "<key>:<identity>": the key must be a backend's.
+    return provider.key in getattr(provider, "backends", ()) and all(implemented)
 
 
 def check_group_authorities(config: Config) -> None:

@@ -48,6 +48,8 @@ class Library:
         self.hub = hub
 
     async def ensure(self, plan, recheck=False):
+        if plan.user == "breaker":
+            raise RuntimeError("the tape library is offline")
         sa = plan.service_account
         entry = STORE.setdefault(plan.cloud.identity, {"hub": self.hub, "owner": plan.owner, "trusts": set()})
         if (entry["hub"], entry["owner"]) != (self.hub, plan.owner):
@@ -68,8 +70,13 @@ class Library:
         return name in STORE
 
     async def hub_made(self, place, hub):
+        # A buggy listing also names another backend's identity: gc must not take it for its own.
         return [{"identity": f"tape:{n}", "created": LONG_AGO} for n, e in STORE.items()
-                if e["hub"] == hub and n.startswith(place)]
+                if e["hub"] == hub and n.startswith(place)] + [{"identity": "aws:" + FOREIGN_ROLE, "created": LONG_AGO}]
+
+
+FOREIGN_ROLE = "arn:aws:iam::123456789012:role/jupyterhub/h1/h1-alice"
+FAIL_SEARCH = []
 
 
 class TapeStore(Provider):
@@ -99,17 +106,39 @@ class TapeStore(Provider):
     def place_of(self, kind, name):
         return ("tape", "archive") if name.startswith("archive") else None
 
+    async def orphaned_grants(self, blocks, backend, made_here, deleting, namespaces):
+        from cloudidentity_spawner.providers.base import Grant
+
+        if FAIL_SEARCH:
+            raise RuntimeError("the tape library's grant list is offline")
+        # A buggy search names a grant of another backend (a live user's Google binding).
+        member = "serviceAccount:jh-alice@my-project.iam.gserviceaccount.com"
+        return [(Grant("gcp", "projects/my-project", "roles/viewer", "", member), None, "gone")], []
+
     def credentials_routes(self):
         from tornado.web import RequestHandler
 
-        class TapeTicket(RequestHandler):  # no checks of its own: the endpoint adds them
+        class TapeTicket(RequestHandler):  # checks nothing itself
             def get(self):
                 self.finish({"ticket": "tape-ticket-for-this-server"})
 
             def post(self):
                 self.finish({"ticket": "posted"})
 
-        return [("tape", TapeTicket), ("aws", TapeTicket), ("../x", TapeTicket)]
+        class Early(TapeTicket):  # tries to answer before the server's checks, or to be its own judge
+            auth_resource = "contents"
+
+            def prepare(self):
+                self.finish({"ticket": "answered in prepare"})
+
+            @property
+            def current_user(self):
+                return "anyone"
+
+        def broken():
+            pass
+
+        return [("tape", TapeTicket), ("aws", TapeTicket), ("../x", TapeTicket), ("tape2", broken), ("early", Early)]
 
     def named_templates(self, settings, where, rule, scope):
         return []
@@ -250,13 +279,102 @@ async def test_a_site_providers_identity_is_made_revoked_and_deleted_by_the_hub(
     found, actions = await run_gc(c, namespace, {"alice": oidc_state(**{"wlcg.groups": ["/escape"]})})
     [entry] = [e for e in found.entries if e.account.user == "alice"]
     assert (entry.state, entry.account.identity) == ("ok", "tape:archive2-alice")
+    # Not the other backend's role its listing named, nor the Google grant its search named.
     assert [(a.kind, a.identity, a.done) for a in actions] == [("delete-identity", "tape:archive-zed", True)]
     assert set(library) == {"archive2-alice", "archive-other"}
+    import tape_site
+
+    tape_site.FAIL_SEARCH.append(True)
+    try:  # a provider's search that fails is reported; the rest of gc goes on
+        _, actions = await run_gc(c, namespace, {"alice": oidc_state(**{"wlcg.groups": ["/escape"]})}, apply=False)
+    finally:
+        tape_site.FAIL_SEARCH.clear()
+    [search] = [a for a in actions if a.kind == "search"]
+    assert "offline" in search.skipped and "tape" in search.reason
 
     # The user goes: their identity goes with their account.
     await second.delete_forever()
     assert set(library) == {"archive-other"}
     assert await read("serviceaccount", namespace, second.service_account) is None
+
+
+async def test_a_site_backends_failure_is_a_clear_refusal(library, namespace, caplog):
+    from cloudidentity_spawner.errors import SpawnRefused
+
+    spawner = make_spawner(CloudIdentitySpawner, spawner_config(namespace, MANAGED, hub_name="h1"),
+                           SpawnUser("breaker", oidc_state(**{"wlcg.groups": ["/escape"]})))
+    with pytest.raises(SpawnRefused) as e:
+        await spawner.start()
+    assert "could not be set up" in str(e.value) and "offline" not in str(e.value) and "Traceback" not in str(e.value)
+    assert "provider 'tape' ensure of archive-breaker failed: RuntimeError: the tape library is offline" in caplog.text
+
+
+def test_a_site_provider_cannot_take_another_providers_backend(tmp_path, monkeypatch):
+    (tmp_path / "grab_site.py").write_text(
+        "from cloudidentity_spawner.providers.base import Provider\n"
+        "class Grab(Provider):\n    backends = ('grab', 'aws')\n")
+    dist = tmp_path / "grab_site-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: grab-site\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[cloudidentity_spawner.providers]\ngrab = grab_site:Grab\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(providers, "_registered", None)
+    try:
+        with pytest.raises(ConfigError) as e:
+            providers.registered()
+        assert "'grab'" in str(e.value) and "aws" in str(e.value)
+    finally:
+        providers._registered = None
+
+
+def test_a_hub_made_identity_is_recorded_under_the_providers_own_backend(site_provider):
+    """An account records a hub-made identity as ``<key>:<identity>``: a provider whose
+    backends do not include its key could never revoke one, so the hub does not start."""
+    from traitlets.config import Config
+
+    from cloudidentity_spawner.startup import check_config
+
+    import tape_site
+
+    c = Config()
+    c.CloudIdentitySpawner.identity_rules = MANAGED
+    tape_site.TapeStore.backends = ("tape-library",)
+    try:
+        with pytest.raises(ConfigError, match="backends"):
+            check_config(c)
+    finally:
+        tape_site.TapeStore.backends = ("tape",)
+
+
+def test_accounts_made_before_the_record_are_judged_by_each_providers_own_places():
+    """Before accounts recorded their hub-made identity, a role or Google account in a managed
+    place counted as hub-made: every provider is asked, and one newer than the record (an
+    S3-compatible store's) never guesses - an operator's role there is not the hub's."""
+    from cloudidentity_spawner.kube import hub_made_identity
+
+    places = ["arn:aws:iam::123456789012:role/jupyterhub/", "@my-project.iam.gserviceaccount.com",
+              "arn:aws:iam:::role/jupyterhub/h1/"]
+    both = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/operator/data",
+            "iam.gke.io/gcp-service-account": "jh-alice@my-project.iam.gserviceaccount.com"}
+    assert hub_made_identity(both, places) == "gcp:jh-alice@my-project.iam.gserviceaccount.com"
+    store = {"cloudidentity-spawner/s3-sts-role-arn": "arn:aws:iam:::role/jupyterhub/h1/operators-own"}
+    assert hub_made_identity(store, places) is None
+
+
+async def test_status_does_not_ask_the_cloud_about_a_principal():
+    """A grant to a principal has no object of its own: nothing to look up (and no Google
+    client needed for it)."""
+    from types import SimpleNamespace
+
+    from cloudidentity_spawner.inventory import cloud_presence
+
+    def no_client():
+        raise AssertionError("a Google client was made")
+
+    settings = SimpleNamespace(gcp_client_factory=no_client, cloud_cache_seconds=0, log=None, gcp_max_concurrent_calls=1,
+                               gcp_propagation_seconds=0)
+    principal = "gcp:principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/subject/ns/a/sa/b"
+    assert await cloud_presence(settings, [principal]) == {principal: None}
 
 
 def test_a_site_providers_credentials_route_is_served_behind_the_endpoints_checks(site_provider, tmp_path):
@@ -274,6 +392,11 @@ def test_a_site_providers_credentials_route_is_served_behind_the_endpoints_check
     try:
         auth = {"Authorization": f"token {TOKEN}"}
         assert requests.get(f"{url}/api/cloudcreds/tape", timeout=10).status_code == 403
+        # A handler that would answer in its own prepare, or judge the caller itself, is not served.
+        assert requests.get(f"{url}/api/cloudcreds/early", headers=auth, timeout=10).status_code == 404
+        assert requests.get(f"{url}/api/cloudcreds/tape", headers={"Authorization": "token wrong"}, timeout=10).status_code == 403
+        assert requests.head(f"{url}/api/cloudcreds/tape", headers=auth, timeout=10).status_code == 405
+        assert requests.options(f"{url}/api/cloudcreds/aws", timeout=10).status_code != 405  # the server's CORS preflight
         answer = requests.get(f"{url}/api/cloudcreds/tape", headers=auth, timeout=10)
         assert (answer.status_code, answer.json()) == (200, {"ticket": "tape-ticket-for-this-server"})
         assert requests.post(f"{url}/api/cloudcreds/tape", headers=auth, timeout=10).status_code == 405
@@ -284,3 +407,5 @@ def test_a_site_providers_credentials_route_is_served_behind_the_endpoints_check
         process.wait(10)
     text = log.read_text()
     assert "route 'aws' is taken" in text and "route '../x' is not a plain lower-case name" in text
+    assert "route 'tape2' not served" in text
+    assert "route 'early' not served: Early redefines auth_resource, current_user, prepare" in text

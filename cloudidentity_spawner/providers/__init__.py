@@ -46,6 +46,11 @@ def registered() -> dict[str, Any]:
                 raise ConfigError(f"provider {entry.name!r} ({entry.value}) lacks {', '.join(missing)}: "
                                   "see cloudidentity_spawner.providers.base.Provider")
             provider.key = entry.name
+            claimed = {kind for p in found.values() for kind in p.backends}
+            taken = sorted(set(provider.backends) & claimed)
+            if taken:
+                raise ConfigError(f"provider {entry.name!r} ({entry.value}) names backends another provider has: "
+                                  f"{', '.join(taken)}; choose others")
             found[entry.name] = provider
         _registered = found
     return _registered

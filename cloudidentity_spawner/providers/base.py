@@ -122,6 +122,17 @@ class Provider:
         did not make it (the account then records nothing else), or None."""
         return None
 
+    def made_before_records(self, annotations: Mapping[str, str], managed_places: Collection[str]) -> str | None:
+        """For an account made before accounts recorded their hub-made identity: the identity
+        its annotations point at when it lies in one of *managed_places* (:meth:`managed_places`
+        of every rule), or None. Providers newer than the record return None."""
+        return None
+
+    def has_object(self, kind: str, name: str) -> bool:
+        """Whether the hub-made ``<kind>:<name>`` is an object whose existence ``status`` can check
+        (a grant to a principal is not: its grants are all there is of it)."""
+        return True
+
     def completed(self, plan: Any, annotations: Mapping[str, str]) -> Any:
         """*plan* with what the cloud chose when it made the identity, as the account records it
         (an Azure identity's client id), to compare an account with its plan outside a spawn."""
@@ -130,7 +141,8 @@ class Provider:
     # What the spawn path and gc call for hub-made identities (``settings.hub_made``).
 
     def backend_kind(self, cloud: Any) -> str:
-        """The backend that makes a plan's identity (one of :attr:`backends`)."""
+        """The backend that makes a plan's identity (one of :attr:`backends`); *cloud* is a plan's
+        ``cloud`` or a rule block's settings (both have ``mode``)."""
         return self.key
 
     def make_backend(self, settings: Any, kind: str) -> Any:

@@ -81,6 +81,10 @@ class AwsProvider(_Planned):
         arn = annotations.get(aws.ROLE_ARN_ANNOTATION)
         return f"aws:{arn}" if arn else None
 
+    def made_before_records(self, annotations: Mapping[str, str], managed_places: Collection[str]) -> str | None:
+        role = annotations.get(aws.ROLE_ARN_ANNOTATION)
+        return f"aws:{role}" if role and any(role.startswith(p) for p in managed_places) else None
+
     def account_of(self, kind: str, name: str) -> tuple[str, str] | None:
         if kind != "eks":
             return None
@@ -148,6 +152,13 @@ class GcpProvider(_Planned):
     def account_identity(self, annotations: Mapping[str, str]) -> str | None:
         email = annotations.get(gcp.GSA_ANNOTATION)
         return f"gcp:{email}" if email else None
+
+    def made_before_records(self, annotations: Mapping[str, str], managed_places: Collection[str]) -> str | None:
+        email = annotations.get(gcp.GSA_ANNOTATION)
+        return f"gcp:{email}" if email and any(email.endswith(p) for p in managed_places) else None
+
+    def has_object(self, kind: str, name: str) -> bool:
+        return not name.startswith("principal://")
 
     def dropped_grants(self, annotations: Mapping[str, str], plan: Any) -> list[Any]:
         # Bindings the same account (or principal) was given that the plan no longer wants: a

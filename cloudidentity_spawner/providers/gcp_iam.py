@@ -301,11 +301,8 @@ class ManagedServiceAccounts:
 
     # -- deletion --------------------------------------------------------------
 
-    async def present(self, email: str) -> bool | None:
-        """Whether the account exists (``status``); None for a principal (its grants are all
-        there is of it)."""
-        if email.startswith("principal://"):
-            return None
+    async def present(self, email: str) -> bool:
+        """Whether the account exists (``status``)."""
         project = email.split("@", 1)[1].split(".", 1)[0]
         try:
             await self._call("GetServiceAccount", self.iam.get_service_account,

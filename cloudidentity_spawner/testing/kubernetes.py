@@ -182,7 +182,7 @@ def validate_metadata(resource: str, obj: dict[str, Any]) -> None:
         causes.append(("metadata.name", f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, \'-\' or \'.\', and must start and end with an alphanumeric character'))
     for key, value in (meta.get("labels") or {}).items():
         if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
-            causes.append((f"metadata.labels", f'Invalid value: "{value}": a valid label must be an empty string or consist of alphanumeric characters, \'-\', \'_\' or \'.\', and must start and end with an alphanumeric character'))
+            causes.append(("metadata.labels", f'Invalid value: "{value}": a valid label must be an empty string or consist of alphanumeric characters, \'-\', \'_\' or \'.\', and must start and end with an alphanumeric character'))
         if not _is_qualified_name(key):
             causes.append(("metadata.labels", f'Invalid value: "{key}": {_QUALIFIED_NAME_MESSAGE}'))
     annotations = meta.get("annotations") or {}
@@ -737,7 +737,7 @@ class KubernetesAPI:
                     elif content_type == "application/json-patch+json":
                         new = json_patch(current, body)
                     else:
-                        raise APIError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json")
+                        raise APIError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json")
                     sent_version = ((body if isinstance(body, dict) else {}).get("metadata") or {}).get("resourceVersion")
                 if sent_version and sent_version != current["metadata"]["resourceVersion"]:
                     raise APIError(409, "Conflict", f'Operation cannot be fulfilled on {resource} "{name}": the object has been modified; please apply your changes to the latest version and try again', {"name": name, "kind": resource})
