@@ -308,15 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ask your running server on the hub for its cloud credentials. The API token comes from "
                     "$JUPYTERHUB_API_TOKEN or --token-file (make one at <hub>/hub/token with scope "
                     "access:servers!user=<your name>). In ~/.aws/config: credential_process = "
-                    "cloudidentity-spawner credentials --hub https://hub.example.org --token-file ~/.jupyterhub-token aws")
+                    "cloudidentity-spawner credentials --hub https://hub.example.org --token-file ~/.jupyterhub-token aws. "
+                    "For Google: cloudidentity-spawner credentials --hub ... gcp --format external-account > "
+                    "credentials.json, then GOOGLE_APPLICATION_CREDENTIALS=credentials.json and "
+                    "GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1")
     creds.add_argument("cloud", choices=("aws", "azure", "gcp"), help="which of your server's identities")
     creds.add_argument("--hub", required=True, help="the hub's URL, e.g. https://hub.example.org")
     creds.add_argument("--server", default="", help="a named server of yours (default: the default server)")
     creds.add_argument("--user", help="whose server (default: the token's owner)")
     creds.add_argument("--token-file", help="a file holding the API token (default: $JUPYTERHUB_API_TOKEN)")
-    creds.add_argument("--format", choices=("credential_process", "env", "json"),
+    creds.add_argument("--format", choices=("credential_process", "env", "json", "executable", "external-account"),
                        help="aws: credential_process (default), env (export lines) or json; azure and gcp: the bare "
-                            "token (default), env or json")
+                            "token (default), env or json; gcp also: external-account (a credentials.json for "
+                            "google-auth, gcloud and the Google client libraries that runs this command) or executable "
+                            "(what that runs: google-auth's executable-sourced response)")
     creds.add_argument("--resource", help="azure: the resource the token is for, e.g. https://storage.azure.com")
     creds.add_argument("--insecure-http", action="store_true",
                        help="allow a plain-http --hub other than this computer (the token and the credentials cross "

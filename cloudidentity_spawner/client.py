@@ -2,7 +2,8 @@
 
 A laptop or an HPC login node asks the user's running server on the hub for what its
 credentials endpoint (:mod:`.creds`) gives the notebook - temporary AWS keys of the user's role,
-an Azure access token - with a JupyterHub API token the user made on the hub's token page
+an Azure or Google access token, or for google-auth a credentials.json whose executable is this
+command (the pod's token for its GKE cluster's pool, exchanged by Google's STS) - with a JupyterHub API token the user made on the hub's token page
 (``<hub>/hub/token``, scope ``access:servers!user=<name>``). So
 ``credential_process = cloudidentity-spawner credentials --hub ... aws`` in ``~/.aws/config``
 gives boto3, s3fs and the AWS CLI credentials that renew themselves, and the cloud's log names
@@ -193,6 +194,8 @@ def credentials_command(args: Any, environ: dict[str, str] | None = None, out: A
     try:
         hub = check_hub(args.hub, args.insecure_http)
         token = read_token(args.token_file, environ, hub)
+        if args.format in ("executable", "external-account") and args.cloud != "gcp":
+            raise ClientError(f"--format {args.format} is for gcp")
         if args.cloud == "aws":
             answer = fetch(hub, token, "aws", user=args.user, server=args.server, query={"format": "json"})
             body = _aws_output(answer, args.format or "credential_process")
@@ -201,6 +204,9 @@ def credentials_command(args: Any, environ: dict[str, str] | None = None, out: A
                 raise ClientError("azure needs --resource, e.g. --resource https://storage.azure.com")
             answer = fetch(hub, token, "azure", user=args.user, server=args.server, query={"resource": args.resource})
             body = _token_output(answer, args.format, "AZURE_ACCESS_TOKEN")
+        elif args.format in ("executable", "external-account"):
+            answer = fetch(hub, token, "gcp", user=args.user, server=args.server, query={"format": "subject_token"})
+            body = _google_executable(answer, environ) if args.format == "executable" else _google_external_account(answer, args)
         else:
             answer = fetch(hub, token, "gcp", user=args.user, server=args.server)
             body = _token_output(answer, args.format, "GOOGLE_OAUTH_ACCESS_TOKEN")
@@ -245,3 +251,63 @@ def _token_output(answer: dict[str, Any], fmt: str | None, variable: str) -> str
     if fmt == "env":
         return f"export {variable}={shlex.quote(token)}\n"
     return token
+
+
+_JWT = re.compile(r"[A-Za-z0-9_-]{2,4096}\.[A-Za-z0-9_-]{2,8192}\.[A-Za-z0-9_-]{2,4096}")
+_GKE_AUDIENCE = re.compile(r"identitynamespace:[a-z][a-z0-9-]{4,28}[a-z0-9]\.svc\.id\.goog:https://container\.googleapis\.com/"
+                           r"v1/projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/locations/[a-z][a-z0-9-]{1,62}/clusters/[a-z][-a-z0-9]{0,39}")
+_GSA = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z][a-z0-9-]{4,28}[a-z0-9]\.iam\.gserviceaccount\.com")
+SUBJECT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+GOOGLE_STS = "https://sts.googleapis.com/v1/token"
+GOOGLE_IMPERSONATION = "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/{email}:generateAccessToken"
+
+
+def _subject(answer: dict[str, Any]) -> tuple[str, int]:
+    token, expires = answer.get("subject_token"), answer.get("expiration_time")
+    if answer.get("token_type") != SUBJECT_TOKEN_TYPE or not isinstance(token, str) or not _JWT.fullmatch(token):
+        raise ClientError("the server's answer has no usable subject_token")
+    if not isinstance(expires, int) or isinstance(expires, bool):
+        raise ClientError("the server's answer has no usable expiration_time")
+    return token, expires
+
+
+def _google_executable(answer: dict[str, Any], environ: dict[str, str]) -> str:
+    """google-auth's executable-sourced response (version 1), made from the checked token: the
+    pod's token for its cluster's pool, which Google's STS exchanges for the server's identity.
+    Run by google-auth (which says what its file names), a file the server's identity no longer
+    matches (its rule moved to another cluster or account) is told to be made again."""
+    token, expires = _subject(answer)
+    audience = environ.get("GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE")  # set when google-auth runs it
+    email = environ.get("GOOGLE_EXTERNAL_ACCOUNT_IMPERSONATED_EMAIL") or None
+    if audience and (audience != answer.get("audience") or email != (answer.get("service_account") or None)):
+        raise ClientError("the credentials file no longer matches your server's identity (its audience or service "
+                          "account changed): make it again with --format external-account")
+    return json.dumps({"version": 1, "success": True, "token_type": SUBJECT_TOKEN_TYPE, "id_token": token,
+                       "expiration_time": expires})
+
+
+def _google_external_account(answer: dict[str, Any], args: Any) -> str:
+    """A ``credentials.json`` (``external_account``) whose executable is this command with
+    ``--format executable``: google-auth runs it for a token when it needs one, exchanges it at
+    Google's STS for the server's principal, and impersonates the server's Google service account
+    if it has one. The API token is not in it (the command reads it as this one did)."""
+    _subject(answer)
+    audience, email = answer.get("audience"), answer.get("service_account")
+    if not isinstance(audience, str) or not _GKE_AUDIENCE.fullmatch(audience):
+        raise ClientError("the server's answer has no usable audience")
+    if email is not None and (not isinstance(email, str) or not _GSA.fullmatch(email)):
+        raise ClientError("the server's answer has no usable service_account")
+    program = sys.argv[0] if os.path.basename(sys.argv[0]) == "cloudidentity-spawner" else "cloudidentity-spawner"
+    command = [os.path.abspath(program) if os.sep in program else program, "credentials", "--hub", args.hub.rstrip("/")]
+    for flag, value in (("--server", args.server), ("--user", args.user), ("--token-file", args.token_file)):
+        if value:  # one argument each: a value starting with '-' is not read as a flag
+            command.append(f"{flag}={os.path.abspath(os.path.expanduser(value)) if flag == '--token-file' else value}")
+    if args.insecure_http:
+        command.append("--insecure-http")
+    command += ["gcp", "--format", "executable"]
+    config = {"type": "external_account", "audience": audience, "subject_token_type": SUBJECT_TOKEN_TYPE,
+              "token_url": GOOGLE_STS,
+              "credential_source": {"executable": {"command": shlex.join(command), "timeout_millis": 30000}}}
+    if email:
+        config["service_account_impersonation_url"] = GOOGLE_IMPERSONATION.format(email=email)
+    return json.dumps(config, indent=2)

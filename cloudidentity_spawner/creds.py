@@ -8,7 +8,9 @@ In the user's server (enabled by default when the package is installed):
   ``?format=credential_process`` gives AWS CLI ``credential_process`` JSON (Version 1),
   ``?format=env`` gives ``export`` lines.
 * ``GET /api/cloudcreds/gcp`` - an access token for the pod's Google identity (GKE
-  metadata server), with its expiry.
+  metadata server), with its expiry. ``?format=subject_token``: where the rule names its GKE
+  ``cluster``, the pod's token for the cluster's Workload Identity pool, which Google's STS
+  exchanges for the same identity (google-auth's executable-sourced credential elsewhere).
 * ``GET /api/cloudcreds/azure?resource=https://storage.azure.com`` - an access token for the
   resource the caller names, for the pod's Azure managed identity: the projected token
   (AKS Workload Identity) exchanged at Microsoft Entra, with its expiry.
@@ -25,6 +27,7 @@ boto3 is not needed in the user image; ``AWS_ENDPOINT_URL_STS`` / ``AWS_ENDPOINT
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import hmac
@@ -213,6 +216,28 @@ async def gcp_token(env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+SUBJECT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+
+
+def gcp_subject_token(env: dict[str, str]) -> dict[str, Any]:
+    """The pod's token for its cluster's Workload Identity pool (the rule names its ``cluster``),
+    what Google's STS exchanges for the pod's identity: for google-auth's executable-sourced
+    credential elsewhere, with the STS audience and the account to impersonate (if any)."""
+    path, audience = env.get("CLOUDIDENTITY_GCP_TOKEN_FILE"), env.get("CLOUDIDENTITY_GCP_STS_AUDIENCE")
+    if not path or not audience:
+        raise CredentialsError(404, "This server's Google identity cannot be used elsewhere: its rule names no GKE "
+                                    "'cluster' (ask your hub admin).")
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+        payload = token.split(".")[1]
+        expires = int(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
+    except (OSError, IndexError, KeyError, TypeError, ValueError):
+        raise CredentialsError(502, "the pod's Workload Identity token is missing or unreadable") from None
+    return {"token_type": SUBJECT_TOKEN_TYPE, "subject_token": token, "expiration_time": expires, "audience": audience,
+            "service_account": env.get("CLOUDIDENTITY_GCP_SERVICE_ACCOUNT") or None}
+
+
 _RESOURCE = re.compile(r"(https://[A-Za-z0-9.-]+(:[0-9]+)?(/[\w./-]*)?|api://[\w.-]+(/[\w.-]*)?)")
 
 
@@ -316,8 +341,9 @@ class GCPTokenHandler(_CredentialsHandler):
     @web.authenticated
     @authorized(CREDENTIALS_ACTION)
     async def get(self) -> None:
+        subject = self.get_argument("format", "") == "subject_token"
         try:
-            token = await gcp_token(dict(os.environ))
+            token = gcp_subject_token(dict(os.environ)) if subject else await gcp_token(dict(os.environ))
         except CredentialsError as e:
             return self._fail(e)
         self.finish(json.dumps(token))

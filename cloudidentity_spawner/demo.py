@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from .providers import s3_sts
+from .providers.gcp import TOKEN_FILE as GCP_TOKEN_FILE
+from .providers.gcp import TOKEN_VOLUME as GCP_TOKEN_VOLUME
 
 ACCOUNT = "123456789012"
 NAMESPACE = "demo"
@@ -57,6 +59,7 @@ ISSUER_PATH = "oidc.eks.us-east-1.amazonaws.com/id/DEMO0CLUSTER0OIDC"
 
 CLUSTER = "demo-eks"
 GCP_PROJECT, GCP_PROJECT_NUMBER, GCP_BUCKET = "demo-project", "424242424242", "demo-scratch"
+GCP_CLUSTER = f"https://container.googleapis.com/v1/projects/{GCP_PROJECT}/locations/europe-west4/clusters/demo"
 NOTEBOOK_ROLE = f"arn:aws:iam::{ACCOUNT}:role/jupyterhub/notebooks"
 AZURE_SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"
 AZURE_ISSUER = "https://demo.oic.prod-aks.azure.com/72f988bf-86f1-41af-91ab-2d7cd011db47/0d3e5f7a-demo/"
@@ -85,10 +88,10 @@ def demo_rules(pod_identity: bool = False, azure: bool = False, gcp: bool = Fals
         principal = {"project": GCP_PROJECT, "project_number": GCP_PROJECT_NUMBER}
         return [
             {"name": "atlas", "match": {"groups": ["/escape/atlas"]}, "scope": "group",
-             "gcp": {"principal": {**principal, "bucket_roles": [
+             "gcp": {"cluster": GCP_CLUSTER, "principal": {**principal, "bucket_roles": [
                  {"bucket": GCP_BUCKET, "role": "roles/storage.objectUser", "prefix": "groups/atlas"}]}}},
             {"name": "escape-members", "match": {"groups": ["/escape"]}, "scope": "user",
-             "gcp": {"principal": {**principal, "bucket_roles": [
+             "gcp": {"cluster": GCP_CLUSTER, "principal": {**principal, "bucket_roles": [
                  {"bucket": GCP_BUCKET, "role": "roles/storage.objectUser", "prefix": "users/{username}"}]}},
              "env": {"SCRATCH_PREFIX": f"gs://{GCP_BUCKET}/users/{{username}}/"}},
         ]
@@ -348,11 +351,13 @@ class LocalKubelet:
         sa = self.api.get("serviceaccounts", meta["namespace"], pod["spec"].get("serviceAccountName", ""))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "AWS_", "AZURE_"))}
         env.update(pod_environment(pod, sa, self.moto_url, self.workdir, self.agent, self.entra, self.metadata))
-        if self.projected_tokens is not None and env.get("AWS_WEB_IDENTITY_TOKEN_FILE") == s3_sts.TOKEN_FILE:
-            # What the kubelet does: the volume's token, in a file the process reads.
-            token = Path(self.workdir) / f"{meta['namespace']}-{meta['name']}.s3-sts-token"
-            token.write_text(self.projected_tokens(meta["namespace"], meta["name"], s3_sts.TOKEN_VOLUME))
-            env["AWS_WEB_IDENTITY_TOKEN_FILE"] = str(token)
+        # What the kubelet does: a projected volume's token, in a file the process reads.
+        for variable, path, volume in (("AWS_WEB_IDENTITY_TOKEN_FILE", s3_sts.TOKEN_FILE, s3_sts.TOKEN_VOLUME),
+                                       ("CLOUDIDENTITY_GCP_TOKEN_FILE", GCP_TOKEN_FILE, GCP_TOKEN_VOLUME)):
+            if self.projected_tokens is not None and env.get(variable) == path:
+                token = Path(self.workdir) / f"{meta['namespace']}-{meta['name']}.{volume}"
+                token.write_text(self.projected_tokens(meta["namespace"], meta["name"], volume))
+                env[variable] = str(token)
         service_url = env.get("JUPYTERHUB_SERVICE_URL", "http://0.0.0.0:8888/")
         env["JUPYTERHUB_SERVICE_URL"] = service_url.replace("0.0.0.0", ip)
         home = Path(self.workdir) / "home" / meta["name"]
@@ -549,7 +554,7 @@ class Demo:
             self.entra.url = self._stack.enter_context(_running(KubernetesAPIServer(self.entra))).url
         self.gcs_url, self.metadata = "", None
         if self.gcp:
-            from .testing.gcp import GoogleCloudServer, GoogleCloudState
+            from .testing.gcp import GoogleCloudServer, GoogleCloudState, GoogleTokenService
 
             self.google = GoogleCloudState(projects=(GCP_PROJECT,), buckets=(),
                                            project_numbers={GCP_PROJECT: GCP_PROJECT_NUMBER})
@@ -559,11 +564,15 @@ class Demo:
             self.gcs_url, self.gcp_target = google.rest_url, google.grpc_target
             self.metadata = GkeMetadataServer(self.google, api, GCP_PROJECT)
             self.metadata.url = self._stack.enter_context(_running(KubernetesAPIServer(self.metadata))).url
+            # Google's STS and IAM Credentials, which know the cluster's token keys (its issuer).
+            self.google_tokens = GoogleTokenService(self.google, {GCP_CLUSTER: lambda: (api.issuer.issuer, api.issuer.jwks())})
+            self.google_tokens.url = self._stack.enter_context(_running(KubernetesAPIServer(self.google_tokens))).url
         self.kubelet = LocalKubelet(api, self.moto_url, self.workdir, self.agent, self.entra, self.metadata)
         api.pod_runner = self.kubelet.run
         api.pod_stopper = self.kubelet.stop
         self.kube = KubernetesAPIServer(api).start()
         self._stack.callback(self.kube.stop)
+        self.kubelet.projected_tokens = self.kube.api.projected_token
         self._stack.callback(self.kubelet.stop_all)
         if self.ceph:
             self._start_ceph()
@@ -627,7 +636,6 @@ class Demo:
         boto3.client("s3", **admin).create_bucket(Bucket=CEPH_BUCKET)
         provider = "arn:aws:iam:::oidc-provider/" + self.kube.url.split("://", 1)[1]
         self.store = (self.gateway.url, provider, admin)
-        self.kubelet.projected_tokens = self.kube.api.projected_token
 
     def _stop_hub(self) -> None:
         if self.hub and self.hub.poll() is None:
@@ -715,7 +723,8 @@ def banner(demo: Demo) -> str:
     if demo.azure:
         lines.append(f"  Azure Resource Manager: {demo.arm_url}   Microsoft Entra token endpoint: {demo.entra.url}")
     if demo.gcp:
-        lines.append(f"  Google Cloud (IAM, Cloud Storage): {demo.gcs_url}   GKE metadata server: {demo.metadata.url}")
+        lines.append(f"  Google Cloud (IAM, Cloud Storage): {demo.gcs_url}   GKE metadata server: {demo.metadata.url}   "
+                     f"STS and IAM Credentials: {demo.google_tokens.url}")
     if demo.ceph:
         lines.append(f"  Ceph RADOS Gateway (S3, STS, IAM): {demo.gateway.url}   its logs: {demo.gateway.folder}")
     lines += ["Log in as any of these (pick the name on the identity provider's page):", *demo.mapping()]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -135,3 +136,74 @@ def test_another_hubs_token_in_the_environment_is_not_sent(hub, capsys):
     assert credentials_command(parsed, same, io.StringIO()) == 0
     assert hub.seen[-1][1] == "token tok-123"
 
+
+
+SUBJECT = {"token_type": "urn:ietf:params:oauth:token-type:jwt", "subject_token": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+           "expiration_time": 1893456000, "service_account": None,
+           "audience": "identitynamespace:my-project.svc.id.goog:https://container.googleapis.com/v1/projects/my-project/"
+                       "locations/europe-west4/clusters/hub"}
+
+
+@pytest.mark.parametrize("hub", [(200, json.dumps(SUBJECT), "application/json")], indirect=True)
+def test_googles_formats_are_made_from_checked_values(hub, capsys, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-123")
+    code, out, _ = run(hub.url, "--token-file", str(token_file), "--server", "gpu", "gcp", "--format", "executable",
+                       token=None, capsys=capsys)
+    assert code == 0 and json.loads(out) == {"version": 1, "success": True, "token_type": SUBJECT["token_type"],
+                                             "id_token": SUBJECT["subject_token"], "expiration_time": 1893456000}
+    assert hub.seen[-1] == ("/user/alice/gpu/api/cloudcreds/gcp?format=subject_token", "token tok-123")
+    code, out, _ = run(hub.url, "--token-file", str(token_file), "--server", "gpu", "gcp", "--format", "external-account",
+                       token=None, capsys=capsys)
+    config = json.loads(out)
+    assert code == 0 and config["audience"] == SUBJECT["audience"] and config["type"] == "external_account"
+    assert shlex.split(config["credential_source"]["executable"]["command"]) == [
+        "cloudidentity-spawner", "credentials", "--hub", hub.url, "--server=gpu", f"--token-file={token_file}",
+        "gcp", "--format", "executable"]
+    assert "service_account_impersonation_url" not in config  # a principal: nothing to impersonate
+    assert "tok-123" not in out  # the token stays where it was: in the file, read by the command
+
+
+@pytest.mark.parametrize("hub, formats", [
+    ((200, json.dumps({**SUBJECT, "audience": "identitynamespace:x.svc.id.goog:https://evil.example.org/"}), "application/json"),
+     ["external-account"]),
+    ((200, json.dumps({**SUBJECT, "service_account": "me@evil.example.org"}), "application/json"), ["external-account"]),
+    ((200, json.dumps({**SUBJECT, "subject_token": "not a token; rm -rf ~"}), "application/json"),
+     ["external-account", "executable"]),
+    ((200, json.dumps({**SUBJECT, "expiration_time": "soon"}), "application/json"), ["external-account", "executable"]),
+], indirect=["hub"])
+def test_a_google_credential_file_names_only_googles_and_the_clusters_places(hub, formats, capsys):
+    """The credentials.json tells google-auth where to send the token and whom to impersonate: a
+    server's answer cannot point it anywhere else (google-auth would send the token there)."""
+    for fmt in formats:
+        code, out, err = run(hub.url, "gcp", "--format", fmt, capsys=capsys)
+        assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, (fmt, err)
+
+
+WITH_ACCOUNT = {**SUBJECT, "service_account": "nb-alice@my-project.iam.gserviceaccount.com"}
+
+
+@pytest.mark.parametrize("hub", [(200, json.dumps(WITH_ACCOUNT), "application/json")], indirect=True)
+def test_a_google_service_account_is_impersonated_and_a_stale_file_is_told(hub, capsys):
+    code, out, _ = run(hub.url, "gcp", "--format", "external-account", capsys=capsys)
+    assert code == 0 and json.loads(out)["service_account_impersonation_url"] == (
+        "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/"
+        "nb-alice@my-project.iam.gserviceaccount.com:generateAccessToken")
+    # Run by google-auth for a file made before the rule changed: told to make it again.
+    parsed = build_parser().parse_args(["credentials", "--hub", hub.url, "gcp", "--format", "executable"])
+    for environ in ({"GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE": SUBJECT["audience"]},  # no impersonation in that file
+                    {"GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE": SUBJECT["audience"].replace("/hub", "/old"),
+                     "GOOGLE_EXTERNAL_ACCOUNT_IMPERSONATED_EMAIL": WITH_ACCOUNT["service_account"]}):
+        out = io.StringIO()
+        assert credentials_command(parsed, {"JUPYTERHUB_API_TOKEN": "tok-123", **environ}, out) == 1
+        assert "--format external-account" in capsys.readouterr().err and out.getvalue() == ""
+    current = {"GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE": SUBJECT["audience"],
+               "GOOGLE_EXTERNAL_ACCOUNT_IMPERSONATED_EMAIL": WITH_ACCOUNT["service_account"]}
+    out = io.StringIO()
+    assert credentials_command(parsed, {"JUPYTERHUB_API_TOKEN": "tok-123", **current}, out) == 0
+    assert json.loads(out.getvalue())["id_token"] == SUBJECT["subject_token"]
+
+
+def test_googles_formats_are_for_gcp_only(capsys):
+    code, out, err = run("http://127.0.0.1:9", "aws", "--format", "executable", capsys=capsys)
+    assert code == 1 and out == "" and "for gcp" in err

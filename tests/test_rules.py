@@ -464,3 +464,33 @@ def test_rules_can_match_jupyterhub_admins_and_roles():
     assert r.resolve(user("dan"), "ns").rule == "everyone"
     with pytest.raises(ConfigError, match=r"match\.admin: expected true"):
         rules({"name": "x", "match": {"admin": "yes"}})
+
+
+CLUSTER = "https://container.googleapis.com/v1/projects/my-project/locations/europe-west4/clusters/hub"
+
+
+def test_a_gcp_rule_naming_its_cluster_gives_pods_a_token_googles_sts_exchanges():
+    """With ``cluster``, the plan carries the pod's token for the cluster's pool and the STS
+    audience GKE's own exchange uses; with a Google service account, the account to impersonate."""
+    gsa = rules({"name": "g", "match": {}, "gcp": {"cluster": CLUSTER, "service_account": "nb-{username}@my-project.iam.gserviceaccount.com"}})
+    pod = thaw(gsa.resolve(user("alice"), "ns").cloud.resources["pod"])
+    assert pod == {"audience": "my-project.svc.id.goog", "expiration": 600, "env": {
+        "CLOUDIDENTITY_GCP_TOKEN_FILE": "/var/run/secrets/cloudidentity/gcp/token",
+        "CLOUDIDENTITY_GCP_STS_AUDIENCE": f"identitynamespace:my-project.svc.id.goog:{CLUSTER}",
+        "CLOUDIDENTITY_GCP_SERVICE_ACCOUNT": "nb-alice@my-project.iam.gserviceaccount.com"}}
+    without = rules({"name": "g", "match": {}, "gcp": {"service_account": "nb-{username}@my-project.iam.gserviceaccount.com"}})
+    assert "pod" not in without.resolve(user("alice"), "ns").cloud.resources
+
+
+@pytest.mark.parametrize("block, key", [
+    ({"cluster": "https://evil.example.org/v1/projects/my-project/locations/x/clusters/hub",
+      "service_account": "nb@my-project.iam.gserviceaccount.com"}, "gcp.cluster"),
+    ({"cluster": CLUSTER + "/../other", "service_account": "nb@my-project.iam.gserviceaccount.com"}, "gcp.cluster"),
+    ({"cluster": CLUSTER.replace("my-project", "other-project"),
+      "principal": {"project": "my-project", "project_number": "123456789012", "project_roles": ["roles/viewer"]}},
+     "gcp.principal.workload_identity_pool"),
+])
+def test_a_cluster_that_is_not_gkes_or_not_the_pools_stops_the_hub(block, key):
+    with pytest.raises(ConfigError) as e:
+        rules({"name": "g", "match": {}, "gcp": block})
+    assert f"('g').{key}" in str(e.value)

@@ -160,6 +160,14 @@ class GcpProvider(_Planned):
     def has_object(self, kind: str, name: str) -> bool:
         return not name.startswith("principal://")
 
+    def pin(self, pod: Any, plan: Any, webhook_parts: bool) -> None:
+        from ..pinning import project_token
+
+        outside = plan.cloud.resources.get("pod")
+        if outside:  # the rule names its cluster: a token Google's STS exchanges, for use elsewhere
+            project_token(pod, gcp.TOKEN_VOLUME, gcp.TOKEN_MOUNT_PATH, outside["audience"], outside["expiration"],
+                          dict(outside["env"]))
+
     def dropped_grants(self, annotations: Mapping[str, str], plan: Any) -> list[Any]:
         # Bindings the same account (or principal) was given that the plan no longer wants: a
         # dropped bucket role, or a bucket binding an older version made, must not stay granted.

@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import names
@@ -93,6 +93,16 @@ _PRINCIPAL_KEYS = {"project", "project_number", "workload_identity_pool", "proje
 DEFAULT_ACCOUNT_ID = {"user": "jh-{username}", "group": "jh-group-{group}", "hub": "jh-{rule}"}
 
 
+_CLUSTER = re.compile(rf"https://container\.googleapis\.com/v1/projects/(?P<project>{_PROJECT_ID})/locations/"
+                      r"[a-z][a-z0-9-]{1,62}/clusters/[a-z]([-a-z0-9]{0,38}[a-z0-9])?")
+TOKEN_VOLUME = "gcp-sts-token"
+TOKEN_MOUNT_PATH = "/var/run/secrets/cloudidentity/gcp"
+TOKEN_FILE = f"{TOKEN_MOUNT_PATH}/token"
+TOKEN_SECONDS = 600
+"""Kubernetes' shortest lifetime of a projected token (the kubelet renews it at 80 %): a token
+that left the pod (to a laptop) can be exchanged until it expires, whatever happens to the pod."""
+
+
 @dataclass(frozen=True)
 class GcpSettings:
     """A rule's validated ``gcp`` block."""
@@ -100,6 +110,11 @@ class GcpSettings:
     service_account: str | None = None
     managed: Mapping[str, Any] | None = None
     principal: Mapping[str, Any] | None = None
+    cluster: str | None = None
+    """The GKE cluster as Workload Identity's identity provider
+    (``https://container.googleapis.com/v1/projects/<p>/locations/<l>/clusters/<c>``): with it,
+    pods also hold a token Google's STS exchanges for their identity, so the credentials client
+    works from other computers (google-auth's executable-sourced credential)."""
 
     @property
     def mode(self) -> str:
@@ -115,21 +130,28 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
     """Validate a rule's ``gcp`` block at start-up (ConfigError names *where* and the key).
 
     Claims in the templates that decide an identity must be among *trusted_claims*."""
-    check_keys(block, _EXISTING_KEYS | {"managed", "principal"}, where)
+    check_keys(block, _EXISTING_KEYS | {"managed", "principal", "cluster"}, where)
     if sum(key in block for key in ("service_account", "managed", "principal")) != 1:
         raise ConfigError(
             f"{where}: give exactly one of 'service_account' (an existing GSA), 'managed' (the hub creates a GSA) "
             "or 'principal' (roles for the ServiceAccount itself, no GSA)"
         )
+    cluster = block.get("cluster")
+    if cluster is not None and (not isinstance(cluster, str) or not _CLUSTER.fullmatch(cluster)):
+        raise ConfigError(f"{where}.cluster: expected the GKE cluster as Workload Identity names it, "
+                          "https://container.googleapis.com/v1/projects/<project>/locations/<location>/clusters/<name> "
+                          f"(its ServiceAccount token issuer: kubectl get --raw /.well-known/openid-configuration), got {cluster!r}")
     if "principal" in block:
-        return GcpSettings(principal=_parse_principal(block["principal"], f"{where}.principal", forbidden, trusted_claims))
+        principal = _parse_principal(block["principal"], f"{where}.principal", forbidden, trusted_claims)
+        _check_cluster_pool(cluster, principal, f"{where}.principal")
+        return GcpSettings(principal=principal, cluster=cluster)
     if "service_account" in block:
         template = check_template(block["service_account"], f"{where}.service_account", forbidden, trusted_claims)
         try:
             parse_email(existing_email(template, SAMPLE_CONTEXT))
         except (ValueError, TemplateError) as e:
             raise ConfigError(f"{where}.service_account: {e}") from None
-        return GcpSettings(service_account=template)
+        return GcpSettings(service_account=template, cluster=cluster)
 
     managed_where = f"{where}.managed"
     managed = dict(check_keys(block["managed"], _MANAGED_KEYS, managed_where, {"project"}))
@@ -138,7 +160,32 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
         if key in managed:
             check_template(managed[key], f"{managed_where}.{key}", forbidden, trusted_claims if key == "account_id" else None)
     _check_roles(managed, managed_where, forbidden, trusted_claims)
-    return GcpSettings(managed=managed)
+    _check_cluster_pool(cluster, managed, managed_where)
+    return GcpSettings(managed=managed, cluster=cluster)
+
+
+def _check_cluster_pool(cluster: str | None, block: Mapping[str, Any], where: str) -> None:
+    """The cluster's Workload Identity pool is its project's: the one the block grants in."""
+    if cluster is not None and block["workload_identity_pool"] != cluster_pool(cluster):
+        raise ConfigError(f"{where}.workload_identity_pool: {block['workload_identity_pool']!r} is not the pool of "
+                          f"cluster {cluster} ({cluster_pool(cluster)!r})")
+
+
+def cluster_pool(cluster: str) -> str:
+    """A GKE cluster's Workload Identity pool: ``<cluster project>.svc.id.goog``."""
+    return f"{_CLUSTER.fullmatch(cluster)['project']}.svc.id.goog"
+
+
+def outside_settings(cluster: str, email: str | None) -> dict[str, Any]:
+    """What a pod needs for its identity to be usable elsewhere (GKE's own exchange, as its
+    metadata server does it): a projected token for the cluster's pool, which Google's STS
+    exchanges with audience ``identitynamespace:<pool>:<cluster>`` for a federated token of the
+    account's principal, and (with a Google service account) that account to impersonate."""
+    pool = cluster_pool(cluster)
+    env = {"CLOUDIDENTITY_GCP_TOKEN_FILE": TOKEN_FILE, "CLOUDIDENTITY_GCP_STS_AUDIENCE": f"identitynamespace:{pool}:{cluster}"}
+    if email:
+        env["CLOUDIDENTITY_GCP_SERVICE_ACCOUNT"] = email
+    return {"audience": pool, "expiration": TOKEN_SECONDS, "env": env}
 
 
 def _parse_principal(block: Any, where: str, forbidden: set[str], trusted_claims: Collection[str]) -> dict[str, Any]:
@@ -221,6 +268,14 @@ def existing_email(template: str, context: Mapping[str, Any]) -> str:
 
 def plan(settings: GcpSettings, context: Mapping[str, Any], scope: str, owner: str, namespace: str, service_account: str):
     """Return ``(annotations, CloudPlan)`` for one identity. Raises TemplateError/ValueError on bad input."""
+    annotations, cloud = _plan(settings, context, scope, owner, namespace, service_account)
+    if settings.cluster is not None:
+        email = None if cloud.mode == "principal" else cloud.identity
+        cloud = replace(cloud, resources={**cloud.resources, "pod": outside_settings(settings.cluster, email)})
+    return annotations, cloud
+
+
+def _plan(settings: GcpSettings, context: Mapping[str, Any], scope: str, owner: str, namespace: str, service_account: str):
     if settings.service_account is not None:
         email = existing_email(settings.service_account, context)
         parse_email(email)

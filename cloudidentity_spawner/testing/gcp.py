@@ -13,7 +13,11 @@ the same wire protocols the real client libraries use:
 * Cloud Storage JSON API (:mod:`.gcs`): buckets, objects, managed folders and
   their IAM policies, each request authorised by evaluating the IAM policies
   that apply - conditions in CEL (:mod:`.iam_conditions`) - for callers with a
-  token from :meth:`GoogleCloudState.access_token`.
+  token from :meth:`GoogleCloudState.access_token`;
+* Security Token Service and IAM Credentials for GKE's Workload Identity used from outside
+  the cluster's nodes (:class:`GoogleTokenService`): Kubernetes ServiceAccount tokens checked
+  against the cluster's keys, exchanged for the account's principal or a Google service
+  account it may act as.
 
 Every policy carries an etag that changes on every write; a write with a stale
 etag is refused (ABORTED over gRPC, 409 ABORTED on Resource Manager, 412 on
@@ -190,6 +194,18 @@ class GoogleCloudState:
                         if now >= added + self.activation_delay:
                             return self.access_token(email)
         raise PermissionError("Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).")
+
+    def impersonate(self, member: str, email: str) -> str:
+        """IAM Credentials' generateAccessToken for Google service account *email*, asked by
+        *member* (``serviceAccount:<pool>[<ns>/<ksa>]``): a token only if *email*'s policy grants
+        *member* ``roles/iam.workloadIdentityUser``; else PermissionError, as IAM's 403."""
+        with self._lock:
+            if email in self.accounts:
+                for binding in self.policies.get(email)["bindings"]:
+                    if binding["role"] == "roles/iam.workloadIdentityUser" and member in binding["members"]:
+                        return self.access_token(email)
+        raise PermissionError(f"Permission 'iam.serviceAccounts.getAccessToken' denied on resource "
+                              f"'projects/-/serviceAccounts/{email}' (or it may not exist).")
 
     def access_token(self, email: str) -> str:
         """A token acting as Google service account *email*: what a pod gets from GKE's metadata
@@ -443,6 +459,94 @@ class RestFaces:
             if stored is None:
                 return self._error(409, "ABORTED", "There were concurrent policy changes. Please retry the whole read-modify-write with exponential backoff.")
             return web.json_response(_json_policy(stored))
+
+
+class GoogleTokenService:
+    """Google's Security Token Service (``POST /v1/token``) and IAM Credentials
+    (``POST /v1/projects/-/serviceAccounts/<email>:generateAccessToken``) for GKE's own Workload
+    Identity, as a workload outside the cluster's nodes uses them (google-auth's external-account
+    credential): the STS takes a Kubernetes ServiceAccount token for the cluster's pool
+    (audience ``<project>.svc.id.goog``, signed by the cluster's issuer, not expired) with
+    audience ``identitynamespace:<pool>:<cluster>``, and gives a federated token for the account's
+    principal; IAM Credentials gives a Google service account's token to a federated token whose
+    account that service account grants ``roles/iam.workloadIdentityUser``.
+
+    *clusters* maps each cluster (``https://container.googleapis.com/v1/projects/...``) to a
+    callable returning its issuer's URL and JWKS - what Google knows of a GKE cluster."""
+
+    def __init__(self, state: GoogleCloudState, clusters: dict[str, Any]):
+        self.state, self.clusters = state, clusters
+        self.exchanges: list[str] = []
+        """The principals the STS gave tokens for, in order."""
+        self.url = ""
+
+    def _verify(self, token: str, pool: str, cluster: str) -> dict[str, Any]:
+        import jwt
+
+        issuer, jwks = self.clusters[cluster]()
+        header = jwt.get_unverified_header(token)
+        keys = {k["kid"]: k for k in jwks["keys"]}
+        if header.get("alg") != "RS256" or header.get("kid") not in keys:
+            raise jwt.InvalidTokenError("the token is not signed by the cluster's key")
+        key = jwt.PyJWK(keys[header["kid"]]).key
+        return jwt.decode(token, key, algorithms=["RS256"], audience=pool, issuer=issuer,
+                          options={"require": ["exp", "iat", "sub", "aud", "iss"]})
+
+    def app(self) -> web.Application:
+        def error(status: int, code: str, description: str) -> web.Response:
+            return web.json_response({"error": code, "error_description": description}, status=status)
+
+        async def token(request: web.Request) -> web.Response:
+            import jwt
+
+            form = await request.post()
+            if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:token-exchange":
+                return error(400, "unsupported_grant_type", "Invalid value for grant_type.")
+            if form.get("requested_token_type") != "urn:ietf:params:oauth:token-type:access_token" or \
+                    form.get("subject_token_type") not in ("urn:ietf:params:oauth:token-type:jwt",
+                                                           "urn:ietf:params:oauth:token-type:id_token"):
+                return error(400, "invalid_request", "Invalid value for requested_token_type or subject_token_type.")
+            prefix, _, rest = str(form.get("audience", "")).partition(":")
+            pool, _, cluster = rest.partition(":")
+            if prefix != "identitynamespace" or cluster not in self.clusters or \
+                    pool != f"{cluster.split('/projects/', 1)[1].split('/', 1)[0]}.svc.id.goog":
+                return error(400, "invalid_target", "The target service indicated by the \"audience\" parameters is invalid.")
+            try:
+                claims = self._verify(str(form.get("subject_token", "")), pool, cluster)
+                account = claims["kubernetes.io"]
+                namespace, name = account["namespace"], account["serviceaccount"]["name"]
+            except (jwt.InvalidTokenError, KeyError, TypeError) as e:
+                return error(400, "invalid_grant", f"The subject token could not be verified: {e}.")
+            if claims["sub"] != f"system:serviceaccount:{namespace}:{name}":
+                return error(400, "invalid_grant", "The subject token's sub does not name its ServiceAccount.")
+            issued = self.state.federated_token(namespace, name, pool.removesuffix(".svc.id.goog"))
+            self.exchanges.append(self.state.tokens[issued])
+            return web.json_response({"access_token": issued, "issued_token_type":
+                                      "urn:ietf:params:oauth:token-type:access_token", "token_type": "Bearer",
+                                      "expires_in": 3600})
+
+        async def generate(request: web.Request) -> web.Response:
+            email, _, verb = request.match_info["name"].partition(":")
+            if verb != "generateAccessToken":
+                return error(404, "not_found", "Unknown method.")
+            bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            member = self.state.tokens.get(bearer, "")
+            match = re.fullmatch(r"principal://iam\.googleapis\.com/projects/[0-9]+/locations/global/workloadIdentityPools/"
+                                 r"(?P<pool>[^/]+)/subject/ns/(?P<ns>[^/]+)/sa/(?P<sa>[^/]+)", member)
+            if match is None:
+                return web.json_response({"error": {"code": 401, "status": "UNAUTHENTICATED",
+                                                    "message": "Request had invalid authentication credentials."}}, status=401)
+            try:
+                issued = self.state.impersonate(f"serviceAccount:{match['pool']}[{match['ns']}/{match['sa']}]", email)
+            except PermissionError as e:
+                return web.json_response({"error": {"code": 403, "status": "PERMISSION_DENIED", "message": str(e)}}, status=403)
+            expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+            return web.json_response({"accessToken": issued, "expireTime": expires})
+
+        app = web.Application()
+        app.router.add_post("/v1/token", token)
+        app.router.add_post("/v1/projects/-/serviceAccounts/{name}", generate)
+        return app
 
 
 class GoogleCloudServer:
