@@ -23,7 +23,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from .errors import IdentityError
 from .inventory import Account, Survey, hub_made_identity, our_accounts
 from .kube import ServiceAccounts
-from .plan import GC_PENDING_ANNOTATION, MANAGED_IDENTITY_ANNOTATION
+from . import names
+from .plan import GC_PENDING_ANNOTATION, HUB_LABEL, MANAGED_BY, MANAGED_BY_LABEL, MANAGED_IDENTITY_ANNOTATION
 from .providers import backend_for, provider_for, provider_of_backend
 from .providers.base import Grant, Provider
 from .provisioner import revoke_identity
@@ -44,6 +45,8 @@ class Action:
     """For ``remove-grant``: the grant in an access policy whose member is gone."""
     grant_account: tuple[str, str] | None = None
     """For ``remove-grant`` to a ServiceAccount's principal: that account, which must not exist."""
+    secret: tuple[str, str, str] | None = None
+    """For ``delete-secret``: a storage-token Secret's namespace, name and uid."""
     grants: list[Any] = dataclasses.field(default_factory=list)
     """For ``delete-identity``: its grants in the rules' places (a Google service account's
     ``[resource, role, condition title]``), removed before it."""
@@ -55,6 +58,8 @@ class Action:
         if self.kind == "remove-grant":
             g = self.grant
             return f"{g.role} on {g.resource} for {g.member}: {self.reason}"
+        if self.kind == "delete-secret":
+            return f"storage-token Secret {self.secret[0]}/{self.secret[1]}: {self.reason}"
         if self.kind == "delete-account":
             what = f"ServiceAccount {self.account.where}" + (f" and {identity}" if identity else "")
         elif self.kind == "revoke":
@@ -67,7 +72,8 @@ class Action:
         grant = {k: v for k, v in dataclasses.asdict(self.grant).items() if k != "kind"} if self.grant else None
         return {"action": self.kind, "service_account": self.account.where if self.account else None,
                 "identity": self.identity, "reason": self.reason, "done": self.done, "skipped": self.skipped,
-                **({"grant": grant} if grant else {})}
+                **({"grant": grant} if grant else {}),
+                **({"secret": f"{self.secret[0]}/{self.secret[1]}"} if self.secret else {})}
 
 
 def cleanup_actions(survey: Survey, cloud_made: Iterable[dict[str, Any]], min_age: float,
@@ -176,7 +182,43 @@ async def plan_cleanup(settings: Any, survey: Survey, accounts: ServiceAccounts,
     # Identities this hub made: recorded as made (not merely in a managed place) or marked.
     made_here = {e.account.annotations.get(MANAGED_IDENTITY_ANNOTATION) for e in survey.entries} | {f["identity"] for f in made}
     namespaces = ({namespace} | {e.account.namespace for e in survey.entries}) if principal_grants else set()
-    return actions + await stale_grants(settings, accounts, actions, made_here - {None}, min_age, namespaces - {""})
+    actions += await stale_grants(settings, accounts, actions, made_here - {None}, min_age, namespaces - {""})
+    return actions + await stale_token_secrets(settings, accounts, {namespace} | {e.account.namespace for e in survey.entries})
+
+
+async def stale_token_secrets(settings: Any, accounts: ServiceAccounts, namespaces: Collection[str]) -> list[Action]:
+    """This hub's storage-token Secrets (:mod:`.token_keeper`) whose server's pod is gone: a
+    stop that could not delete one, or a hub that stopped while servers were stopping. The
+    token in it still works until it expires: ``gc`` deletes it."""
+    from .token_keeper import KIND, KIND_LABEL, POD_ANNOTATION
+
+    selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{KIND_LABEL}={KIND},{HUB_LABEL}={names.label_value(settings.hub_name)}"
+    found = []
+    for namespace in sorted(n for n in namespaces if n):
+        try:
+            listed = await accounts.api.list_namespaced_secret(namespace, label_selector=selector,
+                                                               _request_timeout=accounts.request_timeout)
+        except ApiException as e:
+            found.append(Action("search", f"storage-token Secrets in {namespace}",
+                                skipped=f"could not list them: Kubernetes said {e.status} {e.reason}"))
+            continue
+        for secret in listed.items:
+            meta = secret.metadata
+            pod = (meta.annotations or {}).get(POD_ANNOTATION, "")
+            if not pod or await _pod_exists(accounts, namespace, pod) is False:
+                found.append(Action("delete-secret", f"its server's pod {namespace}/{pod or '?'} is gone",
+                                    secret=(namespace, meta.name, meta.uid)))
+    return found
+
+
+async def _pod_exists(accounts: ServiceAccounts, namespace: str, pod: str) -> bool:
+    try:
+        await accounts.api.read_namespaced_pod(pod, namespace, _request_timeout=accounts.request_timeout)
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    return True
 
 
 def _said(error: Exception) -> str:
@@ -249,6 +291,8 @@ async def apply(actions: list[Action], settings: Any, accounts: ServiceAccounts,
                 await _delete_unrecorded(action, settings, accounts, namespace)
             elif action.kind == "remove-grant":
                 await _remove_grant(action, settings, accounts)
+            elif action.kind == "delete-secret":
+                await _delete_secret(action, accounts)
             else:
                 await _act_on_account(action, settings, accounts, hub_users)
         except (IdentityError, ApiException) as e:
@@ -350,6 +394,26 @@ async def _delete_unrecorded(action: Action, settings: Any, accounts: ServiceAcc
         action.done = True
     else:
         action.skipped = "gone already, or without this hub's markers"
+
+
+async def _delete_secret(action: Action, accounts: ServiceAccounts) -> None:
+    from .token_keeper import POD_ANNOTATION
+
+    namespace, name, uid = action.secret
+    try:  # judged a moment ago: a server may have started under that pod name since
+        current = await accounts.api.read_namespaced_secret(name, namespace, _request_timeout=accounts.request_timeout)
+        pod = (current.metadata.annotations or {}).get(POD_ANNOTATION, "")
+        if current.metadata.uid != uid or (pod and await _pod_exists(accounts, namespace, pod)):
+            action.skipped = "its server started again meanwhile"
+            return
+        await accounts.api.delete_namespaced_secret(name, namespace, body={"preconditions": {"uid": uid}},
+                                                    _request_timeout=accounts.request_timeout)
+    except ApiException as e:
+        if e.status not in (404, 409):
+            raise
+        action.skipped = "gone already" if e.status == 404 else "changed since it was judged"
+        return
+    action.done = True
 
 
 async def _remove_grant(action: Action, settings: Any, accounts: ServiceAccounts) -> None:

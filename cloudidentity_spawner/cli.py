@@ -233,6 +233,7 @@ def _role_path(value: str) -> str:
 
 def _gc_line(action: Any, applied: bool) -> str:
     verb = {"delete-account": "delete", "revoke": "revoke", "delete-identity": "delete", "remove-grant": "remove",
+            "delete-secret": "delete",
             "search": "search"}[action.kind]
     if action.skipped:
         return f"skipped: {verb} {action.describe()} - {action.skipped}"

@@ -278,6 +278,42 @@ class CloudIdentity(LoggingConfigurable):
         """,
     )
 
+    storage_token_url = Unicode(
+        "",
+        config=True,
+        help="""
+        The token endpoint where the hub gets the storage tokens of rules with a 'tokens'
+        block (RFC 8693 token exchange of the user's login token, e.g. ESCAPE IAM's
+        https://iam-escape.cloud.cnaf.infn.it/token). Empty: the authenticator's token_url.
+        """,
+    )
+    storage_token_client_id = Unicode(
+        "",
+        config=True,
+        help="""
+        The client the hub exchanges tokens as (it must be allowed the token-exchange grant and
+        the rules' audiences and scopes at the issuer). Empty: the authenticator's client_id.
+        """,
+    )
+    storage_token_client_secret = Unicode(
+        "",
+        config=True,
+        help="""
+        That client's secret. Empty: the authenticator's client_secret. Prefer an environment
+        variable or a Kubernetes Secret to writing it in the config.
+        """,
+    )
+    storage_token_max_concurrent_refreshes = Integer(
+        8,
+        config=True,
+        help="""
+        At most this many storage-token requests to the issuer at once from this hub (spawns
+        and refreshes of running servers together), so many servers whose tokens expire
+        together do not flood it. Refreshes are spread over the last quarter of each token's
+        life.
+        """,
+    )
+
     @cached_property
     def compiled_rules(self) -> IdentityRules:
         """The validated rules (ConfigError names the rule and key when they are wrong)."""

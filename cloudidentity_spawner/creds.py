@@ -11,6 +11,8 @@ In the user's server (enabled by default when the package is installed):
   metadata server), with its expiry. ``?format=subject_token``: where the rule names its GKE
   ``cluster``, the pod's token for the cluster's Workload Identity pool, which Google's STS
   exchanges for the same identity (google-auth's executable-sourced credential elsewhere).
+* ``GET /api/cloudcreds/token`` - the server's storage token (rules with ``tokens``), its
+  expiry, and why the hub's last renewal failed if it did (``error``).
 * ``GET /api/cloudcreds/azure?resource=https://storage.azure.com`` - an access token for the
   resource the caller names, for the pod's Azure managed identity: the projected token
   (AKS Workload Identity) exchanged at Microsoft Entra, with its expiry.
@@ -238,6 +240,33 @@ def gcp_subject_token(env: dict[str, str]) -> dict[str, Any]:
             "service_account": env.get("CLOUDIDENTITY_GCP_SERVICE_ACCOUNT") or None}
 
 
+def storage_token(env: dict[str, str]) -> dict[str, Any]:
+    """The server's storage token as the hub keeps it renewed (``BEARER_TOKEN_FILE`` and the
+    ``expires_at`` and ``error`` files beside it, from the hub's Secret), with its expiry, and
+    why the last renewal failed, if it did."""
+    path = env.get("BEARER_TOKEN_FILE")
+    if not path:
+        raise CredentialsError(404, "This server has no storage token: its rule has no 'tokens' (ask your hub admin).")
+    folder = os.path.dirname(path)
+
+    def read(name: str) -> str:
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            return f.read().strip()
+
+    try:
+        token, expires_at = read(os.path.basename(path)), read("expires_at")
+        error = read("error")
+    except OSError:
+        raise CredentialsError(502, "the storage token's files are missing (the Secret is not mounted)") from None
+    try:
+        when = datetime.datetime.strptime(expires_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    except ValueError:
+        raise CredentialsError(502, "the storage token's expiry is unreadable") from None
+    left = int((when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
+    return {"access_token": token, "token_type": "Bearer", "expires_at": expires_at, "expires_in": max(0, left),
+            "expired": left <= 0, "error": error or None}
+
+
 _RESOURCE = re.compile(r"(https://[A-Za-z0-9.-]+(:[0-9]+)?(/[\w./-]*)?|api://[\w.-]+(/[\w.-]*)?)")
 
 
@@ -349,6 +378,17 @@ class GCPTokenHandler(_CredentialsHandler):
         self.finish(json.dumps(token))
 
 
+class StorageTokenHandler(_CredentialsHandler):
+    @web.authenticated
+    @authorized(CREDENTIALS_ACTION)
+    async def get(self) -> None:
+        try:
+            token = storage_token(dict(os.environ))
+        except CredentialsError as e:
+            return self._fail(e)
+        self.finish(json.dumps(token))
+
+
 class AzureTokenHandler(_CredentialsHandler):
     @web.authenticated
     @authorized(CREDENTIALS_ACTION)
@@ -430,7 +470,7 @@ def credentials_routes(log: Any) -> list[tuple[str, type]]:
     except Exception as e:  # a site's broken entry point: the built-in routes still work
         log.error("cloudidentity-spawner: site providers not loaded (%s); serving the built-in credentials routes", e)
         providers = list(BUILTIN)
-    routes: dict[str, type] = {}
+    routes: dict[str, type] = {"token": guarded(StorageTokenHandler)}  # storage tokens: any rule's, not a provider's
     for provider in providers:
         try:
             offered = [(name, handler) for name, handler in provider.credentials_routes()]

@@ -36,6 +36,11 @@ async def pre_spawn_hook(spawner: Any) -> None:
     if spawner.enable_user_namespaces:
         await spawner._ensure_namespace()  # KubeSpawner would make it only after this hook
     plan = await provisioner.prepare(spawner.namespace)
+    if plan.tokens is not None:  # renewing a token and deleting its Secret need the spawner's start and stop
+        spawner.log.error("cloudidentity: spawn refused for %s: rule %r has 'tokens', which needs "
+                          "c.JupyterHub.spawner_class = 'cloudidentity' (the plain hook cannot keep them fresh)",
+                          spawner.user.name, plan.rule)
+        raise SpawnRefused("Your storage token cannot be given with this hub's setup; ask your hub admin.")
     apply_plan(spawner, plan, automount)
     spawner.modify_pod_hook = pinning_hook(spawner.modify_pod_hook, plan, automount, settings.irsa_pod_spec)
 

@@ -79,7 +79,23 @@ def set_env(container: Any, env: dict[str, str]) -> None:
                                    for k, v in env.items()])
 
 
-def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) -> None:
+def pin_storage_token(pod: Any, secret: str) -> None:
+    """The server's storage token (:mod:`.token_keeper`): its Secret mounted read-only as a
+    directory (the kubelet then updates the file in place when the hub renews it) and
+    ``BEARER_TOKEN_FILE`` naming it, where WLCG token discovery looks first."""
+    from kubernetes_asyncio.client.models import V1SecretVolumeSource, V1Volume, V1VolumeMount
+
+    from .token_keeper import MOUNT_PATH, TOKEN_FILE, VOLUME
+
+    volume = V1Volume(name=VOLUME, secret=V1SecretVolumeSource(secret_name=secret, default_mode=0o444))
+    pod.spec.volumes = [v for v in (pod.spec.volumes or []) if _name(v) != VOLUME] + [volume]
+    container = pod.spec.containers[0]
+    mounts = [m for m in (_get(container, "volume_mounts") or []) if _name(m) != VOLUME]
+    _set(container, "volume_mounts", mounts + [V1VolumeMount(name=VOLUME, mount_path=MOUNT_PATH, read_only=True)])
+    set_env(container, {"BEARER_TOKEN_FILE": TOKEN_FILE})
+
+
+def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True, token_secret: str | None = None) -> None:
     """The last word on the pod's ServiceAccount, token mount and the plan's environment,
     whatever profiles, overrides and hooks said before; then the provider's (with *irsa*, also
     what a cloud's webhook would add)."""
@@ -93,6 +109,8 @@ def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) ->
     provider = provider_for(plan.cloud.provider) if plan.cloud is not None else None
     if provider is not None:
         provider.pin(pod, plan, irsa)
+    if token_secret:
+        pin_storage_token(pod, token_secret)
 
 
 def project_token(pod: Any, volume_name: str, mount_path: str, audience: str, expiration: int,
@@ -119,7 +137,8 @@ def project_token(pod: Any, volume_name: str, mount_path: str, audience: str, ex
         _set(container, "volume_mounts", mounts + [mount])
 
 
-def pinning_hook(operator_hook: Any, plan: IdentityPlan, automount: bool, irsa: bool = True) -> Any:
+def pinning_hook(operator_hook: Any, plan: IdentityPlan, automount: bool, irsa: bool = True,
+                 token_secret: str | None = None) -> Any:
     """A ``modify_pod_hook`` that runs the operator's hook (if any), then pins the pod.
 
     KubeSpawner calls ``modify_pod_hook`` after ``get_pod_manifest``, so this is the
@@ -135,7 +154,7 @@ def pinning_hook(operator_hook: Any, plan: IdentityPlan, automount: bool, irsa: 
                 pod = await pod
         if spawner.namespace != plan.service_account.namespace:
             raise SpawnRefused("A profile moved your server to another namespace than your cloud identity's; ask your hub admin.")
-        pin_pod(pod, plan, automount, irsa)
+        pin_pod(pod, plan, automount, irsa, token_secret)
         return pod
 
     modify_pod_hook._cloudidentity_pin = True

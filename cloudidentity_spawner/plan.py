@@ -123,6 +123,8 @@ class IdentityPlan(_Frozen):
     cloud: CloudPlan | None = None
     group: str | None = None
     adopt: bool = False
+    tokens: Mapping[str, str] | None = None
+    """The user's storage token: its ``audience`` and ``scope`` (:mod:`.storage_tokens`), or None."""
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as plain JSON-ready data (the ``plan --json`` format)."""
@@ -150,6 +152,7 @@ class IdentityPlan(_Frozen):
                 **thaw(self.cloud.resources),
             },
             "adopt": self.adopt,
+            "tokens": thaw(self.tokens),
         }
 
 

@@ -19,7 +19,7 @@ from fnmatch import fnmatchcase
 from functools import cached_property
 from typing import Any
 
-from . import names
+from . import names, storage_tokens
 from .claims import Claims
 from .errors import ConfigError, IdentityError, NoMatchingRule
 from .overlap import Named, check_disjoint
@@ -45,7 +45,7 @@ from .templates import TemplateError, raw, render
 
 ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 """Kubernetes' rule for environment variable names (its ``IsEnvVarName``)."""
-RULE_KEYS = {"name", "match", "scope", "service_account", "env", "adopt"}
+RULE_KEYS = {"name", "match", "scope", "service_account", "env", "adopt", "tokens"}
 """A rule's keys besides its provider blocks (one per registered provider: :func:`.providers.registered`)."""
 MATCH_KEYS = {"groups", "users", "admin", "roles"}
 DEFAULT_SERVICE_ACCOUNT = {
@@ -75,6 +75,8 @@ class Rule:
     cloud: Any = None
     """That block's validated settings."""
     adopt: bool = False
+    tokens: Any = None
+    """The rule's storage tokens (:class:`.storage_tokens.TokenSettings`), or None."""
 
     @property
     def provider(self) -> Any:
@@ -185,6 +187,11 @@ def parse_rule(raw_rule: Any, index: int, trusted_claims: Collection[str] = ()) 
     cloud = registered()[cloud_key].parse(raw_rule[cloud_key], f"{where}.{cloud_key}", forbidden, trusted_claims) \
         if cloud_key else None
 
+    # A storage token is the user's own whatever the rule's scope (like env), so its paths may
+    # name the user; a claim in them must be trusted, as in a policy.
+    tokens = storage_tokens.parse(raw_rule["tokens"], f"{where}.tokens", group_fields, trusted_claims) \
+        if "tokens" in raw_rule else None
+
     adopt = raw_rule.get("adopt", False)
     if not isinstance(adopt, bool):
         raise ConfigError(f"{where}.adopt: expected true or false, got {adopt!r}")
@@ -202,6 +209,7 @@ def parse_rule(raw_rule: Any, index: int, trusted_claims: Collection[str] = ()) 
         cloud_key=cloud_key,
         cloud=cloud,
         adopt=adopt,
+        tokens=tokens,
     )
 
 
@@ -384,6 +392,8 @@ class IdentityRules:
                 annotations[MANAGED_IDENTITY_ANNOTATION] = cloud.recorded
 
         env = {key: render(value, context, names.resource_part) for key, value in rule.env.items()}
+        # The user's own storage token (none for a group's or the hub's plan made without a user).
+        tokens = storage_tokens.plan(rule.tokens, context) if rule.tokens is not None and claims.username else None
         return IdentityPlan(
             user=claims.username,
             groups=claims.groups,
@@ -395,6 +405,7 @@ class IdentityRules:
             env=env,
             cloud=cloud,
             adopt=rule.adopt,
+            tokens=tokens,
         )
 
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import html
+import time
 from typing import Any
 
 from jupyterhub.utils import maybe_future
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner import KubeSpawner
+from kubespawner.clients import shared_client
 from traitlets import Bool, Float, Integer, default
 
 from .claims import Claims, hub_groups, user_claims
@@ -34,6 +36,7 @@ from .profiles import ProfileNotAllowed, check_selection, visible_profiles
 from .provisioner import IdentityProvisioner, api_message, identity_sentence, plan_for, server_namespaces
 from .retry import Backoff, describe
 from .startup import guard_jupyterhub_startup
+from .token_keeper import keeper_for
 
 
 class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
@@ -74,6 +77,7 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         # What the operator configured, before any profile override can touch it.
         self._configured_automount = bool(self.automount_service_account_token)
         self._identity_plan: IdentityPlan | None = None
+        self._storage_token: dict[str, str] | None = None  # the server's Secret, audience and scope
         self._identity_progress: list[str] = []
         self._identity_step_done = asyncio.Event()
         # Fail on a bad rule set now, naming the rule and key, not at the first spawn.
@@ -83,7 +87,70 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         # A fresh identity step per start: progress() waits for this one, not an earlier one.
         self._identity_progress = []
         self._identity_step_done = asyncio.Event()
-        return super().start()
+        return self._start_or_clean_up(super().start())
+
+    async def _start_or_clean_up(self, started: Any) -> Any:
+        try:
+            return await started
+        except BaseException:
+            await self._forget_storage_token()  # a failed start keeps no token
+            raise
+
+    async def stop(self, now: bool = False) -> None:
+        await super().stop(now)
+        await self._forget_storage_token()
+
+    async def poll(self) -> int | None:
+        status = await super().poll()
+        stored = self._storage_token
+        if status is None and stored and (self.user.name, self.name) not in keeper_for(self).tasks:
+            # The hub restarted while the server ran: renew its token from now on.
+            keeper_for(self).keep(self, shared_client("CoreV1Api"), stored, stored["secret"], time.time() + 5,
+                                  self.k8s_api_request_timeout)
+        return status
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if self._storage_token:
+            state["storage_token"] = dict(self._storage_token)
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        stored = state.get("storage_token")
+        if isinstance(stored, dict) and all(isinstance(stored.get(k), str) for k in ("secret", "audience", "scope")):
+            self._storage_token = {k: stored[k] for k in ("secret", "audience", "scope")}
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self._storage_token = None
+
+    async def _forget_storage_token(self) -> None:
+        stored = self._storage_token
+        if not stored:
+            return
+        try:
+            await keeper_for(self).stop(self, shared_client("CoreV1Api"), stored["secret"], self.k8s_api_request_timeout)
+            self._storage_token = None
+        except ApiException as e:
+            self.log.error("cloudidentity: could not delete %s's storage-token Secret %s/%s: %s; gc removes it",
+                           self.user.name, self.namespace, stored["secret"], api_message(e))
+
+    async def _start_storage_token(self, plan: IdentityPlan) -> str | None:
+        """Get the user's storage token into the server's Secret (rules with ``tokens``)."""
+        if plan.tokens is None:
+            return None
+        try:
+            name = await keeper_for(self).start(self, shared_client("CoreV1Api"), plan, self.k8s_api_request_timeout)
+        except IdentityError as e:
+            self.log.error("cloudidentity: spawn refused for %s: storage token: %s", self.user.name, e.admin_detail)
+            raise SpawnRefused(e.user_message) from None
+        except ApiException as e:
+            self.log.error("cloudidentity: spawn refused for %s: cannot write the storage-token Secret: %s",
+                           self.user.name, api_message(e))
+            raise SpawnRefused("Your storage token could not be stored for your server; ask your hub admin.") from None
+        self._storage_token = {"secret": name, **plan.tokens}
+        return name
 
     async def progress(self):
         """The identity step's messages (a new Google identity activating) first, then KubeSpawner's."""
@@ -267,9 +334,11 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         plan = await self._provisioner().prepare(self.namespace, cache, rule_name, claims)
         self._identity_plan = plan
         self._identity_progress.append(identity_sentence(plan))
+        secret = await self._start_storage_token(plan)
         apply_plan(self, plan, self._configured_automount)
         # After the profile's kubespawner_override, which may set its own modify_pod_hook.
-        self.modify_pod_hook = pinning_hook(self.modify_pod_hook, plan, self._configured_automount, self.irsa_pod_spec)
+        self.modify_pod_hook = pinning_hook(self.modify_pod_hook, plan, self._configured_automount, self.irsa_pod_spec,
+                                            secret)
 
     async def prepare_identity(self) -> IdentityPlan | None:
         """Make what is missing of the user's identity now, before their first spawn (see

@@ -33,6 +33,9 @@ class SpawnUser:
     async def get_auth_state(self):
         return self.auth_state
 
+    async def save_auth_state(self, auth_state):
+        self.auth_state = auth_state
+
 
 def spawner_config(namespace: str, rules: list[dict], **extra: Any) -> Config:
     c = Config()
@@ -78,7 +81,8 @@ async def read(kind: str, namespace: str, name: str) -> dict | None:
     api_client = await config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
     async with api_client:
         api = client.CoreV1Api(api_client)
-        reader = {"serviceaccount": api.read_namespaced_service_account, "pod": api.read_namespaced_pod}[kind]
+        reader = {"serviceaccount": api.read_namespaced_service_account, "pod": api.read_namespaced_pod,
+                  "secret": api.read_namespaced_secret}[kind]
         try:
             obj = await reader(name, namespace)
         except client.exceptions.ApiException as e:

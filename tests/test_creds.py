@@ -208,6 +208,33 @@ def test_missing_identity_is_a_clear_json_error(without_identity):
     assert "no Google identity" in gcp.json()["error"]
     azure = requests.get(without_identity + "/api/cloudcreds/azure?resource=https://storage.azure.com", headers=auth(), timeout=30)
     assert azure.status_code == 404 and "no Azure identity" in azure.json()["error"]
+    storage = requests.get(without_identity + "/api/cloudcreds/token", headers=auth(), timeout=30)
+    assert storage.status_code == 404 and "no storage token" in storage.json()["error"]
+
+
+def test_the_storage_token_as_the_hub_keeps_it_and_why_its_renewal_failed(tmp_path):
+    """The Secret's files as the kubelet mounts them (token, expires_at, error): the notebook
+    sees its token, when it expires, and - after a failed renewal - why, as the hub wrote it."""
+    import datetime
+
+    folder = tmp_path / "storage"
+    folder.mkdir()
+    later = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    (folder / "token").write_text("eyJ.storage.token")
+    (folder / "expires_at").write_text(later)
+    (folder / "error").write_text("")
+    process, url, _ = start_server(tmp_path, {"BEARER_TOKEN_FILE": str(folder / "token")})
+    try:
+        assert requests.get(url + "/api/cloudcreds/token", timeout=30).status_code == 403
+        answer = requests.get(url + "/api/cloudcreds/token", headers=auth(), timeout=30).json()
+        assert (answer["access_token"], answer["expires_at"], answer["error"], answer["expired"]) == (
+            "eyJ.storage.token", later, None, False)
+        assert 500 < answer["expires_in"] <= 600
+        (folder / "error").write_text("Your login has expired or was revoked, so your storage token cannot be renewed; log out and log in again.")
+        assert "log in again" in requests.get(url + "/api/cloudcreds/token", headers=auth(), timeout=30).json()["error"]
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def test_wheel_enables_the_extension_by_default(tmp_path):

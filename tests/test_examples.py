@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloudidentity_spawner import cli, inventory, kube
+from cloudidentity_spawner import cleanup, cli, inventory, kube, token_keeper
 from cloudidentity_spawner.config import identity_settings
 from cloudidentity_spawner.startup import check_config
 from cloudidentity_spawner.providers import gcp_iam
@@ -117,6 +117,9 @@ def kubernetes_verbs_the_spawner_uses() -> set[str]:
     return used | {"list", "watch"}  # the ServiceAccount watch cache
 
 
+verbs_of = {"read": "get", "create": "create", "patch": "patch", "delete": "delete", "list": "list", "replace": "update"}
+
+
 def test_rbac_covers_every_call_the_spawner_makes():
     docs = list(yaml.safe_load_all((EXAMPLES / "z2jh/rbac.yaml").read_text()))
     role = next(d for d in docs if d["kind"] == "Role")
@@ -128,6 +131,10 @@ def test_rbac_covers_every_call_the_spawner_makes():
     events = {verb for rule in role["rules"] if "events" in rule["resources"] for verb in rule["verbs"]}
     assert "create_namespaced_event" in Path(kube.__file__).read_text() and events == {"create", "list"}
     assert "list_namespaced_event" in Path(inventory.__file__).read_text()  # the admin page's latest Event
+    secrets = {verb for rule in role["rules"] if "secrets" in rule["resources"] for verb in rule["verbs"]}
+    calls = {m.group(1) for m in re.finditer(r"\.(\w+)_namespaced_secret\(", Path(token_keeper.__file__).read_text()
+                                                                         + Path(cleanup.__file__).read_text())}
+    assert calls and {verbs_of[c] for c in calls} <= secrets, (calls, secrets)  # the storage-token Secrets
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub", "namespace": "jupyterhub"}]  # z2jh's hub account
     # The per-user accounts themselves are never bound to any role.

@@ -1,0 +1,102 @@
+"""Storage bearer tokens (WLCG tokens from ESCAPE IAM and the like), the pure half: a rule's
+``tokens`` block, and the audience and scopes it gives one user.
+
+ESCAPE storage (dCache, EOS, StoRM, XRootD, Rucio) takes bearer tokens whose scopes name paths:
+``storage.read:/escape/alice``. A rule says which, with the same templates as the clouds'
+policies, and the hub gets such a token for the user from the issuer that logged them in
+(:mod:`.token_keeper`). A scope path is rendered with the user's name as one escaped segment
+(:func:`.names.resource_part`), so a name like ``..`` or ``*`` cannot widen it, and a path
+must be absolute, without ``..``, wildcards or empty segments - checked at start-up with a
+sample user, and again for each user.
+
+Example::
+
+    "tokens": {"audience": "https://wlcg.cern.ch/jwt/v1/any",
+               "scope": "storage.read:/escape/{username} storage.modify:/escape/scratch/{username}"}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import names
+from .errors import ConfigError, IdentityError
+from .providers._common import check_keys, check_template
+from .templates import SAMPLE_CONTEXT, TemplateError, render
+
+_KEYS = {"audience", "scope"}
+_STORAGE = re.compile(r"storage\.(read|modify|create|stage):(?P<path>.*)", re.DOTALL)
+_PLAIN_SCOPE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,99}")
+_PATH = re.compile(r"(/[^/\s*?\[\]{}\\]+)+")
+_AUDIENCE = re.compile(r"[\x21-\x7e]{1,255}")
+NEVER = {"offline_access"}
+"""Scopes a pod's token must not carry: a refresh token never reaches a pod."""
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """A rule's validated ``tokens`` block."""
+
+    audience: str
+    scope: tuple[str, ...]
+    """Scope templates, one per scope."""
+
+
+def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collection[str] = ()) -> TokenSettings:
+    """Validate a rule's ``tokens`` block at start-up (ConfigError names *where* and the key)."""
+    check_keys(block, _KEYS, where, {"audience", "scope"})
+    audience = block["audience"]
+    if not isinstance(audience, str) or not _AUDIENCE.fullmatch(audience) or "{" in audience:
+        raise ConfigError(f"{where}.audience: expected the storage's audience, e.g. https://wlcg.cern.ch/jwt/v1/any "
+                          f"(no spaces, no templates), got {audience!r}")
+    scope = block["scope"]
+    if not isinstance(scope, str) or not scope.split():
+        raise ConfigError(f"{where}.scope: expected space-separated scopes, e.g. 'storage.read:/escape/{{username}}'")
+    for item in scope.split():
+        _check_scope(item, f"{where}.scope", forbidden, trusted_claims)
+    return TokenSettings(audience=audience, scope=tuple(scope.split()))
+
+
+def _check_scope(item: str, where: str, forbidden: set[str], trusted_claims: Collection[str]) -> None:
+    storage = _STORAGE.fullmatch(item)
+    if storage is None:
+        if item in NEVER:
+            raise ConfigError(f"{where}: {item!r} would give pods a refresh token; the hub keeps tokens fresh itself")
+        if not _PLAIN_SCOPE.fullmatch(item):
+            raise ConfigError(f"{where}: {item!r} is neither a storage scope (storage.read|modify|create|stage:/path) "
+                              "nor a plain scope name")
+        return
+    check_template(storage["path"], f"{where} ({item})", forbidden, trusted_claims)
+    try:
+        sample = render(storage["path"], SAMPLE_CONTEXT, names.resource_part)
+    except TemplateError as e:
+        raise ConfigError(f"{where} ({item}): {e}") from None
+    if not safe_path(sample):
+        raise ConfigError(f"{where} ({item}): the path must be absolute, with no '..', '.', wildcards or empty "
+                          f"segments, e.g. /escape/{{username}}; with a sample user it is {sample!r}")
+
+
+def safe_path(path: str) -> bool:
+    """Whether a rendered scope path names exactly one place: absolute, no ``.``/``..``
+    segment, no wildcard, no empty segment, no whitespace."""
+    return bool(_PATH.fullmatch(path)) and not any(part in (".", "..") for part in path.split("/"))
+
+
+def plan(settings: TokenSettings, context: Mapping[str, Any]) -> dict[str, str]:
+    """The audience and scope (one space-separated string) for one user. IdentityError if a
+    rendered path is not a safe one (a name that only the real user has could still make it so)."""
+    scopes = []
+    for item in settings.scope:
+        storage = _STORAGE.fullmatch(item)
+        if storage is None:
+            scopes.append(item)
+            continue
+        path = render(storage["path"], context, names.resource_part)
+        if not safe_path(path):
+            raise IdentityError("Your storage token's scope could not be made from your account's names; ask your hub admin.",
+                                f"tokens scope {item!r} renders to the unsafe path {path!r}")
+        scopes.append(f"storage.{storage[1]}:{path}")
+    return {"audience": settings.audience, "scope": " ".join(scopes)}

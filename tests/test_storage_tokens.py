@@ -1,0 +1,237 @@
+"""Storage bearer tokens (rules with ``tokens``) with a real OpenID provider: IdentityPython's
+idpyoidc, with RFC 8693 token exchange and refresh tokens, and an exchange policy like ESCAPE
+IAM's (allowed audiences; storage paths under the user's own). The spawner exchanges the login
+token for the rule's audience and paths, writes it to the server's Secret, mounts it, renews it
+while the server runs (renewing the login when its token expired), stops on a revoked login,
+and deletes the Secret when the server stops. No refresh token reaches a pod, Secret or log."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+
+import pytest
+
+pytest.importorskip("idpyoidc", reason="the test extra is not installed")
+
+from cloudidentity_spawner import CloudIdentitySpawner  # noqa: E402
+from cloudidentity_spawner.errors import ConfigError, SpawnRefused  # noqa: E402
+from cloudidentity_spawner.rules import IdentityRules  # noqa: E402
+from cloudidentity_spawner.testing.idp import CLIENT_ID, CLIENT_SECRET, OpenIDProvider, claims_of  # noqa: E402
+from cloudidentity_spawner.testing.kubernetes import KubernetesAPIServer  # noqa: E402
+
+from .kubehelpers import SpawnUser, make_spawner, read, spawner_config  # noqa: E402
+
+WLCG = "https://wlcg.cern.ch/jwt/v1/any"
+LIFETIME = 4  # seconds: renewals within a test
+TOKENS = {"audience": WLCG, "scope": "storage.read:/escape/{username} storage.modify:/escape/scratch/{username}"}
+
+
+@pytest.fixture(scope="module")
+def provider():
+    op = OpenIDProvider(["alice", "bob", "carol", "dave"], audiences=[WLCG], token_lifetime=LIFETIME)
+    server = KubernetesAPIServer(op).start()
+    op.url = server.url
+    yield op
+    server.stop()
+
+
+def tokens_spawner(namespace: str, provider: OpenIDProvider, user: SpawnUser, tokens: dict = TOKENS):
+    rules = [{"name": "escape", "match": {}, "tokens": tokens}]
+    c = spawner_config(namespace, rules, hub_name="hub", storage_token_url=provider.url + "/token",
+                       storage_token_client_id=CLIENT_ID, storage_token_client_secret=CLIENT_SECRET)
+    return make_spawner(CloudIdentitySpawner, c, user)
+
+
+def secret_files(secret: dict) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+async def wait_for(condition, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = await condition()
+        if found:
+            return found
+        await asyncio.sleep(0.2)
+    raise AssertionError("not in time")
+
+
+async def test_the_pod_gets_a_token_for_its_users_paths_renewed_while_it_runs(namespace, provider, caplog):
+    caplog.set_level(logging.INFO)
+    login = provider.login("alice")
+    user = SpawnUser("alice", {"access_token": login["access_token"], "refresh_token": login["refresh_token"],
+                               "oauth_user": {"sub": "alice"}})
+    spawner = tokens_spawner(namespace, provider, user)
+    await spawner.start()
+    name = f"{spawner.pod_name}-storage-token"
+    try:
+        secret = await read("secret", namespace, name)
+        files = secret_files(secret)
+        claims = claims_of(files["token"])
+        assert claims["aud"] == [WLCG]
+        assert sorted(claims["scope"].split()) == ["storage.modify:/escape/scratch/alice", "storage.read:/escape/alice"]
+        assert files["error"] == "" and secret["metadata"]["labels"]["cloudidentity-spawner/kind"] == "storage-token"
+
+        # The notebook mounts the Secret as a folder (so the kubelet updates it in place), read-only.
+        pod = await read("pod", namespace, spawner.pod_name)
+        [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == "storage-token"]
+        assert volume["secret"]["secretName"] == name
+        [mount] = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "storage-token"]
+        assert mount["readOnly"] is True and "subPath" not in mount
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        assert env["BEARER_TOKEN_FILE"] == mount["mountPath"] + "/token"
+
+        # Renewed before it expires - after the login's own token expired, so the login was
+        # renewed with its refresh token first (and saved).
+        first = claims["jti"]
+
+        async def renewed():
+            now = secret_files(await read("secret", namespace, name))
+            return now if claims_of(now["token"])["jti"] != first else None
+
+        later = await wait_for(renewed, LIFETIME * 3)
+        assert claims_of(later["token"])["exp"] > claims["exp"] and later["error"] == ""
+        assert user.auth_state["access_token"] != login["access_token"]
+        grants = [r["grant_type"] for r in provider.requests]
+        assert "refresh_token" in grants and grants.count("urn:ietf:params:oauth:grant-type:token-exchange") >= 2
+
+        # No refresh token in the pod, the Secret or the hub's log (the provider logs its own requests).
+        hub_log = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith(("idpyoidc", "aiohttp")))
+        everything = json.dumps(pod) + json.dumps(secret) + json.dumps(later) + hub_log
+        assert login["refresh_token"] not in everything and user.auth_state["refresh_token"] not in everything
+
+        # A revoked login stops the renewals, says so in the Secret, keeps the last token.
+        provider.revoke_login(user.auth_state["refresh_token"])
+        stuck = claims_of(later["token"])["jti"]
+
+        async def told():
+            now = secret_files(await read("secret", namespace, name))
+            return now if now["error"] else None
+
+        failed = await wait_for(told, LIFETIME * 4)
+        assert "log in again" in failed["error"] and claims_of(failed["token"])["jti"] == stuck
+        assert "will not be again" in caplog.text
+        await asyncio.sleep(0.1)
+        assert keeper_task_done(spawner)
+    finally:
+        await spawner.stop()
+    assert await read("secret", namespace, name) is None  # stopping the server deletes it
+
+
+async def test_gc_deletes_a_storage_token_secret_whose_server_is_gone(namespace, provider):
+    from kubernetes_asyncio import client, config
+
+    from cloudidentity_spawner.token_keeper import secret_body
+
+    from .kubehelpers import run_gc
+
+    login = provider.login("dave")
+    spawner = tokens_spawner(namespace, provider, SpawnUser("dave", {**login, "oauth_user": {"sub": "dave"}}))
+    await spawner.start()
+    try:
+        ghost = secret_body("jupyter-ghost-storage-token", namespace, "ghost", "hub", "", "jupyter-ghost", "t", time.time() + 60)
+        other_hub = secret_body("jupyter-other-storage-token", namespace, "other", "another-hub", "", "jupyter-other", "t",
+                                time.time() + 60)
+        api_client = await config.new_client_from_config(config_file=__import__("os").environ["KUBECONFIG"])
+        async with api_client:
+            for body in (ghost, other_hub):
+                await client.CoreV1Api(api_client).create_namespaced_secret(namespace, body)
+        c = spawner_config(namespace, [{"name": "escape", "match": {}, "tokens": TOKENS}], hub_name="hub")
+        _, actions = await run_gc(c, namespace, {"dave": {**login, "oauth_user": {"sub": "dave"}}})
+        secrets = [(a.secret[1], a.done) for a in actions if a.kind == "delete-secret"]
+        # Not the running server's, not another hub's.
+        assert secrets == [("jupyter-ghost-storage-token", True)]
+        assert await read("secret", namespace, "jupyter-ghost-storage-token") is None
+        assert await read("secret", namespace, f"{spawner.pod_name}-storage-token") is not None
+        assert await read("secret", namespace, "jupyter-other-storage-token") is not None
+    finally:
+        await spawner.stop()
+
+
+def keeper_task_done(spawner) -> bool:
+    from cloudidentity_spawner.token_keeper import keeper_for
+
+    task = keeper_for(spawner).tasks.get((spawner.user.name, spawner.name))
+    return task is None or task.done()
+
+
+async def test_after_a_hub_restart_a_running_servers_token_is_renewed_from_its_saved_state(namespace, provider):
+    login = provider.login("carol")
+    auth_state = {**login, "oauth_user": {"sub": "carol"}}
+    before = tokens_spawner(namespace, provider, SpawnUser("carol", auth_state))
+    await before.start()
+    name = f"{before.pod_name}-storage-token"
+    state = before.get_state()
+    assert state["storage_token"] == {"secret": name, "audience": WLCG,
+                                      "scope": "storage.read:/escape/carol storage.modify:/escape/scratch/carol"}
+    from cloudidentity_spawner.token_keeper import keeper_for
+
+    keeper_for(before).tasks.pop(("carol", "")).cancel()  # the old hub process is gone, with its tasks
+    first = claims_of(secret_files(await read("secret", namespace, name))["token"])["jti"]
+    after = tokens_spawner(namespace, provider, SpawnUser("carol", auth_state))
+    after.load_state(state)
+    try:
+        assert await after.poll() is None  # still running
+
+        async def renewed():
+            now = secret_files(await read("secret", namespace, name))
+            return claims_of(now["token"])["jti"] != first
+
+        await wait_for(renewed, LIFETIME * 3)
+    finally:
+        await after.stop()
+    assert await read("secret", namespace, name) is None
+
+
+async def test_a_rule_cannot_get_another_users_path_and_the_user_is_told(namespace, provider, caplog):
+    """The rule's paths are the user's by construction (the name is one escaped segment); a rule
+    naming someone else's path outright is refused by the provider's policy, and the spawn says so."""
+    login = provider.login("bob")
+    user = SpawnUser("bob", {**login, "oauth_user": {"sub": "bob"}})
+    spawner = tokens_spawner(namespace, provider, user, {"audience": WLCG, "scope": "storage.read:/escape/alice"})
+    with pytest.raises(SpawnRefused) as e:
+        await spawner.start()
+    assert "storage token" in str(e.value) and "alice" not in str(e.value)
+    assert "invalid_scope" in caplog.text
+    assert await read("secret", namespace, f"{spawner.pod_name}-storage-token") is None
+    assert await read("pod", namespace, spawner.pod_name) is None
+
+
+async def test_without_a_login_token_the_user_is_told_to_log_in_again(namespace, provider):
+    spawner = tokens_spawner(namespace, provider, SpawnUser("carol", {"oauth_user": {"sub": "carol"}}))
+    with pytest.raises(SpawnRefused, match="log in again"):
+        await spawner.start()
+
+
+def test_a_users_name_cannot_widen_a_path_and_pods_never_get_refresh_tokens():
+    rules = IdentityRules.from_config([{"name": "r", "match": {}, "tokens": TOKENS}], "hub")
+    from cloudidentity_spawner.claims import Claims
+
+    for name in ("..", "*", "alice/../bob", "a b"):
+        plan = rules.resolve(Claims(username=name, groups=()), "ns")
+        read, modify = [s.partition(":")[2] for s in plan.tokens["scope"].split()]
+        segment = read.removeprefix("/escape/")
+        assert segment not in ("", ".", "..") and not set(segment) & set("/* ") and modify == f"/escape/scratch/{segment}"
+    with pytest.raises(ConfigError, match="refresh token"):
+        IdentityRules.from_config([{"name": "r", "match": {}, "tokens": {"audience": WLCG, "scope": "offline_access"}}], "h")
+    with pytest.raises(ConfigError, match=r"\('r'\).tokens.audience"):
+        IdentityRules.from_config([{"name": "r", "match": {}, "tokens": {"audience": "a b", "scope": "openid"}}], "h")
+
+
+async def test_the_plain_hook_refuses_a_rule_with_tokens_it_cannot_keep_fresh(namespace, caplog):
+    """Renewing a token and deleting its Secret need the spawner's start and stop: with a stock
+    KubeSpawner and the hook, such a rule fails the spawn clearly instead of a token that expires."""
+    from kubespawner import KubeSpawner
+
+    from cloudidentity_spawner import pre_spawn_hook
+
+    c = spawner_config(namespace, [])
+    c.CloudIdentity.identity_rules = [{"name": "escape", "match": {}, "tokens": TOKENS}]
+    spawner = make_spawner(KubeSpawner, c, SpawnUser("erin", {"access_token": "x", "oauth_user": {"sub": "erin"}}))
+    with pytest.raises(SpawnRefused, match="storage token"):
+        await pre_spawn_hook(spawner)
+    assert "spawner_class = 'cloudidentity'" in caplog.text
