@@ -128,14 +128,19 @@ async def obtain(issuer: Issuer, user: Any, tokens: Mapping[str, str]) -> tuple[
     rejected = status == 0 or spent or (status != 200 and body.get("error") in ("invalid_request", "invalid_grant", "invalid_token"))
     if rejected and state.get("refresh_token"):
         # The login's access token expired (or is about to): renew the login, then exchange once more.
-        renewed_status, renewed = await issuer.refresh(state["refresh_token"])
-        if renewed_status != 200 or not isinstance(renewed.get("access_token"), str):
+        used = state["refresh_token"]
+        renewed_status, renewed = await issuer.refresh(used)
+        latest = await user.get_auth_state() or {}
+        if latest.get("refresh_token") not in (None, used):
+            # The user logged in again, or the authenticator renewed the login, meanwhile: theirs is newer.
+            state = latest
+        elif renewed_status != 200 or not isinstance(renewed.get("access_token"), str):
             raise LoginExpired("Your login has expired or was revoked, so your storage token cannot be renewed; "
                                "log out and log in again.",
                                f"refreshing {user.name}'s login at {issuer.token_url} failed: {renewed_status} {_said(renewed)}")
-        state = {**state, "access_token": renewed["access_token"],
-                 "refresh_token": renewed.get("refresh_token") or state["refresh_token"]}
-        await user.save_auth_state(state)
+        else:
+            state = {**latest, "access_token": renewed["access_token"], "refresh_token": renewed.get("refresh_token") or used}
+            await user.save_auth_state(state)
         status, body = await issuer.exchange(state["access_token"], tokens["audience"], tokens["scope"])
     if status != 200:
         raise IdentityError("Your storage token could not be made: the identity provider refused it; ask your hub admin.",

@@ -51,3 +51,15 @@ def test_surge_benchmark_runs_and_nothing_fails_or_is_made_twice():
         assert "0 failed spawns; 25 ServiceAccounts (0 duplicate), 25 cloud identities for 25 accounts (0 duplicate)" in line, out.stdout
     throttled = [l for l in out.stdout.splitlines() if "cloud calls throttled" in l]
     assert len(throttled) == 2 and not any(", 0 cloud calls throttled" in l for l in throttled), out.stdout
+
+
+def test_token_refresh_benchmark_runs_and_renews_before_expiry():
+    out = subprocess.run(
+        [sys.executable, "token_refresh.py", "--servers", "5", "--lifetime", "4", "--window", "8"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT / "benchmarks",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[0] == "token refresh: 5 running servers, tokens of 4 s, 8 s measured", out.stdout
+    assert any(l.startswith("renewals: ") and " per minute; hub CPU " in l for l in lines), out.stdout
+    assert any(l.startswith("renewed before expiry:") and l.endswith("; 0 after it") for l in lines), out.stdout

@@ -235,3 +235,33 @@ async def test_the_plain_hook_refuses_a_rule_with_tokens_it_cannot_keep_fresh(na
     with pytest.raises(SpawnRefused, match="storage token"):
         await pre_spawn_hook(spawner)
     assert "spawner_class = 'cloudidentity'" in caplog.text
+
+
+async def test_a_login_renewed_elsewhere_meanwhile_is_used_not_taken_for_a_revoked_one(provider):
+    """The authenticator (or a new login) may renew the login while a renewal runs: the hub's
+    own refresh then fails on the old refresh token, and the newer login is used instead of
+    telling the user to log in again - and the newer login is never overwritten."""
+    from cloudidentity_spawner.token_keeper import Issuer, obtain
+
+    old, new = provider.login("alice"), provider.login("alice")
+    provider.revoke_login(old["refresh_token"])
+
+    class Racing:
+        name = "alice"
+        saved: list = []
+
+        def __init__(self):
+            self.reads = 0
+
+        async def get_auth_state(self):
+            self.reads += 1  # the renewal read the old login; by its refresh, the new one is stored
+            return {"access_token": "expired-login-token", "refresh_token": old["refresh_token"]} if self.reads == 1 else dict(new)
+
+        async def save_auth_state(self, state):
+            self.saved.append(state)
+
+    user = Racing()
+    token, expires = await obtain(Issuer(provider.url + "/token", CLIENT_ID, CLIENT_SECRET), user,
+                                  {"audience": WLCG, "scope": "storage.read:/escape/alice"})
+    assert claims_of(token)["scope"] == "storage.read:/escape/alice" and expires > time.time()
+    assert user.saved == []
