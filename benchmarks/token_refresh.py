@@ -75,10 +75,15 @@ async def measure(info: dict, servers: int, lifetime: int, window: float) -> Non
     keeper = TokenKeeper(settings)
     writes: list[tuple[float, float]] = []  # (when, seconds before the old token expired)
     expiry: dict[str, float] = {}
-    original = keeper._write
+    originals = {"_create": keeper._create, "_patch": keeper._patch}
 
-    async def counted(api, body, timeout):
-        await original(api, body, timeout)
+    def counting(kind):
+        async def counted(api, body, timeout):
+            await originals[kind](api, body, timeout)
+            record(body)
+        return counted
+
+    def record(body):
         name = body["metadata"]["name"]
         now = time.time()
         if name in expiry:
@@ -86,7 +91,7 @@ async def measure(info: dict, servers: int, lifetime: int, window: float) -> Non
         expiry[name] = calendar.timegm(time.strptime(body["metadata"]["annotations"]["cloudidentity-spawner/expires-at"],
                                                      "%Y-%m-%dT%H:%M:%SZ"))
 
-    keeper._write = counted
+    keeper._create, keeper._patch = counting("_create"), counting("_patch")
     api_client = await config.new_client_from_config(config_file=info["kubeconfig"])
     api = client.CoreV1Api(api_client)
     tokens = {"audience": "https://wlcg.cern.ch/jwt/v1/any", "scope": ""}
@@ -95,7 +100,7 @@ async def measure(info: dict, servers: int, lifetime: int, window: float) -> Non
         spawners.append(SimpleNamespace(user=User(name, dict(login)), name="", namespace=NAMESPACE, pod_name=f"jupyter-{name}",
                                         authenticator=None))
     start_cpu, started = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-    await asyncio.gather(*(keeper.start(s, api, SimpleNamespace(tokens={**tokens, "scope": f"storage.read:/escape/{s.user.name}"}),
+    await asyncio.gather(*(keeper.start(s, api, SimpleNamespace(tokens={**tokens, "scope": f"storage.read:/escape/users/{s.user.name}"}),
                                         30) for s in spawners))
     first = time.monotonic() - started
     issued_cpu = resource.getrusage(resource.RUSAGE_SELF)

@@ -45,8 +45,9 @@ class Action:
     """For ``remove-grant``: the grant in an access policy whose member is gone."""
     grant_account: tuple[str, str] | None = None
     """For ``remove-grant`` to a ServiceAccount's principal: that account, which must not exist."""
-    secret: tuple[str, str, str] | None = None
-    """For ``delete-secret``: a storage-token Secret's namespace, name and uid."""
+    secret: tuple[str, str, str, str, str] | None = None
+    """For ``delete-secret``: a storage-token Secret's namespace, name, uid, resourceVersion and
+    its server's pod name."""
     grants: list[Any] = dataclasses.field(default_factory=list)
     """For ``delete-identity``: its grants in the rules' places (a Google service account's
     ``[resource, role, condition title]``), removed before it."""
@@ -183,14 +184,17 @@ async def plan_cleanup(settings: Any, survey: Survey, accounts: ServiceAccounts,
     made_here = {e.account.annotations.get(MANAGED_IDENTITY_ANNOTATION) for e in survey.entries} | {f["identity"] for f in made}
     namespaces = ({namespace} | {e.account.namespace for e in survey.entries}) if principal_grants else set()
     actions += await stale_grants(settings, accounts, actions, made_here - {None}, min_age, namespaces - {""})
-    return actions + await stale_token_secrets(settings, accounts, {namespace} | {e.account.namespace for e in survey.entries})
+    return actions + await stale_token_secrets(settings, accounts, {namespace} | {e.account.namespace for e in survey.entries},
+                                               min_age)
 
 
-async def stale_token_secrets(settings: Any, accounts: ServiceAccounts, namespaces: Collection[str]) -> list[Action]:
+async def stale_token_secrets(settings: Any, accounts: ServiceAccounts, namespaces: Collection[str],
+                              min_age: float = 0.0) -> list[Action]:
     """This hub's storage-token Secrets (:mod:`.token_keeper`) whose server's pod is gone: a
     stop that could not delete one, or a hub that stopped while servers were stopping. The
-    token in it still works until it expires: ``gc`` deletes it."""
-    from .token_keeper import KIND, KIND_LABEL, POD_ANNOTATION
+    token in it still works until it expires: ``gc`` deletes it. One written less than
+    *min_age* ago is left: a starting server writes its Secret before its pod exists."""
+    from .token_keeper import KIND, KIND_LABEL, POD_ANNOTATION, WRITTEN_ANNOTATION
 
     selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{KIND_LABEL}={KIND},{HUB_LABEL}={names.label_value(settings.hub_name)}"
     found = []
@@ -202,12 +206,24 @@ async def stale_token_secrets(settings: Any, accounts: ServiceAccounts, namespac
             found.append(Action("search", f"storage-token Secrets in {namespace}",
                                 skipped=f"could not list them: Kubernetes said {e.status} {e.reason}"))
             continue
+        now = datetime.datetime.now(datetime.timezone.utc)
         for secret in listed.items:
             meta = secret.metadata
             pod = (meta.annotations or {}).get(POD_ANNOTATION, "")
-            if not pod or await _pod_exists(accounts, namespace, pod) is False:
-                found.append(Action("delete-secret", f"its server's pod {namespace}/{pod or '?'} is gone",
-                                    secret=(namespace, meta.name, meta.uid)))
+            if pod and await _pod_exists(accounts, namespace, pod):
+                continue
+            action = Action("delete-secret", f"its server's pod {namespace}/{pod or '?'} is gone",
+                            secret=(namespace, meta.name, meta.uid, meta.resource_version, pod))
+            try:
+                written = datetime.datetime.strptime((meta.annotations or {}).get(WRITTEN_ANNOTATION, ""),
+                                                     "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+            except ValueError:
+                written = None
+            if written is None and min_age > 0:
+                action.skipped = "it does not say when it was written: run gc --min-age 0 when no server is starting"
+            elif written is not None and (age := (now - written).total_seconds()) < min_age:
+                action.skipped = f"written {age:.0f} s ago: its server may be starting (--min-age {min_age:.0f})"
+            found.append(action)
     return found
 
 
@@ -397,17 +413,14 @@ async def _delete_unrecorded(action: Action, settings: Any, accounts: ServiceAcc
 
 
 async def _delete_secret(action: Action, accounts: ServiceAccounts) -> None:
-    from .token_keeper import POD_ANNOTATION
-
-    namespace, name, uid = action.secret
-    try:  # judged a moment ago: a server may have started under that pod name since
-        current = await accounts.api.read_namespaced_secret(name, namespace, _request_timeout=accounts.request_timeout)
-        pod = (current.metadata.annotations or {}).get(POD_ANNOTATION, "")
-        if current.metadata.uid != uid or (pod and await _pod_exists(accounts, namespace, pod)):
+    namespace, name, uid, version, pod = action.secret
+    try:  # judged a moment ago: only if its server did not start since and nothing wrote it since
+        if pod and await _pod_exists(accounts, namespace, pod):
             action.skipped = "its server started again meanwhile"
             return
-        await accounts.api.delete_namespaced_secret(name, namespace, body={"preconditions": {"uid": uid}},
-                                                    _request_timeout=accounts.request_timeout)
+        await accounts.api.delete_namespaced_secret(
+            name, namespace, body={"preconditions": {"uid": uid, "resourceVersion": version}},
+            _request_timeout=accounts.request_timeout)
     except ApiException as e:
         if e.status not in (404, 409):
             raise

@@ -234,6 +234,8 @@ def parse_rules(raw_rules: Any, trusted_claims: Collection[str] = ()) -> tuple[R
         if rule.name in seen:
             raise ConfigError(f"{rule.label}.name: the name is already used by identity_rules[{seen[rule.name]}]")
         seen[rule.name] = rule.index
+    storage_tokens.check_disjoint([path for rule in rules if rule.tokens is not None
+                                   for path in storage_tokens.storage_paths(rule.tokens, f"{rule.label}.tokens")])
     return rules
 
 

@@ -78,6 +78,7 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         self._configured_automount = bool(self.automount_service_account_token)
         self._identity_plan: IdentityPlan | None = None
         self._storage_token: dict[str, str] | None = None  # the server's Secret, audience and scope
+        self._creating_pod = False
         self._identity_progress: list[str] = []
         self._identity_step_done = asyncio.Event()
         # Fail on a bad rule set now, naming the rule and key, not at the first spawn.
@@ -98,15 +99,21 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
 
     async def stop(self, now: bool = False) -> None:
         await super().stop(now)
-        await self._forget_storage_token()
+        if not self._creating_pod:  # KubeSpawner stops an old pod of the same name before it creates this one
+            await self._forget_storage_token()
 
     async def poll(self) -> int | None:
         status = await super().poll()
         stored = self._storage_token
-        if status is None and stored and (self.user.name, self.name) not in keeper_for(self).tasks:
-            # The hub restarted while the server ran: renew its token from now on.
-            keeper_for(self).keep(self, shared_client("CoreV1Api"), stored, stored["secret"], time.time() + 5,
-                                  self.k8s_api_request_timeout)
+        if status is not None and stored:
+            # It stopped by itself (evicted, deleted): JupyterHub calls no stop, so the token goes now.
+            await self._forget_storage_token()
+        elif status is None and stored and (self.user.name, self.name) not in keeper_for(self).tasks:
+            keeper = keeper_for(self)
+            if not keeper.stopped_for_this_login(self, await self.user.get_auth_state()):
+                # The hub restarted while the server ran, or the user logged in again: renew from now on.
+                keeper.keep(self, shared_client("CoreV1Api"), stored, stored["secret"], time.time() + 5,
+                            self.k8s_api_request_timeout)
         return status
 
     def get_state(self) -> dict[str, Any]:
@@ -132,9 +139,10 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         try:
             await keeper_for(self).stop(self, shared_client("CoreV1Api"), stored["secret"], self.k8s_api_request_timeout)
             self._storage_token = None
-        except ApiException as e:
+        except Exception as e:  # the server stops anyway; gc finds the Secret
+            detail = api_message(e) if isinstance(e, ApiException) else describe(e)
             self.log.error("cloudidentity: could not delete %s's storage-token Secret %s/%s: %s; gc removes it",
-                           self.user.name, self.namespace, stored["secret"], api_message(e))
+                           self.user.name, self.namespace, stored["secret"], detail)
 
     async def _start_storage_token(self, plan: IdentityPlan) -> str | None:
         """Get the user's storage token into the server's Secret (rules with ``tokens``)."""
@@ -370,6 +378,7 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         """Create the pod; if the cluster says its ServiceAccount is gone (deleted after the
         watch cache last saw it, e.g. by ``kubectl delete sa``), make the account again and
         let KubeSpawner's backoff retry the pod, instead of failing the spawn."""
+        self._creating_pod = True
         try:
             return await super()._make_create_pod_request(pod, request_timeout)
         except ApiException as e:
@@ -387,6 +396,8 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
                 self.log.error("cloudidentity: spawn refused for %s: %s", self.user.name, refused.admin_detail)
                 raise SpawnRefused(refused.user_message) from None
             return False
+        finally:
+            self._creating_pod = False
 
     async def delete_forever(self) -> None:
         """Delete the user's own ServiceAccounts when the user is deleted.

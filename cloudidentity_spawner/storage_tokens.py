@@ -9,10 +9,11 @@ policies, and the hub gets such a token for the user from the issuer that logged
 must be absolute, without ``..``, wildcards or empty segments - checked at start-up with a
 sample user, and again for each user.
 
-Example::
+Every rule's paths together must keep users apart: a path whose segment depends on the user
+may not sit beside a literal segment of another path (:func:`check_disjoint`). Example::
 
     "tokens": {"audience": "https://wlcg.cern.ch/jwt/v1/any",
-               "scope": "storage.read:/escape/{username} storage.modify:/escape/scratch/{username}"}
+               "scope": "storage.read:/escape/users/{username} storage.modify:/escape/scratch/{username}"}
 """
 
 from __future__ import annotations
@@ -77,6 +78,32 @@ def _check_scope(item: str, where: str, forbidden: set[str], trusted_claims: Col
     if not safe_path(sample):
         raise ConfigError(f"{where} ({item}): the path must be absolute, with no '..', '.', wildcards or empty "
                           f"segments, e.g. /escape/{{username}}; with a sample user it is {sample!r}")
+
+
+def check_disjoint(paths: list[tuple[str, str]]) -> None:
+    """No user's path may name another's area: where one path template has a segment that
+    depends on the user and another has a literal segment at the same depth under the same
+    literal parent, a user named like that segment would get the other area
+    (``/escape/{username}`` beside ``/escape/scratch/{username}``: user ``scratch`` would get
+    everyone's scratch). *paths*: ``(where, path template)`` of every rule's storage scopes."""
+    split = [(where, path.strip("/").split("/")) for where, path in paths]
+    for where, segments in split:
+        for depth, segment in enumerate(segments):
+            if "{" not in segment:
+                continue
+            for other_where, other in split:
+                if len(other) > depth and "{" not in other[depth] and other[:depth] == segments[:depth]:
+                    parent = "/" + "/".join(segments[:depth])
+                    raise ConfigError(
+                        f"{where}: a user named {other[depth]!r} would get {parent}/{other[depth]}, which "
+                        f"{other_where} names: give the users' folders a parent of their own, e.g. "
+                        f"{parent}/users/{segment}")
+            break  # below a user's own segment, the area is theirs
+
+
+def storage_paths(settings: TokenSettings, where: str) -> list[tuple[str, str]]:
+    """``(where, path template)`` of a block's storage scopes (for :func:`check_disjoint`)."""
+    return [(f"{where}.scope ({item})", m["path"]) for item in settings.scope if (m := _STORAGE.fullmatch(item))]
 
 
 def safe_path(path: str) -> bool:

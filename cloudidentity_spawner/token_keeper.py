@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import json
 import random
@@ -48,7 +49,10 @@ KIND = "storage-token"
 SERVER_ANNOTATION = PREFIX + "server"
 POD_ANNOTATION = PREFIX + "pod"
 EXPIRES_ANNOTATION = PREFIX + "expires-at"
+WRITTEN_ANNOTATION = PREFIX + "written-at"
 _TOKEN = re.compile(r"[\x21-\x7e]{1,16384}")
+MAX_LIFETIME = 7 * 86400
+"""A longer lifetime than a week is taken for a broken answer (and never stamped)."""
 
 
 class LoginExpired(IdentityError):
@@ -134,10 +138,14 @@ async def obtain(issuer: Issuer, user: Any, tokens: Mapping[str, str]) -> tuple[
         if latest.get("refresh_token") not in (None, used):
             # The user logged in again, or the authenticator renewed the login, meanwhile: theirs is newer.
             state = latest
-        elif renewed_status != 200 or not isinstance(renewed.get("access_token"), str):
+        elif renewed_status == 400 and renewed.get("error") in ("invalid_grant", "invalid_request"):
             raise LoginExpired("Your login has expired or was revoked, so your storage token cannot be renewed; "
                                "log out and log in again.",
                                f"refreshing {user.name}'s login at {issuer.token_url} failed: {renewed_status} {_said(renewed)}")
+        elif renewed_status != 200 or not isinstance(renewed.get("access_token"), str):  # the issuer's trouble: try later
+            raise IdentityError("Your storage token could not be renewed: the identity provider did not answer as "
+                                "expected; it will be tried again.",
+                                f"refreshing {user.name}'s login at {issuer.token_url}: {renewed_status} {_said(renewed)}")
         else:
             state = {**latest, "access_token": renewed["access_token"], "refresh_token": renewed.get("refresh_token") or used}
             await user.save_auth_state(state)
@@ -147,10 +155,20 @@ async def obtain(issuer: Issuer, user: Any, tokens: Mapping[str, str]) -> tuple[
                             f"token exchange for {user.name} (audience {tokens['audience']}, scope {tokens['scope']}) "
                             f"at {issuer.token_url}: {status} {_said(body)}")
     token, lifetime = body.get("access_token"), body.get("expires_in")
-    if not isinstance(token, str) or not _TOKEN.fullmatch(token) or not isinstance(lifetime, (int, float)) or lifetime <= 0:
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token) or not isinstance(lifetime, (int, float)) \
+            or not 0 < lifetime <= MAX_LIFETIME:
         raise IdentityError("Your storage token could not be made; ask your hub admin.",
                             f"token exchange for {user.name} at {issuer.token_url} answered without a usable "
-                            "access_token and expires_in")
+                            f"access_token and expires_in (at most {MAX_LIFETIME} s)")
+    granted = body.get("scope")
+    wider = sorted(set(str(granted).split()) - set(tokens["scope"].split())) if granted is not None else []
+    if wider or token in (state.get("access_token"), state.get("refresh_token")) or \
+            body.get("issued_token_type", ACCESS_TOKEN_TYPE) != ACCESS_TOKEN_TYPE:
+        # Never into a pod: more than the rule asked for, or the login's own token.
+        raise IdentityError("Your storage token could not be made; ask your hub admin.",
+                            f"token exchange for {user.name} at {issuer.token_url} answered with "
+                            + (f"scopes the rule did not ask for ({' '.join(wider)})" if wider else
+                               "the login's own token or not an access token") + "; not given to the pod")
     return token, time.time() + float(lifetime)
 
 
@@ -181,7 +199,7 @@ def secret_body(name: str, namespace: str, user: str, hub: str, server: str, pod
                      "labels": {MANAGED_BY_LABEL: MANAGED_BY, KIND_LABEL: KIND, HUB_LABEL: names.label_value(hub),
                                 USER_LABEL: names.label_value(user)},
                      "annotations": {SERVER_ANNOTATION: f"{user}/{server}", POD_ANNOTATION: pod,
-                                     EXPIRES_ANNOTATION: _stamp(expires)}},
+                                     EXPIRES_ANNOTATION: _stamp(expires), WRITTEN_ANNOTATION: _stamp(time.time())}},
         "type": "Opaque",
         "data": {"token": _b64(token), "expires_at": _b64(_stamp(expires)), "error": _b64(error)},
     }
@@ -195,28 +213,51 @@ class TokenKeeper:
         self.log = settings.log
         self.limit = asyncio.Semaphore(max(1, int(settings.storage_token_max_concurrent_refreshes)))
         self.tasks: dict[tuple[str, str], asyncio.Task] = {}
+        self.stopped: dict[tuple[str, str], str | None] = {}
+        """Servers whose renewals a refused login stopped: the refresh token it refused (a new login
+        has another, and renewals start again)."""
+        self._users: dict[str, asyncio.Lock] = {}
 
     async def _obtain(self, issuer: Issuer, user: Any, tokens: Mapping[str, str]) -> tuple[str, float]:
-        async with self.limit:
+        # One renewal of a user's login at a time (their servers share it), a bounded number overall.
+        async with self._users.setdefault(user.name, asyncio.Lock()), self.limit:
             return await obtain(issuer, user, tokens)
 
-    async def _write(self, api: Any, body: dict[str, Any], timeout: float) -> None:
+    async def _create(self, api: Any, body: dict[str, Any], timeout: float) -> None:
+        """Make the server's Secret, or take over the one an earlier start of it left (only ours:
+        this hub's, this server's)."""
         meta = body["metadata"]
-        try:  # a merge patch: the token, its expiry and the error, whatever else changed the Secret
-            await api.patch_namespaced_secret(meta["name"], meta["namespace"], body, _request_timeout=timeout,
-                                              _content_type="application/merge-patch+json")
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        try:
             await api.create_namespaced_secret(meta["namespace"], body, _request_timeout=timeout)
+            return
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        current = await api.read_namespaced_secret(meta["name"], meta["namespace"], _request_timeout=timeout)
+        labels, annotations = current.metadata.labels or {}, current.metadata.annotations or {}
+        if any(labels.get(k) != v for k, v in meta["labels"].items()) or \
+                annotations.get(SERVER_ANNOTATION) != meta["annotations"][SERVER_ANNOTATION]:
+            raise IdentityError("Your storage token could not be stored for your server; ask your hub admin.",
+                                f"Secret {meta['namespace']}/{meta['name']} exists and is not this hub's for server "
+                                f"{meta['annotations'][SERVER_ANNOTATION]}: not overwritten")
+        body = {**body, "metadata": {**meta, "resourceVersion": current.metadata.resource_version}}
+        await self._patch(api, body, timeout)
+
+    @staticmethod
+    async def _patch(api: Any, body: dict[str, Any], timeout: float) -> None:
+        """Renew the Secret in place (a merge patch); ApiException 404 if it is gone."""
+        meta = body["metadata"]
+        await api.patch_namespaced_secret(meta["name"], meta["namespace"], body, _request_timeout=timeout,
+                                          _content_type="application/merge-patch+json")
 
     async def start(self, spawner: Any, api: Any, plan: Any, timeout: float) -> str:
         """Get the user's token and write the server's Secret; its name. IdentityError if not."""
         name = secret_name(spawner.pod_name)
         issuer = issuer_for(self.settings, getattr(spawner, "authenticator", None))
         token, expires = await self._obtain(issuer, spawner.user, plan.tokens)
-        await self._write(api, secret_body(name, spawner.namespace, spawner.user.name, self.settings.hub_name, spawner.name,
-                                           spawner.pod_name, token, expires), timeout)
+        await self._create(api, secret_body(name, spawner.namespace, spawner.user.name, self.settings.hub_name, spawner.name,
+                                            spawner.pod_name, token, expires), timeout)
+        self.stopped.pop((spawner.user.name, spawner.name), None)
         self.log.info("cloudidentity audit %s", json.dumps({
             "event": "cloudidentity.storage_token", "user": spawner.user.name, "server": spawner.name,
             "secret": f"{spawner.namespace}/{name}", "audience": plan.tokens["audience"], "scope": plan.tokens["scope"],
@@ -225,7 +266,8 @@ class TokenKeeper:
         return name
 
     def keep(self, spawner: Any, api: Any, tokens: Mapping[str, str], name: str, expires: float, timeout: float) -> None:
-        """Renew the server's token while it runs (one task per server; a new one replaces it)."""
+        """Renew the server's token while it runs (one task per server; a new one replaces it).
+        Renewals only change the Secret in place: once it is gone, they end."""
         key = (spawner.user.name, spawner.name)
         old = self.tasks.pop(key, None)
         if old is not None:
@@ -235,37 +277,53 @@ class TokenKeeper:
     async def _renew(self, spawner: Any, api: Any, tokens: dict[str, str], name: str, expires: float,
                      timeout: float) -> None:
         user, server, namespace = spawner.user, spawner.name, spawner.namespace
-        token, issued = None, time.time()
+        issued, failures = time.time(), 0
         while True:
-            lifetime = max(1.0, expires - issued)
-            # In the last quarter of its life, spread over a tenth of it (many tokens expire together).
-            due = issued + lifetime * (0.75 - random.uniform(0.0, 0.1))
+            if failures == 0:
+                # In the last quarter of its life, spread over a tenth of it (many tokens expire together).
+                lifetime = max(1.0, expires - issued)
+                due = issued + lifetime * (0.75 - random.uniform(0.0, 0.1))
+            else:  # again after a quarter of what is left, or (expired) backing off up to 10 minutes
+                left = expires - time.time()
+                due = time.time() + (left / 4 if left > 4 else min(600.0, 5.0 * 2 ** min(failures, 7)))
             await asyncio.sleep(max(0.5, due - time.time()))
             try:
                 issuer = issuer_for(self.settings, getattr(spawner, "authenticator", None))
                 token, new_expires = await self._obtain(issuer, user, tokens)
-                await self._write(api, secret_body(name, namespace, user.name, self.settings.hub_name, server,
+                await self._patch(api, secret_body(name, namespace, user.name, self.settings.hub_name, server,
                                                    spawner.pod_name, token, new_expires), timeout)
-                issued, expires = time.time(), new_expires
+                issued, expires, failures = time.time(), new_expires, 0
                 self.log.info("cloudidentity: renewed %s's storage token (server %r), valid until %s", user.name, server,
                               _stamp(expires))
             except asyncio.CancelledError:
                 raise
+            except ApiException as e:
+                if e.status == 404:  # the Secret was deleted (the server stopped, or gc): nothing to renew
+                    self.log.info("cloudidentity: %s's storage-token Secret %s/%s is gone; renewals end", user.name,
+                                  namespace, name)
+                    return
+                failures += 1
+                self.log.error("cloudidentity: %s's storage token (server %r) was renewed but not stored: %s",
+                               user.name, server, describe(e))
             except Exception as e:
+                failures += 1
                 detail = e.admin_detail if isinstance(e, IdentityError) else describe(e)
                 message = e.user_message if isinstance(e, IdentityError) else "Your storage token could not be renewed."
                 final = isinstance(e, LoginExpired)
                 self.log.error("cloudidentity: %s's storage token (server %r) was not renewed%s: %s; the current one "
-                               "stays until %s", user.name, server, " and will not be again" if final else "", detail,
-                               _stamp(expires))
+                               "stays until %s", user.name, server, " and will not be until a new login" if final else "",
+                               detail, _stamp(expires))
                 await self._record_failure(api, name, namespace, message, timeout)
                 if final:
+                    state = await user.get_auth_state() or {}
+                    self.stopped[(user.name, server)] = state.get("refresh_token")
+                    self.tasks.pop((user.name, server), None)
                     return
-                if time.time() >= expires:
-                    issued = time.time()  # expired: keep trying, every few seconds at first
-                    expires = issued + 30.0
-                else:
-                    issued = time.time() - (expires - time.time()) * 1.5  # again after a quarter of what is left
+
+    def stopped_for_this_login(self, spawner: Any, state: Mapping[str, Any] | None) -> bool:
+        """Whether a refused login stopped the server's renewals and no new login came since."""
+        key = (spawner.user.name, spawner.name)
+        return key in self.stopped and self.stopped[key] == (state or {}).get("refresh_token")
 
     async def _record_failure(self, api: Any, name: str, namespace: str, message: str, timeout: float) -> None:
         """Say why in the Secret's ``error`` file (the token stays as it was)."""
@@ -277,9 +335,13 @@ class TokenKeeper:
 
     async def stop(self, spawner: Any, api: Any, name: str, timeout: float) -> None:
         """Stop renewing the server's token and delete its Secret (it may be gone already)."""
-        task = self.tasks.pop((spawner.user.name, spawner.name), None)
+        key = (spawner.user.name, spawner.name)
+        task = self.tasks.pop(key, None)
+        self.stopped.pop(key, None)
         if task is not None:
             task.cancel()
+            with contextlib.suppress(BaseException):  # its last request ends before the Secret goes
+                await task
         try:
             await api.delete_namespaced_secret(name, spawner.namespace, _request_timeout=timeout)
         except ApiException as e:

@@ -27,7 +27,7 @@ from .kubehelpers import SpawnUser, make_spawner, read, spawner_config  # noqa: 
 
 WLCG = "https://wlcg.cern.ch/jwt/v1/any"
 LIFETIME = 4  # seconds: renewals within a test
-TOKENS = {"audience": WLCG, "scope": "storage.read:/escape/{username} storage.modify:/escape/scratch/{username}"}
+TOKENS = {"audience": WLCG, "scope": "storage.read:/escape/users/{username} storage.modify:/escape/scratch/{username}"}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ async def test_the_pod_gets_a_token_for_its_users_paths_renewed_while_it_runs(na
         files = secret_files(secret)
         claims = claims_of(files["token"])
         assert claims["aud"] == [WLCG]
-        assert sorted(claims["scope"].split()) == ["storage.modify:/escape/scratch/alice", "storage.read:/escape/alice"]
+        assert sorted(claims["scope"].split()) == ["storage.modify:/escape/scratch/alice", "storage.read:/escape/users/alice"]
         assert files["error"] == "" and secret["metadata"]["labels"]["cloudidentity-spawner/kind"] == "storage-token"
 
         # The notebook mounts the Secret as a folder (so the kubelet updates it in place), read-only.
@@ -114,7 +114,7 @@ async def test_the_pod_gets_a_token_for_its_users_paths_renewed_while_it_runs(na
 
         failed = await wait_for(told, LIFETIME * 4)
         assert "log in again" in failed["error"] and claims_of(failed["token"])["jti"] == stuck
-        assert "will not be again" in caplog.text
+        assert "will not be until a new login" in caplog.text
         await asyncio.sleep(0.1)
         assert keeper_task_done(spawner)
     finally:
@@ -141,6 +141,10 @@ async def test_gc_deletes_a_storage_token_secret_whose_server_is_gone(namespace,
             for body in (ghost, other_hub):
                 await client.CoreV1Api(api_client).create_namespaced_secret(namespace, body)
         c = spawner_config(namespace, [{"name": "escape", "match": {}, "tokens": TOKENS}], hub_name="hub")
+        # Just written: its server may be starting (the Secret comes before the pod).
+        _, waiting = await run_gc(c, namespace, {"dave": {**login, "oauth_user": {"sub": "dave"}}}, min_age=300)
+        [young] = [a for a in waiting if a.kind == "delete-secret"]
+        assert "may be starting" in young.skipped and not young.done
         _, actions = await run_gc(c, namespace, {"dave": {**login, "oauth_user": {"sub": "dave"}}})
         secrets = [(a.secret[1], a.done) for a in actions if a.kind == "delete-secret"]
         # Not the running server's, not another hub's.
@@ -167,7 +171,7 @@ async def test_after_a_hub_restart_a_running_servers_token_is_renewed_from_its_s
     name = f"{before.pod_name}-storage-token"
     state = before.get_state()
     assert state["storage_token"] == {"secret": name, "audience": WLCG,
-                                      "scope": "storage.read:/escape/carol storage.modify:/escape/scratch/carol"}
+                                      "scope": "storage.read:/escape/users/carol storage.modify:/escape/scratch/carol"}
     from cloudidentity_spawner.token_keeper import keeper_for
 
     keeper_for(before).tasks.pop(("carol", "")).cancel()  # the old hub process is gone, with its tasks
@@ -192,7 +196,7 @@ async def test_a_rule_cannot_get_another_users_path_and_the_user_is_told(namespa
     naming someone else's path outright is refused by the provider's policy, and the spawn says so."""
     login = provider.login("bob")
     user = SpawnUser("bob", {**login, "oauth_user": {"sub": "bob"}})
-    spawner = tokens_spawner(namespace, provider, user, {"audience": WLCG, "scope": "storage.read:/escape/alice"})
+    spawner = tokens_spawner(namespace, provider, user, {"audience": WLCG, "scope": "storage.read:/escape/users/alice"})
     with pytest.raises(SpawnRefused) as e:
         await spawner.start()
     assert "storage token" in str(e.value) and "alice" not in str(e.value)
@@ -214,8 +218,16 @@ def test_a_users_name_cannot_widen_a_path_and_pods_never_get_refresh_tokens():
     for name in ("..", "*", "alice/../bob", "a b"):
         plan = rules.resolve(Claims(username=name, groups=()), "ns")
         read, modify = [s.partition(":")[2] for s in plan.tokens["scope"].split()]
-        segment = read.removeprefix("/escape/")
+        segment = read.removeprefix("/escape/users/")
         assert segment not in ("", ".", "..") and not set(segment) & set("/* ") and modify == f"/escape/scratch/{segment}"
+    # A user named like a sibling folder would get it: the rules must keep users' folders apart.
+    with pytest.raises(ConfigError, match="a user named 'scratch' would get /escape/scratch"):
+        IdentityRules.from_config([{"name": "r", "match": {}, "tokens": {
+            "audience": WLCG, "scope": "storage.read:/escape/{username} storage.modify:/escape/scratch/{username}"}}], "h")
+    with pytest.raises(ConfigError, match="a user named 'atlas' would get /escape/users/atlas"):
+        IdentityRules.from_config([{"name": "atlas", "match": {"groups": ["/atlas"]}, "scope": "group",
+                                    "tokens": {"audience": WLCG, "scope": "storage.read:/escape/users/atlas"}},
+                                   {"name": "r", "match": {}, "tokens": TOKENS}], "h")
     with pytest.raises(ConfigError, match="refresh token"):
         IdentityRules.from_config([{"name": "r", "match": {}, "tokens": {"audience": WLCG, "scope": "offline_access"}}], "h")
     with pytest.raises(ConfigError, match=r"\('r'\).tokens.audience"):
@@ -262,6 +274,130 @@ async def test_a_login_renewed_elsewhere_meanwhile_is_used_not_taken_for_a_revok
 
     user = Racing()
     token, expires = await obtain(Issuer(provider.url + "/token", CLIENT_ID, CLIENT_SECRET), user,
-                                  {"audience": WLCG, "scope": "storage.read:/escape/alice"})
-    assert claims_of(token)["scope"] == "storage.read:/escape/alice" and expires > time.time()
+                                  {"audience": WLCG, "scope": "storage.read:/escape/users/alice"})
+    assert claims_of(token)["scope"] == "storage.read:/escape/users/alice" and expires > time.time()
     assert user.saved == []
+
+
+async def test_a_server_that_stops_by_itself_loses_its_token_and_a_gone_secret_is_not_brought_back(namespace, provider):
+    from kubernetes_asyncio import client, config
+
+    login = provider.login("bob")
+    spawner = tokens_spawner(namespace, provider, SpawnUser("bob", {**login, "oauth_user": {"sub": "bob"}}))
+    await spawner.start()
+    name = f"{spawner.pod_name}-storage-token"
+    api_client = await config.new_client_from_config(config_file=__import__("os").environ["KUBECONFIG"])
+    async with api_client:
+        api = client.CoreV1Api(api_client)
+        # gc (or an admin) deletes the Secret: the renewals end instead of making it again.
+        await api.delete_namespaced_secret(name, namespace)
+        await wait_for(lambda: _true(keeper_task_done(spawner)), LIFETIME * 3)
+        assert await read("secret", namespace, name) is None
+        # The pod is deleted behind the hub (evicted): the next poll ends the server's token.
+        spawner._storage_token = {"secret": name, "audience": WLCG, "scope": "storage.read:/escape/users/bob"}
+        await api.create_namespaced_secret(namespace, {"metadata": {"name": name, "labels": {"x": "y"}}})
+        await api.delete_namespaced_pod(spawner.pod_name, namespace, grace_period_seconds=0)
+
+        async def stopped():
+            return await spawner.poll() is not None
+
+        await wait_for(stopped, 30)
+    assert await read("secret", namespace, name) is None and spawner._storage_token is None
+
+
+async def _true(value):
+    return value
+
+
+async def test_a_leftover_pod_of_the_same_name_does_not_take_the_new_servers_token(namespace, provider):
+    """KubeSpawner stops a leftover pod of the same name before it creates the new one: that
+    stop must not delete the Secret the new pod mounts."""
+    from kubernetes_asyncio import client, config
+
+    login = provider.login("carol")
+    spawner = tokens_spawner(namespace, provider, SpawnUser("carol", {**login, "oauth_user": {"sub": "carol"}}))
+    api_client = await config.new_client_from_config(config_file=__import__("os").environ["KUBECONFIG"])
+    async with api_client:
+        await client.CoreV1Api(api_client).create_namespaced_pod(namespace, {
+            "metadata": {"name": spawner.pod_name}, "spec": {"containers": [{"name": "old", "image": "busybox"}]}})
+    await spawner.start()
+    try:
+        assert await read("secret", namespace, f"{spawner.pod_name}-storage-token") is not None
+        pod = await read("pod", namespace, spawner.pod_name)
+        assert any(v["name"] == "storage-token" for v in pod["spec"]["volumes"])
+    finally:
+        await spawner.stop()
+
+
+async def test_a_secret_of_that_name_that_is_not_this_servers_is_never_overwritten(namespace, provider):
+    from kubernetes_asyncio import client, config
+
+    login = provider.login("dave")
+    spawner = tokens_spawner(namespace, provider, SpawnUser("dave", {**login, "oauth_user": {"sub": "dave"}}))
+    name = f"{spawner.pod_name}-storage-token"
+    api_client = await config.new_client_from_config(config_file=__import__("os").environ["KUBECONFIG"])
+    async with api_client:
+        await client.CoreV1Api(api_client).create_namespaced_secret(namespace, {
+            "metadata": {"name": name}, "data": {"password": base64.b64encode(b"the operator's").decode()}})
+    with pytest.raises(SpawnRefused, match="could not be stored"):
+        await spawner.start()
+    assert secret_files(await read("secret", namespace, name)) == {"password": "the operator's"}
+
+
+class ScriptedIssuer:
+    """The token endpoint answering as scripted (what a misbehaving or overloaded issuer says)."""
+
+    token_url = "https://issuer.example.org/token"
+
+    def __init__(self, exchange, refresh=(400, {"error": "invalid_grant"})):
+        self._exchange, self._refresh = exchange, refresh
+
+    async def exchange(self, subject, audience, scope):
+        return self._exchange
+
+    async def refresh(self, refresh_token):
+        return self._refresh
+
+
+class StoredLogin:
+    name = "alice"
+
+    def __init__(self):
+        self.state = {"access_token": "login-access", "refresh_token": "login-refresh"}
+
+    async def get_auth_state(self):
+        return self.state
+
+    async def save_auth_state(self, state):
+        self.state = state
+
+
+ASKED = {"audience": WLCG, "scope": "storage.read:/escape/users/alice"}
+
+
+@pytest.mark.parametrize("answer", [
+    {"access_token": "eyJ.wider.token", "expires_in": 600, "scope": "storage.read:/escape/users/alice storage.read:/"},
+    {"access_token": "login-access", "expires_in": 600},
+    {"access_token": "eyJ.id.token", "expires_in": 600, "issued_token_type": "urn:ietf:params:oauth:token-type:id_token"},
+    {"access_token": "eyJ.forever", "expires_in": 1e12},
+])
+async def test_what_the_issuer_answers_beyond_the_rule_never_reaches_a_pod(answer):
+    from cloudidentity_spawner.errors import IdentityError
+    from cloudidentity_spawner.token_keeper import obtain
+
+    with pytest.raises(IdentityError) as e:
+        await obtain(ScriptedIssuer((200, answer)), StoredLogin(), ASKED)
+    assert "could not be made" in e.value.user_message
+
+
+async def test_an_issuer_in_trouble_is_tried_again_a_refused_login_is_final():
+    from cloudidentity_spawner.errors import IdentityError
+    from cloudidentity_spawner.token_keeper import LoginExpired, obtain
+
+    expired = (400, {"error": "invalid_grant", "error_description": "token expired"})
+    for refresh in ((503, {}), (429, {"error": "slow_down"}), (500, {"error": "invalid_grant"})):
+        with pytest.raises(IdentityError) as e:
+            await obtain(ScriptedIssuer(expired, refresh), StoredLogin(), ASKED)
+        assert not isinstance(e.value, LoginExpired), refresh
+    with pytest.raises(LoginExpired):
+        await obtain(ScriptedIssuer(expired, (400, {"error": "invalid_grant"})), StoredLogin(), ASKED)

@@ -8,7 +8,7 @@ IAM's scope policies decide) are written here:
 
 - an exchanged token's audience must be one of *audiences*;
 - a ``storage.*:<path>`` scope is granted only under ``<root>/<user>`` of one of *storage_roots*
-  (alice may get ``/escape/alice/...``, never ``/escape/bob``);
+  (alice may get ``/escape/users/alice/...``, never ``/escape/users/bob``);
 - other scopes only as the login had them; ``offline_access`` never.
 
 ``login(user)`` makes a user's login tokens in process (what the authorization-code flow at
@@ -53,7 +53,7 @@ class OpenIDProvider:
     """An idpyoidc authorization server with one client (the hub's)."""
 
     def __init__(self, users: Sequence[str], audiences: Sequence[str] = ("https://wlcg.cern.ch/jwt/v1/any",),
-                 storage_roots: Sequence[str] = ("/escape", "/escape/scratch"), token_lifetime: int = 600):
+                 storage_roots: Sequence[str] = ("/escape/users", "/escape/scratch"), token_lifetime: int = 600):
         from idpyoidc.server import Server
         from idpyoidc.server.authz import AuthzHandling
         from idpyoidc.server.client_authn import verify_client
