@@ -189,9 +189,17 @@ async def status_command(args: argparse.Namespace) -> dict[str, Any]:
     from .inventory import survey
 
     async def run(settings, config, accounts, users, namespace):
+        from .cleanup import stale_token_secrets
+
         found = await survey(settings, config, accounts, users, namespace, check_cloud=not args.no_cloud,
                              progress=None if args.json else Progress())
-        return found.to_dict()
+        report = found.to_dict()
+        if any(rule.tokens is not None for rule in settings.compiled_rules.rules):  # rules with storage tokens
+            namespaces = {namespace} | {e.account.namespace for e in found.entries}
+            report["storage_token_secrets_without_server"] = [
+                a.describe() if a.kind == "search" else f"{a.secret[0]}/{a.secret[1]}"
+                for a in await stale_token_secrets(settings, accounts, namespaces)]
+        return report
 
     return await _operations(args, run)
 
@@ -206,6 +214,9 @@ def _print_status(report: dict[str, Any]) -> None:
             print(f"{'':10}- {problem}")
         if a["pods"]:
             print(f"{'':10}  pods: {', '.join(a['pods'])}")
+    stale = report.get("storage_token_secrets_without_server")
+    if stale:
+        print(f"{len(stale)} storage-token Secrets whose server is gone (gc deletes them): {', '.join(stale)}")
 
 
 async def gc_command(args: argparse.Namespace) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .claims import Claims
+from . import storage_tokens
 from .providers import s3_sts
 from .errors import IdentityError
 from .rules import IdentityRules
@@ -134,7 +135,8 @@ def kubecluster_spec(name: str, *, service_account: str | None = None, **make_cl
             f"{SERVICE_ACCOUNT_ENV} is not set: this notebook was not started by CloudIdentitySpawner; "
             "pass service_account= explicitly"
         )
-    return pin_cluster_spec(make_cluster_spec(name, **make_cluster_spec_kwargs), account, store_from_environment(os.environ))
+    return pin_cluster_spec(make_cluster_spec(name, **make_cluster_spec_kwargs), account, store_from_environment(os.environ),
+                            os.environ.get(storage_tokens.SECRET_ENV))
 
 
 def store_from_environment(environ: Mapping[str, str]) -> dict[str, Any] | None:
@@ -149,12 +151,24 @@ def store_from_environment(environ: Mapping[str, str]) -> dict[str, Any] | None:
             "env": {k: environ[k] for k in names if k in environ}}
 
 
-def pin_cluster_spec(spec: Mapping[str, Any], service_account: str, store: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def pin_cluster_spec(spec: Mapping[str, Any], service_account: str, store: Mapping[str, Any] | None = None,
+                     storage_secret: str | None = None) -> dict[str, Any]:
     """Put the scheduler and worker pods of a ``DaskCluster`` spec under *service_account*
-    (and with *store*, give their containers the store's token and variables)."""
+    (and with *store*, give their containers the store's token and variables; with
+    *storage_secret*, the notebook's storage-token Secret, which the hub keeps renewed)."""
     pinned = copy.deepcopy(dict(spec))
     for part in ("scheduler", "worker"):
         pod_spec = pinned["spec"][part]["spec"]
+        if storage_secret:
+            volumes = [v for v in pod_spec.get("volumes") or [] if v.get("name") != storage_tokens.VOLUME]
+            pod_spec["volumes"] = volumes + [{"name": storage_tokens.VOLUME,
+                                              "secret": {"secretName": storage_secret, "defaultMode": 0o444}}]
+            for container in pod_spec.get("containers") or []:
+                mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != storage_tokens.VOLUME]
+                container["volumeMounts"] = mounts + [{"name": storage_tokens.VOLUME, "mountPath": storage_tokens.MOUNT_PATH,
+                                                       "readOnly": True}]
+                env = [e for e in container.get("env") or [] if e.get("name") != "BEARER_TOKEN_FILE"]
+                container["env"] = env + [{"name": "BEARER_TOKEN_FILE", "value": storage_tokens.TOKEN_FILE}]
         pod_spec["serviceAccountName"] = service_account
         pod_spec.pop("serviceAccount", None)
         pod_spec["automountServiceAccountToken"] = False

@@ -85,14 +85,14 @@ def pin_storage_token(pod: Any, secret: str) -> None:
     ``BEARER_TOKEN_FILE`` naming it, where WLCG token discovery looks first."""
     from kubernetes_asyncio.client.models import V1SecretVolumeSource, V1Volume, V1VolumeMount
 
-    from .token_keeper import MOUNT_PATH, TOKEN_FILE, VOLUME
+    from .storage_tokens import MOUNT_PATH, SECRET_ENV, TOKEN_FILE, VOLUME
 
     volume = V1Volume(name=VOLUME, secret=V1SecretVolumeSource(secret_name=secret, default_mode=0o444))
     pod.spec.volumes = [v for v in (pod.spec.volumes or []) if _name(v) != VOLUME] + [volume]
     container = pod.spec.containers[0]
     mounts = [m for m in (_get(container, "volume_mounts") or []) if _name(m) != VOLUME]
     _set(container, "volume_mounts", mounts + [V1VolumeMount(name=VOLUME, mount_path=MOUNT_PATH, read_only=True)])
-    set_env(container, {"BEARER_TOKEN_FILE": TOKEN_FILE})
+    set_env(container, {"BEARER_TOKEN_FILE": TOKEN_FILE, SECRET_ENV: secret})
 
 
 def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True, token_secret: str | None = None) -> None:

@@ -28,6 +28,12 @@ from .errors import ConfigError, IdentityError
 from .providers._common import check_keys, check_template
 from .templates import SAMPLE_CONTEXT, TemplateError, render
 
+VOLUME = "storage-token"
+MOUNT_PATH = "/var/run/secrets/cloudidentity/storage"
+TOKEN_FILE = f"{MOUNT_PATH}/token"
+SECRET_ENV = "CLOUDIDENTITY_STORAGE_TOKEN_SECRET"
+"""Names the server's token Secret in the notebook, so its Dask pods mount the same one."""
+
 _KEYS = {"audience", "scope"}
 _STORAGE = re.compile(r"storage\.(read|modify|create|stage):(?P<path>.*)", re.DOTALL)
 _PLAIN_SCOPE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,99}")

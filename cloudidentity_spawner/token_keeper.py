@@ -41,9 +41,6 @@ from .retry import describe
 
 EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
-VOLUME = "storage-token"
-MOUNT_PATH = "/var/run/secrets/cloudidentity/storage"
-TOKEN_FILE = f"{MOUNT_PATH}/token"
 KIND_LABEL = PREFIX + "kind"
 KIND = "storage-token"
 SERVER_ANNOTATION = PREFIX + "server"

@@ -164,3 +164,25 @@ def test_kubecluster_spec_gives_dask_pods_the_notebooks_store_token(monkeypatch)
             assert env["AWS_ROLE_ARN"] == "arn:aws:iam:::role/jupyterhub/alice"
             assert env["AWS_WEB_IDENTITY_TOKEN_FILE"] == "/var/run/secrets/cloudidentity/s3-sts/token"
             assert any(m["name"] == "cloudidentity-s3-sts-token" for m in container["volumeMounts"])
+
+
+def test_kubecluster_spec_gives_dask_pods_the_notebooks_storage_token(monkeypatch):
+    """The same Secret the hub keeps renewed, so workers read the token the notebook reads."""
+    pytest.importorskip("dask_kubernetes.operator", reason="dask-kubernetes is not installed")
+    from cloudidentity_spawner.dask import kubecluster_spec
+
+    monkeypatch.setenv("CLOUDIDENTITY_SERVICE_ACCOUNT", "jupyter-alice")
+    monkeypatch.setenv("BEARER_TOKEN_FILE", "/var/run/secrets/cloudidentity/storage/token")
+    monkeypatch.setenv("CLOUDIDENTITY_STORAGE_TOKEN_SECRET", "jupyter-alice-storage-token")
+    spec = kubecluster_spec("analysis", n_workers=1, image="ghcr.io/dask/dask:latest")
+    for part in ("scheduler", "worker"):
+        pod = spec["spec"][part]["spec"]
+        [volume] = [v for v in pod["volumes"] if v["name"] == "storage-token"]
+        assert volume["secret"]["secretName"] == "jupyter-alice-storage-token"
+        for container in pod["containers"]:
+            [mount] = [m for m in container["volumeMounts"] if m["name"] == "storage-token"]
+            assert mount == {"name": "storage-token", "mountPath": "/var/run/secrets/cloudidentity/storage", "readOnly": True}
+            assert {"name": "BEARER_TOKEN_FILE", "value": "/var/run/secrets/cloudidentity/storage/token"} in container["env"]
+    monkeypatch.delenv("CLOUDIDENTITY_STORAGE_TOKEN_SECRET")
+    plain = kubecluster_spec("analysis", n_workers=1, image="ghcr.io/dask/dask:latest")
+    assert not any(v["name"] == "storage-token" for v in plain["spec"]["worker"]["spec"].get("volumes") or [])

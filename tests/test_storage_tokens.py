@@ -84,6 +84,7 @@ async def test_the_pod_gets_a_token_for_its_users_paths_renewed_while_it_runs(na
         assert mount["readOnly"] is True and "subPath" not in mount
         env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
         assert env["BEARER_TOKEN_FILE"] == mount["mountPath"] + "/token"
+        assert env["CLOUDIDENTITY_STORAGE_TOKEN_SECRET"] == name  # for the notebook's Dask pods
 
         # Renewed before it expires - after the login's own token expired, so the login was
         # renewed with its refresh token first (and saved).
@@ -401,3 +402,29 @@ async def test_an_issuer_in_trouble_is_tried_again_a_refused_login_is_final():
         assert not isinstance(e.value, LoginExpired), refresh
     with pytest.raises(LoginExpired):
         await obtain(ScriptedIssuer(expired, (400, {"error": "invalid_grant"})), StoredLogin(), ASKED)
+
+
+async def test_status_names_storage_token_secrets_whose_server_is_gone(namespace, tmp_path):
+    from kubernetes_asyncio import client, config
+
+    from cloudidentity_spawner.token_keeper import secret_body
+
+    from .test_operations import command, hub_database
+
+    db = tmp_path / "jupyterhub.sqlite"
+    hub_database(db, {"ghost": ["/escape"]})
+    cfg = tmp_path / "jupyterhub_config.py"
+    cfg.write_text(f"c.JupyterHub.db_url = {f'sqlite:///{db}'!r}\n"
+                   "c.JupyterHub.spawner_class = 'cloudidentity'\n"
+                   f"c.KubeSpawner.namespace = {namespace!r}\n"
+                   "c.CloudIdentitySpawner.hub_name = 'hub'\n"
+                   f"c.CloudIdentitySpawner.identity_rules = {[{'name': 'escape', 'match': {}, 'tokens': TOKENS}]!r}\n")
+    api_client = await config.new_client_from_config(config_file=__import__("os").environ["KUBECONFIG"])
+    async with api_client:
+        await client.CoreV1Api(api_client).create_namespaced_secret(namespace, secret_body(
+            "jupyter-ghost-storage-token", namespace, "ghost", "hub", "", "jupyter-ghost", "t", time.time() + 60))
+    report = command("status", "--config", str(cfg), "--json")
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["storage_token_secrets_without_server"] == [f"{namespace}/jupyter-ghost-storage-token"]
+    human = command("status", "--config", str(cfg))
+    assert "1 storage-token Secrets whose server is gone (gc deletes them)" in human.stdout
