@@ -18,6 +18,7 @@ from . import test_aws, test_azure, test_eks_pod_identity, test_gcp, test_gcp_pr
 from .kubehelpers import SpawnUser, make_spawner, oidc_state, spawner_config, user_namespaces, with_saved_servers  # noqa: E402
 from .test_azure import arm, arm_server  # noqa: E402,F401
 from .test_eks_pod_identity import eks, eks_server  # noqa: E402,F401
+from .test_storage_tokens import provider  # noqa: E402,F401
 from .test_spawner_kube import RULES, spawner_for  # noqa: E402
 
 pytestmark = pytest.mark.emulator_only
@@ -128,3 +129,26 @@ def test_the_example_rbac_manifests_are_valid_for_kubernetes():
                  for d in yaml.safe_load_all((EXAMPLES / "z2jh" / name).read_text()) if d]
     assert {d["kind"] for d in documents} >= {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
     assert problems(documents) == []
+
+
+async def test_storage_token_and_google_laptop_objects_are_valid_too(namespace, emulator, gcp_server, provider):
+    """A server with a storage token (its Secret, written and renewed, and the pod mounting it)
+    and a Google rule naming its cluster (the pod's projected token for the pool)."""
+    from .test_storage_tokens import LIFETIME, tokens_spawner
+
+    login = provider.login("alice")
+    spawner = tokens_spawner(namespace, provider, SpawnUser("alice", {**login, "oauth_user": {"sub": "alice"}}))
+    await spawner.start()
+    await asyncio.sleep(LIFETIME)  # a renewal: the Secret patched in place
+    await spawner.stop()
+    gcp_server.state.add_bucket("schema-laptop")
+    rules = test_gcp_principal.principal_rules("schema-laptop")
+    rules[0]["gcp"]["cluster"] = (f"https://container.googleapis.com/v1/projects/{test_gcp_principal.PROJECT}"
+                                  "/locations/europe-west4/clusters/hub")
+    await start_and_stop(test_gcp_principal.spawner_for(namespace, gcp_server, "gus", rules))
+    objects = emulator.written([namespace])
+    assert {"Pod", "ServiceAccount", "Secret"} <= {o["kind"] for o in objects}
+    pods = [o for o in objects if o["kind"] == "Pod"]
+    assert any(v.get("secret") for p in pods for v in p["spec"]["volumes"])
+    assert any(v.get("projected") and v["name"] == "gcp-sts-token" for p in pods for v in p["spec"]["volumes"])
+    assert problems(objects) == []
