@@ -325,3 +325,14 @@ async def test_token_requests_are_signed_like_the_api_servers_and_checkable_with
     assert claims["kubernetes.io"]["serviceaccount"]["name"] == "reader"
     assert claims["exp"] - claims["iat"] == 600
     assert discovery["jwks_uri"].endswith("/openid/v1/jwks")
+
+
+async def test_a_secrets_string_data_is_stored_as_data_and_bad_base64_is_refused(http, namespace):
+    """As the API server: stringData is write-only, merged into data base64-encoded; data that is
+    not base64 is a 400."""
+    status, secret = await call(http, "POST", f"/api/v1/namespaces/{namespace}/secrets",
+                                {"metadata": {"name": "s"}, "data": {"a": "eA=="}, "stringData": {"b": "y"}})
+    assert status == 201 and secret["data"] == {"a": "eA==", "b": "eQ=="} and "stringData" not in secret
+    status, body = await call(http, "POST", f"/api/v1/namespaces/{namespace}/secrets",
+                              {"metadata": {"name": "t"}, "data": {"a": "not base64!"}})
+    assert status == 400 and "illegal base64" in body["message"]

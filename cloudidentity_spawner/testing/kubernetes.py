@@ -65,6 +65,7 @@ thread so tests in any loop (and blocking code) can use it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import datetime
 import itertools
@@ -167,9 +168,28 @@ def _is_qualified_name(key: Any) -> bool:
     return 0 < len(name) <= 63 and _LABEL_NAME.fullmatch(name) is not None
 
 
+def _secret_data(obj: dict[str, Any]) -> None:
+    """What the API server does with a Secret's data on every write: ``stringData`` (write-only)
+    merged into ``data`` base64-encoded, and ``data`` that is not base64 refused (400)."""
+    string_data = obj.pop("stringData", None) or {}
+    data = obj.get("data") or {}
+    for key, value in data.items():
+        try:
+            base64.b64decode(value or "", validate=True)
+        except (ValueError, TypeError):
+            raise APIError(400, "BadRequest", f"Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data "
+                                              f"at input byte 0 (data.{key})") from None
+    for key, value in string_data.items():
+        data[key] = base64.b64encode(str(value).encode()).decode()
+    if data:
+        obj["data"] = data
+
+
 def validate_metadata(resource: str, obj: dict[str, Any]) -> None:
     """Reject what the real API server's validation rejects for names and labels."""
     kind = KINDS[resource]
+    if resource == "secrets":
+        _secret_data(obj)
     meta = obj.get("metadata") or {}
     name = meta.get("name", "")
     causes = []
