@@ -79,20 +79,20 @@ def set_env(container: Any, env: dict[str, str]) -> None:
                                    for k, v in env.items()])
 
 
-def pin_storage_token(pod: Any, secret: str) -> None:
+def pin_storage_token(pod: Any, secret: str, rucio: bool = False) -> None:
     """The server's storage token (:mod:`.token_keeper`): its Secret mounted read-only as a
     directory (the kubelet then updates the file in place when the hub renews it) and
     ``BEARER_TOKEN_FILE`` naming it, where WLCG token discovery looks first."""
     from kubernetes_asyncio.client.models import V1SecretVolumeSource, V1Volume, V1VolumeMount
 
-    from .storage_tokens import MOUNT_PATH, SECRET_ENV, TOKEN_FILE, VOLUME
+    from .storage_tokens import MOUNT_PATH, RUCIO_FILE, SECRET_ENV, TOKEN_FILE, VOLUME
 
     volume = V1Volume(name=VOLUME, secret=V1SecretVolumeSource(secret_name=secret, default_mode=0o444))
     pod.spec.volumes = [v for v in (pod.spec.volumes or []) if _name(v) != VOLUME] + [volume]
     container = pod.spec.containers[0]
     mounts = [m for m in (_get(container, "volume_mounts") or []) if _name(m) != VOLUME]
     _set(container, "volume_mounts", mounts + [V1VolumeMount(name=VOLUME, mount_path=MOUNT_PATH, read_only=True)])
-    set_env(container, {"BEARER_TOKEN_FILE": TOKEN_FILE, SECRET_ENV: secret})
+    set_env(container, {"BEARER_TOKEN_FILE": TOKEN_FILE, SECRET_ENV: secret, **({"RUCIO_CONFIG": RUCIO_FILE} if rucio else {})})
 
 
 def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True, token_secret: str | None = None) -> None:
@@ -110,7 +110,7 @@ def pin_pod(pod: Any, plan: IdentityPlan, automount: bool, irsa: bool = True, to
     if provider is not None:
         provider.pin(pod, plan, irsa)
     if token_secret:
-        pin_storage_token(pod, token_secret)
+        pin_storage_token(pod, token_secret, bool(plan.tokens and plan.tokens.get("rucio")))
 
 
 def project_token(pod: Any, volume_name: str, mount_path: str, audience: str, expiration: int,

@@ -31,7 +31,7 @@ from .config import CloudIdentity
 from .errors import ConfigError, IdentityError, SpawnRefused
 from .kube import ServiceAccountReflector
 from .pinning import apply_plan, pinning_hook
-from .plan import IdentityPlan
+from .plan import IdentityPlan, thaw
 from .profiles import ProfileNotAllowed, check_selection, visible_profiles
 from .provisioner import IdentityProvisioner, api_message, identity_sentence, plan_for, server_namespaces
 from .retry import Backoff, describe
@@ -119,7 +119,7 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
         if self._storage_token:
-            state["storage_token"] = dict(self._storage_token)
+            state["storage_token"] = thaw(self._storage_token)
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -127,6 +127,8 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
         stored = state.get("storage_token")
         if isinstance(stored, dict) and all(isinstance(stored.get(k), str) for k in ("secret", "audience", "scope")):
             self._storage_token = {k: stored[k] for k in ("secret", "audience", "scope")}
+            if isinstance(stored.get("rucio"), dict):
+                self._storage_token["rucio"] = {k: str(v) for k, v in stored["rucio"].items()}
 
     def clear_state(self) -> None:
         super().clear_state()
@@ -157,7 +159,7 @@ class CloudIdentitySpawner(CloudIdentity, KubeSpawner):
             self.log.error("cloudidentity: spawn refused for %s: cannot write the storage-token Secret: %s",
                            self.user.name, api_message(e))
             raise SpawnRefused("Your storage token could not be stored for your server; ask your hub admin.") from None
-        self._storage_token = {"secret": name, **plan.tokens}
+        self._storage_token = {"secret": name, **thaw(plan.tokens)}
         return name
 
     async def progress(self):

@@ -26,7 +26,7 @@ from typing import Any
 from . import names
 from .errors import ConfigError, IdentityError
 from .providers._common import check_keys, check_template
-from .templates import SAMPLE_CONTEXT, TemplateError, render
+from .templates import SAMPLE_CONTEXT, TemplateError, raw, render
 
 VOLUME = "storage-token"
 MOUNT_PATH = "/var/run/secrets/cloudidentity/storage"
@@ -34,7 +34,12 @@ TOKEN_FILE = f"{MOUNT_PATH}/token"
 SECRET_ENV = "CLOUDIDENTITY_STORAGE_TOKEN_SECRET"
 """Names the server's token Secret in the notebook, so its Dask pods mount the same one."""
 
-_KEYS = {"audience", "scope"}
+RUCIO_FILE = f"{MOUNT_PATH}/rucio.cfg"
+
+_KEYS = {"audience", "scope", "rucio"}
+_RUCIO_KEYS = {"host", "auth_host", "account"}
+_URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?")
+_RUCIO_ACCOUNT = re.compile(r"[a-z0-9_-]{1,25}")
 _STORAGE = re.compile(r"storage\.(read|modify|create|stage):(?P<path>.*)", re.DOTALL)
 _PLAIN_SCOPE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,99}")
 _PATH = re.compile(r"(/[^/\s*?\[\]{}\\]+)+")
@@ -50,6 +55,8 @@ class TokenSettings:
     audience: str
     scope: tuple[str, ...]
     """Scope templates, one per scope."""
+    rucio: Mapping[str, str] | None = None
+    """``host``, ``auth_host`` and the ``account`` template of a ``rucio.cfg`` beside the token."""
 
 
 def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collection[str] = ()) -> TokenSettings:
@@ -64,7 +71,24 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
         raise ConfigError(f"{where}.scope: expected space-separated scopes, e.g. 'storage.read:/escape/{{username}}'")
     for item in scope.split():
         _check_scope(item, f"{where}.scope", forbidden, trusted_claims)
-    return TokenSettings(audience=audience, scope=tuple(scope.split()))
+    rucio = None
+    if "rucio" in block:
+        rucio = dict(check_keys(block["rucio"], _RUCIO_KEYS, f"{where}.rucio", {"host"}))
+        for key in ("host", "auth_host"):
+            if key in rucio and (not isinstance(rucio[key], str) or not _URL.fullmatch(rucio[key])):
+                raise ConfigError(f"{where}.rucio.{key}: expected the Rucio server's URL, e.g. https://rucio.example.org, "
+                                  f"got {rucio[key]!r}")
+        rucio.setdefault("auth_host", rucio["host"])
+        rucio["account"] = check_template(rucio.get("account", "{username}"), f"{where}.rucio.account", forbidden,
+                                          trusted_claims)
+    return TokenSettings(audience=audience, scope=tuple(scope.split()), rucio=rucio)
+
+
+def rucio_config(rucio: Mapping[str, str]) -> str:
+    """The ``rucio.cfg`` of a server (the Rucio client reads the token through WLCG token
+    discovery: ``BEARER_TOKEN_FILE``, with ``auth_type = oidc``)."""
+    return (f"[client]\nrucio_host = {rucio['host']}\nauth_host = {rucio['auth_host']}\nauth_type = oidc\n"
+            f"account = {rucio['account']}\n")
 
 
 def _check_scope(item: str, where: str, forbidden: set[str], trusted_claims: Collection[str]) -> None:
@@ -118,7 +142,7 @@ def safe_path(path: str) -> bool:
     return bool(_PATH.fullmatch(path)) and not any(part in (".", "..") for part in path.split("/"))
 
 
-def plan(settings: TokenSettings, context: Mapping[str, Any]) -> dict[str, str]:
+def plan(settings: TokenSettings, context: Mapping[str, Any]) -> dict[str, Any]:
     """The audience and scope (one space-separated string) for one user. IdentityError if a
     rendered path is not a safe one (a name that only the real user has could still make it so)."""
     scopes = []
@@ -132,4 +156,12 @@ def plan(settings: TokenSettings, context: Mapping[str, Any]) -> dict[str, str]:
             raise IdentityError("Your storage token's scope could not be made from your account's names; ask your hub admin.",
                                 f"tokens scope {item!r} renders to the unsafe path {path!r}")
         scopes.append(f"storage.{storage[1]}:{path}")
-    return {"audience": settings.audience, "scope": " ".join(scopes)}
+    planned: dict[str, Any] = {"audience": settings.audience, "scope": " ".join(scopes)}
+    if settings.rucio is not None:
+        account = render(settings.rucio["account"], context, raw)
+        if not _RUCIO_ACCOUNT.fullmatch(account):
+            raise IdentityError("Your Rucio account name cannot be made from your login; ask your hub admin.",
+                                f"tokens.rucio.account renders to {account!r}, not a Rucio account name "
+                                "(1-25 of a-z, 0-9, '_', '-')")
+        planned["rucio"] = {"host": settings.rucio["host"], "auth_host": settings.rucio["auth_host"], "account": account}
+    return planned

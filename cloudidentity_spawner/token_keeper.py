@@ -36,8 +36,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from . import names
 from .errors import IdentityError
-from .plan import HUB_LABEL, MANAGED_BY, MANAGED_BY_LABEL, PREFIX, USER_LABEL
+from .plan import HUB_LABEL, MANAGED_BY, MANAGED_BY_LABEL, PREFIX, USER_LABEL, thaw
 from .retry import describe
+from .storage_tokens import rucio_config
 
 EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -188,9 +189,11 @@ def _stamp(when: float) -> str:
 
 
 def secret_body(name: str, namespace: str, user: str, hub: str, server: str, pod: str, token: str, expires: float,
-                error: str = "") -> dict[str, Any]:
-    """The Secret of one server's token: the token, its expiry, and why the last renewal
-    failed (empty when it did not). Labelled as this hub's, so ``gc`` finds it."""
+                error: str = "", rucio: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The Secret of one server's token: the token, its expiry, why the last renewal failed
+    (empty when it did not), and with *rucio* a ``rucio.cfg``. Labelled as this hub's, so
+    ``gc`` finds it."""
+    extra = {"rucio.cfg": _b64(rucio_config(rucio))} if rucio else {}
     return {
         "metadata": {"name": name, "namespace": namespace,
                      "labels": {MANAGED_BY_LABEL: MANAGED_BY, KIND_LABEL: KIND, HUB_LABEL: names.label_value(hub),
@@ -198,7 +201,7 @@ def secret_body(name: str, namespace: str, user: str, hub: str, server: str, pod
                      "annotations": {SERVER_ANNOTATION: f"{user}/{server}", POD_ANNOTATION: pod,
                                      EXPIRES_ANNOTATION: _stamp(expires), WRITTEN_ANNOTATION: _stamp(time.time())}},
         "type": "Opaque",
-        "data": {"token": _b64(token), "expires_at": _b64(_stamp(expires)), "error": _b64(error)},
+        "data": {"token": _b64(token), "expires_at": _b64(_stamp(expires)), "error": _b64(error), **extra},
     }
 
 
@@ -253,7 +256,7 @@ class TokenKeeper:
         issuer = issuer_for(self.settings, getattr(spawner, "authenticator", None))
         token, expires = await self._obtain(issuer, spawner.user, plan.tokens)
         await self._create(api, secret_body(name, spawner.namespace, spawner.user.name, self.settings.hub_name, spawner.name,
-                                            spawner.pod_name, token, expires), timeout)
+                                            spawner.pod_name, token, expires, rucio=plan.tokens.get("rucio")), timeout)
         self.stopped.pop((spawner.user.name, spawner.name), None)
         self.log.info("cloudidentity audit %s", json.dumps({
             "event": "cloudidentity.storage_token", "user": spawner.user.name, "server": spawner.name,
@@ -269,7 +272,7 @@ class TokenKeeper:
         old = self.tasks.pop(key, None)
         if old is not None:
             old.cancel()
-        self.tasks[key] = asyncio.ensure_future(self._renew(spawner, api, dict(tokens), name, expires, timeout))
+        self.tasks[key] = asyncio.ensure_future(self._renew(spawner, api, thaw(tokens), name, expires, timeout))
 
     async def _renew(self, spawner: Any, api: Any, tokens: dict[str, str], name: str, expires: float,
                      timeout: float) -> None:
@@ -288,7 +291,7 @@ class TokenKeeper:
                 issuer = issuer_for(self.settings, getattr(spawner, "authenticator", None))
                 token, new_expires = await self._obtain(issuer, user, tokens)
                 await self._patch(api, secret_body(name, namespace, user.name, self.settings.hub_name, server,
-                                                   spawner.pod_name, token, new_expires), timeout)
+                                                   spawner.pod_name, token, new_expires, rucio=tokens.get("rucio")), timeout)
                 issued, expires, failures = time.time(), new_expires, 0
                 self.log.info("cloudidentity: renewed %s's storage token (server %r), valid until %s", user.name, server,
                               _stamp(expires))

@@ -428,3 +428,63 @@ async def test_status_names_storage_token_secrets_whose_server_is_gone(namespace
     assert json.loads(report.stdout)["storage_token_secrets_without_server"] == [f"{namespace}/jupyter-ghost-storage-token"]
     human = command("status", "--config", str(cfg))
     assert "1 storage-token Secrets whose server is gone (gc deletes them)" in human.stdout
+
+
+class RucioServer:
+    """What the test needs of a Rucio server: ``GET /accounts/whoami`` answers with the account
+    the client names, and every request's token and account are recorded."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, str]] = []
+        self.url = ""
+
+    def app(self):
+        from aiohttp import web
+
+        async def whoami(request):
+            self.seen.append((request.headers.get("X-Rucio-Auth-Token", ""), request.headers.get("X-Rucio-Account", "")))
+            body = json.dumps({"account": request.headers.get("X-Rucio-Account", ""), "status": "ACTIVE"})
+            return web.Response(body=body.encode(), headers={"Content-Type": "application/json"})  # exactly, as Rucio's
+
+        app = web.Application()
+        app.router.add_get("/accounts/whoami", whoami)
+        return app
+
+
+async def test_the_real_rucio_client_uses_the_servers_rucio_cfg_and_token(namespace, provider, tmp_path):
+    """With a rucio block, the Secret also holds a rucio.cfg (auth_type oidc, the user's account)
+    and the pod gets RUCIO_CONFIG: the Rucio client finds the token itself (WLCG token discovery)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("rucio.client", reason="the test extra is not installed")
+    rucio = RucioServer()
+    server = KubernetesAPIServer(rucio).start()
+    rucio.url = server.url
+    try:
+        login = provider.login("bob")
+        tokens = {**TOKENS, "rucio": {"host": rucio.url, "account": "{username}"}}
+        spawner = tokens_spawner(namespace, provider, SpawnUser("bob", {**login, "oauth_user": {"sub": "bob"}}), tokens)
+        await spawner.start()
+        try:
+            files = secret_files(await read("secret", namespace, f"{spawner.pod_name}-storage-token"))
+            pod = await read("pod", namespace, spawner.pod_name)
+        finally:
+            await spawner.stop()
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        assert env["RUCIO_CONFIG"] == "/var/run/secrets/cloudidentity/storage/rucio.cfg"
+        assert "account = bob\n" in files["rucio.cfg"] and "auth_type = oidc\n" in files["rucio.cfg"]
+        # The mounted folder, as the kubelet writes it, and the pod's variables pointing into it.
+        for key, value in files.items():
+            (tmp_path / key).write_text(value)
+        run = {k: v for k, v in os.environ.items() if not k.startswith(("RUCIO_", "BEARER_", "X509_"))}
+        run.update(RUCIO_CONFIG=str(tmp_path / "rucio.cfg"), BEARER_TOKEN_FILE=str(tmp_path / "token"), HOME=str(tmp_path))
+        who = subprocess.run([sys.executable, "-c", "from rucio.client import Client; print(Client().whoami()['account'])"],
+                             capture_output=True, text=True, env=run, timeout=120)
+        assert who.returncode == 0, who.stderr[-2000:]
+        assert who.stdout.strip() == "bob" and rucio.seen == [(files["token"], "bob")]
+    finally:
+        server.stop()
+    with pytest.raises(ConfigError, match=r"tokens.rucio.host"):
+        IdentityRules.from_config([{"name": "r", "match": {}, "tokens": {**TOKENS, "rucio": {"host": "https://x\n[evil]"}}}], "h")
