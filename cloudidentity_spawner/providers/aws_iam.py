@@ -313,6 +313,8 @@ class ManagedRoles(BotoBackend):
                 return False
             raise
         tags = _tags(current.get("Tags", []))
+        if not tags:  # some stores leave them out of GetRole, as ListRoles does: ask for them
+            tags = _tags((await self._call("ListRoleTags", RoleName=name))["Tags"])
         if tags.get(TAG_MANAGED_BY) != MANAGED_BY or tags.get(TAG_HUB) != tag_value(hub) or (
             owner is not None and tags.get(TAG_OWNER) != tag_value(owner)
         ):
