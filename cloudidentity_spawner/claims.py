@@ -203,8 +203,9 @@ def login_authorities(claims: Mapping[str, Any], auth_state: Mapping[str, Any] |
     return (host,) if host else ()
 
 
-def _id_token_issuer(token: Any) -> str | None:
-    """``iss`` of a stored ID token (verified by the authenticator at login; only read here)."""
+def jwt_claims(token: Any) -> Mapping[str, Any] | None:
+    """A JWT's claims, read but not verified (the issuer or the cluster verified it; only its
+    ``iss`` or ``exp`` is read here), or None if it is not one."""
     if not isinstance(token, str) or token.count(".") != 2:
         return None
     payload = token.split(".")[1]
@@ -212,7 +213,13 @@ def _id_token_issuer(token: Any) -> str | None:
         data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (ValueError, TypeError):
         return None
-    return data.get("iss") if isinstance(data, Mapping) and isinstance(data.get("iss"), str) else None
+    return data if isinstance(data, Mapping) else None
+
+
+def _id_token_issuer(token: Any) -> str | None:
+    """``iss`` of a stored ID token (verified by the authenticator at login; only read here)."""
+    data = jwt_claims(token) or {}
+    return data.get("iss") if isinstance(data.get("iss"), str) else None
 
 
 def _azure_overage(claims: Mapping[str, Any], key: str) -> bool:

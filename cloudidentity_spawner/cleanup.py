@@ -184,6 +184,8 @@ async def plan_cleanup(settings: Any, survey: Survey, accounts: ServiceAccounts,
     made_here = {e.account.annotations.get(MANAGED_IDENTITY_ANNOTATION) for e in survey.entries} | {f["identity"] for f in made}
     namespaces = ({namespace} | {e.account.namespace for e in survey.entries}) if principal_grants else set()
     actions += await stale_grants(settings, accounts, actions, made_here - {None}, min_age, namespaces - {""})
+    if not settings.compiled_rules.storage_tokens:  # no Secrets to look for (nor, maybe, the right to list them)
+        return actions
     return actions + await stale_token_secrets(settings, accounts, {namespace} | {e.account.namespace for e in survey.entries},
                                                min_age)
 

@@ -194,7 +194,7 @@ async def status_command(args: argparse.Namespace) -> dict[str, Any]:
         found = await survey(settings, config, accounts, users, namespace, check_cloud=not args.no_cloud,
                              progress=None if args.json else Progress())
         report = found.to_dict()
-        if any(rule.tokens is not None for rule in settings.compiled_rules.rules):  # rules with storage tokens
+        if settings.compiled_rules.storage_tokens:
             namespaces = {namespace} | {e.account.namespace for e in found.entries}
             report["storage_token_secrets_without_server"] = [
                 a.describe() if a.kind == "search" else f"{a.secret[0]}/{a.secret[1]}"

@@ -29,10 +29,10 @@ boto3 is not needed in the user image; ``AWS_ENDPOINT_URL_STS`` / ``AWS_ENDPOINT
 
 from __future__ import annotations
 
-import base64
 import datetime
 import hashlib
 import hmac
+import inspect
 import json
 import os
 import re
@@ -45,6 +45,7 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from .claims import jwt_claims
 
 
 class CredentialsError(Exception):
@@ -232,9 +233,8 @@ def gcp_subject_token(env: dict[str, str]) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             token = f.read().strip()
-        payload = token.split(".")[1]
-        expires = int(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
-    except (OSError, IndexError, KeyError, TypeError, ValueError):
+        expires = int((jwt_claims(token) or {})["exp"])
+    except (OSError, KeyError, TypeError, ValueError):
         raise CredentialsError(502, "the pod's Workload Identity token is missing or unreadable") from None
     return {"token_type": SUBJECT_TOKEN_TYPE, "subject_token": token, "expiration_time": expires, "audience": audience,
             "service_account": env.get("CLOUDIDENTITY_GCP_SERVICE_ACCOUNT") or None}
@@ -338,6 +338,16 @@ class _CredentialsHandler(APIHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": str(error)}))
 
+    async def _answer(self, make: Any) -> None:
+        """Finish with what *make* (a call, maybe a coroutine) answers as JSON, or its error."""
+        try:
+            answer = make()
+            if inspect.isawaitable(answer):
+                answer = await answer
+        except CredentialsError as e:
+            return self._fail(e)
+        self.finish(json.dumps(answer))
+
     def _user_name(self) -> str:
         user = self.current_user
         return getattr(user, "username", None) or getattr(user, "name", None) or str(user)
@@ -370,34 +380,23 @@ class GCPTokenHandler(_CredentialsHandler):
     @web.authenticated
     @authorized(CREDENTIALS_ACTION)
     async def get(self) -> None:
-        subject = self.get_argument("format", "") == "subject_token"
-        try:
-            token = gcp_subject_token(dict(os.environ)) if subject else await gcp_token(dict(os.environ))
-        except CredentialsError as e:
-            return self._fail(e)
-        self.finish(json.dumps(token))
+        if self.get_argument("format", "") == "subject_token":
+            return await self._answer(lambda: gcp_subject_token(dict(os.environ)))
+        await self._answer(lambda: gcp_token(dict(os.environ)))
 
 
 class StorageTokenHandler(_CredentialsHandler):
     @web.authenticated
     @authorized(CREDENTIALS_ACTION)
     async def get(self) -> None:
-        try:
-            token = storage_token(dict(os.environ))
-        except CredentialsError as e:
-            return self._fail(e)
-        self.finish(json.dumps(token))
+        await self._answer(lambda: storage_token(dict(os.environ)))
 
 
 class AzureTokenHandler(_CredentialsHandler):
     @web.authenticated
     @authorized(CREDENTIALS_ACTION)
     async def get(self) -> None:
-        try:
-            token = await azure_token(dict(os.environ), self.get_argument("resource", ""))
-        except CredentialsError as e:
-            return self._fail(e)
-        self.finish(json.dumps(token))
+        await self._answer(lambda: azure_token(dict(os.environ), self.get_argument("resource", "")))
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:

@@ -283,6 +283,11 @@ class IdentityRules:
         """Whether any rule has the hub manage *provider* (``aws``, ``gcp``, ``azure``) identities."""
         return any(getattr(rule, provider) is not None and getattr(rule, provider).hub_made for rule in self.rules)
 
+    @property
+    def storage_tokens(self) -> bool:
+        """Whether any rule gives servers a storage token (so there are Secrets to look after)."""
+        return any(rule.tokens is not None for rule in self.rules)
+
     @cached_property
     def managed_places(self) -> tuple[str, ...]:
         """Where the rules make identities: role ARN prefixes (``arn:...:role/<path>``) and

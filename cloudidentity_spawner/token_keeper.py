@@ -35,6 +35,7 @@ from typing import Any
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from . import names
+from .claims import jwt_claims
 from .errors import IdentityError
 from .plan import HUB_LABEL, MANAGED_BY, MANAGED_BY_LABEL, PREFIX, USER_LABEL, thaw
 from .retry import describe
@@ -173,10 +174,8 @@ async def obtain(issuer: Issuer, user: Any, tokens: Mapping[str, str]) -> tuple[
 def _expiring(token: str, margin: float = 10.0) -> bool:
     """Whether a JWT login token expires within *margin* seconds (an opaque one: not known)."""
     try:
-        payload = token.split(".")[1]
-        expires = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"]
-        return float(expires) < time.time() + margin
-    except (IndexError, KeyError, TypeError, ValueError):
+        return float((jwt_claims(token) or {})["exp"]) < time.time() + margin
+    except (KeyError, TypeError, ValueError):
         return False
 
 

@@ -7,7 +7,6 @@ changing this package."""
 
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 
@@ -154,19 +153,22 @@ class TapeStore(Provider):
 '''
 
 
+def install_site_package(tmp_path, monkeypatch, module: str, source: str, entry: str) -> None:
+    """A site's package *module* (its *source*) installed with one provider entry point
+    (``<key> = <module>:<object>``), and the registry to be loaded afresh."""
+    (tmp_path / f"{module}.py").write_text(source)
+    dist = tmp_path / f"{module}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[cloudidentity_spawner.providers]\n{entry}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(providers, "_registered", None)
+
+
 @pytest.fixture
 def site_provider(tmp_path, monkeypatch):
     """An installed package of the site's that registers provider ``tape``."""
-    (tmp_path / "tape_site.py").write_text(SITE_PROVIDER)
-    dist = tmp_path / "tape_site-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tape-site\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent("""\
-        [cloudidentity_spawner.providers]
-        tape = tape_site:TapeStore
-        """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(providers, "_registered", None)
+    install_site_package(tmp_path, monkeypatch, "tape_site", SITE_PROVIDER, "tape = tape_site:TapeStore")
     yield
     providers._registered = None
 
@@ -197,13 +199,7 @@ async def test_a_site_providers_pod_gets_what_it_pins(site_provider, namespace):
 
 
 def test_a_site_provider_cannot_take_a_built_in_key(tmp_path, monkeypatch):
-    (tmp_path / "evil_site.py").write_text("class Aws:\n    pass\n")
-    dist = tmp_path / "evil_site-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: evil-site\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[cloudidentity_spawner.providers]\naws = evil_site:Aws\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(providers, "_registered", None)
+    install_site_package(tmp_path, monkeypatch, "evil_site", "class Aws:\n    pass\n", "aws = evil_site:Aws")
     try:
         with pytest.raises(ConfigError) as e:
             providers.registered()
@@ -310,15 +306,8 @@ async def test_a_site_backends_failure_is_a_clear_refusal(library, namespace, ca
 
 
 def test_a_site_provider_cannot_take_another_providers_backend(tmp_path, monkeypatch):
-    (tmp_path / "grab_site.py").write_text(
-        "from cloudidentity_spawner.providers.base import Provider\n"
-        "class Grab(Provider):\n    backends = ('grab', 'aws')\n")
-    dist = tmp_path / "grab_site-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: grab-site\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[cloudidentity_spawner.providers]\ngrab = grab_site:Grab\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(providers, "_registered", None)
+    install_site_package(tmp_path, monkeypatch, "grab_site", "from cloudidentity_spawner.providers.base import Provider\n"
+                         "class Grab(Provider):\n    backends = ('grab', 'aws')\n", "grab = grab_site:Grab")
     try:
         with pytest.raises(ConfigError) as e:
             providers.registered()

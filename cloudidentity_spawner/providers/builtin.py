@@ -40,6 +40,14 @@ def _recorded(annotations: Mapping[str, str], key: str) -> list[Any]:
     return json.loads(annotations.get(key, "[]"))
 
 
+async def _ensure_role(backend: Any, plan: Any, recheck: bool, namespaces: Collection[str]) -> str:
+    """A managed role (IAM's or a store's): with *namespaces* (user namespaces), trusting each
+    namespace's account of the user."""
+    if namespaces:
+        return await backend.ensure(plan, recheck=recheck, namespaces=namespaces)
+    return await backend.ensure(plan, recheck=recheck)
+
+
 def _role_path(name: str) -> str:
     """The path of a role ARN (``arn:...:role/<path>/<name>``): ``/`` or ``/a/b/``."""
     return name.split(":role", 1)[1].rpartition("/")[0] + "/"
@@ -68,9 +76,7 @@ class AwsProvider(_Planned):
                             propagation_seconds=settings.aws_role_propagation_seconds, **_common(settings))
 
     async def ensure(self, backend: Any, plan: Any, recheck: bool, namespaces: Collection[str]) -> tuple[str | None, Any]:
-        if plan.cloud.mode == "managed" and namespaces:  # the role trusts each namespace's account of the user
-            return await backend.ensure(plan, recheck=recheck, namespaces=namespaces), plan
-        return await backend.ensure(plan, recheck=recheck), plan
+        return await _ensure_role(backend, plan, recheck, namespaces if plan.cloud.mode == "managed" else ()), plan
 
     def credentials_routes(self) -> list[tuple[str, Any]]:
         from ..creds import AWSCredentialsHandler  # IRSA, Pod Identity and S3-compatible stores alike
@@ -305,9 +311,7 @@ class StoreProvider(_Planned):
                             max_concurrent_calls=settings.aws_max_concurrent_calls, **_common(settings))
 
     async def ensure(self, backend: Any, plan: Any, recheck: bool, namespaces: Collection[str]) -> tuple[str | None, Any]:
-        if namespaces:  # the role trusts each namespace's account of the user
-            return await backend.ensure(plan, recheck=recheck, namespaces=namespaces), plan
-        return await backend.ensure(plan, recheck=recheck), plan
+        return await _ensure_role(backend, plan, recheck, namespaces), plan
 
     def account_identity(self, annotations: Mapping[str, str]) -> str | None:
         arn = annotations.get(s3_sts.ROLE_ARN_ANNOTATION)
