@@ -97,8 +97,8 @@ async def measure(info: dict, servers: int, lifetime: int, window: float) -> Non
     tokens = {"audience": "https://wlcg.cern.ch/jwt/v1/any", "scope": ""}
     spawners = []
     for name, login in info["logins"].items():
-        spawners.append(SimpleNamespace(user=User(name, dict(login)), name="", namespace=NAMESPACE, pod_name=f"jupyter-{name}",
-                                        authenticator=None))
+        spawners.append(SimpleNamespace(**vars(settings), user=User(name, dict(login)), name="", namespace=NAMESPACE,
+                                        pod_name=f"jupyter-{name}", authenticator=None))
     start_cpu, started = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     await asyncio.gather(*(keeper.start(s, api, SimpleNamespace(tokens={**tokens, "scope": f"storage.read:/escape/users/{s.user.name}"}),
                                         30) for s in spawners))

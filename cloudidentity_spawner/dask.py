@@ -136,7 +136,7 @@ def kubecluster_spec(name: str, *, service_account: str | None = None, **make_cl
             "pass service_account= explicitly"
         )
     return pin_cluster_spec(make_cluster_spec(name, **make_cluster_spec_kwargs), account, store_from_environment(os.environ),
-                            os.environ.get(storage_tokens.SECRET_ENV))
+                            os.environ.get(storage_tokens.SECRET_ENV), os.environ.get("RUCIO_CONFIG") == storage_tokens.RUCIO_FILE)
 
 
 def store_from_environment(environ: Mapping[str, str]) -> dict[str, Any] | None:
@@ -152,10 +152,11 @@ def store_from_environment(environ: Mapping[str, str]) -> dict[str, Any] | None:
 
 
 def pin_cluster_spec(spec: Mapping[str, Any], service_account: str, store: Mapping[str, Any] | None = None,
-                     storage_secret: str | None = None) -> dict[str, Any]:
+                     storage_secret: str | None = None, rucio: bool = False) -> dict[str, Any]:
     """Put the scheduler and worker pods of a ``DaskCluster`` spec under *service_account*
     (and with *store*, give their containers the store's token and variables; with
-    *storage_secret*, the notebook's storage-token Secret, which the hub keeps renewed)."""
+    *storage_secret*, the notebook's storage-token Secret, which the hub keeps renewed, and with
+    *rucio* the ``rucio.cfg`` in it)."""
     pinned = copy.deepcopy(dict(spec))
     for part in ("scheduler", "worker"):
         pod_spec = pinned["spec"][part]["spec"]
@@ -167,8 +168,10 @@ def pin_cluster_spec(spec: Mapping[str, Any], service_account: str, store: Mappi
                 mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != storage_tokens.VOLUME]
                 container["volumeMounts"] = mounts + [{"name": storage_tokens.VOLUME, "mountPath": storage_tokens.MOUNT_PATH,
                                                        "readOnly": True}]
-                env = [e for e in container.get("env") or [] if e.get("name") != "BEARER_TOKEN_FILE"]
-                container["env"] = env + [{"name": "BEARER_TOKEN_FILE", "value": storage_tokens.TOKEN_FILE}]
+                token_env = {"BEARER_TOKEN_FILE": storage_tokens.TOKEN_FILE,
+                             **({"RUCIO_CONFIG": storage_tokens.RUCIO_FILE} if rucio else {})}
+                env = [e for e in container.get("env") or [] if e.get("name") not in token_env]
+                container["env"] = env + [{"name": k, "value": v} for k, v in token_env.items()]
         pod_spec["serviceAccountName"] = service_account
         pod_spec.pop("serviceAccount", None)
         pod_spec["automountServiceAccountToken"] = False

@@ -26,7 +26,7 @@ from typing import Any
 from . import names
 from .errors import ConfigError, IdentityError
 from .providers._common import check_keys, check_template
-from .templates import SAMPLE_CONTEXT, TemplateError, raw, render
+from .templates import SAMPLE_CONTEXT, TemplateError, fields, raw, render
 
 VOLUME = "storage-token"
 MOUNT_PATH = "/var/run/secrets/cloudidentity/storage"
@@ -37,7 +37,7 @@ SECRET_ENV = "CLOUDIDENTITY_STORAGE_TOKEN_SECRET"
 RUCIO_FILE = f"{MOUNT_PATH}/rucio.cfg"
 
 _KEYS = {"audience", "scope", "rucio"}
-_RUCIO_KEYS = {"host", "auth_host", "account"}
+_RUCIO_KEYS = {"host", "auth_host", "account", "allow_http"}
 _URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?")
 _RUCIO_ACCOUNT = re.compile(r"[a-z0-9_-]{1,25}")
 _STORAGE = re.compile(r"storage\.(read|modify|create|stage):(?P<path>.*)", re.DOTALL)
@@ -74,13 +74,22 @@ def parse(block: Any, where: str, forbidden: set[str], trusted_claims: Collectio
     rucio = None
     if "rucio" in block:
         rucio = dict(check_keys(block["rucio"], _RUCIO_KEYS, f"{where}.rucio", {"host"}))
+        allow_http = rucio.pop("allow_http", False)
+        if not isinstance(allow_http, bool):
+            raise ConfigError(f"{where}.rucio.allow_http: expected true or false, got {allow_http!r}")
         for key in ("host", "auth_host"):
             if key in rucio and (not isinstance(rucio[key], str) or not _URL.fullmatch(rucio[key])):
                 raise ConfigError(f"{where}.rucio.{key}: expected the Rucio server's URL, e.g. https://rucio.example.org, "
                                   f"got {rucio[key]!r}")
+            if key in rucio and rucio[key].startswith("http:") and not allow_http:
+                raise ConfigError(f"{where}.rucio.{key}: {rucio[key]} is plain http: the Rucio client would send the "
+                                  "user's token in the clear; use https (or allow_http: true on a network you trust)")
         rucio.setdefault("auth_host", rucio["host"])
         rucio["account"] = check_template(rucio.get("account", "{username}"), f"{where}.rucio.account", forbidden,
                                           trusted_claims)
+        if not fields(rucio["account"]) and not _RUCIO_ACCOUNT.fullmatch(rucio["account"]):
+            raise ConfigError(f"{where}.rucio.account: {rucio['account']!r} is not a Rucio account name "
+                              "(1-25 of a-z, 0-9, '_', '-')")
     return TokenSettings(audience=audience, scope=tuple(scope.split()), rucio=rucio)
 
 

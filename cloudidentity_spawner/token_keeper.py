@@ -29,6 +29,7 @@ import random
 import re
 import time
 import urllib.parse
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -205,10 +206,11 @@ def secret_body(name: str, namespace: str, user: str, hub: str, server: str, pod
 
 
 class TokenKeeper:
-    """Gets, stores and renews the storage tokens of this hub's servers (one per process)."""
+    """Gets, stores and renews the storage tokens of this hub's servers (one per process; each
+    call takes the issuer and hub name from the spawner it is for, the concurrency limit from
+    the *settings* it was made with)."""
 
     def __init__(self, settings: Any):
-        self.settings = settings
         self.log = settings.log
         self.limit = asyncio.Semaphore(max(1, int(settings.storage_token_max_concurrent_refreshes)))
         self.tasks: dict[tuple[str, str], asyncio.Task] = {}
@@ -252,9 +254,10 @@ class TokenKeeper:
     async def start(self, spawner: Any, api: Any, plan: Any, timeout: float) -> str:
         """Get the user's token and write the server's Secret; its name. IdentityError if not."""
         name = secret_name(spawner.pod_name)
-        issuer = issuer_for(self.settings, getattr(spawner, "authenticator", None))
+        # The spawner's own settings (each spawner is the hub's settings): the keeper outlives spawners.
+        issuer = issuer_for(spawner, getattr(spawner, "authenticator", None))
         token, expires = await self._obtain(issuer, spawner.user, plan.tokens)
-        await self._create(api, secret_body(name, spawner.namespace, spawner.user.name, self.settings.hub_name, spawner.name,
+        await self._create(api, secret_body(name, spawner.namespace, spawner.user.name, spawner.hub_name, spawner.name,
                                             spawner.pod_name, token, expires, rucio=plan.tokens.get("rucio")), timeout)
         self.stopped.pop((spawner.user.name, spawner.name), None)
         self.log.info("cloudidentity audit %s", json.dumps({
@@ -287,9 +290,9 @@ class TokenKeeper:
                 due = time.time() + (left / 4 if left > 4 else min(600.0, 5.0 * 2 ** min(failures, 7)))
             await asyncio.sleep(max(0.5, due - time.time()))
             try:
-                issuer = issuer_for(self.settings, getattr(spawner, "authenticator", None))
+                issuer = issuer_for(spawner, getattr(spawner, "authenticator", None))
                 token, new_expires = await self._obtain(issuer, user, tokens)
-                await self._patch(api, secret_body(name, namespace, user.name, self.settings.hub_name, server,
+                await self._patch(api, secret_body(name, namespace, user.name, spawner.hub_name, server,
                                                    spawner.pod_name, token, new_expires, rucio=tokens.get("rucio")), timeout)
                 issued, expires, failures = time.time(), new_expires, 0
                 self.log.info("cloudidentity: renewed %s's storage token (server %r), valid until %s", user.name, server,
@@ -348,12 +351,13 @@ class TokenKeeper:
                 raise
 
 
-_keepers: dict[int, TokenKeeper] = {}
+_keepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TokenKeeper] = weakref.WeakKeyDictionary()
 
 
 def keeper_for(settings: Any) -> TokenKeeper:
-    """The hub's keeper, shared by its spawners (one per event loop: the hub has one)."""
-    key = id(asyncio.get_running_loop())
-    if key not in _keepers:
-        _keepers[key] = TokenKeeper(settings)
-    return _keepers[key]
+    """The hub's keeper, shared by its spawners (one per event loop: the hub has one; a loop
+    made after another closed - a new id maybe, never its keeper - gets a new one)."""
+    loop = asyncio.get_running_loop()
+    if loop not in _keepers:
+        _keepers[loop] = TokenKeeper(settings)
+    return _keepers[loop]

@@ -174,6 +174,7 @@ def test_kubecluster_spec_gives_dask_pods_the_notebooks_storage_token(monkeypatc
     monkeypatch.setenv("CLOUDIDENTITY_SERVICE_ACCOUNT", "jupyter-alice")
     monkeypatch.setenv("BEARER_TOKEN_FILE", "/var/run/secrets/cloudidentity/storage/token")
     monkeypatch.setenv("CLOUDIDENTITY_STORAGE_TOKEN_SECRET", "jupyter-alice-storage-token")
+    monkeypatch.setenv("RUCIO_CONFIG", "/var/run/secrets/cloudidentity/storage/rucio.cfg")
     spec = kubecluster_spec("analysis", n_workers=1, image="ghcr.io/dask/dask:latest")
     for part in ("scheduler", "worker"):
         pod = spec["spec"][part]["spec"]
@@ -183,6 +184,7 @@ def test_kubecluster_spec_gives_dask_pods_the_notebooks_storage_token(monkeypatc
             [mount] = [m for m in container["volumeMounts"] if m["name"] == "storage-token"]
             assert mount == {"name": "storage-token", "mountPath": "/var/run/secrets/cloudidentity/storage", "readOnly": True}
             assert {"name": "BEARER_TOKEN_FILE", "value": "/var/run/secrets/cloudidentity/storage/token"} in container["env"]
+            assert {"name": "RUCIO_CONFIG", "value": "/var/run/secrets/cloudidentity/storage/rucio.cfg"} in container["env"]
     monkeypatch.delenv("CLOUDIDENTITY_STORAGE_TOKEN_SECRET")
     plain = kubecluster_spec("analysis", n_workers=1, image="ghcr.io/dask/dask:latest")
     assert not any(v["name"] == "storage-token" for v in plain["spec"]["worker"]["spec"].get("volumes") or [])

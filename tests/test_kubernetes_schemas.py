@@ -18,7 +18,6 @@ from . import test_aws, test_azure, test_eks_pod_identity, test_gcp, test_gcp_pr
 from .kubehelpers import SpawnUser, make_spawner, oidc_state, spawner_config, user_namespaces, with_saved_servers  # noqa: E402
 from .test_azure import arm, arm_server  # noqa: E402,F401
 from .test_eks_pod_identity import eks, eks_server  # noqa: E402,F401
-from .test_storage_tokens import provider  # noqa: E402,F401
 from .test_spawner_kube import RULES, spawner_for  # noqa: E402
 
 pytestmark = pytest.mark.emulator_only
@@ -129,6 +128,15 @@ def test_the_example_rbac_manifests_are_valid_for_kubernetes():
                  for d in yaml.safe_load_all((EXAMPLES / "z2jh" / name).read_text()) if d]
     assert {d["kind"] for d in documents} >= {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
     assert problems(documents) == []
+
+
+@pytest.fixture
+def provider():
+    """This module's own OpenID provider (a fixture of another module is that module's)."""
+    from .test_storage_tokens import running_provider
+
+    with running_provider() as op:
+        yield op
 
 
 async def test_storage_token_and_google_laptop_objects_are_valid_too(namespace, emulator, gcp_server, provider):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import time
@@ -30,13 +31,22 @@ LIFETIME = 4  # seconds: renewals within a test
 TOKENS = {"audience": WLCG, "scope": "storage.read:/escape/users/{username} storage.modify:/escape/scratch/{username}"}
 
 
-@pytest.fixture(scope="module")
-def provider():
+@contextlib.contextmanager
+def running_provider():
+    """The OpenID provider served on 127.0.0.1 (its ``url`` set), stopped afterwards."""
     op = OpenIDProvider(["alice", "bob", "carol", "dave"], audiences=[WLCG], token_lifetime=LIFETIME)
     server = KubernetesAPIServer(op).start()
     op.url = server.url
-    yield op
-    server.stop()
+    try:
+        yield op
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def provider():
+    with running_provider() as op:
+        yield op
 
 
 def tokens_spawner(namespace: str, provider: OpenIDProvider, user: SpawnUser, tokens: dict = TOKENS):
@@ -464,7 +474,7 @@ async def test_the_real_rucio_client_uses_the_servers_rucio_cfg_and_token(namesp
     rucio.url = server.url
     try:
         login = provider.login("bob")
-        tokens = {**TOKENS, "rucio": {"host": rucio.url, "account": "{username}"}}
+        tokens = {**TOKENS, "rucio": {"host": rucio.url, "account": "{username}", "allow_http": True}}
         spawner = tokens_spawner(namespace, provider, SpawnUser("bob", {**login, "oauth_user": {"sub": "bob"}}), tokens)
         await spawner.start()
         try:
@@ -486,5 +496,23 @@ async def test_the_real_rucio_client_uses_the_servers_rucio_cfg_and_token(namesp
         assert who.stdout.strip() == "bob" and rucio.seen == [(files["token"], "bob")]
     finally:
         server.stop()
-    with pytest.raises(ConfigError, match=r"tokens.rucio.host"):
-        IdentityRules.from_config([{"name": "r", "match": {}, "tokens": {**TOKENS, "rucio": {"host": "https://x\n[evil]"}}}], "h")
+    for rucio_block, key in (({"host": "https://x\n[evil]"}, "host"), ({"host": "http://rucio.example.org"}, "host"),
+                             ({"host": "https://rucio.example.org", "account": "Ops"}, "account")):
+        with pytest.raises(ConfigError, match=rf"tokens.rucio.{key}"):  # injected, in the clear, never an account
+            IdentityRules.from_config([{"name": "r", "match": {}, "tokens": {**TOKENS, "rucio": rucio_block}}], "h")
+
+
+async def test_each_spawn_asks_the_issuer_its_own_settings_name(namespace, provider):
+    """The keeper outlives the spawner it was first made for: a later spawn with other settings
+    (another issuer URL after a config change, another test's provider) uses its own."""
+    from cloudidentity_spawner.token_keeper import keeper_for
+
+    login = provider.login("dave")
+    first = tokens_spawner(namespace, provider, SpawnUser("dave", {**login, "oauth_user": {"sub": "dave"}}))
+    first.storage_token_url = "http://127.0.0.1:9/token"  # nothing listens there
+    keeper_for(first)  # made for this one
+    with pytest.raises(SpawnRefused, match="did not answer"):
+        await first.start()
+    second = tokens_spawner(namespace, provider, SpawnUser("dave", {**login, "oauth_user": {"sub": "dave"}}))
+    await second.start()
+    await second.stop()
